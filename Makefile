@@ -23,7 +23,7 @@ BUILD   ?= build
 LDSAN    =
 endif
 
-ENGINE_SRC = ext/crc32c.c ext/keyhash.c ext/map.c ext/lock.c ext/log.c ext/index.c \
+ENGINE_SRC = ext/crc32c.c ext/keyhash.c ext/error.c ext/file.c ext/log.c ext/index.c \
              ext/engine.c ext/txn.c
 SQL_SRC    = ext/args.c ext/vtab.c ext/extension.c
 

@@ -1,0 +1,700 @@
+/*
+** The engine: opening files (one shared engine per file per process), reading through snapshots,
+** and writing versions. The commit protocol lives in txn.c.
+**
+** Visibility. The index points at the newest version of each key, which may belong to the write
+** transaction in progress. A reader with snapshot S walks back along prev_offset to the newest
+** version below S.tail: bytes below a committed tail are never rewritten, so what it finds there is
+** stable. Versions at or past S.tail may be rewritten under it (after a rollback), so it checks each
+** one's checksum and key before trusting its prev_offset, and looks again if one fails.
+*/
+#include "engine.h"
+#include "error.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define READ_RETRIES 1000 /* lookups that met a version being rewritten, before giving up */
+#define INDEX_SUFFIX "-index"
+
+static pthread_mutex_t registry_mutex = PTHREAD_MUTEX_INITIALIZER;
+static mmkv_engine *registry;
+
+/* ---- record access with the key being looked for ---- */
+
+typedef struct key_probe {
+    mmkv_engine *engine;
+    const mmkv_datum *key;
+    uint64_t stable_below; /* records below this are immutable: a bad one is corruption */
+    uint64_t verified;     /* offset whose checksum the caller already checked */
+    int unstable;          /* met a version that failed checks past stable_below */
+    uint64_t corrupt_at;
+} key_probe;
+
+/* Reads and checks the record at offset; 1 if good, 0 if unstable, or -CORRUPT. */
+static int probe_read(key_probe *p, uint64_t offset, mmkv_record *record)
+{
+    mmkv_log *log = &p->engine->log;
+    if (offset + sizeof(mmkv_record_header) > mmkv_map_mapped(&log->map))
+        mmkv_map_refresh(&log->map); /* another process may have grown the file */
+    int ok = mmkv_log_record(log, offset, UINT64_MAX, record) &&
+             (offset == p->verified || mmkv_record_checksum_ok(record));
+    if (ok) return 1;
+    if (offset < p->stable_below) {
+        p->corrupt_at = offset;
+        return -MMKV_CORRUPT;
+    }
+    p->unstable = 1;
+    return 0;
+}
+
+static int match_key(void *ctx, uint64_t offset)
+{
+    key_probe *p = ctx;
+    mmkv_record record;
+    int rc = probe_read(p, offset, &record);
+    if (rc <= 0) return rc;
+    mmkv_datum key;
+    mmkv_record_key(&record, &key);
+    return mmkv_key_equal(&key, p->key);
+}
+
+static int hash_of_record(void *ctx, uint64_t offset, uint64_t *hash)
+{
+    key_probe *p = ctx;
+    mmkv_record record;
+    int rc = probe_read(p, offset, &record);
+    if (rc <= 0) return rc < 0 ? -rc : MMKV_CORRUPT;
+    mmkv_datum key;
+    mmkv_record_key(&record, &key);
+    *hash = mmkv_key_hash(&key);
+    return MMKV_OK;
+}
+
+static mmkv_index_ops probe_ops(key_probe *p)
+{
+    mmkv_index_ops ops = {match_key, hash_of_record, p};
+    return ops;
+}
+
+static int corrupt_record(char **errmsg, mmkv_engine *e, uint64_t offset)
+{
+    return mmkv_error(errmsg, MMKV_CORRUPT,
+                      "mmkv: '%s' is damaged: the record at offset %llu fails its checks",
+                      e->data_path, (unsigned long long)offset);
+}
+
+static int index_error(char **errmsg, mmkv_engine *e, int rc, key_probe *p)
+{
+    if (rc == MMKV_CORRUPT && p && p->corrupt_at) return corrupt_record(errmsg, e, p->corrupt_at);
+    if (rc == MMKV_CORRUPT)
+        return mmkv_error(errmsg, rc, "mmkv: index file '%s' is damaged", e->index_path);
+    if (rc == MMKV_FULL)
+        return mmkv_error(errmsg, rc, "mmkv: no space left to grow '%s'", e->index_path);
+    if (rc == MMKV_BUSY)
+        return mmkv_error(errmsg, rc, "mmkv: '%s' kept changing during a read", e->data_path);
+    return mmkv_error(errmsg, rc, "mmkv: I/O error on '%s'", e->index_path);
+}
+
+/* ---- reading ---- */
+
+int mmkv_snapshot_take(mmkv_conn *conn, mmkv_snapshot *snapshot)
+{
+    mmkv_engine *e = conn->engine;
+    if (e->txn.owner == conn) {
+        snapshot->tail = e->txn.append_pos;
+        snapshot->txid = e->txn.txid;
+        return MMKV_OK;
+    }
+    mmkv_meta meta;
+    int slot;
+    int rc = mmkv_log_meta(&e->log, &meta, &slot, &conn->errmsg);
+    if (rc != MMKV_OK) return rc;
+    snapshot->tail = meta.committed_tail;
+    snapshot->txid = meta.txid;
+    return MMKV_OK;
+}
+
+/* Finds the version of key visible in snapshot. `verified` names an offset already checked. */
+static int find_visible(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mmkv_datum *key,
+                        uint64_t hash, uint64_t verified, mmkv_record *record)
+{
+    mmkv_engine *e = conn->engine;
+    key_probe p = {e, key, snapshot->tail, verified, 0, 0};
+    mmkv_index_ops ops = probe_ops(&p);
+    for (int attempt = 0; attempt < READ_RETRIES; attempt++) {
+        p.unstable = 0;
+        uint64_t offset;
+        int rc = mmkv_index_find(&e->index, hash, &ops, &offset);
+        if (rc == MMKV_NOTFOUND && !p.unstable) return MMKV_NOTFOUND;
+        if (rc != MMKV_OK && rc != MMKV_NOTFOUND) return index_error(&conn->errmsg, e, rc, &p);
+        if (rc == MMKV_NOTFOUND) continue;
+        /* Walk back past versions this snapshot does not include. */
+        int good = 1;
+        while (offset >= snapshot->tail && good) {
+            good = probe_read(&p, offset, record) > 0;
+            mmkv_datum k;
+            if (good) mmkv_record_key(record, &k);
+            if (!good || !mmkv_key_equal(&k, key) || record->header.prev_offset >= offset) {
+                good = 0;
+                break;
+            }
+            offset = record->header.prev_offset;
+            if (offset == 0) return MMKV_NOTFOUND;
+        }
+        if (!good) continue;
+        rc = probe_read(&p, offset, record);
+        if (rc < 0) return corrupt_record(&conn->errmsg, e, offset);
+        mmkv_datum k;
+        mmkv_record_key(record, &k);
+        if (!mmkv_key_equal(&k, key)) return corrupt_record(&conn->errmsg, e, offset);
+        return record->header.flags & MMKV_RECORD_TOMBSTONE ? MMKV_NOTFOUND : MMKV_OK;
+    }
+    return mmkv_error(&conn->errmsg, MMKV_BUSY, "mmkv: '%s' kept changing during a read",
+                      e->data_path);
+}
+
+static void row_from_record(const mmkv_record *record, mmkv_row *row)
+{
+    mmkv_record_key(record, &row->key);
+    mmkv_record_value(record, &row->value);
+    row->offset = record->offset;
+}
+
+int mmkv_get(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mmkv_datum *key, mmkv_row *row)
+{
+    mmkv_record record;
+    int rc = find_visible(conn, snapshot, key, mmkv_key_hash(key), 0, &record);
+    if (rc == MMKV_OK) row_from_record(&record, row);
+    return rc;
+}
+
+struct mmkv_scan {
+    mmkv_conn *conn;
+    mmkv_snapshot snapshot;
+    uint64_t position;
+};
+
+int mmkv_scan_open(mmkv_conn *conn, const mmkv_snapshot *snapshot, mmkv_scan **out)
+{
+    mmkv_scan *scan = calloc(1, sizeof *scan);
+    if (!scan) return MMKV_NOMEM;
+    scan->conn = conn;
+    scan->snapshot = *snapshot;
+    scan->position = MMKV_DATA_START;
+    *out = scan;
+    return MMKV_OK;
+}
+
+/* Walks the log in order; a record is a row if it is its key's visible version. */
+int mmkv_scan_next(mmkv_scan *scan, mmkv_row *row)
+{
+    mmkv_conn *conn = scan->conn;
+    mmkv_engine *e = conn->engine;
+    uint64_t end = scan->snapshot.tail;
+    if (e->txn.owner == conn && e->txn.append_pos < end) end = e->txn.append_pos; /* rolled back */
+    while (scan->position < end) {
+        mmkv_record record;
+        uint64_t offset = scan->position;
+        if (!mmkv_log_record(&e->log, offset, end, &record) || !mmkv_record_checksum_ok(&record))
+            return corrupt_record(&conn->errmsg, e, offset);
+        scan->position += mmkv_record_size(record.header.key_len, record.header.value_len);
+        if (record.header.flags & MMKV_RECORD_TOMBSTONE) continue;
+        mmkv_datum key;
+        mmkv_record_key(&record, &key);
+        mmkv_record visible;
+        int rc = find_visible(conn, &scan->snapshot, &key, mmkv_key_hash(&key), offset, &visible);
+        if (rc == MMKV_NOTFOUND || (rc == MMKV_OK && visible.offset != offset)) continue;
+        if (rc != MMKV_OK) return rc;
+        row_from_record(&record, row);
+        return MMKV_OK;
+    }
+    return MMKV_NOTFOUND;
+}
+
+void mmkv_scan_close(mmkv_scan *scan)
+{
+    free(scan);
+}
+
+uint64_t mmkv_live_count(mmkv_conn *conn)
+{
+    mmkv_engine *e = conn->engine;
+    if (e->txn.owner == conn) return e->txn.counts.live;
+    mmkv_meta meta;
+    int slot;
+    return mmkv_log_meta(&e->log, &meta, &slot, NULL) == MMKV_OK ? meta.live_count : 0;
+}
+
+/* ---- writing ---- */
+
+static int writer_check(mmkv_conn *conn)
+{
+    if (conn->engine->txn.owner == conn) return MMKV_OK;
+    return mmkv_error(&conn->errmsg, MMKV_MISUSE, "mmkv: write outside a write transaction");
+}
+
+static int check_datum(mmkv_conn *conn, const mmkv_datum *d, int is_key)
+{
+    if (d->type < MMKV_INTEGER || d->type > (is_key ? MMKV_BLOB : MMKV_NULL))
+        return mmkv_error(&conn->errmsg, MMKV_MISUSE, "mmkv: invalid %s type %d",
+                          is_key ? "key" : "value", d->type);
+    if ((d->type == MMKV_INTEGER || d->type == MMKV_FLOAT) && d->len != 8)
+        return mmkv_error(&conn->errmsg, MMKV_MISUSE, "mmkv: numbers are 8 bytes");
+    return MMKV_OK;
+}
+
+static int remember_written(mmkv_txn *txn, uint64_t offset)
+{
+    if (txn->n_written == txn->cap_written) {
+        size_t cap = txn->cap_written ? txn->cap_written * 2 : 1024;
+        uint64_t *grown = realloc(txn->written, cap * sizeof *grown);
+        if (!grown) return MMKV_NOMEM;
+        txn->written = grown;
+        txn->cap_written = cap;
+    }
+    txn->written[txn->n_written++] = offset;
+    return MMKV_OK;
+}
+
+/* Appends a version of key (a tombstone if value is NULL) after the version at prev. */
+static int append_version(mmkv_conn *conn, const mmkv_slot_ref *ref, uint64_t hash,
+                          const mmkv_datum *key, const mmkv_datum *value, uint64_t prev)
+{
+    mmkv_engine *e = conn->engine;
+    mmkv_txn *txn = &e->txn;
+    static const mmkv_datum no_value = {MMKV_NULL, 0, NULL};
+    uint64_t size;
+    int rc = remember_written(txn, txn->append_pos);
+    if (rc != MMKV_OK) return mmkv_error(&conn->errmsg, rc, "out of memory");
+    rc = mmkv_log_write_record(&e->log, txn->append_pos, key, value ? value : &no_value,
+                               value ? 0 : MMKV_RECORD_TOMBSTONE, txn->txid, prev, &size);
+    if (rc != MMKV_OK) {
+        txn->n_written--;
+        if (rc == MMKV_FULL)
+            return mmkv_error(&conn->errmsg, rc, "mmkv: no space left to grow '%s'", e->data_path);
+        return mmkv_error(&conn->errmsg, rc, "mmkv: cannot write to '%s'", e->data_path);
+    }
+    mmkv_index_store(&e->index, ref, hash, txn->append_pos);
+    txn->append_pos += size;
+    txn->counts.records++;
+    return MMKV_OK;
+}
+
+/* Locates key for a write: its slot and its newest version, if any. */
+static int locate_for_write(mmkv_conn *conn, const mmkv_datum *key, uint64_t hash,
+                            mmkv_slot_ref *ref, mmkv_record *newest)
+{
+    mmkv_engine *e = conn->engine;
+    key_probe p = {e, key, e->txn.append_pos, 0, 0, 0};
+    mmkv_index_ops ops = probe_ops(&p);
+    int rc = mmkv_index_make_room(&e->index, &ops);
+    if (rc == MMKV_OK) rc = mmkv_index_locate(&e->index, hash, &ops, ref);
+    if (rc == MMKV_NOTFOUND) return rc;
+    if (rc != MMKV_OK) return index_error(&conn->errmsg, e, rc, &p);
+    if (probe_read(&p, mmkv_slot_offset(*ref->slot), newest) <= 0)
+        return corrupt_record(&conn->errmsg, e, mmkv_slot_offset(*ref->slot));
+    return MMKV_OK;
+}
+
+static uint64_t record_bytes(const mmkv_record *r)
+{
+    return mmkv_record_size(r->header.key_len, r->header.value_len);
+}
+
+int mmkv_put(mmkv_conn *conn, const mmkv_datum *key, const mmkv_datum *value, int mode)
+{
+    int rc = writer_check(conn);
+    if (rc == MMKV_OK) rc = check_datum(conn, key, 1);
+    if (rc == MMKV_OK) rc = check_datum(conn, value, 0);
+    if (rc != MMKV_OK) return rc;
+    mmkv_txn *txn = &conn->engine->txn;
+    uint64_t hash = mmkv_key_hash(key);
+    mmkv_slot_ref ref;
+    mmkv_record newest;
+    rc = locate_for_write(conn, key, hash, &ref, &newest);
+    if (rc != MMKV_OK && rc != MMKV_NOTFOUND) return rc;
+    int exists = rc == MMKV_OK && !(newest.header.flags & MMKV_RECORD_TOMBSTONE);
+    if (exists && mode == MMKV_PUT_INSERT) return MMKV_CONSTRAINT;
+    rc = append_version(conn, &ref, hash, key, value, ref.slot ? newest.offset : 0);
+    if (rc != MMKV_OK) return rc;
+    if (exists) txn->counts.garbage += record_bytes(&newest);
+    else txn->counts.live++;
+    return MMKV_OK;
+}
+
+int mmkv_delete(mmkv_conn *conn, const mmkv_datum *key)
+{
+    int rc = writer_check(conn);
+    if (rc == MMKV_OK) rc = check_datum(conn, key, 1);
+    if (rc != MMKV_OK) return rc;
+    mmkv_txn *txn = &conn->engine->txn;
+    uint64_t hash = mmkv_key_hash(key);
+    mmkv_slot_ref ref;
+    mmkv_record newest;
+    rc = locate_for_write(conn, key, hash, &ref, &newest);
+    if (rc != MMKV_OK) return rc;
+    if (newest.header.flags & MMKV_RECORD_TOMBSTONE) return MMKV_NOTFOUND;
+    uint64_t before = txn->append_pos;
+    rc = append_version(conn, &ref, hash, key, NULL, newest.offset);
+    if (rc != MMKV_OK) return rc;
+    txn->counts.live--;
+    txn->counts.garbage += record_bytes(&newest) + (txn->append_pos - before);
+    return MMKV_OK;
+}
+
+/* Undoes the transaction's records past the first `keep`, newest first: each key's slot goes back
+** to the version before. Cannot fail: every slot touched exists, and the records are our own. */
+void mmkv_engine_undo(mmkv_engine *e, size_t keep)
+{
+    mmkv_txn *txn = &e->txn;
+    while (txn->n_written > keep) {
+        uint64_t offset = txn->written[--txn->n_written];
+        mmkv_record record;
+        if (!mmkv_log_record(&e->log, offset, UINT64_MAX, &record)) continue;
+        mmkv_datum key;
+        mmkv_record_key(&record, &key);
+        uint64_t hash = mmkv_key_hash(&key);
+        key_probe p = {e, &key, UINT64_MAX, 0, 0, 0};
+        mmkv_index_ops ops = probe_ops(&p);
+        mmkv_slot_ref ref;
+        if (mmkv_index_locate(&e->index, hash, &ops, &ref) != MMKV_OK) continue;
+        if (record.header.prev_offset) mmkv_index_store(&e->index, &ref, hash, record.header.prev_offset);
+        else mmkv_index_forget(&e->index, &ref);
+    }
+}
+
+/* ---- the index as derived data ---- */
+
+/* Replays the committed log from `from` into the index, newest version last. */
+static int replay_log(mmkv_engine *e, uint64_t from, uint64_t to, int rebuilding, char **errmsg)
+{
+    for (uint64_t pos = from; pos < to;) {
+        mmkv_record record;
+        if (!mmkv_log_record(&e->log, pos, to, &record) || !mmkv_record_checksum_ok(&record))
+            return corrupt_record(errmsg, e, pos);
+        mmkv_datum key;
+        mmkv_record_key(&record, &key);
+        uint64_t hash = mmkv_key_hash(&key);
+        key_probe p = {e, &key, to, pos, 0, 0};
+        mmkv_index_ops ops = probe_ops(&p);
+        int rc;
+        if (rebuilding) {
+            rc = mmkv_index_rebuild_add(&e->index, hash, &ops, pos);
+        } else {
+            mmkv_slot_ref ref;
+            rc = mmkv_index_make_room(&e->index, &ops);
+            if (rc == MMKV_OK) rc = mmkv_index_locate(&e->index, hash, &ops, &ref);
+            if (rc == MMKV_OK || rc == MMKV_NOTFOUND) {
+                mmkv_index_store(&e->index, &ref, hash, pos);
+                rc = MMKV_OK;
+            }
+        }
+        if (rc != MMKV_OK) return index_error(errmsg, e, rc, &p);
+        pos += record_bytes(&record);
+    }
+    return MMKV_OK;
+}
+
+int mmkv_engine_rebuild_index(mmkv_engine *e, char **errmsg)
+{
+    mmkv_meta meta;
+    int slot;
+    int rc = mmkv_log_meta(&e->log, &meta, &slot, errmsg);
+    if (rc != MMKV_OK) return rc;
+    rc = mmkv_index_rebuild_begin(&e->index, meta.record_count);
+    if (rc != MMKV_OK) return index_error(errmsg, e, rc, NULL);
+    rc = replay_log(e, MMKV_DATA_START, meta.committed_tail, 1, errmsg);
+    if (rc != MMKV_OK) return rc;
+    mmkv_index_rebuild_end(&e->index);
+    mmkv_index_header_of(&e->index)->log_position = meta.committed_tail;
+    return MMKV_OK;
+}
+
+static int same_boot(const mmkv_index_header *h)
+{
+    uint8_t now[16], zero[16] = {0};
+    mmkv_boot_id(now);
+    return memcmp(now, zero, 16) != 0 && memcmp(now, h->boot_id, 16) == 0;
+}
+
+/* With no other process using the files: make the index current, whatever state it is in. */
+static int recover_index(mmkv_engine *e, char **errmsg)
+{
+    mmkv_meta meta;
+    int slot;
+    int rc = mmkv_log_meta(&e->log, &meta, &slot, errmsg);
+    if (rc != MMKV_OK) return rc;
+    mmkv_index_header *h = mmkv_index_header_of(&e->index);
+    uint64_t id = e->log.file_id;
+    int usable = mmkv_index_header_usable(&e->index, id, 0);
+    if (usable && h->state == MMKV_INDEX_CLEAN && h->log_position <= meta.committed_tail &&
+        h->log_position >= MMKV_DATA_START) {
+        /* Clean: current, or behind and replayed from where it stopped. */
+        rc = replay_log(e, h->log_position, meta.committed_tail, 0, errmsg);
+    } else if (usable && h->state == MMKV_INDEX_IN_USE && !h->writer_active && same_boot(h)) {
+        /* Its last user died between transactions in this boot: every slot store reached the
+        ** page cache, so it is whole. */
+        rc = MMKV_OK;
+    } else {
+        rc = mmkv_index_reset(&e->index, id);
+        if (rc != MMKV_OK) return index_error(errmsg, e, rc, NULL);
+        rc = mmkv_engine_rebuild_index(e, errmsg);
+    }
+    if (rc != MMKV_OK) return rc;
+    h->log_position = meta.committed_tail;
+    h->writer_active = 0;
+    rc = mmkv_index_mark_in_use(&e->index);
+    return rc == MMKV_OK ? rc : index_error(errmsg, e, rc, NULL);
+}
+
+/* ---- opening and closing ---- */
+
+static void engine_free(mmkv_engine *e)
+{
+    if (e->index.map.base) mmkv_index_unmap(&e->index);
+    if (e->log.map.base) mmkv_log_close(&e->log);
+    if (e->index.map.fd >= 0) close(e->index.map.fd);
+    if (e->log.map.fd >= 0) close(e->log.map.fd);
+    pthread_mutex_destroy(&e->mutex);
+    free(e->txn.written);
+    free(e->txn.savepoints);
+    free(e->data_path);
+    free(e->index_path);
+    free(e);
+}
+
+static int engine_new(const char *data_path, mmkv_engine **out)
+{
+    mmkv_engine *e = calloc(1, sizeof *e);
+    if (!e) return MMKV_NOMEM;
+    e->log.map.fd = -1;
+    e->index.map.fd = -1;
+    pthread_mutex_init(&e->mutex, NULL);
+    e->data_path = strdup(data_path);
+    if (e->data_path && asprintf(&e->index_path, "%s%s", data_path, INDEX_SUFFIX) < 0)
+        e->index_path = NULL;
+    if (!e->data_path || !e->index_path) {
+        engine_free(e);
+        return MMKV_NOMEM;
+    }
+    *out = e;
+    return MMKV_OK;
+}
+
+/* Opens (creating if absent) the data file, then the index, and brings the index up to date. */
+static int engine_open_files(mmkv_engine *e, mmkv_sync sync, char **errmsg)
+{
+    int fd;
+    int rc = mmkv_file_open(e->data_path, MMKV_OPEN_EXISTING, &fd);
+    if (rc == MMKV_NOTFOUND) {
+        rc = mmkv_log_create(e->data_path, sync, errmsg);
+        if (rc == MMKV_BUSY) rc = MMKV_OK; /* created by someone else meanwhile */
+        if (rc != MMKV_OK) return rc;
+        rc = mmkv_file_open(e->data_path, MMKV_OPEN_EXISTING, &fd);
+    }
+    if (rc != MMKV_OK)
+        return mmkv_error(errmsg, rc, "mmkv: cannot open data file '%s': %s", e->data_path,
+                          strerror(errno));
+    e->log.map.fd = fd;
+    struct stat st;
+    if (fstat(fd, &st) != 0) return mmkv_error(errmsg, MMKV_IOERR, "mmkv: cannot stat '%s'", e->data_path);
+    e->dev = st.st_dev;
+    e->ino = st.st_ino;
+    rc = mmkv_log_open(&e->log, fd, e->data_path, errmsg);
+    e->log.map.fd = fd;
+    if (rc != MMKV_OK) return rc;
+
+    int index_fd;
+    rc = mmkv_file_open(e->index_path, MMKV_OPEN_ALWAYS, &index_fd);
+    if (rc != MMKV_OK)
+        return mmkv_error(errmsg, rc, "mmkv: cannot open index file '%s': %s", e->index_path,
+                          strerror(errno));
+    e->index.map.fd = index_fd;
+
+    /* Alone (the open lock is free): repair the index. Otherwise, wait for whoever is repairing
+    ** it and share what they made. */
+    int alone = mmkv_lock_try(fd, MMKV_LOCK_OPEN, 1) == MMKV_OK;
+    if (!alone && (rc = mmkv_lock_wait(fd, MMKV_LOCK_OPEN, 0)) != MMKV_OK)
+        return mmkv_error(errmsg, rc, "mmkv: cannot lock '%s'", e->data_path);
+    rc = mmkv_index_map(&e->index, index_fd, e->index_path);
+    if (rc != MMKV_OK) return mmkv_error(errmsg, rc, "mmkv: cannot map '%s'", e->index_path);
+    if (alone) {
+        rc = recover_index(e, errmsg);
+        if (rc == MMKV_OK) rc = mmkv_lock_try(fd, MMKV_LOCK_OPEN, 0); /* downgrade */
+    } else if (!mmkv_index_header_usable(&e->index, e->log.file_id, 0)) {
+        rc = mmkv_error(errmsg, MMKV_CORRUPT,
+                        "mmkv: index file '%s' is damaged while another process uses it",
+                        e->index_path);
+    }
+    return rc;
+}
+
+static void engine_close(mmkv_engine *e)
+{
+    if (e->log.map.base && e->index.map.base && !e->temporary &&
+        mmkv_lock_try(e->log.map.fd, MMKV_LOCK_OPEN, 1) == MMKV_OK) {
+        /* The last user anywhere: leave the index clean for the next open. */
+        mmkv_meta meta;
+        int slot;
+        if (mmkv_log_meta(&e->log, &meta, &slot, NULL) == MMKV_OK &&
+            !mmkv_index_header_of(&e->index)->writer_active)
+            mmkv_index_mark_clean(&e->index, meta.committed_tail);
+    }
+    engine_free(e);
+}
+
+static int temporary_path(char **out)
+{
+    const char *dir = getenv("TMPDIR");
+    if (!dir || !*dir) dir = "/tmp";
+    static unsigned counter;
+    unsigned n = __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED);
+    return asprintf(out, "%s/mmkv-temp-%ld-%u", dir, (long)getpid(), n) < 0
+               ? MMKV_NOMEM
+               : MMKV_OK;
+}
+
+int mmkv_open(const char *data_path, const mmkv_open_options *options, mmkv_conn **out,
+              char **errmsg)
+{
+    *out = NULL;
+    mmkv_conn *conn = calloc(1, sizeof *conn);
+    if (!conn) return mmkv_error(errmsg, MMKV_NOMEM, "out of memory");
+    conn->sync = options->sync;
+    mmkv_engine *e = NULL;
+    int rc;
+    if (options->temporary) {
+        char *path = NULL;
+        rc = temporary_path(&path);
+        if (rc == MMKV_OK) rc = engine_new(path, &e);
+        if (rc == MMKV_OK) {
+            e->temporary = 1;
+            e->refcount = 1;
+            rc = engine_open_files(e, MMKV_SYNC_OFF, errmsg);
+            /* Nobody else may ever open them: the names go now, the files at close. */
+            unlink(e->data_path);
+            unlink(e->index_path);
+        } else {
+            mmkv_error(errmsg, rc, "out of memory");
+        }
+        free(path);
+    } else {
+        pthread_mutex_lock(&registry_mutex);
+        struct stat st;
+        if (stat(data_path, &st) == 0) {
+            for (e = registry; e; e = e->next)
+                if (e->dev == st.st_dev && e->ino == st.st_ino) break;
+        }
+        if (e) {
+            e->refcount++;
+            rc = MMKV_OK;
+        } else {
+            rc = engine_new(data_path, &e);
+            if (rc == MMKV_OK) rc = engine_open_files(e, options->sync, errmsg);
+            else mmkv_error(errmsg, rc, "out of memory");
+            if (rc == MMKV_OK) {
+                e->refcount = 1;
+                e->next = registry;
+                registry = e;
+            }
+        }
+        pthread_mutex_unlock(&registry_mutex);
+    }
+    if (rc != MMKV_OK) {
+        if (e) engine_free(e);
+        free(conn);
+        return rc;
+    }
+    conn->engine = e;
+    *out = conn;
+    return MMKV_OK;
+}
+
+void mmkv_close(mmkv_conn *conn)
+{
+    if (!conn) return;
+    mmkv_engine *e = conn->engine;
+    if (e->txn.owner == conn) mmkv_txn_rollback(conn);
+    pthread_mutex_lock(&registry_mutex);
+    int last = --e->refcount == 0;
+    if (last && !e->temporary) {
+        mmkv_engine **p = &registry;
+        while (*p != e) p = &(*p)->next;
+        *p = e->next;
+    }
+    if (last) engine_close(e);
+    pthread_mutex_unlock(&registry_mutex);
+    free(conn->errmsg);
+    free(conn);
+}
+
+const char *mmkv_errmsg(mmkv_conn *conn)
+{
+    return conn->errmsg ? conn->errmsg : "mmkv: unknown error";
+}
+
+const char *mmkv_data_path(mmkv_conn *conn)
+{
+    return conn->engine->data_path;
+}
+
+static int unlink_if_present(const char *path)
+{
+    return unlink(path) == 0 || errno == ENOENT ? MMKV_OK : MMKV_IOERR;
+}
+
+int mmkv_remove_files(const char *data_path, char **errmsg)
+{
+    char *index_path = NULL;
+    if (asprintf(&index_path, "%s%s", data_path, INDEX_SUFFIX) < 0)
+        return mmkv_error(errmsg, MMKV_NOMEM, "out of memory");
+    int rc = unlink_if_present(data_path);
+    if (rc == MMKV_OK) rc = unlink_if_present(index_path);
+    if (rc != MMKV_OK) mmkv_error(errmsg, rc, "mmkv: cannot delete '%s': %s", data_path, strerror(errno));
+    free(index_path);
+    return rc;
+}
+
+int mmkv_rename_files(const char *old_data_path, const char *new_data_path, char **errmsg)
+{
+    char *old_index = NULL, *new_index = NULL;
+    int rc = MMKV_OK;
+    if (asprintf(&old_index, "%s%s", old_data_path, INDEX_SUFFIX) < 0) old_index = NULL;
+    if (asprintf(&new_index, "%s%s", new_data_path, INDEX_SUFFIX) < 0) new_index = NULL;
+    if (!old_index || !new_index) {
+        rc = mmkv_error(errmsg, MMKV_NOMEM, "out of memory");
+    } else if (access(new_data_path, F_OK) == 0) {
+        rc = mmkv_error(errmsg, MMKV_ERROR, "mmkv: cannot rename to '%s': the file exists",
+                        new_data_path);
+    } else if (rename(old_data_path, new_data_path) != 0) {
+        rc = mmkv_error(errmsg, MMKV_IOERR, "mmkv: cannot rename '%s' to '%s': %s", old_data_path,
+                        new_data_path, strerror(errno));
+    } else {
+        rename(old_index, new_index); /* derived data: if it cannot follow, it is rebuilt */
+        pthread_mutex_lock(&registry_mutex);
+        for (mmkv_engine *e = registry; e; e = e->next) {
+            if (strcmp(e->data_path, old_data_path) != 0) continue;
+            char *data = strdup(new_data_path), *index = strdup(new_index);
+            if (data && index) {
+                free(e->data_path);
+                free(e->index_path);
+                e->data_path = data;
+                e->index_path = index;
+                e->log.path = data;
+                e->index.path = index;
+            } else {
+                free(data);
+                free(index);
+            }
+        }
+        pthread_mutex_unlock(&registry_mutex);
+    }
+    free(old_index);
+    free(new_index);
+    return rc;
+}

@@ -1,0 +1,69 @@
+/*
+** engine.h: the engine's internals, shared by engine.c (files, reads, writes) and txn.c (the
+** commit protocol). Not part of the public surface (mmkv.h).
+*/
+#ifndef MMKV_ENGINE_H
+#define MMKV_ENGINE_H
+
+#include "index.h"
+#include "log.h"
+#include "mmkv.h"
+
+#include <pthread.h>
+#include <sys/types.h>
+
+typedef struct mmkv_counts {
+    uint64_t live;    /* keys whose newest version is not a tombstone */
+    uint64_t records; /* records in the log */
+    uint64_t garbage; /* bytes of superseded versions and tombstones */
+} mmkv_counts;
+
+typedef struct mmkv_savepoint {
+    int level;
+    uint64_t append_pos;
+    size_t written;
+    mmkv_counts counts;
+} mmkv_savepoint;
+
+/* The one write transaction an engine allows at a time. */
+typedef struct mmkv_txn {
+    mmkv_conn *owner;    /* NULL when none is open */
+    uint64_t txid;       /* this transaction's id: the committed id plus one */
+    uint64_t start;      /* the committed tail when it began */
+    uint64_t append_pos; /* where its next record goes */
+    mmkv_counts counts;
+    uint64_t *written; /* offsets of its records, in order: the undo log */
+    size_t n_written, cap_written;
+    mmkv_savepoint *savepoints;
+    size_t n_savepoints, cap_savepoints;
+    int committed_slot; /* meta slot of the commit it started from */
+    int prepared;       /* its meta slot is written */
+    mmkv_meta overwritten_meta; /* what prepare replaced, for a rollback after it */
+} mmkv_txn;
+
+typedef struct mmkv_engine mmkv_engine;
+struct mmkv_engine {
+    mmkv_engine *next; /* in the process's registry */
+    int refcount;
+    dev_t dev;
+    ino_t ino;
+    int temporary;
+    char *data_path;
+    char *index_path;
+    mmkv_log log;
+    mmkv_index index;
+    pthread_mutex_t mutex; /* guards txn.owner */
+    mmkv_txn txn;
+};
+
+struct mmkv_conn {
+    mmkv_engine *engine;
+    mmkv_sync sync;
+    char *errmsg;
+};
+
+/* engine.c, for txn.c */
+void mmkv_engine_undo(mmkv_engine *engine, size_t keep);
+int mmkv_engine_rebuild_index(mmkv_engine *engine, char **errmsg);
+
+#endif

@@ -1,0 +1,59 @@
+/*
+** file.h: every call mmkv makes to the operating system's file API goes through here: opening,
+** allocating, syncing, locking, and mapping. One seam, so that tests can fail or stop any step.
+**
+** A mapping reserves a large address range once and maps the file into it piece by piece as the
+** file grows, so the base address never changes and a reader is never remapped under.
+*/
+#ifndef MMKV_FILE_H
+#define MMKV_FILE_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct mmkv_map {
+    int fd;
+    unsigned char *base;   /* start of the reserved range */
+    uint64_t reserved;     /* bytes of address space reserved */
+    uint64_t mapped;       /* bytes of the file mapped (read with mmkv_map_mapped) */
+    uint64_t file_size;    /* bytes the file is known to have */
+    pthread_mutex_t grow_lock; /* serialises growth of the mapping within the process */
+} mmkv_map;
+
+/* Lock bytes, placed past any real file content (POSIX allows locks beyond the end). */
+#define MMKV_LOCK_WRITER ((int64_t)1 << 40)   /* held by the process writing */
+#define MMKV_LOCK_OPEN ((int64_t)1 << 40) + 1 /* shared by every process that has it open */
+
+#define MMKV_OPEN_EXISTING 0   /* NOTFOUND if absent */
+#define MMKV_OPEN_CREATE_NEW 1 /* BUSY if present */
+#define MMKV_OPEN_ALWAYS 2     /* open, creating if absent */
+int mmkv_file_open(const char *path, int how, int *fd_out);
+int mmkv_file_size(int fd, uint64_t *size);
+int mmkv_file_read(int fd, void *buf, size_t len, uint64_t offset);    /* short read: IOERR */
+int mmkv_file_write(int fd, const void *buf, size_t len, uint64_t offset);
+int mmkv_file_sync(int fd);                                            /* fdatasync */
+int mmkv_file_sync_dir(const char *path);                              /* the directory of path */
+int mmkv_file_allocate(int fd, uint64_t size);                         /* FULL on ENOSPC */
+int mmkv_file_discard(int fd, uint64_t offset, uint64_t len);          /* punch a hole (reads 0) */
+
+int mmkv_lock_try(int fd, int64_t byte, int exclusive); /* OK or BUSY, never waits */
+int mmkv_lock_wait(int fd, int64_t byte, int exclusive);
+void mmkv_unlock(int fd, int64_t byte);
+
+int mmkv_map_init(mmkv_map *map, int fd, uint64_t reserve_bytes);
+int mmkv_map_refresh(mmkv_map *map);                  /* map whatever the file holds now */
+int mmkv_map_extend(mmkv_map *map, uint64_t bytes);   /* allocate the file to bytes and map it */
+int mmkv_map_sync_range(mmkv_map *map, uint64_t offset, uint64_t len); /* msync, then durable */
+void mmkv_map_release(mmkv_map *map);
+
+static inline uint64_t mmkv_map_mapped(const mmkv_map *map)
+{
+    return __atomic_load_n(&map->mapped, __ATOMIC_ACQUIRE);
+}
+
+/* The current boot's identity, so that a file marked in use by a dead process of this boot can be
+** told from one that survived a power loss. Zeros if the system does not say. */
+void mmkv_boot_id(uint8_t out[16]);
+
+#endif

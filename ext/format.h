@@ -1,0 +1,146 @@
+/*
+** The on-disk format of mmkv's two files.
+**
+** All integers are stored in the machine's byte order, which mmkv requires to be little-endian
+** (checked at compile time below), so every structure here can be read in place from the mapping.
+**
+** THE DATA FILE (for example app.db-kv.mmkv) is an append-only log:
+**
+**     offset 0      file header (mmkv_file_header), written once at creation
+**     offset 512    meta slot 0 (mmkv_meta)
+**     offset 1024   meta slot 1 (mmkv_meta)
+**     offset 4096   records, each 8-byte aligned, up to the committed tail
+**
+** The meta slot with the highest transaction id whose checksum holds is the committed state; a
+** commit writes the other slot, so a torn meta write leaves the previous commit in force. Bytes
+** below the committed tail are never rewritten. Past the tail lie the records of the transaction
+** in progress (or garbage left by one that never committed), which no reader trusts.
+**
+** A record is a header (mmkv_record_header), the key bytes, the value bytes, and zero padding to the
+** next multiple of 8. An update appends a new version whose prev_offset names the version before
+** it; a delete appends a tombstone (flag MMKV_RECORD_TOMBSTONE, no value). INTEGER and REAL keys and
+** values are stored as 8 bytes (int64 / IEEE double); TEXT as UTF-8; NULL has no bytes.
+**
+** THE INDEX FILE (data file name + "-index") is derived data: a hash table from key to the offset
+** of the newest version of that key, rebuilt from the log whenever it is missing, stale or damaged.
+**
+**     offset 0      index header (mmkv_index_header)
+**     offset 4096   hash tables: the current one and, while it is being drained into the current
+**                   one, the previous one. Each is an array of 64-bit slots (mmkv_slot).
+**
+** A slot packs a 24-bit hash tag and the record offset divided by 8 (40 bits, so data files up to
+** 8 TiB). Slot values 0, 1 and 2 are never offsets (records start at 4096): empty, deleted (a key
+** whose insert was rolled back) and moved (drained into the current table).
+*/
+#ifndef MMKV_FORMAT_H
+#define MMKV_FORMAT_H
+
+#include <stdint.h>
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "mmkv's file format is little-endian; this machine is not"
+#endif
+
+#define MMKV_FORMAT_VERSION 1
+#define MMKV_PAGE_SIZE 4096u
+#define MMKV_MAGIC_SIZE 16
+
+/* ---- data file ---- */
+
+#define MMKV_DATA_MAGIC "mmkv data file\0"   /* 15 characters and a NUL: 16 bytes */
+#define MMKV_META_MAGIC 0x6174656d766b6d6dULL /* "mmkvmeta" */
+#define MMKV_META_OFFSET(slot) (512u * (1u + (slot)))
+#define MMKV_DATA_START MMKV_PAGE_SIZE /* offset of the first record */
+#define MMKV_RECORD_ALIGN 8u
+
+typedef struct mmkv_file_header {
+    char magic[MMKV_MAGIC_SIZE]; /* MMKV_DATA_MAGIC */
+    uint32_t format_version;     /* MMKV_FORMAT_VERSION */
+    uint32_t page_size;          /* MMKV_PAGE_SIZE */
+    uint64_t file_id;            /* random at creation; the index file records it */
+    uint64_t created_unix_ms;    /* informational */
+    uint8_t reserved[468];       /* zero; room for later fields (for example the owning database) */
+    uint32_t checksum;           /* CRC32C of every byte above */
+} mmkv_file_header;              /* 512 bytes */
+
+typedef struct mmkv_meta {
+    uint64_t magic;          /* MMKV_META_MAGIC */
+    uint64_t txid;           /* id of the last committed transaction; 0 for a new file */
+    uint64_t committed_tail; /* offset one past the last committed record */
+    uint64_t live_count;     /* keys whose newest version is not a tombstone */
+    uint64_t record_count;   /* records in the log, tombstones and old versions included */
+    uint64_t garbage_bytes;  /* bytes held by superseded versions and tombstones */
+    uint64_t txn_start;      /* where the last transaction's records begin (its starting tail) */
+    uint32_t reserved;       /* zero */
+    uint32_t checksum;       /* CRC32C of every byte above */
+} mmkv_meta;                 /* 64 bytes */
+
+#define MMKV_RECORD_TOMBSTONE 0x01
+
+typedef struct mmkv_record_header {
+    uint32_t checksum;    /* CRC32C of the rest of the header, the key and the value */
+    uint8_t key_type;     /* MMKV_INTEGER, MMKV_FLOAT, MMKV_TEXT or MMKV_BLOB */
+    uint8_t value_type;   /* any type; MMKV_NULL for a tombstone */
+    uint8_t flags;        /* MMKV_RECORD_TOMBSTONE */
+    uint8_t reserved;     /* zero */
+    uint32_t key_len;     /* bytes of key */
+    uint32_t value_len;   /* bytes of value */
+    uint64_t txid;        /* the transaction that wrote this version */
+    uint64_t prev_offset; /* the previous version of the same key, or 0 */
+} mmkv_record_header;     /* 32 bytes, then key, value, padding */
+
+/* ---- index file ---- */
+
+#define MMKV_INDEX_MAGIC "mmkv index file"   /* 15 characters and a NUL: 16 bytes */
+#define MMKV_INDEX_TABLES_START MMKV_PAGE_SIZE
+
+#define MMKV_INDEX_CLEAN 1  /* closed cleanly: the tables reflect log_position exactly */
+#define MMKV_INDEX_IN_USE 2 /* open somewhere, or its last user died */
+
+typedef struct mmkv_index_header {
+    char magic[MMKV_MAGIC_SIZE]; /* MMKV_INDEX_MAGIC */
+    uint32_t format_version;     /* MMKV_FORMAT_VERSION */
+    uint32_t state;              /* MMKV_INDEX_CLEAN or MMKV_INDEX_IN_USE */
+    uint64_t data_file_id;       /* file_id of the data file this index belongs to */
+    uint64_t log_position;       /* committed tail of the log that the tables reflect */
+    uint8_t boot_id[16];         /* the boot in which state became IN_USE */
+    uint32_t writer_active;      /* 1 while a write transaction may have published slots */
+    uint32_t reserved0;
+    /* Table geometry. Writers change it inside a sequence lock (geometry_seq odd while
+    ** changing), so that lock-free readers in any process read a consistent copy. */
+    uint64_t geometry_seq;
+    uint64_t table_offset;   /* current table */
+    uint64_t table_slots;    /* its size in slots, a power of two */
+    uint64_t old_offset;     /* table being drained into the current one; 0 if none */
+    uint64_t old_slots;      /* its size in slots */
+    uint64_t drain_cursor;   /* old slots below this have been moved */
+    uint64_t used_slots;     /* non-empty slots of the current table */
+    uint64_t file_end;       /* bytes of the file in use by tables */
+    uint32_t tables_checksum; /* CRC32C of the tables' slots; set, and checked, only when CLEAN */
+    uint32_t reserved2;
+    uint8_t reserved[3952];  /* zero */
+    uint32_t checksum;       /* CRC32C of every byte above; checked only when state is CLEAN */
+    uint32_t reserved1;
+} mmkv_index_header;         /* 4096 bytes */
+
+typedef uint64_t mmkv_slot;
+
+#define MMKV_SLOT_EMPTY 0u
+#define MMKV_SLOT_DELETED 1u
+#define MMKV_SLOT_MOVED 2u
+#define MMKV_SLOT_OFFSET_BITS 40
+#define MMKV_SLOT_OFFSET_MASK ((UINT64_C(1) << MMKV_SLOT_OFFSET_BITS) - 1)
+#define MMKV_MAX_FILE_SIZE (MMKV_SLOT_OFFSET_MASK * MMKV_RECORD_ALIGN)
+
+#define mmkv_slot_pack(tag, offset) (((uint64_t)(tag) << MMKV_SLOT_OFFSET_BITS) | ((offset) >> 3))
+#define mmkv_slot_offset(slot) (((slot)&MMKV_SLOT_OFFSET_MASK) << 3)
+#define mmkv_slot_tag(slot) ((slot) >> MMKV_SLOT_OFFSET_BITS)
+#define mmkv_slot_is_entry(slot) ((slot) > MMKV_SLOT_MOVED)
+#define mmkv_hash_tag(hash) ((hash) >> MMKV_SLOT_OFFSET_BITS)
+
+_Static_assert(sizeof(mmkv_file_header) == 512, "file header is one sector");
+_Static_assert(sizeof(mmkv_meta) == 64, "meta slot size");
+_Static_assert(sizeof(mmkv_record_header) == 32, "record header size");
+_Static_assert(sizeof(mmkv_index_header) == MMKV_PAGE_SIZE, "index header is one page");
+
+#endif

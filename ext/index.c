@@ -1,0 +1,423 @@
+/*
+** The hash index: probing, incremental growth and rebuilding. See index.h and format.h.
+*/
+#include "index.h"
+#include "crc32c.h"
+#include "mmkv.h"
+
+#include <string.h>
+#include <unistd.h>
+
+/* How often a reader looks again when the geometry moved under it before it gives up. */
+#define GEOMETRY_RETRIES 1000
+
+typedef struct geometry {
+    uint64_t table_offset, table_slots;
+    uint64_t old_offset, old_slots;
+} geometry;
+
+static uint64_t load64(const uint64_t *p)
+{
+    return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+
+static void store64(uint64_t *p, uint64_t v)
+{
+    __atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
+
+static mmkv_slot *table_at(mmkv_index *index, uint64_t offset)
+{
+    return (mmkv_slot *)(index->map.base + offset);
+}
+
+static int table_fits(uint64_t offset, uint64_t slots, uint64_t size)
+{
+    return offset >= MMKV_INDEX_TABLES_START && offset % MMKV_PAGE_SIZE == 0 && slots >= 1 &&
+           (slots & (slots - 1)) == 0 && slots <= (size - offset) / sizeof(mmkv_slot);
+}
+
+int mmkv_index_map(mmkv_index *index, int fd, const char *path)
+{
+    index->path = path;
+    index->build_offset = 0;
+    return mmkv_map_init(&index->map, fd, MMKV_INDEX_RESERVE);
+}
+
+void mmkv_index_unmap(mmkv_index *index)
+{
+    mmkv_map_release(&index->map);
+}
+
+static uint32_t header_checksum(const mmkv_index_header *h)
+{
+    return mmkv_crc32c(0, h, offsetof(mmkv_index_header, checksum));
+}
+
+static uint32_t tables_checksum(mmkv_index *index)
+{
+    mmkv_index_header *h = mmkv_index_header_of(index);
+    uint32_t crc = mmkv_crc32c(0, table_at(index, h->table_offset), h->table_slots * sizeof(mmkv_slot));
+    if (h->old_offset)
+        crc = mmkv_crc32c(crc, table_at(index, h->old_offset), h->old_slots * sizeof(mmkv_slot));
+    return crc;
+}
+
+int mmkv_index_header_usable(mmkv_index *index, uint64_t data_file_id, int need_clean)
+{
+    uint64_t size = mmkv_map_mapped(&index->map);
+    if (size < MMKV_INDEX_TABLES_START) return 0;
+    mmkv_index_header *h = mmkv_index_header_of(index);
+    if (memcmp(h->magic, MMKV_INDEX_MAGIC, MMKV_MAGIC_SIZE) != 0 ||
+        h->format_version != MMKV_FORMAT_VERSION || h->data_file_id != data_file_id)
+        return 0;
+    if (h->state != MMKV_INDEX_CLEAN && (need_clean || h->state != MMKV_INDEX_IN_USE)) return 0;
+    if (h->state == MMKV_INDEX_CLEAN && h->checksum != header_checksum(h)) return 0;
+    if (h->geometry_seq % 2 != 0 || h->file_end > size ||
+        !table_fits(h->table_offset, h->table_slots, h->file_end) ||
+        h->table_slots < MMKV_INDEX_MIN_SLOTS || h->used_slots > h->table_slots)
+        return 0;
+    if (h->old_offset && (!table_fits(h->old_offset, h->old_slots, h->file_end) ||
+                          h->drain_cursor > h->old_slots))
+        return 0;
+    if (h->state == MMKV_INDEX_CLEAN && h->tables_checksum != tables_checksum(index)) return 0;
+    return 1;
+}
+
+int mmkv_index_reset(mmkv_index *index, uint64_t data_file_id)
+{
+    int fd = index->map.fd;
+    uint64_t table_bytes = MMKV_INDEX_MIN_SLOTS * sizeof(mmkv_slot);
+    uint64_t size = MMKV_INDEX_TABLES_START + table_bytes;
+    /* Only the derived index is ever emptied: its contents can always be made again. */
+    if (ftruncate(fd, 0) != 0) return MMKV_IOERR;
+    int rc = mmkv_file_allocate(fd, size);
+    if (rc != MMKV_OK) return rc;
+    rc = mmkv_map_refresh(&index->map);
+    if (rc != MMKV_OK) return rc;
+    mmkv_index_header *h = mmkv_index_header_of(index);
+    memset(h, 0, sizeof *h);
+    memcpy(h->magic, MMKV_INDEX_MAGIC, MMKV_MAGIC_SIZE);
+    h->format_version = MMKV_FORMAT_VERSION;
+    h->state = MMKV_INDEX_IN_USE;
+    h->data_file_id = data_file_id;
+    h->log_position = 0;
+    h->table_offset = MMKV_INDEX_TABLES_START;
+    h->table_slots = MMKV_INDEX_MIN_SLOTS;
+    h->file_end = size;
+    return MMKV_OK;
+}
+
+void mmkv_index_mark_clean(mmkv_index *index, uint64_t log_position)
+{
+    mmkv_index_header *h = mmkv_index_header_of(index);
+    mmkv_map_sync_range(&index->map, MMKV_INDEX_TABLES_START, h->file_end);
+    h->log_position = log_position;
+    h->writer_active = 0;
+    h->tables_checksum = tables_checksum(index);
+    h->state = MMKV_INDEX_CLEAN;
+    h->checksum = header_checksum(h);
+    mmkv_map_sync_range(&index->map, 0, sizeof *h);
+}
+
+int mmkv_index_mark_in_use(mmkv_index *index)
+{
+    mmkv_index_header *h = mmkv_index_header_of(index);
+    h->state = MMKV_INDEX_IN_USE;
+    mmkv_boot_id(h->boot_id);
+    h->checksum = 0;
+    /* Durable before any slot changes: after a power loss, the index cannot pass for clean. */
+    return mmkv_map_sync_range(&index->map, 0, sizeof *h);
+}
+
+/* ---- reading ---- */
+
+static int geometry_read(mmkv_index *index, geometry *g, uint64_t *seq_out)
+{
+    mmkv_index_header *h = mmkv_index_header_of(index);
+    for (int attempt = 0; attempt < GEOMETRY_RETRIES; attempt++) {
+        uint64_t seq = load64(&h->geometry_seq);
+        if (seq % 2) continue;
+        g->table_offset = load64(&h->table_offset);
+        g->table_slots = load64(&h->table_slots);
+        g->old_offset = load64(&h->old_offset);
+        g->old_slots = load64(&h->old_slots);
+        if (load64(&h->geometry_seq) != seq) continue;
+        uint64_t end = g->table_offset + g->table_slots * sizeof(mmkv_slot);
+        if (g->old_offset && g->old_offset + g->old_slots * sizeof(mmkv_slot) > end)
+            end = g->old_offset + g->old_slots * sizeof(mmkv_slot);
+        if (end > mmkv_map_mapped(&index->map)) {
+            int rc = mmkv_map_refresh(&index->map); /* another process grew the file */
+            if (rc != MMKV_OK) return rc;
+        }
+        uint64_t mapped = mmkv_map_mapped(&index->map);
+        if (!table_fits(g->table_offset, g->table_slots, mapped) ||
+            (g->old_offset && !table_fits(g->old_offset, g->old_slots, mapped)))
+            return MMKV_CORRUPT;
+        *seq_out = seq;
+        return MMKV_OK;
+    }
+    return MMKV_BUSY;
+}
+
+/* Probes one table. Returns OK with *found set to the slot, NOTFOUND, or an error. If insert_at
+** is given, sets it to the first reusable slot on the probe path. */
+static int probe(mmkv_slot *table, uint64_t slots, uint64_t hash, const mmkv_index_ops *ops,
+                 mmkv_slot **found, mmkv_slot **insert_at)
+{
+    uint64_t mask = slots - 1;
+    uint64_t tag = mmkv_hash_tag(hash);
+    uint64_t i = hash & mask;
+    if (insert_at) *insert_at = NULL;
+    for (uint64_t n = 0; n < slots; n++, i = (i + 1) & mask) {
+        mmkv_slot s = load64(&table[i]);
+        if (s == MMKV_SLOT_EMPTY) {
+            if (insert_at && !*insert_at) *insert_at = &table[i];
+            return MMKV_NOTFOUND;
+        }
+        if (!mmkv_slot_is_entry(s)) {
+            if (s == MMKV_SLOT_DELETED && insert_at && !*insert_at) *insert_at = &table[i];
+            continue;
+        }
+        if (mmkv_slot_tag(s) != tag) continue;
+        int m = ops->match(ops->ctx, mmkv_slot_offset(s));
+        if (m < 0) return -m;
+        if (m) {
+            *found = &table[i];
+            return MMKV_OK;
+        }
+    }
+    return MMKV_NOTFOUND;
+}
+
+int mmkv_index_find(mmkv_index *index, uint64_t hash, const mmkv_index_ops *ops, uint64_t *offset)
+{
+    mmkv_index_header *h = mmkv_index_header_of(index);
+    for (int attempt = 0; attempt < GEOMETRY_RETRIES; attempt++) {
+        geometry g;
+        uint64_t seq;
+        int rc = geometry_read(index, &g, &seq);
+        if (rc != MMKV_OK) return rc;
+        mmkv_slot *slot = NULL;
+        /* The old table first: a writer copies a slot to the new table before marking it moved,
+        ** so a key missing from the old table is already in the new one. */
+        rc = MMKV_NOTFOUND;
+        if (g.old_offset) rc = probe(table_at(index, g.old_offset), g.old_slots, hash, ops, &slot, NULL);
+        if (rc == MMKV_NOTFOUND)
+            rc = probe(table_at(index, g.table_offset), g.table_slots, hash, ops, &slot, NULL);
+        if (rc == MMKV_OK) {
+            *offset = mmkv_slot_offset(load64(slot));
+            if (*offset >= MMKV_DATA_START) return MMKV_OK;
+            continue; /* the slot changed under us */
+        }
+        if (rc != MMKV_NOTFOUND || load64(&h->geometry_seq) == seq) return rc;
+    }
+    return MMKV_BUSY;
+}
+
+/* ---- writing (one writer at a time) ---- */
+
+static void geometry_begin(mmkv_index_header *h)
+{
+    store64(&h->geometry_seq, h->geometry_seq + 1);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
+static void geometry_end(mmkv_index_header *h)
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    store64(&h->geometry_seq, h->geometry_seq + 1);
+}
+
+/* Appends a zeroed table of `slots` slots to the file; returns its offset. */
+static int table_allocate(mmkv_index *index, uint64_t slots, uint64_t *offset)
+{
+    mmkv_index_header *h = mmkv_index_header_of(index);
+    uint64_t at = (h->file_end + MMKV_PAGE_SIZE - 1) / MMKV_PAGE_SIZE * MMKV_PAGE_SIZE;
+    uint64_t end = at + slots * sizeof(mmkv_slot);
+    int rc = mmkv_map_extend(&index->map, end);
+    if (rc != MMKV_OK) return rc;
+    h->file_end = end;
+    *offset = at;
+    return MMKV_OK;
+}
+
+static void table_discard(mmkv_index *index, uint64_t offset, uint64_t slots)
+{
+    /* Readers holding an old geometry then find it empty and look again. */
+    if (mmkv_file_discard(index->map.fd, offset, slots * sizeof(mmkv_slot)) != MMKV_OK)
+        memset(table_at(index, offset), 0, slots * sizeof(mmkv_slot));
+}
+
+/* The first free slot for hash in a table that does not hold the key. */
+static mmkv_slot *free_slot(mmkv_slot *table, uint64_t slots, uint64_t hash)
+{
+    uint64_t mask = slots - 1;
+    for (uint64_t i = hash & mask;; i = (i + 1) & mask) {
+        mmkv_slot s = table[i];
+        if (s == MMKV_SLOT_EMPTY || s == MMKV_SLOT_DELETED) return &table[i];
+    }
+}
+
+static void drain_finish(mmkv_index *index)
+{
+    mmkv_index_header *h = mmkv_index_header_of(index);
+    uint64_t offset = h->old_offset, slots = h->old_slots;
+    geometry_begin(h);
+    h->old_offset = 0;
+    h->old_slots = 0;
+    h->drain_cursor = 0;
+    geometry_end(h);
+    table_discard(index, offset, slots);
+}
+
+/* Moves up to `count` old slots into the current table. */
+static int drain(mmkv_index *index, const mmkv_index_ops *ops, uint64_t count)
+{
+    mmkv_index_header *h = mmkv_index_header_of(index);
+    mmkv_slot *old = table_at(index, h->old_offset);
+    mmkv_slot *table = table_at(index, h->table_offset);
+    while (count-- && h->drain_cursor < h->old_slots) {
+        mmkv_slot *from = &old[h->drain_cursor];
+        mmkv_slot s = *from;
+        if (mmkv_slot_is_entry(s)) {
+            uint64_t hash;
+            int rc = ops->hash_of(ops->ctx, mmkv_slot_offset(s), &hash);
+            if (rc != MMKV_OK) return rc;
+            mmkv_slot *to = free_slot(table, h->table_slots, hash);
+            if (*to == MMKV_SLOT_EMPTY) h->used_slots++;
+            store64(to, s);
+            store64(from, MMKV_SLOT_MOVED);
+        }
+        h->drain_cursor++;
+    }
+    if (h->drain_cursor >= h->old_slots) drain_finish(index);
+    return MMKV_OK;
+}
+
+int mmkv_index_make_room(mmkv_index *index, const mmkv_index_ops *ops)
+{
+    mmkv_index_header *h = mmkv_index_header_of(index);
+    int rc;
+    if (h->old_offset && (rc = drain(index, ops, MMKV_INDEX_DRAIN_STEP)) != MMKV_OK) return rc;
+    if ((h->used_slots + 1) * MMKV_INDEX_LOAD_DEN <= h->table_slots * MMKV_INDEX_LOAD_NUM)
+        return MMKV_OK;
+    /* Full: finish any drain still going (rare: draining outpaces filling), then double. */
+    if (h->old_offset && (rc = drain(index, ops, h->old_slots)) != MMKV_OK) return rc;
+    uint64_t slots = h->table_slots * 2, offset;
+    if ((rc = table_allocate(index, slots, &offset)) != MMKV_OK) return rc;
+    geometry_begin(h);
+    h->old_offset = h->table_offset;
+    h->old_slots = h->table_slots;
+    h->drain_cursor = 0;
+    h->table_offset = offset;
+    h->table_slots = slots;
+    h->used_slots = 0;
+    geometry_end(h);
+    return MMKV_OK;
+}
+
+int mmkv_index_locate(mmkv_index *index, uint64_t hash, const mmkv_index_ops *ops,
+                      mmkv_slot_ref *ref)
+{
+    mmkv_index_header *h = mmkv_index_header_of(index);
+    ref->slot = NULL;
+    ref->in_old = 0;
+    int rc = MMKV_NOTFOUND;
+    if (h->old_offset) {
+        rc = probe(table_at(index, h->old_offset), h->old_slots, hash, ops, &ref->slot, NULL);
+        if (rc == MMKV_OK) ref->in_old = 1;
+    }
+    mmkv_slot *found = NULL;
+    int rc2 = probe(table_at(index, h->table_offset), h->table_slots, hash, ops, &found,
+                    &ref->insert_at);
+    if (rc2 == MMKV_OK && !ref->slot) ref->slot = found;
+    if (rc2 != MMKV_OK && rc2 != MMKV_NOTFOUND) return rc2;
+    if (rc != MMKV_OK && rc != MMKV_NOTFOUND) return rc;
+    if (!ref->insert_at) ref->insert_at = free_slot(table_at(index, h->table_offset), h->table_slots, hash);
+    return ref->slot ? MMKV_OK : MMKV_NOTFOUND;
+}
+
+void mmkv_index_store(mmkv_index *index, const mmkv_slot_ref *ref, uint64_t hash, uint64_t offset)
+{
+    mmkv_index_header *h = mmkv_index_header_of(index);
+    mmkv_slot value = mmkv_slot_pack(mmkv_hash_tag(hash), offset);
+    if (ref->slot && !ref->in_old) {
+        store64(ref->slot, value);
+        return;
+    }
+    if (*ref->insert_at == MMKV_SLOT_EMPTY) h->used_slots++;
+    store64(ref->insert_at, value);
+    if (ref->slot) store64(ref->slot, MMKV_SLOT_MOVED); /* after the copy: see mmkv_index_find */
+}
+
+void mmkv_index_forget(mmkv_index *index, const mmkv_slot_ref *ref)
+{
+    (void)index;
+    if (ref->slot) store64(ref->slot, ref->in_old ? MMKV_SLOT_MOVED : MMKV_SLOT_DELETED);
+}
+
+/* ---- rebuilding ---- */
+
+int mmkv_index_rebuild_begin(mmkv_index *index, uint64_t keys)
+{
+    uint64_t slots = MMKV_INDEX_MIN_SLOTS;
+    while (slots * MMKV_INDEX_LOAD_NUM < (keys + 1) * MMKV_INDEX_LOAD_DEN) slots *= 2;
+    int rc = table_allocate(index, slots, &index->build_offset);
+    if (rc != MMKV_OK) return rc;
+    index->build_slots = slots;
+    index->build_used = 0;
+    return MMKV_OK;
+}
+
+int mmkv_index_rebuild_add(mmkv_index *index, uint64_t hash, const mmkv_index_ops *ops,
+                           uint64_t offset)
+{
+    mmkv_slot *table = table_at(index, index->build_offset);
+    mmkv_slot *found = NULL, *insert_at = NULL;
+    int rc = probe(table, index->build_slots, hash, ops, &found, &insert_at);
+    if (rc == MMKV_OK) {
+        *found = mmkv_slot_pack(mmkv_hash_tag(hash), offset);
+        return MMKV_OK;
+    }
+    if (rc != MMKV_NOTFOUND) return rc;
+    if ((index->build_used + 1) * MMKV_INDEX_LOAD_DEN > index->build_slots * MMKV_INDEX_LOAD_NUM) {
+        /* More keys than the estimate: double into a fresh table and carry on there. */
+        uint64_t slots = index->build_slots * 2, offset2;
+        if ((rc = table_allocate(index, slots, &offset2)) != MMKV_OK) return rc;
+        table = table_at(index, index->build_offset); /* the base never moves, but be plain */
+        mmkv_slot *bigger = table_at(index, offset2);
+        for (uint64_t i = 0; i < index->build_slots; i++) {
+            if (!mmkv_slot_is_entry(table[i])) continue;
+            uint64_t h2;
+            if ((rc = ops->hash_of(ops->ctx, mmkv_slot_offset(table[i]), &h2)) != MMKV_OK) return rc;
+            *free_slot(bigger, slots, h2) = table[i];
+        }
+        table_discard(index, index->build_offset, index->build_slots);
+        index->build_offset = offset2;
+        index->build_slots = slots;
+        table = bigger;
+        insert_at = free_slot(table, slots, hash);
+    }
+    *insert_at = mmkv_slot_pack(mmkv_hash_tag(hash), offset);
+    index->build_used++;
+    return MMKV_OK;
+}
+
+void mmkv_index_rebuild_end(mmkv_index *index)
+{
+    mmkv_index_header *h = mmkv_index_header_of(index);
+    uint64_t offset = h->table_offset, slots = h->table_slots;
+    uint64_t old_offset = h->old_offset, old_slots = h->old_slots;
+    geometry_begin(h);
+    h->table_offset = index->build_offset;
+    h->table_slots = index->build_slots;
+    h->used_slots = index->build_used;
+    h->old_offset = 0;
+    h->old_slots = 0;
+    h->drain_cursor = 0;
+    geometry_end(h);
+    table_discard(index, offset, slots);
+    if (old_offset) table_discard(index, old_offset, old_slots);
+    index->build_offset = 0;
+}

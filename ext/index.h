@@ -1,0 +1,81 @@
+/*
+** index.h: the hash index from key to the newest version's offset in the log (format.h).
+**
+** Open addressing with linear probing over packed 64-bit slots. The index never reads the log
+** itself: callers pass callbacks that compare a record's key and hash it. Growth is incremental:
+** a table twice the size is appended to the file and the old one is drained into it a few slots
+** per write, so no insert ever pays for a whole rehash.
+**
+** Readers take no lock. Writers (one at a time, serialised by the engine) store slots atomically,
+** copy a slot into the new table before marking it moved in the old, and change the table geometry
+** inside a sequence lock; a reader that misses while the geometry changed looks again.
+*/
+#ifndef MMKV_INDEX_H
+#define MMKV_INDEX_H
+
+#include "file.h"
+#include "format.h"
+
+#define MMKV_INDEX_RESERVE ((uint64_t)1 << 38) /* address space reserved per index: 256 GiB */
+#define MMKV_INDEX_MIN_SLOTS 1024u
+#define MMKV_INDEX_DRAIN_STEP 8u /* old slots moved per write while draining */
+/* Load limit of a table, 5/8: linear probing stays short, and draining finishes in time. */
+#define MMKV_INDEX_LOAD_NUM 5u
+#define MMKV_INDEX_LOAD_DEN 8u
+
+typedef struct mmkv_index_ops {
+    /* 1 if the record at offset holds the key sought, 0 if not, or a negative result code. */
+    int (*match)(void *ctx, uint64_t offset);
+    /* The hash of the key of the record at offset; a result code. */
+    int (*hash_of)(void *ctx, uint64_t offset, uint64_t *hash);
+    void *ctx;
+} mmkv_index_ops;
+
+typedef struct mmkv_index {
+    mmkv_map map;
+    const char *path;       /* owned by the engine */
+    uint64_t build_offset;  /* the table a rebuild is filling, not yet visible to readers */
+    uint64_t build_slots;
+    uint64_t build_used;
+} mmkv_index;
+
+/* Where a writer found a key: its slot (NULL if absent) and where an insert would go. */
+typedef struct mmkv_slot_ref {
+    mmkv_slot *slot;
+    int in_old;           /* the slot is in the table being drained */
+    mmkv_slot *insert_at; /* in the current table */
+} mmkv_slot_ref;
+
+static inline mmkv_index_header *mmkv_index_header_of(mmkv_index *index)
+{
+    return (mmkv_index_header *)index->map.base;
+}
+
+int mmkv_index_map(mmkv_index *index, int fd, const char *path);
+void mmkv_index_unmap(mmkv_index *index);
+/* Empties the file and writes a fresh header with one empty table. Only with no other user. */
+int mmkv_index_reset(mmkv_index *index, uint64_t data_file_id);
+/* Checks the header of an index found on disk: 1 if usable for this data file, 0 if not. */
+int mmkv_index_header_usable(mmkv_index *index, uint64_t data_file_id, int need_clean);
+void mmkv_index_mark_clean(mmkv_index *index, uint64_t log_position);
+int mmkv_index_mark_in_use(mmkv_index *index);
+
+/* Lock-free lookup: the offset stored for the key. OK, NOTFOUND, or an error. */
+int mmkv_index_find(mmkv_index *index, uint64_t hash, const mmkv_index_ops *ops, uint64_t *offset);
+
+/* Writer side. make_room before any locate that may lead to an insert. */
+int mmkv_index_make_room(mmkv_index *index, const mmkv_index_ops *ops);
+int mmkv_index_locate(mmkv_index *index, uint64_t hash, const mmkv_index_ops *ops,
+                      mmkv_slot_ref *ref);
+void mmkv_index_store(mmkv_index *index, const mmkv_slot_ref *ref, uint64_t hash, uint64_t offset);
+/* Forgets a key whose first version is being rolled back. */
+void mmkv_index_forget(mmkv_index *index, const mmkv_slot_ref *ref);
+
+/* Rebuilding: a fresh table of at least `keys` capacity, filled by insert_newest in log order,
+** then switched in atomically for every reader. */
+int mmkv_index_rebuild_begin(mmkv_index *index, uint64_t keys);
+int mmkv_index_rebuild_add(mmkv_index *index, uint64_t hash, const mmkv_index_ops *ops,
+                           uint64_t offset);
+void mmkv_index_rebuild_end(mmkv_index *index);
+
+#endif

@@ -1,0 +1,113 @@
+/*
+** Keys: equality and hashing under SQLite's comparison rules for a column with no affinity and
+** BINARY collation. Numbers compare by value across INTEGER and REAL (1 = 1.0, -0.0 = 0), exactly
+** (9007199254740993 <> 9007199254740992.0); TEXT compares bytewise with TEXT only, BLOB with BLOB
+** only. Equal keys must hash equally, so a REAL holding an integer value hashes as that integer.
+*/
+#include "mmkv.h"
+
+#include <string.h>
+
+#define SEED_NUMBER 0x9e3779b97f4a7c15ULL
+#define SEED_REAL 0xc2b2ae3d27d4eb4fULL
+#define SEED_TEXT 0x165667b19e3779f9ULL
+#define SEED_BLOB 0x27d4eb2f165667c5ULL
+#define MIX_MULTIPLIER 0xff51afd7ed558ccdULL
+
+/* 2^63 as a double: reals in [-2^63, 2^63) may equal an int64. */
+#define TWO_POW_63 9223372036854775808.0
+
+static uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= MIX_MULTIPLIER;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ULL;
+    x ^= x >> 33;
+    return x;
+}
+
+static uint64_t hash_bytes(const unsigned char *p, size_t len, uint64_t seed)
+{
+    uint64_t h = seed ^ (len * MIX_MULTIPLIER);
+    while (len >= 8) {
+        uint64_t word;
+        memcpy(&word, p, 8);
+        h = (h ^ mix64(word)) * SEED_NUMBER;
+        h ^= h >> 29;
+        p += 8;
+        len -= 8;
+    }
+    if (len) {
+        uint64_t word = 0;
+        memcpy(&word, p, len);
+        h = (h ^ mix64(word ^ ((uint64_t)len << 56))) * SEED_NUMBER;
+    }
+    return mix64(h);
+}
+
+static int64_t datum_int(const mmkv_datum *d)
+{
+    int64_t i;
+    memcpy(&i, d->bytes, sizeof i);
+    return i;
+}
+
+static double datum_real(const mmkv_datum *d)
+{
+    double r;
+    memcpy(&r, d->bytes, sizeof r);
+    return r;
+}
+
+/* If r holds exactly an int64 value, stores it in *out and returns 1. */
+static int real_as_int(double r, int64_t *out)
+{
+    if (!(r >= -TWO_POW_63 && r < TWO_POW_63)) return 0;
+    int64_t i = (int64_t)r;
+    if ((double)i != r) return 0;
+    *out = i;
+    return 1;
+}
+
+uint64_t mmkv_key_hash(const mmkv_datum *key)
+{
+    int64_t i;
+    switch (key->type) {
+    case MMKV_INTEGER:
+        return mix64((uint64_t)datum_int(key) ^ SEED_NUMBER);
+    case MMKV_FLOAT: {
+        double r = datum_real(key);
+        if (real_as_int(r, &i)) return mix64((uint64_t)i ^ SEED_NUMBER);
+        uint64_t bits;
+        memcpy(&bits, &r, sizeof bits);
+        return mix64(bits ^ SEED_REAL);
+    }
+    case MMKV_TEXT:
+        return hash_bytes(key->bytes, key->len, SEED_TEXT);
+    default:
+        return hash_bytes(key->bytes, key->len, SEED_BLOB);
+    }
+}
+
+static int numeric_equal(const mmkv_datum *a, const mmkv_datum *b)
+{
+    if (a->type == MMKV_INTEGER && b->type == MMKV_INTEGER) return datum_int(a) == datum_int(b);
+    if (a->type == MMKV_FLOAT && b->type == MMKV_FLOAT) return datum_real(a) == datum_real(b);
+    const mmkv_datum *integer = a->type == MMKV_INTEGER ? a : b;
+    const mmkv_datum *real = a->type == MMKV_INTEGER ? b : a;
+    int64_t i;
+    return real_as_int(datum_real(real), &i) && i == datum_int(integer);
+}
+
+static int is_numeric(int type)
+{
+    return type == MMKV_INTEGER || type == MMKV_FLOAT;
+}
+
+int mmkv_key_equal(const mmkv_datum *a, const mmkv_datum *b)
+{
+    if (is_numeric(a->type) && is_numeric(b->type)) return numeric_equal(a, b);
+    return a->type == b->type && a->len == b->len &&
+           (a->len == 0 || memcmp(a->bytes, b->bytes, a->len) == 0);
+}

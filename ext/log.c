@@ -1,0 +1,239 @@
+/*
+** The data file: creation, validation, meta slots and records. The format is in format.h.
+*/
+#include "log.h"
+#include "crc32c.h"
+#include "error.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+static uint64_t random_u64(void)
+{
+    uint64_t v = 0;
+    if (getrandom(&v, sizeof v, 0) != (ssize_t)sizeof v) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        v = ((uint64_t)ts.tv_sec * 1000000007u) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 32);
+    }
+    return v ? v : 1;
+}
+
+void mmkv_meta_seal(mmkv_meta *meta)
+{
+    meta->magic = MMKV_META_MAGIC;
+    meta->reserved = 0;
+    meta->checksum = mmkv_crc32c(0, meta, offsetof(mmkv_meta, checksum));
+}
+
+int mmkv_log_create(const char *path, mmkv_sync sync, char **errmsg)
+{
+    unsigned char page[MMKV_PAGE_SIZE];
+    memset(page, 0, sizeof page);
+    mmkv_file_header *header = (mmkv_file_header *)page;
+    memcpy(header->magic, MMKV_DATA_MAGIC, MMKV_MAGIC_SIZE);
+    header->format_version = MMKV_FORMAT_VERSION;
+    header->page_size = MMKV_PAGE_SIZE;
+    header->file_id = random_u64();
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    header->created_unix_ms = (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000;
+    header->checksum = mmkv_crc32c(0, header, offsetof(mmkv_file_header, checksum));
+    mmkv_meta *meta = (mmkv_meta *)(page + MMKV_META_OFFSET(0));
+    meta->committed_tail = MMKV_DATA_START;
+    meta->txn_start = MMKV_DATA_START;
+    mmkv_meta_seal(meta);
+
+    char *aside = NULL;
+    if (asprintf(&aside, "%s-new-%llx", path, (unsigned long long)random_u64()) < 0)
+        return mmkv_error(errmsg, MMKV_NOMEM, "out of memory");
+    int fd;
+    int rc = mmkv_file_open(aside, MMKV_OPEN_CREATE_NEW, &fd);
+    if (rc != MMKV_OK) {
+        rc = mmkv_error(errmsg, MMKV_CANTOPEN, "mmkv: cannot create data file '%s'", path);
+        free(aside);
+        return rc;
+    }
+    rc = mmkv_file_write(fd, page, sizeof page, 0);
+    if (rc == MMKV_OK) rc = mmkv_file_allocate(fd, MMKV_LOG_INITIAL_SIZE);
+    if (rc == MMKV_OK && sync != MMKV_SYNC_OFF) rc = mmkv_file_sync(fd);
+    close(fd);
+    if (rc == MMKV_OK) {
+        /* link() refuses to replace: a file that appeared meanwhile is never overwritten. */
+        if (link(aside, path) != 0) rc = access(path, F_OK) == 0 ? MMKV_BUSY : MMKV_CANTOPEN;
+    }
+    unlink(aside);
+    free(aside);
+    if (rc == MMKV_OK && sync != MMKV_SYNC_OFF) rc = mmkv_file_sync_dir(path);
+    if (rc != MMKV_OK && rc != MMKV_BUSY)
+        mmkv_error(errmsg, rc, "mmkv: cannot create data file '%s'", path);
+    return rc;
+}
+
+int mmkv_log_open(mmkv_log *log, int fd, const char *path, char **errmsg)
+{
+    memset(log, 0, sizeof *log);
+    log->path = path;
+    log->map.fd = -1;
+    uint64_t size;
+    mmkv_file_header header;
+    int rc = mmkv_file_size(fd, &size);
+    if (rc != MMKV_OK) return mmkv_error(errmsg, rc, "mmkv: cannot read '%s'", path);
+    if (size < sizeof header || mmkv_file_read(fd, &header, sizeof header, 0) != MMKV_OK ||
+        memcmp(header.magic, MMKV_DATA_MAGIC, MMKV_MAGIC_SIZE) != 0)
+        return mmkv_error(errmsg, MMKV_NOTADB, "mmkv: '%s' is not an mmkv data file", path);
+    if (header.format_version != MMKV_FORMAT_VERSION)
+        return mmkv_error(errmsg, MMKV_NOTADB,
+                          "mmkv: '%s' has format version %u; this build reads version %u", path,
+                          header.format_version, MMKV_FORMAT_VERSION);
+    if (header.checksum != mmkv_crc32c(0, &header, offsetof(mmkv_file_header, checksum)))
+        return mmkv_error(errmsg, MMKV_CORRUPT,
+                          "mmkv: '%s' is damaged: its file header fails its checksum", path);
+    if (header.page_size != MMKV_PAGE_SIZE || size < MMKV_DATA_START)
+        return mmkv_error(errmsg, MMKV_CORRUPT, "mmkv: '%s' is damaged: file is truncated", path);
+    log->file_id = header.file_id;
+    rc = mmkv_map_init(&log->map, fd, MMKV_LOG_RESERVE);
+    if (rc != MMKV_OK) {
+        log->map.fd = -1;
+        return mmkv_error(errmsg, rc, "mmkv: cannot map '%s'", path);
+    }
+    mmkv_meta meta;
+    int slot;
+    return mmkv_log_meta(log, &meta, &slot, errmsg);
+}
+
+void mmkv_log_close(mmkv_log *log)
+{
+    mmkv_map_release(&log->map);
+}
+
+static int meta_valid(const mmkv_meta *m, uint64_t file_size)
+{
+    return m->magic == MMKV_META_MAGIC &&
+           m->checksum == mmkv_crc32c(0, m, offsetof(mmkv_meta, checksum)) &&
+           m->committed_tail >= MMKV_DATA_START && m->committed_tail % MMKV_RECORD_ALIGN == 0 &&
+           m->committed_tail <= file_size && m->txn_start >= MMKV_DATA_START &&
+           m->txn_start <= m->committed_tail;
+}
+
+int mmkv_log_meta(mmkv_log *log, mmkv_meta *meta, int *slot, char **errmsg)
+{
+    for (int attempt = 0; attempt < 2; attempt++) {
+        uint64_t mapped = mmkv_map_mapped(&log->map);
+        int best = -1;
+        mmkv_meta copies[2];
+        for (int i = 0; i < 2; i++) {
+            /* Copy first: a writer may be filling the other slot right now. */
+            memcpy(&copies[i], log->map.base + MMKV_META_OFFSET(i), sizeof(mmkv_meta));
+            __atomic_thread_fence(__ATOMIC_ACQUIRE);
+            if (meta_valid(&copies[i], mapped) && (best < 0 || copies[i].txid > copies[best].txid))
+                best = i;
+        }
+        if (best >= 0) {
+            *meta = copies[best];
+            *slot = best;
+            return MMKV_OK;
+        }
+        /* Another process may have grown the file past our mapping: look again. */
+        int rc = mmkv_map_refresh(&log->map);
+        if (rc != MMKV_OK) return mmkv_error(errmsg, rc, "mmkv: cannot map '%s'", log->path);
+    }
+    uint64_t size = 0;
+    mmkv_file_size(log->map.fd, &size);
+    return mmkv_error(errmsg, MMKV_CORRUPT,
+                      "mmkv: '%s' is damaged: no valid meta slot (file is %llu bytes)", log->path,
+                      (unsigned long long)size);
+}
+
+int mmkv_log_write_meta(mmkv_log *log, int slot, const mmkv_meta *meta, int sync)
+{
+    unsigned char *at = log->map.base + MMKV_META_OFFSET(slot);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    memcpy(at, meta, sizeof *meta);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    return sync ? mmkv_map_sync_range(&log->map, MMKV_META_OFFSET(slot), sizeof *meta) : MMKV_OK;
+}
+
+int mmkv_log_write_record(mmkv_log *log, uint64_t at, const mmkv_datum *key,
+                          const mmkv_datum *value, int flags, uint64_t txid, uint64_t prev_offset,
+                          uint64_t *size_out)
+{
+    uint64_t size = mmkv_record_size(key->len, value->len);
+    if (at + size > MMKV_MAX_FILE_SIZE) return MMKV_FULL;
+    int rc = mmkv_map_extend(&log->map, at + size);
+    if (rc != MMKV_OK) return rc;
+    unsigned char *p = log->map.base + at;
+    mmkv_record_header *record = (mmkv_record_header *)p;
+    record->key_type = (uint8_t)key->type;
+    record->value_type = (uint8_t)value->type;
+    record->flags = (uint8_t)flags;
+    record->reserved = 0;
+    record->key_len = key->len;
+    record->value_len = value->len;
+    record->txid = txid;
+    record->prev_offset = prev_offset;
+    unsigned char *body = p + sizeof *record;
+    if (key->len) memcpy(body, key->bytes, key->len);
+    if (value->len) memcpy(body + key->len, value->bytes, value->len);
+    uint64_t used = sizeof *record + (uint64_t)key->len + value->len;
+    memset(p + used, 0, size - used);
+    record->checksum = mmkv_crc32c(0, p + sizeof record->checksum, used - sizeof record->checksum);
+    *size_out = size;
+    return MMKV_OK;
+}
+
+static int valid_type(int type, int allow_null)
+{
+    return (type >= MMKV_INTEGER && type <= MMKV_BLOB) || (allow_null && type == MMKV_NULL);
+}
+
+static int valid_length(int type, uint32_t len)
+{
+    if (type == MMKV_INTEGER || type == MMKV_FLOAT) return len == 8;
+    if (type == MMKV_NULL) return len == 0;
+    return 1;
+}
+
+int mmkv_log_record(mmkv_log *log, uint64_t offset, uint64_t limit, mmkv_record *record)
+{
+    uint64_t mapped = mmkv_map_mapped(&log->map);
+    if (limit > mapped) limit = mapped;
+    if (offset < MMKV_DATA_START || offset % MMKV_RECORD_ALIGN != 0 ||
+        offset + sizeof(mmkv_record_header) > limit)
+        return 0;
+    mmkv_record_header *h = &record->header;
+    memcpy(h, log->map.base + offset, sizeof *h);
+    if (!valid_type(h->key_type, 0) || !valid_type(h->value_type, 1) ||
+        !valid_length(h->key_type, h->key_len) || !valid_length(h->value_type, h->value_len) ||
+        offset + mmkv_record_size(h->key_len, h->value_len) > limit)
+        return 0;
+    record->offset = offset;
+    record->bytes = log->map.base + offset;
+    return 1;
+}
+
+int mmkv_record_checksum_ok(const mmkv_record *record)
+{
+    const mmkv_record_header *h = &record->header;
+    uint64_t used = sizeof *h + (uint64_t)h->key_len + h->value_len;
+    size_t skip = sizeof h->checksum;
+    return h->checksum == mmkv_crc32c(0, record->bytes + skip, used - skip);
+}
+
+void mmkv_record_key(const mmkv_record *record, mmkv_datum *key)
+{
+    key->type = record->header.key_type;
+    key->len = record->header.key_len;
+    key->bytes = record->bytes + sizeof(mmkv_record_header);
+}
+
+void mmkv_record_value(const mmkv_record *record, mmkv_datum *value)
+{
+    value->type = record->header.value_type;
+    value->len = record->header.value_len;
+    value->bytes = record->bytes + sizeof(mmkv_record_header) + record->header.key_len;
+}

@@ -1,0 +1,61 @@
+/*
+** log.h: the data file, an append-only log of records under two meta slots (format.h).
+*/
+#ifndef MMKV_LOG_H
+#define MMKV_LOG_H
+
+#include "file.h"
+#include "format.h"
+#include "mmkv.h"
+
+#define MMKV_LOG_RESERVE ((uint64_t)1 << 40) /* address space reserved per data file: 1 TiB */
+#define MMKV_LOG_INITIAL_SIZE ((uint64_t)64 << 10)
+#define MMKV_MAX_KEY_BYTES 0x7fffffffu
+#define MMKV_MAX_VALUE_BYTES 0x7fffffffu
+
+typedef struct mmkv_log {
+    mmkv_map map;
+    const char *path; /* owned by the engine */
+    uint64_t file_id;
+} mmkv_log;
+
+/* Creates a new data file atomically (written aside, then linked into place). BUSY if a file of
+** that name appeared meanwhile. */
+int mmkv_log_create(const char *path, mmkv_sync sync, char **errmsg);
+/* Opens the data file on fd and checks its header and meta slots. */
+int mmkv_log_open(mmkv_log *log, int fd, const char *path, char **errmsg);
+void mmkv_log_close(mmkv_log *log);
+
+/* The newest valid meta slot, and which slot it is. CORRUPT (message set) if neither holds. */
+int mmkv_log_meta(mmkv_log *log, mmkv_meta *meta, int *slot, char **errmsg);
+/* Writes meta into the given slot; durable before returning if sync is set. */
+int mmkv_log_write_meta(mmkv_log *log, int slot, const mmkv_meta *meta, int sync);
+void mmkv_meta_seal(mmkv_meta *meta);
+
+static inline uint64_t mmkv_record_size(uint32_t key_len, uint32_t value_len)
+{
+    uint64_t n = sizeof(mmkv_record_header) + (uint64_t)key_len + value_len;
+    return (n + MMKV_RECORD_ALIGN - 1) & ~(uint64_t)(MMKV_RECORD_ALIGN - 1);
+}
+
+/* Appends a record at offset `at` (growing the file first). */
+int mmkv_log_write_record(mmkv_log *log, uint64_t at, const mmkv_datum *key,
+                          const mmkv_datum *value, int flags, uint64_t txid, uint64_t prev_offset,
+                          uint64_t *size_out);
+
+/* A record read from the mapping. The header is a copy, so that a record being rewritten under a
+** reader cannot change its lengths between the bounds check and their use. */
+typedef struct mmkv_record {
+    uint64_t offset;
+    mmkv_record_header header;
+    const unsigned char *bytes; /* the record in the mapping */
+} mmkv_record;
+
+/* Reads the record at offset if its header is well formed and it ends at or before limit and
+** inside the mapping; returns 0 otherwise. Does not check the checksum. */
+int mmkv_log_record(mmkv_log *log, uint64_t offset, uint64_t limit, mmkv_record *record);
+int mmkv_record_checksum_ok(const mmkv_record *record);
+void mmkv_record_key(const mmkv_record *record, mmkv_datum *key);
+void mmkv_record_value(const mmkv_record *record, mmkv_datum *value);
+
+#endif

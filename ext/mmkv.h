@@ -1,0 +1,116 @@
+/*
+** mmkv.h: the engine's whole public surface.
+**
+** The engine stores key-value records in a memory-mapped, append-only data file and finds them
+** through a hash index in a second mapped file. It knows nothing of SQLite; the SQL face (vtab.c)
+** is one client. Result codes use SQLite's numbers so that the face can pass them through.
+**
+** One mmkv_engine exists per file per process, shared by every mmkv_conn that opened that file
+** (closing any descriptor would drop the process's POSIX locks, and one mapping serves all).
+** A connection reads through a snapshot and writes through the one write transaction the engine
+** allows at a time.
+*/
+#ifndef MMKV_H
+#define MMKV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define MMKV_VERSION "0.1.0"
+
+/* Result codes: SQLite's values. */
+#define MMKV_OK 0
+#define MMKV_ERROR 1
+#define MMKV_BUSY 5
+#define MMKV_NOMEM 7
+#define MMKV_READONLY 8
+#define MMKV_IOERR 10
+#define MMKV_CORRUPT 11
+#define MMKV_NOTFOUND 12
+#define MMKV_FULL 13
+#define MMKV_CANTOPEN 14
+#define MMKV_CONSTRAINT 19
+#define MMKV_MISUSE 21
+#define MMKV_NOTADB 26
+
+/* Datum types: SQLite's fundamental type numbers. */
+#define MMKV_INTEGER 1
+#define MMKV_FLOAT 2
+#define MMKV_TEXT 3
+#define MMKV_BLOB 4
+#define MMKV_NULL 5
+
+/* Durability of a commit; mirrors PRAGMA synchronous. */
+typedef enum mmkv_sync {
+    MMKV_SYNC_OFF = 0,    /* no syncs: survives nothing but a clean close, never corrupts */
+    MMKV_SYNC_NORMAL = 1, /* records synced before the meta slot: survives a process crash */
+    MMKV_SYNC_FULL = 2    /* records and meta slot synced: survives power loss */
+} mmkv_sync;
+
+/* A key or a value. INTEGER and FLOAT point at 8 bytes (int64_t / double); NULL has no bytes. */
+typedef struct mmkv_datum {
+    int type;
+    uint32_t len;
+    const void *bytes;
+} mmkv_datum;
+
+/* A state of the log to read: everything committed before tail. */
+typedef struct mmkv_snapshot {
+    uint64_t tail;
+    uint64_t txid;
+} mmkv_snapshot;
+
+/* One version found by a read; the bytes stay valid until the connection's next write. */
+typedef struct mmkv_row {
+    mmkv_datum key;
+    mmkv_datum value;
+    uint64_t offset;
+} mmkv_row;
+
+typedef struct mmkv_conn mmkv_conn;
+typedef struct mmkv_scan mmkv_scan;
+
+typedef struct mmkv_open_options {
+    mmkv_sync sync;
+    int temporary; /* create an anonymous file set that vanishes at close */
+} mmkv_open_options;
+
+/* Opening and closing. */
+int mmkv_open(const char *data_path, const mmkv_open_options *options, mmkv_conn **out,
+              char **errmsg);
+void mmkv_close(mmkv_conn *conn);
+int mmkv_remove_files(const char *data_path, char **errmsg);
+int mmkv_rename_files(const char *old_data_path, const char *new_data_path, char **errmsg);
+const char *mmkv_errmsg(mmkv_conn *conn);
+const char *mmkv_data_path(mmkv_conn *conn);
+
+/* Reading. A snapshot is taken for each read; the writer's own snapshot includes its writes. */
+int mmkv_snapshot_take(mmkv_conn *conn, mmkv_snapshot *snapshot);
+int mmkv_get(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mmkv_datum *key, mmkv_row *row);
+int mmkv_scan_open(mmkv_conn *conn, const mmkv_snapshot *snapshot, mmkv_scan **out);
+int mmkv_scan_next(mmkv_scan *scan, mmkv_row *row); /* MMKV_OK, MMKV_NOTFOUND at the end, or error */
+void mmkv_scan_close(mmkv_scan *scan);
+uint64_t mmkv_live_count(mmkv_conn *conn);
+
+/* Writing, inside a write transaction. */
+#define MMKV_PUT_INSERT 0  /* fail with MMKV_CONSTRAINT if the key exists */
+#define MMKV_PUT_REPLACE 1 /* insert or overwrite */
+int mmkv_put(mmkv_conn *conn, const mmkv_datum *key, const mmkv_datum *value, int mode);
+int mmkv_delete(mmkv_conn *conn, const mmkv_datum *key); /* MMKV_NOTFOUND if absent */
+
+/* Transactions: the commit protocol (txn.c). prepare does all durable work and may fail;
+** commit and rollback cannot fail. */
+int mmkv_txn_begin(mmkv_conn *conn);
+int mmkv_txn_savepoint(mmkv_conn *conn, int level);
+void mmkv_txn_release(mmkv_conn *conn, int level);
+void mmkv_txn_rollback_to(mmkv_conn *conn, int level);
+int mmkv_txn_prepare(mmkv_conn *conn);
+void mmkv_txn_commit(mmkv_conn *conn);
+void mmkv_txn_rollback(mmkv_conn *conn);
+int mmkv_txn_active(mmkv_conn *conn);
+
+/* Keys: equality and hashing with SQLite's rules (1 = 1.0, '1' <> 1, BINARY collation). */
+int mmkv_key_equal(const mmkv_datum *a, const mmkv_datum *b);
+uint64_t mmkv_key_hash(const mmkv_datum *key);
+
+#endif

@@ -1,0 +1,211 @@
+/*
+** The commit protocol: one write transaction per file at a time, savepoints, and the two phases
+** SQLite drives (xSync = mmkv_txn_prepare, xCommit = mmkv_txn_commit).
+**
+** Commit order (prepare):
+**   1. the transaction's records, already in the mapping past the committed tail, are made
+**      durable (msync of [start, append_pos)) unless sync=off;
+**   2. a new meta slot naming the new tail is written into the slot not holding the current
+**      commit, and made durable under sync=full;
+** after which the commit is decided: readers taking a snapshot see the new tail. commit then only
+** releases the writer lock. A crash before 2 leaves the old meta slot in force and the new
+** records past its tail, ignored; a torn meta write fails its checksum and the other slot wins.
+**
+** Rollback walks the transaction's records backwards and points each key's slot back at the
+** version before (engine.c, mmkv_engine_undo); a savepoint remembers how far to walk.
+**
+** Writers are serialised per process by txn.owner and across processes by an exclusive lock on a
+** byte of the data file. A writer that finds writer_active still set in the index header knows its
+** predecessor died mid-transaction with slots published for records that were never committed,
+** and rebuilds the index before it writes.
+**
+** This file is the one place that decides what is committed; a later design can swap it.
+*/
+#include "engine.h"
+#include "error.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int mmkv_txn_active(mmkv_conn *conn)
+{
+    return conn->engine->txn.owner == conn;
+}
+
+int mmkv_txn_begin(mmkv_conn *conn)
+{
+    mmkv_engine *e = conn->engine;
+    mmkv_txn *txn = &e->txn;
+    pthread_mutex_lock(&e->mutex);
+    if (txn->owner == conn) {
+        pthread_mutex_unlock(&e->mutex);
+        return MMKV_OK;
+    }
+    int rc;
+    if (txn->owner) {
+        rc = mmkv_error(&conn->errmsg, MMKV_BUSY,
+                        "mmkv: '%s' is locked: another connection is writing it", e->data_path);
+        goto done;
+    }
+    rc = mmkv_lock_try(e->log.map.fd, MMKV_LOCK_WRITER, 1);
+    if (rc != MMKV_OK) {
+        rc = mmkv_error(&conn->errmsg, MMKV_BUSY,
+                        "mmkv: '%s' is locked: another process is writing it", e->data_path);
+        goto done;
+    }
+    mmkv_meta meta;
+    rc = mmkv_log_meta(&e->log, &meta, &txn->committed_slot, &conn->errmsg);
+    mmkv_index_header *h = mmkv_index_header_of(&e->index);
+    if (rc == MMKV_OK && h->writer_active) rc = mmkv_engine_rebuild_index(e, &conn->errmsg);
+    if (rc != MMKV_OK) {
+        mmkv_unlock(e->log.map.fd, MMKV_LOCK_WRITER);
+        goto done;
+    }
+    h->writer_active = 1;
+    txn->owner = conn;
+    txn->txid = meta.txid + 1;
+    txn->start = txn->append_pos = meta.committed_tail;
+    txn->counts.live = meta.live_count;
+    txn->counts.records = meta.record_count;
+    txn->counts.garbage = meta.garbage_bytes;
+    txn->n_written = 0;
+    txn->n_savepoints = 0;
+    txn->prepared = 0;
+done:
+    pthread_mutex_unlock(&e->mutex);
+    return rc;
+}
+
+int mmkv_txn_savepoint(mmkv_conn *conn, int level)
+{
+    mmkv_txn *txn = &conn->engine->txn;
+    if (txn->owner != conn) return MMKV_OK;
+    while (txn->n_savepoints && txn->savepoints[txn->n_savepoints - 1].level >= level)
+        txn->n_savepoints--;
+    if (txn->n_savepoints == txn->cap_savepoints) {
+        size_t cap = txn->cap_savepoints ? txn->cap_savepoints * 2 : 8;
+        mmkv_savepoint *grown = realloc(txn->savepoints, cap * sizeof *grown);
+        if (!grown) return mmkv_error(&conn->errmsg, MMKV_NOMEM, "out of memory");
+        txn->savepoints = grown;
+        txn->cap_savepoints = cap;
+    }
+    mmkv_savepoint *sp = &txn->savepoints[txn->n_savepoints++];
+    sp->level = level;
+    sp->append_pos = txn->append_pos;
+    sp->written = txn->n_written;
+    sp->counts = txn->counts;
+    return MMKV_OK;
+}
+
+void mmkv_txn_release(mmkv_conn *conn, int level)
+{
+    mmkv_txn *txn = &conn->engine->txn;
+    if (txn->owner != conn) return;
+    while (txn->n_savepoints && txn->savepoints[txn->n_savepoints - 1].level >= level)
+        txn->n_savepoints--;
+}
+
+/* Back to the state when savepoint `level` began. If this transaction joined after that savepoint
+** was made, its oldest savepoint (or its start) is that state. */
+void mmkv_txn_rollback_to(mmkv_conn *conn, int level)
+{
+    mmkv_engine *e = conn->engine;
+    mmkv_txn *txn = &e->txn;
+    if (txn->owner != conn) return;
+    size_t i = 0;
+    while (i < txn->n_savepoints && txn->savepoints[i].level < level) i++;
+    mmkv_savepoint target = {level, txn->start, 0, txn->counts};
+    if (i < txn->n_savepoints) {
+        target = txn->savepoints[i];
+    } else if (txn->n_savepoints > 0) {
+        return; /* nothing was written since that savepoint began */
+    } else {
+        mmkv_meta meta;
+        int slot;
+        if (mmkv_log_meta(&e->log, &meta, &slot, NULL) == MMKV_OK) {
+            target.counts.live = meta.live_count;
+            target.counts.records = meta.record_count;
+            target.counts.garbage = meta.garbage_bytes;
+        }
+    }
+    mmkv_engine_undo(e, target.written);
+    txn->append_pos = target.append_pos;
+    txn->counts = target.counts;
+    txn->n_savepoints = i;
+    target.level = level;
+    txn->savepoints[txn->n_savepoints++] = target; /* the savepoint itself stays open */
+}
+
+int mmkv_txn_prepare(mmkv_conn *conn)
+{
+    mmkv_engine *e = conn->engine;
+    mmkv_txn *txn = &e->txn;
+    if (txn->owner != conn || txn->prepared) return MMKV_OK;
+    if (txn->n_written == 0) {
+        txn->prepared = 1; /* nothing to commit: no meta write */
+        return MMKV_OK;
+    }
+    int rc = MMKV_OK;
+    if (conn->sync != MMKV_SYNC_OFF)
+        rc = mmkv_map_sync_range(&e->log.map, txn->start, txn->append_pos - txn->start);
+    if (rc != MMKV_OK)
+        return mmkv_error(&conn->errmsg, rc, "mmkv: cannot sync '%s'", e->data_path);
+    mmkv_meta meta;
+    memset(&meta, 0, sizeof meta);
+    meta.txid = txn->txid;
+    meta.committed_tail = txn->append_pos;
+    meta.live_count = txn->counts.live;
+    meta.record_count = txn->counts.records;
+    meta.garbage_bytes = txn->counts.garbage;
+    meta.txn_start = txn->start;
+    mmkv_meta_seal(&meta);
+    int slot = txn->committed_slot ^ 1;
+    memcpy(&txn->overwritten_meta, e->log.map.base + MMKV_META_OFFSET(slot), sizeof meta);
+    rc = mmkv_log_write_meta(&e->log, slot, &meta, conn->sync == MMKV_SYNC_FULL);
+    if (rc != MMKV_OK) {
+        mmkv_log_write_meta(&e->log, slot, &txn->overwritten_meta, 0);
+        return mmkv_error(&conn->errmsg, rc, "mmkv: cannot sync '%s'", e->data_path);
+    }
+    txn->prepared = 1;
+    return MMKV_OK;
+}
+
+static void txn_end(mmkv_engine *e)
+{
+    mmkv_txn *txn = &e->txn;
+    pthread_mutex_lock(&e->mutex);
+    mmkv_index_header_of(&e->index)->writer_active = 0;
+    txn->owner = NULL;
+    txn->n_written = 0;
+    txn->n_savepoints = 0;
+    txn->prepared = 0;
+    mmkv_unlock(e->log.map.fd, MMKV_LOCK_WRITER);
+    pthread_mutex_unlock(&e->mutex);
+}
+
+void mmkv_txn_rollback(mmkv_conn *conn)
+{
+    mmkv_engine *e = conn->engine;
+    mmkv_txn *txn = &e->txn;
+    if (txn->owner != conn) return;
+    if (txn->prepared && txn->n_written) {
+        /* Prepared, then another participant failed: put the overwritten slot back. */
+        mmkv_log_write_meta(&e->log, txn->committed_slot ^ 1, &txn->overwritten_meta,
+                            conn->sync == MMKV_SYNC_FULL);
+    }
+    mmkv_engine_undo(e, 0);
+    txn->append_pos = txn->start;
+    txn_end(e);
+}
+
+void mmkv_txn_commit(mmkv_conn *conn)
+{
+    mmkv_engine *e = conn->engine;
+    mmkv_txn *txn = &e->txn;
+    if (txn->owner != conn) return;
+    if (!txn->prepared && mmkv_txn_prepare(conn) != MMKV_OK) {
+        mmkv_txn_rollback(conn); /* commit cannot report failure: leave nothing half-done */
+        return;
+    }
+    txn_end(e);
+}

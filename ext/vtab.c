@@ -1,0 +1,745 @@
+/*
+** The mmkv virtual table: a key-value table whose records live in a memory-mapped file, with a
+** hash index that makes WHERE key = ? an O(1) lookup.
+**
+** Usage from the sqlite3 shell:
+**
+**     .load build/mmkv
+**     CREATE VIRTUAL TABLE kv USING mmkv;                 -- files beside the database
+**     CREATE VIRTUAL TABLE kv2 USING mmkv(file='kv2.mmkv', sync=normal);
+**     INSERT INTO kv VALUES('alice', 1), ('bob', x'00ff');
+**     SELECT value FROM kv WHERE key = 'alice';           -- one hash probe
+**     SELECT * FROM users JOIN kv ON kv.key = users.name;  -- one probe per user
+**
+** The table behaves as CREATE TABLE kv(key PRIMARY KEY NOT NULL, value) WITHOUT ROWID would, plus a
+** hidden column named after the table that takes commands (INSERT INTO kv(kv) VALUES('...')).
+** This file is the SQL face only: it turns SQLite's calls into engine calls (mmkv.h) and never
+** touches files or mappings itself.
+*/
+#include "vtab.h"
+#include "args.h"
+#include "mmkv.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+SQLITE_EXTENSION_INIT3
+
+#define COLUMN_KEY 0
+#define COLUMN_VALUE 1
+#define COLUMN_COMMAND 2
+
+/* Query plans (idxNum); see mmkvBestIndex. */
+#define PLAN_FULL_SCAN 0
+#define PLAN_KEY_EQ 1
+#define PLAN_KEY_IN 2
+
+#define DATA_SUFFIX ".mmkv"
+#define FULL_SCAN_ROW_COST 2.0  /* per row: walking the log and checking each version */
+#define LOOKUP_COST 1.0
+#define IN_LOOKUPS_GUESS 10.0
+
+/* Tables of :memory: and temporary databases keep their engine open from xCreate to xDestroy or
+** until the connection closes, like TEMP tables: a disconnect and reconnect must not lose them. */
+typedef struct mmkv_temp_table mmkv_temp_table;
+struct mmkv_temp_table {
+    mmkv_temp_table *next;
+    char *schema;
+    char *name;
+    mmkv_conn *conn;
+};
+
+typedef struct mmkv_module_state {
+    mmkv_temp_table *temp_tables;
+} mmkv_module_state;
+
+typedef struct mmkv_vtab mmkv_vtab;
+struct mmkv_vtab {
+    sqlite3_vtab base;
+    sqlite3 *db;
+    mmkv_module_state *state;
+    char *schema;     /* "main", "temp" or an attached name */
+    char *name;       /* the table's name */
+    char *data_path;  /* NULL for a temporary table */
+    int named_after_table; /* the files follow ALTER TABLE RENAME */
+    mmkv_conn *conn;
+    mmkv_temp_table *temp; /* non-NULL for a temporary table */
+};
+
+typedef struct mmkv_cursor mmkv_cursor;
+struct mmkv_cursor {
+    sqlite3_vtab_cursor base;
+    int plan;
+    int eof;
+    mmkv_snapshot snapshot;
+    mmkv_scan *scan;           /* PLAN_FULL_SCAN */
+    sqlite3_value *in_list;    /* PLAN_KEY_IN: the list being walked */
+    mmkv_row row;
+};
+
+/* ---- helpers ---- */
+
+static int set_error(sqlite3_vtab *vtab, int rc, const char *message)
+{
+    sqlite3_free(vtab->zErrMsg);
+    vtab->zErrMsg = sqlite3_mprintf("%s", message);
+    return rc;
+}
+
+static int engine_error(mmkv_vtab *vt, int rc)
+{
+    return set_error(&vt->base, rc == MMKV_NOTFOUND ? SQLITE_ERROR : rc, mmkv_errmsg(vt->conn));
+}
+
+/* The engine's view of an SQL value. Numbers are copied into *number, which must outlive datum. */
+static int datum_from_value(sqlite3_value *value, mmkv_datum *datum, sqlite3_int64 *number)
+{
+    datum->type = sqlite3_value_type(value);
+    switch (datum->type) {
+    case SQLITE_INTEGER:
+        *number = sqlite3_value_int64(value);
+        datum->bytes = number;
+        datum->len = sizeof *number;
+        return SQLITE_OK;
+    case SQLITE_FLOAT: {
+        double r = sqlite3_value_double(value);
+        memcpy(number, &r, sizeof r);
+        datum->bytes = number;
+        datum->len = sizeof r;
+        return SQLITE_OK;
+    }
+    case SQLITE_TEXT:
+        datum->bytes = sqlite3_value_text(value);
+        datum->len = (uint32_t)sqlite3_value_bytes(value);
+        return datum->bytes || datum->len == 0 ? SQLITE_OK : SQLITE_NOMEM;
+    case SQLITE_BLOB:
+        datum->bytes = sqlite3_value_blob(value);
+        datum->len = (uint32_t)sqlite3_value_bytes(value);
+        return SQLITE_OK;
+    default:
+        datum->type = MMKV_NULL;
+        datum->bytes = NULL;
+        datum->len = 0;
+        return SQLITE_OK;
+    }
+}
+
+static void result_datum(sqlite3_context *ctx, const mmkv_datum *d)
+{
+    switch (d->type) {
+    case MMKV_INTEGER: {
+        sqlite3_int64 i;
+        memcpy(&i, d->bytes, sizeof i);
+        sqlite3_result_int64(ctx, i);
+        break;
+    }
+    case MMKV_FLOAT: {
+        double r;
+        memcpy(&r, d->bytes, sizeof r);
+        sqlite3_result_double(ctx, r);
+        break;
+    }
+    case MMKV_TEXT:
+        sqlite3_result_text(ctx, d->len ? d->bytes : "", (int)d->len, SQLITE_TRANSIENT);
+        break;
+    case MMKV_BLOB:
+        if (d->len) sqlite3_result_blob(ctx, d->bytes, (int)d->len, SQLITE_TRANSIENT);
+        else sqlite3_result_zeroblob(ctx, 0);
+        break;
+    default:
+        sqlite3_result_null(ctx);
+    }
+}
+
+static int is_absolute(const char *path)
+{
+    return path[0] == '/';
+}
+
+/* Where the files of table `name` go: file= resolved against the database's directory, or
+** "<database file>-<name>.mmkv" beside it. *temporary is set when the database has no file. */
+static char *resolve_data_path(sqlite3 *db, const char *schema, const char *name,
+                               const char *file, int *temporary)
+{
+    const char *db_file = sqlite3_db_filename(db, schema);
+    int has_file = db_file && db_file[0];
+    *temporary = 0;
+    if (file) {
+        if (is_absolute(file) || !has_file) return sqlite3_mprintf("%s", file);
+        const char *slash = strrchr(db_file, '/');
+        if (!slash) return sqlite3_mprintf("%s", file);
+        return sqlite3_mprintf("%.*s/%s", (int)(slash - db_file), db_file, file);
+    }
+    if (!has_file) {
+        *temporary = 1;
+        return NULL;
+    }
+    return sqlite3_mprintf("%s-%s%s", db_file, name, DATA_SUFFIX);
+}
+
+static mmkv_temp_table *temp_table_find(mmkv_module_state *state, const char *schema,
+                                        const char *name)
+{
+    for (mmkv_temp_table *t = state->temp_tables; t; t = t->next)
+        if (sqlite3_stricmp(t->schema, schema) == 0 && sqlite3_stricmp(t->name, name) == 0)
+            return t;
+    return NULL;
+}
+
+static void temp_table_free(mmkv_module_state *state, mmkv_temp_table *table)
+{
+    mmkv_temp_table **p = &state->temp_tables;
+    while (*p && *p != table) p = &(*p)->next;
+    if (*p) *p = table->next;
+    mmkv_close(table->conn);
+    sqlite3_free(table->schema);
+    sqlite3_free(table->name);
+    sqlite3_free(table);
+}
+
+static void module_state_free(void *p)
+{
+    mmkv_module_state *state = p;
+    while (state->temp_tables) temp_table_free(state, state->temp_tables);
+    sqlite3_free(state);
+}
+
+/* ---- creating and connecting ---- */
+
+static int vtab_free(mmkv_vtab *vt)
+{
+    if (vt->conn && !vt->temp) mmkv_close(vt->conn);
+    sqlite3_free(vt->schema);
+    sqlite3_free(vt->name);
+    sqlite3_free(vt->data_path);
+    sqlite3_free(vt);
+    return SQLITE_OK;
+}
+
+/*
+** xCreate and xConnect. argv[0] is the module name, argv[1] the schema, argv[2] the table name,
+** and argv[3..] the arguments. xCreate makes the files when they do not exist; xConnect insists
+** that they do, so that a table whose files went missing is an error, never silently empty.
+*/
+static int mmkvInit(sqlite3 *db, void *aux, int argc, const char *const *argv, sqlite3_vtab **out,
+                    char **err, int creating)
+{
+    mmkv_module_state *state = aux;
+    mmkv_args args;
+    char *message = NULL;
+    int temporary = 0;
+    mmkv_vtab *vt = NULL;
+    int rc;
+
+    *out = NULL;
+    if (mmkv_args_parse(argc - 3, argv + 3, &args, &message) != MMKV_OK) {
+        *err = sqlite3_mprintf("%s", message);
+        free(message);
+        return SQLITE_ERROR;
+    }
+    const char *name = argv[2];
+    if (sqlite3_stricmp(name, "key") == 0 || sqlite3_stricmp(name, "value") == 0) {
+        *err = sqlite3_mprintf("mmkv: a table cannot be named \"%s\": its command column would "
+                               "clash with the column of that name", name);
+        rc = SQLITE_ERROR;
+        goto cleanup;
+    }
+    vt = sqlite3_malloc(sizeof *vt);
+    if (!vt) {
+        rc = SQLITE_NOMEM;
+        goto cleanup;
+    }
+    memset(vt, 0, sizeof *vt);
+    vt->db = db;
+    vt->state = state;
+    vt->schema = sqlite3_mprintf("%s", argv[1]);
+    vt->name = sqlite3_mprintf("%s", name);
+    vt->data_path = resolve_data_path(db, argv[1], name, args.file, &temporary);
+    vt->named_after_table = !args.file;
+    if (!vt->schema || !vt->name || (!temporary && !vt->data_path)) {
+        rc = SQLITE_NOMEM;
+        goto cleanup;
+    }
+
+    mmkv_open_options options = {args.sync, temporary};
+    if (temporary) {
+        vt->temp = temp_table_find(state, argv[1], name);
+        if (!vt->temp) {
+            mmkv_temp_table *t = sqlite3_malloc(sizeof *t);
+            if (!t) {
+                rc = SQLITE_NOMEM;
+                goto cleanup;
+            }
+            memset(t, 0, sizeof *t);
+            t->schema = sqlite3_mprintf("%s", argv[1]);
+            t->name = sqlite3_mprintf("%s", name);
+            rc = t->schema && t->name ? mmkv_open("", &options, &t->conn, &message) : SQLITE_NOMEM;
+            if (rc != MMKV_OK) {
+                sqlite3_free(t->schema);
+                sqlite3_free(t->name);
+                sqlite3_free(t);
+                goto cleanup_message;
+            }
+            t->next = state->temp_tables;
+            state->temp_tables = t;
+            vt->temp = t;
+        }
+        vt->conn = vt->temp->conn;
+    } else {
+        if (!creating && access(vt->data_path, F_OK) != 0) {
+            *err = sqlite3_mprintf("mmkv: data file '%s' of table \"%s\" is missing",
+                                   vt->data_path, name);
+            rc = SQLITE_CANTOPEN;
+            goto cleanup;
+        }
+        rc = mmkv_open(vt->data_path, &options, &vt->conn, &message);
+        if (rc != MMKV_OK) goto cleanup_message;
+    }
+
+    char *schema_sql = sqlite3_mprintf(
+        "CREATE TABLE x(key PRIMARY KEY NOT NULL, value, \"%w\" HIDDEN) WITHOUT ROWID", name);
+    rc = schema_sql ? sqlite3_declare_vtab(db, schema_sql) : SQLITE_NOMEM;
+    sqlite3_free(schema_sql);
+    if (rc != SQLITE_OK) goto cleanup;
+    sqlite3_vtab_config(db, SQLITE_VTAB_CONSTRAINT_SUPPORT, 1);
+#if SQLITE_VERSION_NUMBER >= 3031000
+    if (sqlite3_libversion_number() >= 3031000) sqlite3_vtab_config(db, SQLITE_VTAB_DIRECTONLY);
+#endif
+    *out = &vt->base;
+    mmkv_args_free(&args);
+    return SQLITE_OK;
+
+cleanup_message:
+    *err = sqlite3_mprintf("%s", message ? message : "mmkv: cannot open the table's files");
+cleanup:
+    free(message);
+    mmkv_args_free(&args);
+    if (vt) vtab_free(vt);
+    return rc;
+}
+
+static int mmkvCreate(sqlite3 *db, void *aux, int argc, const char *const *argv,
+                      sqlite3_vtab **out, char **err)
+{
+    return mmkvInit(db, aux, argc, argv, out, err, 1);
+}
+
+static int mmkvConnect(sqlite3 *db, void *aux, int argc, const char *const *argv,
+                       sqlite3_vtab **out, char **err)
+{
+    return mmkvInit(db, aux, argc, argv, out, err, 0);
+}
+
+static int mmkvDisconnect(sqlite3_vtab *vtab)
+{
+    return vtab_free((mmkv_vtab *)vtab);
+}
+
+/* DROP TABLE: the files go with the table. */
+static int mmkvDestroy(sqlite3_vtab *vtab)
+{
+    mmkv_vtab *vt = (mmkv_vtab *)vtab;
+    if (vt->temp) {
+        temp_table_free(vt->state, vt->temp);
+        vt->temp = NULL;
+        vt->conn = NULL;
+        return vtab_free(vt);
+    }
+    char *path = vt->data_path;
+    vt->data_path = NULL;
+    mmkv_close(vt->conn);
+    vt->conn = NULL;
+    char *message = NULL;
+    int rc = mmkv_remove_files(path, &message);
+    if (rc != MMKV_OK) {
+        set_error(vtab, rc, message);
+        free(message);
+        sqlite3_free(path);
+        return rc;
+    }
+    sqlite3_free(path);
+    return vtab_free(vt);
+}
+
+/*
+** xBestIndex. The plans, by idxNum, and what xFilter receives in argv:
+**
+**   idxNum  plan                 argv               cost
+**   ------  -------------------  -----------------  -----------------------------------------
+**   0       full scan            (none)             rows x FULL_SCAN_ROW_COST; rows = live count
+**   1       key = ?              [0] the key        one probe; at most one row (SCAN_UNIQUE)
+**   2       key IN (...)         [0] the IN list    one probe per value (SQLite >= 3.38 only)
+**
+** A key equality is used only where mmkv's equality is SQLite's: the BINARY collation (the
+** column's own; an explicit COLLATE NOCASE is left to SQLite). Then SQLite need not check it again
+** (omit). Every other constraint (ranges, LIKE, other collations, the value column) is left to
+** SQLite, which filters the rows of a scan: correct results, no index.
+**
+** An equality on key that is not usable in this call (it depends on a table not yet available)
+** refuses the plan with SQLITE_CONSTRAINT, so that SQLite puts kv inside the loop where the
+** probe is possible, rather than choosing a full scan for each outer row.
+*/
+static int mmkvBestIndex(sqlite3_vtab *vtab, sqlite3_index_info *info)
+{
+    mmkv_vtab *vt = (mmkv_vtab *)vtab;
+    int eq = -1, unusable_eq = 0;
+    for (int i = 0; i < info->nConstraint; i++) {
+        const struct sqlite3_index_constraint *c = &info->aConstraint[i];
+        if (c->iColumn != COLUMN_KEY || c->op != SQLITE_INDEX_CONSTRAINT_EQ) continue;
+        const char *collation = sqlite3_vtab_collation(info, i);
+        if (collation && sqlite3_stricmp(collation, "BINARY") != 0) continue;
+        if (!c->usable) {
+            unusable_eq = 1;
+            continue;
+        }
+        if (eq < 0) eq = i;
+    }
+    double rows = (double)mmkv_live_count(vt->conn);
+    if (eq >= 0) {
+        info->aConstraintUsage[eq].argvIndex = 1;
+        info->aConstraintUsage[eq].omit = 1;
+        int in_all_at_once = 0;
+#if SQLITE_VERSION_NUMBER >= 3038000
+        if (sqlite3_libversion_number() >= 3038000 && sqlite3_vtab_in(info, eq, -1))
+            in_all_at_once = sqlite3_vtab_in(info, eq, 1);
+#endif
+        if (in_all_at_once) {
+            info->idxNum = PLAN_KEY_IN;
+            info->estimatedCost = LOOKUP_COST * IN_LOOKUPS_GUESS;
+            info->estimatedRows = (sqlite3_int64)IN_LOOKUPS_GUESS;
+        } else {
+            info->idxNum = PLAN_KEY_EQ;
+            info->estimatedCost = LOOKUP_COST;
+            info->estimatedRows = 1;
+            info->idxFlags = SQLITE_INDEX_SCAN_UNIQUE;
+        }
+        return SQLITE_OK;
+    }
+    if (unusable_eq) return SQLITE_CONSTRAINT;
+    info->idxNum = PLAN_FULL_SCAN;
+    info->estimatedCost = rows * FULL_SCAN_ROW_COST + LOOKUP_COST;
+    info->estimatedRows = (sqlite3_int64)rows + 1;
+    return SQLITE_OK;
+}
+
+/* ---- cursors ---- */
+
+static int mmkvOpen(sqlite3_vtab *vtab, sqlite3_vtab_cursor **out)
+{
+    (void)vtab;
+    mmkv_cursor *cur = sqlite3_malloc(sizeof *cur);
+    if (!cur) return SQLITE_NOMEM;
+    memset(cur, 0, sizeof *cur);
+    cur->eof = 1;
+    *out = &cur->base;
+    return SQLITE_OK;
+}
+
+static void cursor_reset(mmkv_cursor *cur)
+{
+    if (cur->scan) mmkv_scan_close(cur->scan);
+    cur->scan = NULL;
+    cur->in_list = NULL;
+    cur->eof = 1;
+}
+
+static int mmkvClose(sqlite3_vtab_cursor *cursor)
+{
+    mmkv_cursor *cur = (mmkv_cursor *)cursor;
+    cursor_reset(cur);
+    sqlite3_free(cur);
+    return SQLITE_OK;
+}
+
+/* Looks up one key value into the cursor's row; *found says whether it exists. */
+static int cursor_lookup(mmkv_cursor *cur, sqlite3_value *key_value, int *found)
+{
+    mmkv_vtab *vt = (mmkv_vtab *)cur->base.pVtab;
+    mmkv_datum key;
+    sqlite3_int64 number;
+    *found = 0;
+    if (sqlite3_value_type(key_value) == SQLITE_NULL) return SQLITE_OK; /* key = NULL: no row */
+    int rc = datum_from_value(key_value, &key, &number);
+    if (rc != SQLITE_OK) return rc;
+    rc = mmkv_get(vt->conn, &cur->snapshot, &key, &cur->row);
+    if (rc == MMKV_NOTFOUND) return SQLITE_OK;
+    if (rc != MMKV_OK) return engine_error(vt, rc);
+    *found = 1;
+    return SQLITE_OK;
+}
+
+/* Advances an IN-list cursor to the next value that names an existing key. */
+static int in_list_advance(mmkv_cursor *cur, int first)
+{
+#if SQLITE_VERSION_NUMBER >= 3038000
+    for (;;) {
+        sqlite3_value *value = NULL;
+        int rc = first ? sqlite3_vtab_in_first(cur->in_list, &value)
+                       : sqlite3_vtab_in_next(cur->in_list, &value);
+        first = 0;
+        if (rc == SQLITE_DONE || !value) {
+            cur->eof = 1;
+            return SQLITE_OK;
+        }
+        if (rc != SQLITE_OK) return rc;
+        int found;
+        rc = cursor_lookup(cur, value, &found);
+        if (rc != SQLITE_OK || found) return rc;
+    }
+#else
+    (void)first;
+    cur->eof = 1;
+    return SQLITE_OK;
+#endif
+}
+
+static int scan_advance(mmkv_cursor *cur)
+{
+    mmkv_vtab *vt = (mmkv_vtab *)cur->base.pVtab;
+    int rc = mmkv_scan_next(cur->scan, &cur->row);
+    if (rc == MMKV_NOTFOUND) {
+        cur->eof = 1;
+        return SQLITE_OK;
+    }
+    return rc == MMKV_OK ? SQLITE_OK : engine_error(vt, rc);
+}
+
+static int mmkvFilter(sqlite3_vtab_cursor *cursor, int idxNum, const char *idxStr, int argc,
+                      sqlite3_value **argv)
+{
+    mmkv_cursor *cur = (mmkv_cursor *)cursor;
+    mmkv_vtab *vt = (mmkv_vtab *)cursor->pVtab;
+    (void)idxStr;
+    (void)argc;
+    cursor_reset(cur);
+    cur->plan = idxNum;
+    int rc = mmkv_snapshot_take(vt->conn, &cur->snapshot);
+    if (rc != MMKV_OK) return engine_error(vt, rc);
+    cur->eof = 0;
+    switch (idxNum) {
+    case PLAN_KEY_EQ: {
+        int found;
+        rc = cursor_lookup(cur, argv[0], &found);
+        cur->eof = !found;
+        return rc;
+    }
+    case PLAN_KEY_IN:
+        cur->in_list = argv[0];
+        return in_list_advance(cur, 1);
+    default:
+        rc = mmkv_scan_open(vt->conn, &cur->snapshot, &cur->scan);
+        if (rc != MMKV_OK) return SQLITE_NOMEM;
+        return scan_advance(cur);
+    }
+}
+
+static int mmkvNext(sqlite3_vtab_cursor *cursor)
+{
+    mmkv_cursor *cur = (mmkv_cursor *)cursor;
+    switch (cur->plan) {
+    case PLAN_KEY_EQ:
+        cur->eof = 1;
+        return SQLITE_OK;
+    case PLAN_KEY_IN:
+        return in_list_advance(cur, 0);
+    default:
+        return scan_advance(cur);
+    }
+}
+
+static int mmkvEof(sqlite3_vtab_cursor *cursor)
+{
+    return ((mmkv_cursor *)cursor)->eof;
+}
+
+static int mmkvColumn(sqlite3_vtab_cursor *cursor, sqlite3_context *ctx, int column)
+{
+    mmkv_cursor *cur = (mmkv_cursor *)cursor;
+    if (column == COLUMN_KEY) result_datum(ctx, &cur->row.key);
+    else if (column == COLUMN_VALUE) result_datum(ctx, &cur->row.value);
+    else sqlite3_result_null(ctx);
+    return SQLITE_OK;
+}
+
+/* Never called for a WITHOUT ROWID table; the version's offset is a stable stand-in. */
+static int mmkvRowid(sqlite3_vtab_cursor *cursor, sqlite3_int64 *rowid)
+{
+    *rowid = (sqlite3_int64)((mmkv_cursor *)cursor)->row.offset;
+    return SQLITE_OK;
+}
+
+/* ---- writing ---- */
+
+static int constraint_error(mmkv_vtab *vt, int rc, const char *kind)
+{
+    sqlite3_free(vt->base.zErrMsg);
+    vt->base.zErrMsg = sqlite3_mprintf("%s constraint failed: %s.key", kind, vt->name);
+    return rc;
+}
+
+/* The hidden column: INSERT INTO kv(kv) VALUES('command'). */
+static int run_command(mmkv_vtab *vt, sqlite3_value *command)
+{
+    const char *text = (const char *)sqlite3_value_text(command);
+    sqlite3_free(vt->base.zErrMsg);
+    vt->base.zErrMsg = sqlite3_mprintf("mmkv: unknown command \"%s\"", text ? text : "");
+    return SQLITE_ERROR;
+}
+
+/*
+** xUpdate for a WITHOUT ROWID table:
+**   DELETE  argc 1: argv[0] the key of the row
+**   INSERT  argv[0] NULL, argv[1] NULL, argv[2] key, argv[3] value, argv[4] command
+**   UPDATE  argv[0] the old key, argv[1] the new key, argv[2..4] as for INSERT
+** A constraint failure returns before anything changes (SQLITE_VTAB_CONSTRAINT_SUPPORT), so that
+** SQLite can apply OR IGNORE/ABORT/FAIL/ROLLBACK itself; OR REPLACE is done here.
+*/
+static int mmkvUpdate(sqlite3_vtab *vtab, int argc, sqlite3_value **argv, sqlite3_int64 *rowid)
+{
+    mmkv_vtab *vt = (mmkv_vtab *)vtab;
+    (void)rowid;
+    mmkv_datum old_key, key, value;
+    sqlite3_int64 old_number, number, value_number;
+    int rc;
+
+    if (argc == 1) {
+        if ((rc = datum_from_value(argv[0], &old_key, &old_number)) != SQLITE_OK) return rc;
+        rc = mmkv_delete(vt->conn, &old_key);
+        return rc == MMKV_OK || rc == MMKV_NOTFOUND ? SQLITE_OK : engine_error(vt, rc);
+    }
+    int inserting = sqlite3_value_type(argv[0]) == SQLITE_NULL;
+    if (inserting && sqlite3_value_type(argv[4]) != SQLITE_NULL) return run_command(vt, argv[4]);
+    if (sqlite3_value_type(argv[2]) == SQLITE_NULL)
+        return constraint_error(vt, SQLITE_CONSTRAINT_NOTNULL, "NOT NULL");
+    if ((rc = datum_from_value(argv[2], &key, &number)) != SQLITE_OK) return rc;
+    if ((rc = datum_from_value(argv[3], &value, &value_number)) != SQLITE_OK) return rc;
+    int replace = sqlite3_vtab_on_conflict(vt->db) == SQLITE_REPLACE;
+
+    if (inserting) {
+        rc = mmkv_put(vt->conn, &key, &value, replace ? MMKV_PUT_REPLACE : MMKV_PUT_INSERT);
+    } else {
+        if ((rc = datum_from_value(argv[0], &old_key, &old_number)) != SQLITE_OK) return rc;
+        if (mmkv_key_equal(&old_key, &key)) {
+            rc = mmkv_put(vt->conn, &key, &value, MMKV_PUT_REPLACE);
+        } else {
+            /* A new key: claim it first, so that a conflict fails before any change. */
+            rc = mmkv_put(vt->conn, &key, &value, replace ? MMKV_PUT_REPLACE : MMKV_PUT_INSERT);
+            if (rc == MMKV_OK) {
+                rc = mmkv_delete(vt->conn, &old_key);
+                if (rc == MMKV_NOTFOUND) rc = MMKV_OK;
+            }
+        }
+    }
+    if (rc == MMKV_CONSTRAINT) return constraint_error(vt, SQLITE_CONSTRAINT_PRIMARYKEY, "UNIQUE");
+    return rc == MMKV_OK ? SQLITE_OK : engine_error(vt, rc);
+}
+
+/* ---- transactions: all durable work in xSync; xCommit and xRollback cannot fail ---- */
+
+static int mmkvBegin(sqlite3_vtab *vtab)
+{
+    mmkv_vtab *vt = (mmkv_vtab *)vtab;
+    int rc = mmkv_txn_begin(vt->conn);
+    return rc == MMKV_OK ? SQLITE_OK : engine_error(vt, rc);
+}
+
+static int mmkvSync(sqlite3_vtab *vtab)
+{
+    mmkv_vtab *vt = (mmkv_vtab *)vtab;
+    int rc = mmkv_txn_prepare(vt->conn);
+    return rc == MMKV_OK ? SQLITE_OK : engine_error(vt, rc);
+}
+
+static int mmkvCommit(sqlite3_vtab *vtab)
+{
+    mmkv_txn_commit(((mmkv_vtab *)vtab)->conn);
+    return SQLITE_OK;
+}
+
+static int mmkvRollback(sqlite3_vtab *vtab)
+{
+    mmkv_txn_rollback(((mmkv_vtab *)vtab)->conn);
+    return SQLITE_OK;
+}
+
+static int mmkvSavepoint(sqlite3_vtab *vtab, int level)
+{
+    mmkv_vtab *vt = (mmkv_vtab *)vtab;
+    int rc = mmkv_txn_savepoint(vt->conn, level);
+    return rc == MMKV_OK ? SQLITE_OK : engine_error(vt, rc);
+}
+
+static int mmkvRelease(sqlite3_vtab *vtab, int level)
+{
+    mmkv_txn_release(((mmkv_vtab *)vtab)->conn, level);
+    return SQLITE_OK;
+}
+
+static int mmkvRollbackTo(sqlite3_vtab *vtab, int level)
+{
+    mmkv_txn_rollback_to(((mmkv_vtab *)vtab)->conn, level);
+    return SQLITE_OK;
+}
+
+/* ALTER TABLE RENAME: files named after the table take the new name. */
+static int mmkvRename(sqlite3_vtab *vtab, const char *new_name)
+{
+    mmkv_vtab *vt = (mmkv_vtab *)vtab;
+    char *new_table = sqlite3_mprintf("%s", new_name);
+    if (!new_table) return SQLITE_NOMEM;
+    if (vt->temp) {
+        sqlite3_free(vt->temp->name);
+        vt->temp->name = sqlite3_mprintf("%s", new_name);
+    } else if (vt->named_after_table) {
+        int temporary;
+        char *new_path = resolve_data_path(vt->db, vt->schema, new_name, NULL, &temporary);
+        char *message = NULL;
+        int rc = new_path ? mmkv_rename_files(vt->data_path, new_path, &message) : SQLITE_NOMEM;
+        if (rc != MMKV_OK) {
+            if (message) set_error(vtab, rc, message);
+            free(message);
+            sqlite3_free(new_path);
+            sqlite3_free(new_table);
+            return rc;
+        }
+        sqlite3_free(vt->data_path);
+        vt->data_path = new_path;
+    }
+    sqlite3_free(vt->name);
+    vt->name = new_table;
+    return SQLITE_OK;
+}
+
+static const sqlite3_module mmkv_module = {
+    .iVersion = 2,
+    .xCreate = mmkvCreate,
+    .xConnect = mmkvConnect,
+    .xBestIndex = mmkvBestIndex,
+    .xDisconnect = mmkvDisconnect,
+    .xDestroy = mmkvDestroy,
+    .xOpen = mmkvOpen,
+    .xClose = mmkvClose,
+    .xFilter = mmkvFilter,
+    .xNext = mmkvNext,
+    .xEof = mmkvEof,
+    .xColumn = mmkvColumn,
+    .xRowid = mmkvRowid,
+    .xUpdate = mmkvUpdate,
+    .xBegin = mmkvBegin,
+    .xSync = mmkvSync,
+    .xCommit = mmkvCommit,
+    .xRollback = mmkvRollback,
+    .xRename = mmkvRename,
+    .xSavepoint = mmkvSavepoint,
+    .xRelease = mmkvRelease,
+    .xRollbackTo = mmkvRollbackTo,
+};
+
+int mmkv_vtab_register(sqlite3 *db)
+{
+    mmkv_module_state *state = sqlite3_malloc(sizeof *state);
+    if (!state) return SQLITE_NOMEM;
+    memset(state, 0, sizeof *state);
+    return sqlite3_create_module_v2(db, "mmkv", &mmkv_module, state, module_state_free);
+}
