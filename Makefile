@@ -65,7 +65,8 @@ test: all $(BUILD)/test_engine
 	@BUILD=$(BUILD) PYTHON=$(PYTHON) SANITIZE=$(SANITIZE) CC=$(CC) sh test/run.sh
 
 demo: all
-	@cd sql && $(SQLITE3) -bail < demo.sql
+	@rm -f $(BUILD)/demo.db $(BUILD)/demo.db-kv.mmkv $(BUILD)/demo.db-kv.mmkv-index
+	$(SQLITE3) -bail $(BUILD)/demo.db -cmd '.load $(BUILD)/mmkv' < sql/demo.sql
 
 bench: $(BUILD)/bench
 	$(BUILD)/bench $(BENCH_ARGS)

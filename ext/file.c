@@ -212,6 +212,19 @@ int mmkv_map_refresh(mmkv_map *map)
 
 static int map_extend(mmkv_map *map, uint64_t bytes);
 
+int mmkv_map_truncate(mmkv_map *map)
+{
+    pthread_mutex_lock(&map->grow_lock);
+    int rc = ftruncate(map->fd, 0) == 0 ? MMKV_OK : io_error(errno);
+    if (rc == MMKV_OK) {
+        /* The pages stay mapped but hold nothing: forget them, so growth maps them anew. */
+        __atomic_store_n(&map->mapped, 0, __ATOMIC_RELEASE);
+        map->file_size = 0;
+    }
+    pthread_mutex_unlock(&map->grow_lock);
+    return rc;
+}
+
 int mmkv_map_extend(mmkv_map *map, uint64_t bytes)
 {
     if (bytes <= mmkv_map_mapped(map)) return MMKV_OK;

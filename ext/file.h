@@ -43,6 +43,7 @@ void mmkv_unlock(int fd, int64_t byte);
 
 int mmkv_map_init(mmkv_map *map, int fd, uint64_t reserve_bytes);
 int mmkv_map_refresh(mmkv_map *map);                  /* map whatever the file holds now */
+int mmkv_map_truncate(mmkv_map *map);                 /* empty the file; nobody else may use it */
 int mmkv_map_extend(mmkv_map *map, uint64_t bytes);   /* allocate the file to bytes and map it */
 int mmkv_map_sync_range(mmkv_map *map, uint64_t offset, uint64_t len); /* msync, then durable */
 void mmkv_map_release(mmkv_map *map);

@@ -86,14 +86,12 @@ int mmkv_index_header_usable(mmkv_index *index, uint64_t data_file_id, int need_
 
 int mmkv_index_reset(mmkv_index *index, uint64_t data_file_id)
 {
-    int fd = index->map.fd;
     uint64_t table_bytes = MMKV_INDEX_MIN_SLOTS * sizeof(mmkv_slot);
     uint64_t size = MMKV_INDEX_TABLES_START + table_bytes;
     /* Only the derived index is ever emptied: its contents can always be made again. */
-    if (ftruncate(fd, 0) != 0) return MMKV_IOERR;
-    int rc = mmkv_file_allocate(fd, size);
+    int rc = mmkv_map_truncate(&index->map);
     if (rc != MMKV_OK) return rc;
-    rc = mmkv_map_refresh(&index->map);
+    rc = mmkv_map_extend(&index->map, size);
     if (rc != MMKV_OK) return rc;
     mmkv_index_header *h = mmkv_index_header_of(index);
     memset(h, 0, sizeof *h);
