@@ -32,6 +32,7 @@ typedef struct mmkv_txn {
     uint64_t start;      /* the committed tail when it began */
     uint64_t append_pos; /* where its next record goes */
     mmkv_counts counts;
+    mmkv_counts start_counts;
     uint64_t *written; /* offsets of its records, in order: the undo log */
     size_t n_written, cap_written;
     mmkv_savepoint *savepoints;

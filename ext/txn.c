@@ -68,6 +68,7 @@ int mmkv_txn_begin(mmkv_conn *conn)
     txn->counts.live = meta.live_count;
     txn->counts.records = meta.record_count;
     txn->counts.garbage = meta.garbage_bytes;
+    txn->start_counts = txn->counts;
     txn->n_written = 0;
     txn->n_savepoints = 0;
     txn->prepared = 0;
@@ -105,8 +106,12 @@ void mmkv_txn_release(mmkv_conn *conn, int level)
         txn->n_savepoints--;
 }
 
-/* Back to the state when savepoint `level` began. If this transaction joined after that savepoint
-** was made, its oldest savepoint (or its start) is that state. */
+/* Back to the state when savepoint `level` began; the savepoint stays open.
+**
+** SQLite numbers savepoints by depth and counts statement savepoints in that depth. When this
+** table joins a transaction late, SQLite first calls xSavepoint(depth - 1) to catch up, and that
+** entry may be a statement savepoint released when the statement ends. So a savepoint with no
+** entry of its own, and none below it, began before this table joined: its state is the start. */
 void mmkv_txn_rollback_to(mmkv_conn *conn, int level)
 {
     mmkv_engine *e = conn->engine;
@@ -114,26 +119,22 @@ void mmkv_txn_rollback_to(mmkv_conn *conn, int level)
     if (txn->owner != conn) return;
     size_t i = 0;
     while (i < txn->n_savepoints && txn->savepoints[i].level < level) i++;
-    mmkv_savepoint target = {level, txn->start, 0, txn->counts};
-    if (i < txn->n_savepoints) {
+    mmkv_savepoint target;
+    if (i < txn->n_savepoints && txn->savepoints[i].level == level) {
         target = txn->savepoints[i];
-    } else if (txn->n_savepoints > 0) {
-        return; /* nothing was written since that savepoint began */
+    } else if (i > 0) {
+        return; /* it began after our newest savepoint below it, and nothing was written since */
     } else {
-        mmkv_meta meta;
-        int slot;
-        if (mmkv_log_meta(&e->log, &meta, &slot, NULL) == MMKV_OK) {
-            target.counts.live = meta.live_count;
-            target.counts.records = meta.record_count;
-            target.counts.garbage = meta.garbage_bytes;
-        }
+        target.level = level;
+        target.append_pos = txn->start;
+        target.written = 0;
+        target.counts = txn->start_counts;
     }
     mmkv_engine_undo(e, target.written);
     txn->append_pos = target.append_pos;
     txn->counts = target.counts;
     txn->n_savepoints = i;
-    target.level = level;
-    txn->savepoints[txn->n_savepoints++] = target; /* the savepoint itself stays open */
+    if (mmkv_txn_savepoint(conn, level) != MMKV_OK) txn->n_savepoints = 0;
 }
 
 int mmkv_txn_prepare(mmkv_conn *conn)

@@ -376,24 +376,21 @@ static int mmkvDestroy(sqlite3_vtab *vtab)
 ** (omit). Every other constraint (ranges, LIKE, other collations, the value column) is left to
 ** SQLite, which filters the rows of a scan: correct results, no index.
 **
-** An equality on key that is not usable in this call (it depends on a table not yet available)
-** refuses the plan with SQLITE_CONSTRAINT, so that SQLite puts kv inside the loop where the
-** probe is possible, rather than choosing a full scan for each outer row.
+** An equality on key that is not usable in this call (it names a table not yet available) is not
+** used; the full scan stays on offer, so that SQLite can always place kv, even outermost or in a
+** self-join, and its costs steer it to the probe when kv can come inner. (Refusing such calls with
+** SQLITE_CONSTRAINT would leave a self-join, kv AS a JOIN kv AS b ON a.key = b.key, with no plan.)
 */
 static int mmkvBestIndex(sqlite3_vtab *vtab, sqlite3_index_info *info)
 {
     mmkv_vtab *vt = (mmkv_vtab *)vtab;
-    int eq = -1, unusable_eq = 0;
+    int eq = -1;
     for (int i = 0; i < info->nConstraint; i++) {
         const struct sqlite3_index_constraint *c = &info->aConstraint[i];
         if (c->iColumn != COLUMN_KEY || c->op != SQLITE_INDEX_CONSTRAINT_EQ) continue;
         const char *collation = sqlite3_vtab_collation(info, i);
         if (collation && sqlite3_stricmp(collation, "BINARY") != 0) continue;
-        if (!c->usable) {
-            unusable_eq = 1;
-            continue;
-        }
-        if (eq < 0) eq = i;
+        if (c->usable && eq < 0) eq = i;
     }
     double rows = (double)mmkv_live_count(vt->conn);
     if (eq >= 0) {
@@ -416,7 +413,6 @@ static int mmkvBestIndex(sqlite3_vtab *vtab, sqlite3_index_info *info)
         }
         return SQLITE_OK;
     }
-    if (unusable_eq) return SQLITE_CONSTRAINT;
     info->idxNum = PLAN_FULL_SCAN;
     info->estimatedCost = rows * FULL_SCAN_ROW_COST + LOOKUP_COST;
     info->estimatedRows = (sqlite3_int64)rows + 1;
