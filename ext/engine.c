@@ -573,6 +573,7 @@ int mmkv_open(const char *data_path, const mmkv_open_options *options, mmkv_conn
         rc = temporary_path(&path);
         if (rc == MMKV_OK) rc = engine_new(path, &e);
         if (rc == MMKV_OK) {
+            conn->sync = MMKV_SYNC_OFF; /* files that vanish at close need no durability */
             e->temporary = 1;
             e->refcount = 1;
             rc = engine_open_files(e, MMKV_SYNC_OFF, errmsg);
