@@ -63,7 +63,18 @@ static int match_key(void *ctx, uint64_t offset)
     return mmkv_key_equal(&key, p->key);
 }
 
-static int hash_of_record(void *ctx, uint64_t offset, uint64_t *hash)
+/* A TEXT key that reads as a number has a second slot, under that number's hash, so that a
+** lookup by the number finds it (mmkv_get_similar). Returns 1 and the hash if key has one. */
+static int shadow_hash(const mmkv_datum *key, uint64_t *hash)
+{
+    mmkv_datum number;
+    uint64_t storage;
+    if (!mmkv_text_as_number(key, &number, &storage)) return 0;
+    *hash = mmkv_key_hash(&number) | MMKV_HASH_SECOND_SLOT;
+    return 1;
+}
+
+static int hash_of_record(void *ctx, uint64_t offset, int second_slot, uint64_t *hash)
 {
     key_probe *p = ctx;
     mmkv_record record;
@@ -71,6 +82,7 @@ static int hash_of_record(void *ctx, uint64_t offset, uint64_t *hash)
     if (rc <= 0) return rc < 0 ? -rc : MMKV_CORRUPT;
     mmkv_datum key;
     mmkv_record_key(&record, &key);
+    if (second_slot) return shadow_hash(&key, hash) ? MMKV_OK : MMKV_CORRUPT;
     *hash = mmkv_key_hash(&key);
     return MMKV_OK;
 }
@@ -119,6 +131,32 @@ int mmkv_snapshot_take(mmkv_conn *conn, mmkv_snapshot *snapshot)
     return MMKV_OK;
 }
 
+#define WALK_RETRY (-1) /* met a version being rewritten: look the key up again */
+
+/* From the newest version of key at offset, walks back to the version visible in snapshot. */
+static int walk_to_visible(mmkv_conn *conn, key_probe *p, const mmkv_snapshot *snapshot,
+                           const mmkv_datum *key, uint64_t offset, mmkv_record *record)
+{
+    mmkv_datum k;
+    while (offset >= snapshot->tail) {
+        if (probe_read(p, offset, record) <= 0) return WALK_RETRY;
+        mmkv_record_key(record, &k);
+        if (!mmkv_key_equal(&k, key) || record->header.prev_offset >= offset) return WALK_RETRY;
+        offset = record->header.prev_offset;
+        if (offset == 0) return MMKV_NOTFOUND;
+    }
+    if (probe_read(p, offset, record) <= 0) return corrupt_record(&conn->errmsg, conn->engine, offset);
+    mmkv_record_key(record, &k);
+    if (!mmkv_key_equal(&k, key)) return corrupt_record(&conn->errmsg, conn->engine, offset);
+    return record->header.flags & MMKV_RECORD_TOMBSTONE ? MMKV_NOTFOUND : MMKV_OK;
+}
+
+static int changing_error(mmkv_conn *conn)
+{
+    return mmkv_error(&conn->errmsg, MMKV_BUSY, "mmkv: '%s' kept changing during a read",
+                      conn->engine->data_path);
+}
+
 /* Finds the version of key visible in snapshot. `verified` names an offset already checked. */
 static int find_visible(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mmkv_datum *key,
                         uint64_t hash, uint64_t verified, mmkv_record *record)
@@ -133,29 +171,10 @@ static int find_visible(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mm
         if (rc == MMKV_NOTFOUND && !p.unstable) return MMKV_NOTFOUND;
         if (rc != MMKV_OK && rc != MMKV_NOTFOUND) return index_error(&conn->errmsg, e, rc, &p);
         if (rc == MMKV_NOTFOUND) continue;
-        /* Walk back past versions this snapshot does not include. */
-        int good = 1;
-        while (offset >= snapshot->tail && good) {
-            good = probe_read(&p, offset, record) > 0;
-            mmkv_datum k;
-            if (good) mmkv_record_key(record, &k);
-            if (!good || !mmkv_key_equal(&k, key) || record->header.prev_offset >= offset) {
-                good = 0;
-                break;
-            }
-            offset = record->header.prev_offset;
-            if (offset == 0) return MMKV_NOTFOUND;
-        }
-        if (!good) continue;
-        rc = probe_read(&p, offset, record);
-        if (rc < 0) return corrupt_record(&conn->errmsg, e, offset);
-        mmkv_datum k;
-        mmkv_record_key(record, &k);
-        if (!mmkv_key_equal(&k, key)) return corrupt_record(&conn->errmsg, e, offset);
-        return record->header.flags & MMKV_RECORD_TOMBSTONE ? MMKV_NOTFOUND : MMKV_OK;
+        rc = walk_to_visible(conn, &p, snapshot, key, offset, record);
+        if (rc != WALK_RETRY) return rc;
     }
-    return mmkv_error(&conn->errmsg, MMKV_BUSY, "mmkv: '%s' kept changing during a read",
-                      e->data_path);
+    return changing_error(conn);
 }
 
 static void row_from_record(const mmkv_record *record, mmkv_row *row)
@@ -170,6 +189,103 @@ int mmkv_get(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mmkv_datum *k
     mmkv_record record;
     int rc = find_visible(conn, snapshot, key, mmkv_key_hash(key), 0, &record);
     if (rc == MMKV_OK) row_from_record(&record, row);
+    return rc;
+}
+
+/* Does the record at offset hold a key SQLite could find equal to the number p->key, once it
+** applies NUMERIC affinity to the key? Numbers equal to it, and TEXT that reads as it. */
+static int match_number_like(void *ctx, uint64_t offset)
+{
+    key_probe *p = ctx;
+    mmkv_record record;
+    int rc = probe_read(p, offset, &record);
+    if (rc <= 0) return rc;
+    mmkv_datum key, number;
+    uint64_t storage;
+    mmkv_record_key(&record, &key);
+    if (key.type == MMKV_TEXT && mmkv_text_as_number(&key, &number, &storage))
+        return mmkv_key_equal(&number, p->key);
+    return mmkv_key_equal(&key, p->key);
+}
+
+/* Collects into `visible` the visible versions of every key on target's probe path that `match`
+** accepts. */
+static int collect_visible(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mmkv_datum *target,
+                           uint64_t hash, int (*match)(void *, uint64_t), mmkv_offsets *visible)
+{
+    mmkv_engine *e = conn->engine;
+    key_probe p = {e, target, snapshot->tail, 0, 0, 0};
+    mmkv_index_ops ops = {match, hash_of_record, &p};
+    mmkv_offsets newest = {NULL, 0, 0};
+    size_t kept = visible->count;
+    int rc = MMKV_BUSY;
+    for (int attempt = 0; attempt < READ_RETRIES && rc == MMKV_BUSY; attempt++) {
+        p.unstable = 0;
+        visible->count = kept;
+        rc = mmkv_index_find_all(&e->index, hash, &ops, &newest);
+        if (rc != MMKV_OK) {
+            rc = index_error(&conn->errmsg, e, rc, &p);
+            break;
+        }
+        if (p.unstable) rc = MMKV_BUSY;
+        for (size_t i = 0; i < newest.count && rc == MMKV_OK; i++) {
+            mmkv_record record;
+            if (probe_read(&p, newest.items[i], &record) <= 0) {
+                rc = MMKV_BUSY;
+                break;
+            }
+            /* The newest version's key may be rewritten under us: compare against a copy. */
+            mmkv_datum key;
+            mmkv_record_key(&record, &key);
+            void *copy = key.len ? malloc(key.len) : NULL;
+            if (key.len && !copy) {
+                rc = mmkv_error(&conn->errmsg, MMKV_NOMEM, "out of memory");
+                break;
+            }
+            if (key.len) key.bytes = memcpy(copy, key.bytes, key.len);
+            rc = walk_to_visible(conn, &p, snapshot, &key, newest.items[i], &record);
+            free(copy);
+            if (rc == WALK_RETRY) rc = MMKV_BUSY;
+            else if (rc == MMKV_NOTFOUND) rc = MMKV_OK;
+            else if (rc == MMKV_OK && (rc = mmkv_offsets_add(visible, record.offset)) != MMKV_OK)
+                rc = mmkv_error(&conn->errmsg, rc, "out of memory");
+        }
+    }
+    free(newest.items);
+    return rc == MMKV_BUSY ? changing_error(conn) : rc;
+}
+
+int mmkv_get_similar(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mmkv_datum *probe,
+                     mmkv_emit_fn emit, void *ctx)
+{
+    mmkv_offsets visible = {NULL, 0, 0};
+    mmkv_datum number;
+    uint64_t storage;
+    int rc = MMKV_OK;
+    const mmkv_datum *as_number = probe;
+    if (probe->type == MMKV_TEXT || probe->type == MMKV_BLOB) {
+        rc = collect_visible(conn, snapshot, probe, mmkv_key_hash(probe), match_key, &visible);
+        as_number = rc == MMKV_OK && mmkv_text_as_number(probe, &number, &storage) ? &number : NULL;
+    }
+    if (as_number) {
+        /* Numbers equal to it, under their own slots; TEXT reading as it, under second slots. */
+        uint64_t hash = mmkv_key_hash(as_number);
+        rc = collect_visible(conn, snapshot, as_number, hash, match_number_like, &visible);
+        if (rc == MMKV_OK)
+            rc = collect_visible(conn, snapshot, as_number, hash | MMKV_HASH_SECOND_SLOT,
+                                 match_number_like, &visible);
+    }
+    for (size_t i = 0; i < visible.count && rc == MMKV_OK; i++) {
+        mmkv_record record;
+        mmkv_row row;
+        if (!mmkv_log_record(&conn->engine->log, visible.items[i], UINT64_MAX, &record)) {
+            rc = corrupt_record(&conn->errmsg, conn->engine, visible.items[i]);
+            break;
+        }
+        row_from_record(&record, &row);
+        rc = emit(ctx, &row);
+    }
+    free(visible.items);
     return rc;
 }
 
@@ -261,6 +377,23 @@ static int remember_written(mmkv_txn *txn, uint64_t offset)
     return MMKV_OK;
 }
 
+/* Points key's second slot at offset (or, with offset 0, forgets it). */
+static int store_shadow(mmkv_engine *e, const mmkv_datum *key, uint64_t offset, char **errmsg)
+{
+    uint64_t hash;
+    if (!shadow_hash(key, &hash)) return MMKV_OK;
+    key_probe p = {e, key, UINT64_MAX, 0, 0, 0};
+    mmkv_index_ops ops = probe_ops(&p);
+    mmkv_slot_ref ref;
+    int rc = offset ? mmkv_index_make_room(&e->index, &ops) : MMKV_OK;
+    if (rc == MMKV_OK) rc = mmkv_index_locate(&e->index, hash, &ops, &ref);
+    if (rc == MMKV_NOTFOUND && !offset) return MMKV_OK;
+    if (rc != MMKV_OK && rc != MMKV_NOTFOUND) return index_error(errmsg, e, rc, &p);
+    if (offset) mmkv_index_store(&e->index, &ref, hash, offset);
+    else mmkv_index_forget(&e->index, &ref);
+    return MMKV_OK;
+}
+
 /* Appends a version of key (a tombstone if value is NULL) after the version at prev. */
 static int append_version(mmkv_conn *conn, const mmkv_slot_ref *ref, uint64_t hash,
                           const mmkv_datum *key, const mmkv_datum *value, uint64_t prev)
@@ -280,9 +413,10 @@ static int append_version(mmkv_conn *conn, const mmkv_slot_ref *ref, uint64_t ha
         return mmkv_error(&conn->errmsg, rc, "mmkv: cannot write to '%s'", e->data_path);
     }
     mmkv_index_store(&e->index, ref, hash, txn->append_pos);
+    uint64_t offset = txn->append_pos;
     txn->append_pos += size;
     txn->counts.records++;
-    return MMKV_OK;
+    return store_shadow(e, key, offset, &conn->errmsg);
 }
 
 /* Locates key for a write: its slot and its newest version, if any. */
@@ -365,6 +499,7 @@ void mmkv_engine_undo(mmkv_engine *e, size_t keep)
         if (mmkv_index_locate(&e->index, hash, &ops, &ref) != MMKV_OK) continue;
         if (record.header.prev_offset) mmkv_index_store(&e->index, &ref, hash, record.header.prev_offset);
         else mmkv_index_forget(&e->index, &ref);
+        store_shadow(e, &key, record.header.prev_offset, NULL);
     }
 }
 
@@ -383,15 +518,18 @@ static int replay_log(mmkv_engine *e, uint64_t from, uint64_t to, int rebuilding
         key_probe p = {e, &key, to, pos, 0, 0};
         mmkv_index_ops ops = probe_ops(&p);
         int rc;
+        uint64_t second;
         if (rebuilding) {
             rc = mmkv_index_rebuild_add(&e->index, hash, &ops, pos);
+            if (rc == MMKV_OK && shadow_hash(&key, &second))
+                rc = mmkv_index_rebuild_add(&e->index, second, &ops, pos);
         } else {
             mmkv_slot_ref ref;
             rc = mmkv_index_make_room(&e->index, &ops);
             if (rc == MMKV_OK) rc = mmkv_index_locate(&e->index, hash, &ops, &ref);
             if (rc == MMKV_OK || rc == MMKV_NOTFOUND) {
                 mmkv_index_store(&e->index, &ref, hash, pos);
-                rc = MMKV_OK;
+                rc = store_shadow(e, &key, pos, errmsg);
             }
         }
         if (rc != MMKV_OK) return index_error(errmsg, e, rc, &p);

@@ -28,9 +28,12 @@
 **     offset 4096   hash tables: the current one and, while it is being drained into the current
 **                   one, the previous one. Each is an array of 64-bit slots (mmkv_slot).
 **
-** A slot packs a 24-bit hash tag and the record offset divided by 8 (40 bits, so data files up to
-** 8 TiB). Slot values 0, 1 and 2 are never offsets (records start at 4096): empty, deleted (a key
-** whose insert was rolled back) and moved (drained into the current table).
+** A slot packs a 24-bit tag and the record offset divided by 8 (40 bits, so data files up to
+** 8 TiB). The tag is the top 24 bits of the slot's hash, whose top bit says which of a key's slots
+** it is: 0 for the key's own, 1 for the second slot of a TEXT key that reads as a number ('1.0'),
+** filed under that number's hash so that SQLite's NUMERIC affinity comparisons can find it. Slot
+** values 0, 1 and 2 are never offsets (records start at 4096): empty, deleted (a key whose insert
+** was rolled back) and moved (drained into the current table).
 */
 #ifndef MMKV_FORMAT_H
 #define MMKV_FORMAT_H
@@ -137,6 +140,8 @@ typedef uint64_t mmkv_slot;
 #define mmkv_slot_tag(slot) ((slot) >> MMKV_SLOT_OFFSET_BITS)
 #define mmkv_slot_is_entry(slot) ((slot) > MMKV_SLOT_MOVED)
 #define mmkv_hash_tag(hash) ((hash) >> MMKV_SLOT_OFFSET_BITS)
+#define MMKV_HASH_SECOND_SLOT (UINT64_C(1) << 63) /* in a hash and so in its tag: see above */
+#define mmkv_slot_is_second(slot) (((slot)&MMKV_HASH_SECOND_SLOT) != 0)
 
 _Static_assert(sizeof(mmkv_file_header) == 512, "file header is one sector");
 _Static_assert(sizeof(mmkv_meta) == 64, "meta slot size");

@@ -5,6 +5,7 @@
 #include "crc32c.h"
 #include "mmkv.h"
 
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -213,6 +214,57 @@ int mmkv_index_find(mmkv_index *index, uint64_t hash, const mmkv_index_ops *ops,
     return MMKV_BUSY;
 }
 
+int mmkv_offsets_add(mmkv_offsets *set, uint64_t offset)
+{
+    for (size_t i = 0; i < set->count; i++)
+        if (set->items[i] == offset) return MMKV_OK;
+    if (set->count == set->capacity) {
+        size_t capacity = set->capacity ? set->capacity * 2 : 8;
+        uint64_t *grown = realloc(set->items, capacity * sizeof *grown);
+        if (!grown) return MMKV_NOMEM;
+        set->items = grown;
+        set->capacity = capacity;
+    }
+    set->items[set->count++] = offset;
+    return MMKV_OK;
+}
+
+/* Like probe, but walks the whole probe path and collects every match. */
+static int probe_all(mmkv_slot *table, uint64_t slots, uint64_t hash, const mmkv_index_ops *ops,
+                     mmkv_offsets *found)
+{
+    uint64_t mask = slots - 1;
+    uint64_t tag = mmkv_hash_tag(hash);
+    uint64_t i = hash & mask;
+    for (uint64_t n = 0; n < slots; n++, i = (i + 1) & mask) {
+        mmkv_slot s = load64(&table[i]);
+        if (s == MMKV_SLOT_EMPTY) break;
+        if (!mmkv_slot_is_entry(s) || mmkv_slot_tag(s) != tag) continue;
+        int m = ops->match(ops->ctx, mmkv_slot_offset(s));
+        if (m < 0) return -m;
+        if (m && mmkv_offsets_add(found, mmkv_slot_offset(s)) != MMKV_OK) return MMKV_NOMEM;
+    }
+    return MMKV_OK;
+}
+
+int mmkv_index_find_all(mmkv_index *index, uint64_t hash, const mmkv_index_ops *ops,
+                        mmkv_offsets *found)
+{
+    mmkv_index_header *h = mmkv_index_header_of(index);
+    for (int attempt = 0; attempt < GEOMETRY_RETRIES; attempt++) {
+        geometry g;
+        uint64_t seq;
+        int rc = geometry_read(index, &g, &seq);
+        if (rc != MMKV_OK) return rc;
+        found->count = 0;
+        if (g.old_offset) rc = probe_all(table_at(index, g.old_offset), g.old_slots, hash, ops, found);
+        if (rc == MMKV_OK)
+            rc = probe_all(table_at(index, g.table_offset), g.table_slots, hash, ops, found);
+        if (rc != MMKV_OK || load64(&h->geometry_seq) == seq) return rc;
+    }
+    return MMKV_BUSY;
+}
+
 /* ---- writing (one writer at a time) ---- */
 
 static void geometry_begin(mmkv_index_header *h)
@@ -280,7 +332,7 @@ static int drain(mmkv_index *index, const mmkv_index_ops *ops, uint64_t count)
         mmkv_slot s = *from;
         if (mmkv_slot_is_entry(s)) {
             uint64_t hash;
-            int rc = ops->hash_of(ops->ctx, mmkv_slot_offset(s), &hash);
+            int rc = ops->hash_of(ops->ctx, mmkv_slot_offset(s), mmkv_slot_is_second(s), &hash);
             if (rc != MMKV_OK) return rc;
             mmkv_slot *to = free_slot(table, h->table_slots, hash);
             if (*to == MMKV_SLOT_EMPTY) h->used_slots++;
@@ -388,7 +440,9 @@ int mmkv_index_rebuild_add(mmkv_index *index, uint64_t hash, const mmkv_index_op
         for (uint64_t i = 0; i < index->build_slots; i++) {
             if (!mmkv_slot_is_entry(table[i])) continue;
             uint64_t h2;
-            if ((rc = ops->hash_of(ops->ctx, mmkv_slot_offset(table[i]), &h2)) != MMKV_OK) return rc;
+            if ((rc = ops->hash_of(ops->ctx, mmkv_slot_offset(table[i]), mmkv_slot_is_second(table[i]),
+                                  &h2)) != MMKV_OK)
+                return rc;
             *free_slot(bigger, slots, h2) = table[i];
         }
         table_discard(index, index->build_offset, index->build_slots);

@@ -26,8 +26,9 @@
 typedef struct mmkv_index_ops {
     /* 1 if the record at offset holds the key sought, 0 if not, or a negative result code. */
     int (*match)(void *ctx, uint64_t offset);
-    /* The hash of the key of the record at offset; a result code. */
-    int (*hash_of)(void *ctx, uint64_t offset, uint64_t *hash);
+    /* The hash under which a slot holding offset is filed (its key's own, or with
+    ** MMKV_HASH_SECOND_SLOT, its second); a result code. */
+    int (*hash_of)(void *ctx, uint64_t offset, int second_slot, uint64_t *hash);
     void *ctx;
 } mmkv_index_ops;
 
@@ -62,6 +63,18 @@ int mmkv_index_mark_in_use(mmkv_index *index);
 
 /* Lock-free lookup: the offset stored for the key. OK, NOTFOUND, or an error. */
 int mmkv_index_find(mmkv_index *index, uint64_t hash, const mmkv_index_ops *ops, uint64_t *offset);
+
+/* A growable set of offsets. */
+typedef struct mmkv_offsets {
+    uint64_t *items;
+    size_t count, capacity;
+} mmkv_offsets;
+
+int mmkv_offsets_add(mmkv_offsets *set, uint64_t offset); /* no duplicates */
+
+/* Lock-free: every distinct offset on hash's probe path whose record matches. OK or an error. */
+int mmkv_index_find_all(mmkv_index *index, uint64_t hash, const mmkv_index_ops *ops,
+                        mmkv_offsets *found);
 
 /* Writer side. make_room before any locate that may lead to an insert. */
 int mmkv_index_make_room(mmkv_index *index, const mmkv_index_ops *ops);

@@ -6,6 +6,8 @@
 */
 #include "mmkv.h"
 
+#include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define SEED_NUMBER 0x9e3779b97f4a7c15ULL
@@ -70,7 +72,15 @@ static int real_as_int(double r, int64_t *out)
     return 1;
 }
 
+static uint64_t key_hash(const mmkv_datum *key);
+
+/* The top bit is left clear: it marks a key's second slot (format.h). */
 uint64_t mmkv_key_hash(const mmkv_datum *key)
+{
+    return key_hash(key) & ~(UINT64_C(1) << 63);
+}
+
+static uint64_t key_hash(const mmkv_datum *key)
 {
     int64_t i;
     switch (key->type) {
@@ -110,4 +120,78 @@ int mmkv_key_equal(const mmkv_datum *a, const mmkv_datum *b)
     if (is_numeric(a->type) && is_numeric(b->type)) return numeric_equal(a, b);
     return a->type == b->type && a->len == b->len &&
            (a->len == 0 || memcmp(a->bytes, b->bytes, a->len) == 0);
+}
+
+static int is_sql_space(unsigned char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r';
+}
+
+static int is_digit(unsigned char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+/* Reads SQLite's numeric literal grammar, with white space around it as NUMERIC affinity allows:
+** [sign] (digits [. digits] | . digits) [e [sign] digits]. Sets *is_integer when there is no point
+** and no exponent. Returns the length of the literal without the white space, or 0. */
+static size_t numeric_literal(const unsigned char *p, size_t n, size_t *start, int *is_integer)
+{
+    size_t i = 0, digits = 0;
+    while (i < n && is_sql_space(p[i])) i++;
+    *start = i;
+    *is_integer = 1;
+    if (i < n && (p[i] == '+' || p[i] == '-')) i++;
+    while (i < n && is_digit(p[i])) i++, digits++;
+    if (i < n && p[i] == '.') {
+        *is_integer = 0;
+        for (i++; i < n && is_digit(p[i]); i++) digits++;
+    }
+    if (!digits) return 0;
+    if (i < n && (p[i] == 'e' || p[i] == 'E')) {
+        size_t e = i + 1, exponent_digits = 0;
+        if (e < n && (p[e] == '+' || p[e] == '-')) e++;
+        while (e < n && is_digit(p[e])) e++, exponent_digits++;
+        if (!exponent_digits) return 0;
+        *is_integer = 0;
+        i = e;
+    }
+    size_t end = i;
+    while (i < n && is_sql_space(p[i])) i++;
+    return i == n ? end - *start : 0;
+}
+
+int mmkv_text_as_number(const mmkv_datum *text, mmkv_datum *number, uint64_t *storage)
+{
+    if (text->type != MMKV_TEXT || text->len == 0) return 0;
+    const unsigned char *p = text->bytes;
+    size_t start;
+    int is_integer;
+    size_t len = numeric_literal(p, text->len, &start, &is_integer);
+    if (!len) return 0;
+    char small[64];
+    char *buf = len < sizeof small ? small : malloc(len + 1);
+    if (!buf) return 0;
+    memcpy(buf, p + start, len);
+    buf[len] = 0;
+    int done = 0;
+    if (is_integer) {
+        errno = 0;
+        long long i = strtoll(buf, NULL, 10);
+        if (errno != ERANGE) {
+            int64_t v = i;
+            memcpy(storage, &v, sizeof v);
+            number->type = MMKV_INTEGER;
+            done = 1;
+        }
+    }
+    if (!done) {
+        double r = strtod(buf, NULL);
+        memcpy(storage, &r, sizeof r);
+        number->type = MMKV_FLOAT;
+    }
+    number->len = 8;
+    number->bytes = storage;
+    if (buf != small) free(buf);
+    return 1;
 }

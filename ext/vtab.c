@@ -75,8 +75,43 @@ struct mmkv_cursor {
     mmkv_snapshot snapshot;
     mmkv_scan *scan;           /* PLAN_FULL_SCAN */
     sqlite3_value *in_list;    /* PLAN_KEY_IN: the list being walked */
-    mmkv_row row;
+    int in_started;
+    mmkv_row row;              /* the current row */
+    mmkv_row *found;           /* PLAN_KEY_EQ and PLAN_KEY_IN: the rows of the current key */
+    int n_found, cap_found, next_found;
+    sqlite3_uint64 *emitted;   /* PLAN_KEY_IN: offsets already returned (open addressing; 0 free) */
+    sqlite3_uint64 n_emitted, cap_emitted;
 };
+
+/* Whether the row at offset was already returned by this IN scan; remembers it if not. Two IN
+** values can reach the same row through affinity candidates ('1' and 1). */
+static int seen_before(mmkv_cursor *cur, sqlite3_uint64 offset, int *seen)
+{
+    if ((cur->n_emitted + 1) * 2 > cur->cap_emitted) {
+        sqlite3_uint64 cap = cur->cap_emitted ? cur->cap_emitted * 2 : 64;
+        sqlite3_uint64 *grown = sqlite3_malloc64(cap * sizeof *grown);
+        if (!grown) return SQLITE_NOMEM;
+        memset(grown, 0, cap * sizeof *grown);
+        for (sqlite3_uint64 i = 0; i < cur->cap_emitted; i++) {
+            sqlite3_uint64 o = cur->emitted[i];
+            if (!o) continue;
+            sqlite3_uint64 j = (o >> 3) & (cap - 1);
+            while (grown[j]) j = (j + 1) & (cap - 1);
+            grown[j] = o;
+        }
+        sqlite3_free(cur->emitted);
+        cur->emitted = grown;
+        cur->cap_emitted = cap;
+    }
+    sqlite3_uint64 j = (offset >> 3) & (cur->cap_emitted - 1);
+    while (cur->emitted[j] && cur->emitted[j] != offset) j = (j + 1) & (cur->cap_emitted - 1);
+    *seen = cur->emitted[j] == offset;
+    if (!*seen) {
+        cur->emitted[j] = offset;
+        cur->n_emitted++;
+    }
+    return SQLITE_OK;
+}
 
 /* ---- helpers ---- */
 
@@ -371,10 +406,12 @@ static int mmkvDestroy(sqlite3_vtab *vtab)
 **   1       key = ?              [0] the key        one probe; at most one row (SCAN_UNIQUE)
 **   2       key IN (...)         [0] the IN list    one probe per value (SQLite >= 3.38 only)
 **
-** A key equality is used only where mmkv's equality is SQLite's: the BINARY collation (the
-** column's own; an explicit COLLATE NOCASE is left to SQLite). Then SQLite need not check it again
-** (omit). Every other constraint (ranges, LIKE, other collations, the value column) is left to
-** SQLite, which filters the rows of a scan: correct results, no index.
+** A key equality is used only under the BINARY collation (the column's own; an explicit COLLATE
+** NOCASE is left to SQLite). SQLite still checks it on each row (omit = 0): when the other side
+** is a typed column or a CAST, SQLite applies that side's affinity to key ('1' = 1 under NUMERIC
+** affinity), which a virtual table cannot see; the probe returns every row that could match under
+** any affinity and SQLite's own comparison picks. Every other constraint (ranges, LIKE, other
+** collations, the value column) is left to SQLite, which filters the rows of a scan.
 **
 ** An equality on key that is not usable in this call (it names a table not yet available) is not
 ** used; the full scan stays on offer, so that SQLite can always place kv, even outermost or in a
@@ -395,7 +432,7 @@ static int mmkvBestIndex(sqlite3_vtab *vtab, sqlite3_index_info *info)
     double rows = (double)mmkv_live_count(vt->conn);
     if (eq >= 0) {
         info->aConstraintUsage[eq].argvIndex = 1;
-        info->aConstraintUsage[eq].omit = 1;
+        info->aConstraintUsage[eq].omit = 0; /* SQLite re-checks: see cursor_lookup */
         int in_all_at_once = 0;
 #if SQLITE_VERSION_NUMBER >= 3038000
         if (sqlite3_libversion_number() >= 3038000 && sqlite3_vtab_in(info, eq, -1))
@@ -437,6 +474,10 @@ static void cursor_reset(mmkv_cursor *cur)
     if (cur->scan) mmkv_scan_close(cur->scan);
     cur->scan = NULL;
     cur->in_list = NULL;
+    cur->in_started = 0;
+    if (cur->n_emitted) memset(cur->emitted, 0, cur->cap_emitted * sizeof *cur->emitted);
+    cur->n_emitted = 0;
+    cur->n_found = cur->next_found = 0;
     cur->eof = 1;
 }
 
@@ -444,50 +485,82 @@ static int mmkvClose(sqlite3_vtab_cursor *cursor)
 {
     mmkv_cursor *cur = (mmkv_cursor *)cursor;
     cursor_reset(cur);
+    sqlite3_free(cur->found);
+    sqlite3_free(cur->emitted);
     sqlite3_free(cur);
     return SQLITE_OK;
 }
 
-/* Looks up one key value into the cursor's row; *found says whether it exists. */
-static int cursor_lookup(mmkv_cursor *cur, sqlite3_value *key_value, int *found)
+static int keep_found_row(void *ctx, const mmkv_row *row)
+{
+    mmkv_cursor *cur = ctx;
+    if (cur->n_found == cur->cap_found) {
+        int cap = cur->cap_found ? cur->cap_found * 2 : 4;
+        mmkv_row *grown = sqlite3_realloc64(cur->found, (sqlite3_uint64)cap * sizeof *grown);
+        if (!grown) return MMKV_NOMEM;
+        cur->found = grown;
+        cur->cap_found = cap;
+    }
+    cur->found[cur->n_found++] = *row;
+    return MMKV_OK;
+}
+
+/*
+** The rows for one key value, into cur->found. SQLite compares key = X with the affinity of X
+** applied to key (X a typed column or a CAST), and a virtual table cannot see that affinity; so
+** the lookup returns every row that could compare equal under any affinity (mmkv_get_similar),
+** and SQLite keeps its own comparison (omit = 0). A BLOB is never converted: its lookup is exact.
+*/
+static int cursor_lookup(mmkv_cursor *cur, sqlite3_value *key_value)
 {
     mmkv_vtab *vt = (mmkv_vtab *)cur->base.pVtab;
     mmkv_datum key;
     sqlite3_int64 number;
-    *found = 0;
+    cur->n_found = cur->next_found = 0;
     if (sqlite3_value_type(key_value) == SQLITE_NULL) return SQLITE_OK; /* key = NULL: no row */
     int rc = datum_from_value(key_value, &key, &number);
     if (rc != SQLITE_OK) return rc;
-    rc = mmkv_get(vt->conn, &cur->snapshot, &key, &cur->row);
-    if (rc == MMKV_NOTFOUND) return SQLITE_OK;
-    if (rc != MMKV_OK) return engine_error(vt, rc);
-    *found = 1;
-    return SQLITE_OK;
+    if (key.type == MMKV_BLOB) {
+        mmkv_row row;
+        rc = mmkv_get(vt->conn, &cur->snapshot, &key, &row);
+        if (rc == MMKV_OK) rc = keep_found_row(cur, &row);
+    } else {
+        rc = mmkv_get_similar(vt->conn, &cur->snapshot, &key, keep_found_row, cur);
+    }
+    if (rc == MMKV_NOTFOUND || rc == MMKV_OK) return SQLITE_OK;
+    if (rc == MMKV_NOMEM) return SQLITE_NOMEM;
+    return engine_error(vt, rc);
 }
 
-/* Advances an IN-list cursor to the next value that names an existing key. */
-static int in_list_advance(mmkv_cursor *cur, int first)
+/* Moves to the next row found for the current key, or to the next IN value that has rows. */
+static int lookup_advance(mmkv_cursor *cur)
 {
-#if SQLITE_VERSION_NUMBER >= 3038000
     for (;;) {
+        while (cur->next_found < cur->n_found) {
+            cur->row = cur->found[cur->next_found++];
+            int seen = 0;
+            if (cur->in_list) {
+                int rc = seen_before(cur, cur->row.offset, &seen);
+                if (rc != SQLITE_OK) return rc;
+            }
+            if (!seen) return SQLITE_OK;
+        }
         sqlite3_value *value = NULL;
-        int rc = first ? sqlite3_vtab_in_first(cur->in_list, &value)
-                       : sqlite3_vtab_in_next(cur->in_list, &value);
-        first = 0;
+        int rc = SQLITE_DONE;
+#if SQLITE_VERSION_NUMBER >= 3038000
+        if (cur->in_list) {
+            rc = cur->in_started ? sqlite3_vtab_in_next(cur->in_list, &value)
+                                 : sqlite3_vtab_in_first(cur->in_list, &value);
+            cur->in_started = 1;
+        }
+#endif
         if (rc == SQLITE_DONE || !value) {
             cur->eof = 1;
             return SQLITE_OK;
         }
         if (rc != SQLITE_OK) return rc;
-        int found;
-        rc = cursor_lookup(cur, value, &found);
-        if (rc != SQLITE_OK || found) return rc;
+        if ((rc = cursor_lookup(cur, value)) != SQLITE_OK) return rc;
     }
-#else
-    (void)first;
-    cur->eof = 1;
-    return SQLITE_OK;
-#endif
 }
 
 static int scan_advance(mmkv_cursor *cur)
@@ -514,15 +587,12 @@ static int mmkvFilter(sqlite3_vtab_cursor *cursor, int idxNum, const char *idxSt
     if (rc != MMKV_OK) return engine_error(vt, rc);
     cur->eof = 0;
     switch (idxNum) {
-    case PLAN_KEY_EQ: {
-        int found;
-        rc = cursor_lookup(cur, argv[0], &found);
-        cur->eof = !found;
-        return rc;
-    }
+    case PLAN_KEY_EQ:
+        if ((rc = cursor_lookup(cur, argv[0])) != SQLITE_OK) return rc;
+        return lookup_advance(cur);
     case PLAN_KEY_IN:
         cur->in_list = argv[0];
-        return in_list_advance(cur, 1);
+        return lookup_advance(cur);
     default:
         rc = mmkv_scan_open(vt->conn, &cur->snapshot, &cur->scan);
         if (rc != MMKV_OK) return SQLITE_NOMEM;
@@ -533,15 +603,7 @@ static int mmkvFilter(sqlite3_vtab_cursor *cursor, int idxNum, const char *idxSt
 static int mmkvNext(sqlite3_vtab_cursor *cursor)
 {
     mmkv_cursor *cur = (mmkv_cursor *)cursor;
-    switch (cur->plan) {
-    case PLAN_KEY_EQ:
-        cur->eof = 1;
-        return SQLITE_OK;
-    case PLAN_KEY_IN:
-        return in_list_advance(cur, 0);
-    default:
-        return scan_advance(cur);
-    }
+    return cur->plan == PLAN_FULL_SCAN ? scan_advance(cur) : lookup_advance(cur);
 }
 
 static int mmkvEof(sqlite3_vtab_cursor *cursor)
