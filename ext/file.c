@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #define MAP_GRANULE ((uint64_t)1 << 20) /* map in steps of at least 1 MiB */
+#define MIN_RESERVE ((uint64_t)1 << 28)  /* never reserve less than 256 MiB of address space */
 
 static uint64_t system_page_size(void)
 {
@@ -171,8 +172,13 @@ int mmkv_map_init(mmkv_map *map, int fd, uint64_t reserve_bytes)
 {
     memset(map, 0, sizeof *map);
     map->fd = fd;
-    void *base = mmap(NULL, reserve_bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                      -1, 0);
+    /* Where address space is scarce (a 32-bit process, a tool that tracks every mapping), settle
+    ** for less: the file then cannot grow past what was reserved, and says so (MMKV_FULL). */
+    void *base = MAP_FAILED;
+    for (; base == MAP_FAILED && reserve_bytes >= MIN_RESERVE; reserve_bytes /= 4)
+        base = mmap(NULL, reserve_bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                    -1, 0);
+    reserve_bytes *= 4;
     if (base == MAP_FAILED) return MMKV_NOMEM;
     map->base = base;
     map->reserved = reserve_bytes;

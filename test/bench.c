@@ -852,5 +852,6 @@ int main(int argc, char **argv)
 
     cleanup();
     sqlite3_reset_auto_extension();
+    sqlite3_shutdown();
     return g_mismatches ? 1 : 0;
 }

@@ -156,8 +156,8 @@ def test_relative_and_absolute_paths():
             check_equal("file= relative paths still resolve after reopen from another cwd",
                         got, [[("one",)]] * 3)
             check_equal("reopen from another cwd created no file there",
-                        [f for f in os.listdir(d) if "mmkv" in f], ["abs.mmkv",
-                                                                     "abs.mmkv-index"])
+                        sorted(f for f in os.listdir(d) if "mmkv" in f),
+                        ["abs.mmkv", "abs.mmkv-index"])
             db.close()
 
             os.chdir(elsewhere)

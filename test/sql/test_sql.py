@@ -8,9 +8,10 @@ transaction is open. Run with Debian's python3: /usr/bin/python3 test/sql/test_s
 """
 import os
 import random
+import signal
 import sqlite3
 import sys
-import threading
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -18,7 +19,7 @@ from harness import TempDir, check, check_equal, check_error, connect  # noqa: E
 
 NATIVE = "CREATE TABLE kv(key PRIMARY KEY NOT NULL, value) WITHOUT ROWID"
 VTAB = "CREATE VIRTUAL TABLE kv USING mmkv"
-CASE_TIMEOUT = 30  # seconds; a hang (e.g. a lock that never returns) fails the file, not CI
+CASE_TIMEOUT = 30  # seconds per case; a hang (e.g. a lock that never returns) fails that case
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -151,23 +152,34 @@ PROBES = KEYS + [3, 1.0000000000000002, "2", b"2", 2**53 + 2, 9007199254740993.0
                  "\u00e9", "aa", b"aa", -2**63 + 2, float("nan"), None]
 
 
-def watchdog(fn):
+def isolated(fn):
+    """Runs one case in a forked child: a crash or a hang fails that case, not the whole file."""
     def run():
-        timer = threading.Timer(CASE_TIMEOUT, timeout, args=(fn.__name__,))
-        timer.daemon = True
-        timer.start()
-        try:
-            fn()
-        finally:
-            timer.cancel()
+        sys.stdout.flush()
+        pid = os.fork()
+        if pid == 0:
+            harness.failed = 0
+            harness.run_case(fn)
+            sys.stdout.flush()
+            os._exit(1 if harness.failed else 0)
+        deadline = time.monotonic() + CASE_TIMEOUT
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                check(fn.__name__, False, "no answer after %d s (hang?); killed" % CASE_TIMEOUT)
+                return
+            time.sleep(0.01)
+        if os.WIFSIGNALED(status):
+            check(fn.__name__, False, "crashed with signal %d (after the last line above)"
+                  % os.WTERMSIG(status))
+        elif os.WEXITSTATUS(status) != 0:
+            harness.failed += 1  # the child printed its FAIL lines already
     run.__name__ = fn.__name__
     return run
-
-
-def timeout(name):
-    print("FAIL: %s: no answer after %d s (hang?)" % (name, CASE_TIMEOUT))
-    sys.stdout.flush()
-    os._exit(1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,7 +249,9 @@ def test_files_memory_are_temporary():
             before = process_resources(exclude=os.path.basename(harness.EXTENSION) + ".so")
             db.execute(VTAB)
             db.execute("CREATE VIRTUAL TABLE kv2 USING mmkv")
+            db.execute("BEGIN")  # one commit: tables in :memory: still sync per commit
             db.executemany("INSERT INTO kv VALUES(?, ?)", [(i, "x" * 100) for i in range(2000)])
+            db.execute("COMMIT")
             db.execute("INSERT INTO kv2 VALUES(1, 1)")
             check_equal(":memory: table works", db.execute("SELECT count(*) FROM kv").fetchone(),
                         (2000,))
@@ -291,7 +305,9 @@ def test_drop_and_rename():
         check_equal("create again after DROP starts empty",
                     db.execute("SELECT count(*) FROM kv").fetchone(), (0,))
 
+        db.execute("BEGIN")
         db.executemany("INSERT INTO kv VALUES(?, ?)", [(i, str(i)) for i in range(100)])
+        db.execute("COMMIT")
         db.execute("ALTER TABLE kv RENAME TO kv2")
         check_equal("RENAME: data kept",
                     db.execute("SELECT count(*), sum(key) FROM kv2").fetchone(), (100, 4950))
@@ -347,11 +363,18 @@ def test_key_lookups():
                 "9007199254740992.0", "9007199254740993", "9007199254740992",
                 "9223372036854775807", "-9223372036854775808", "9223372036854775807.0",
                 "-9223372036854775808.0", "''", "x''", "'h\u00e9llo'", "2.5", "5", "'5'",
-                "CAST(1 AS REAL)", "CAST('1' AS BLOB)", "NULL", "1e999", "-1e999"]
+                "CAST('1' AS BLOB)", "NULL", "1e999", "-1e999", "CAST(5 AS TEXT)", "'5' || ''",
+                "1 + 0", "abs(-1)"]
     steps = ["SELECT key, typeof(key), value FROM kv WHERE key = %s" % lit for lit in literals]
     steps += ["SELECT key, typeof(key), value FROM kv WHERE key IS %s" % lit for lit in literals]
     steps += ["SELECT key, typeof(key), value FROM kv WHERE %s = key" % lit for lit in literals]
     scenario("keys: key = <literal> (1.0 finds 1, '1' does not, ...) as native", steps, setup)
+    # An expression with numeric affinity (CAST AS REAL/INTEGER, a typed column) makes SQLite
+    # apply numeric affinity to the key column: text key '1' then equals 1.
+    steps = ["SELECT key, typeof(key) FROM kv WHERE key = %s" % e for e in
+             ("CAST(1 AS REAL)", "CAST(1 AS INTEGER)", "CAST('1' AS NUMERIC)", "CAST(5 AS REAL)")]
+    scenario("keys: key = CAST(1 AS REAL) (numeric affinity: also matches text '1') as native",
+             steps, setup)
     steps = [("DELETE FROM kv WHERE key = ?", (p,)) for p in PROBES[::-1]]
     scenario("keys: DELETE ... WHERE key = ? deletes as native", steps, setup)
 
@@ -562,13 +585,23 @@ SAVEPOINT_STEPS = [
     "ROLLBACK TO s1", "SELECT key, value FROM kv ORDER BY key",
     "INSERT INTO kv VALUES(9, 'i')", "RELEASE s1",
     "COMMIT", "SELECT key, value FROM kv ORDER BY key",
-    # a SAVEPOINT outside BEGIN opens the transaction
-    "SAVEPOINT x", "INSERT INTO kv VALUES(10, 'j')",
-    "SAVEPOINT y", "INSERT INTO kv VALUES(11, 'k')", "ROLLBACK TO x",
-    "INSERT INTO kv VALUES(12, 'l')", "RELEASE x",
-    "SELECT key, value FROM kv ORDER BY key",
-    "SAVEPOINT z", "INSERT INTO kv VALUES(13, 'm')", "ROLLBACK",
-    "SELECT key, value FROM kv ORDER BY key",
+]
+
+# A SAVEPOINT outside BEGIN opens the transaction; ROLLBACK TO it undoes everything since.
+OUTER_SAVEPOINT_STEPS = [
+    ["SAVEPOINT x", "INSERT INTO kv VALUES(10, 'j')", "ROLLBACK TO x",
+     "SELECT key, value FROM kv ORDER BY key", "RELEASE x"],
+    ["SAVEPOINT x", "INSERT INTO kv VALUES(10, 'j')", "SAVEPOINT y",
+     "INSERT INTO kv VALUES(11, 'k')", "ROLLBACK TO x", "SELECT key, value FROM kv ORDER BY key",
+     "INSERT INTO kv VALUES(12, 'l')", "RELEASE x", "SELECT key, value FROM kv ORDER BY key"],
+    ["SAVEPOINT x", "SAVEPOINT y", "INSERT INTO kv VALUES(10, 'j')", "ROLLBACK TO x",
+     "SELECT key, value FROM kv ORDER BY key", "RELEASE x"],
+    ["BEGIN", "SAVEPOINT y", "INSERT INTO kv VALUES(10, 'j')", "ROLLBACK TO y",
+     "SELECT key, value FROM kv ORDER BY key", "COMMIT"],
+    ["SAVEPOINT z", "INSERT INTO kv VALUES(13, 'm')", "ROLLBACK",
+     "SELECT key, value FROM kv ORDER BY key"],
+    ["SAVEPOINT z", "INSERT INTO kv VALUES(13, 'm')", "RELEASE z",
+     "SELECT key, value FROM kv ORDER BY key"],
 ]
 
 
@@ -587,6 +620,10 @@ def test_transactions():
         "ROLLBACK", "SELECT key, value FROM kv ORDER BY key",
     ], ["INSERT INTO kv VALUES(1, 'a'), (2, 'b'), ('k', 'v')"])
     scenario("transactions: SAVEPOINT/RELEASE/ROLLBACK TO nested three deep", SAVEPOINT_STEPS)
+    for steps in OUTER_SAVEPOINT_STEPS:
+        scenario("transactions: savepoint as the transaction: %s" % "; ".join(
+            x for x in steps if not x.startswith("SELECT")), steps,
+            ["INSERT INTO kv VALUES(1, 'a')"])
     scenario("transactions: a statement failing half-way inside BEGIN leaves nothing of itself", [
         "BEGIN", "INSERT INTO kv VALUES(10, 'kept')",
         "INSERT INTO kv VALUES(11, 'x'), (12, 'y'), (1, 'dup'), (13, 'z')",
@@ -605,20 +642,29 @@ def test_transactions():
 
 def test_transactions_file():
     with TempDir() as d:
-        pn, pv = os.path.join(d, "native.db"), os.path.join(d, "mmkv.db")
-        dn, dv = connect(pn), connect(pv)
+        dn, dv = connect(os.path.join(d, "n1.db")), connect(os.path.join(d, "m1.db"))
         dn.execute(NATIVE)
         dv.execute(VTAB)
         compare_steps("transactions (file database): savepoints, nested three deep",
                       dn, dv, SAVEPOINT_STEPS)
-        compare_steps("transactions (file database): uncommitted work lost on close", dn, dv,
-                      ["BEGIN", "INSERT INTO kv VALUES(100, 'uncommitted')",
-                       "DELETE FROM kv WHERE key = 1"])
+        dn.close()
+        dv.close()
+
+        pn, pv = os.path.join(d, "n2.db"), os.path.join(d, "m2.db")
+        dn, dv = connect(pn), connect(pv)
+        dn.execute(NATIVE)
+        dv.execute(VTAB)
+        compare_steps("transactions (file database): commit, rollback, then uncommitted work",
+                      dn, dv, ["INSERT INTO kv VALUES(1, 'a'), (2, 'b')",
+                               "BEGIN", "INSERT INTO kv VALUES(3, 'c')", "COMMIT",
+                               "BEGIN", "INSERT INTO kv VALUES(4, 'd')", "ROLLBACK",
+                               "BEGIN", "INSERT INTO kv VALUES(100, 'uncommitted')",
+                               "DELETE FROM kv WHERE key = 1"])
         dn.close()
         dv.close()
         dn, dv = connect(pn), connect(pv)
         a, b = content(dn), content(dv)
-        check("transactions (file database): committed state after reopen", a == b,
+        check("transactions (file database): uncommitted work is lost on close", a == b,
               "native %s, mmkv %s" % (short(a), short(b)))
         dn.close()
         dv.close()
@@ -633,10 +679,18 @@ def make_query_db():
     db.execute(VTAB)
     db.execute(NATIVE.replace("kv(", "nkv("))
     rows = [(k, i) for i, k in enumerate(KEYS)] + [(1000 + i, i) for i in range(1000)]
+    db.execute("BEGIN")
     db.executemany("INSERT OR IGNORE INTO kv VALUES(?, ?)", rows)
     db.executemany("INSERT OR IGNORE INTO nkv VALUES(?, ?)", rows)
+    db.execute("COMMIT")
     db.execute("CREATE TABLE nt(k)")
     db.executemany("INSERT INTO nt VALUES(?)", [(k,) for k in PROBES[:40]] + [(1500,), (7777,)])
+    for t in ("kv", "nkv"):
+        db.executemany("INSERT INTO %s VALUES(?, ?)" % t, [("2", "text 2"), ("3.0", "text 3.0")])
+    db.execute("CREATE TABLE ti(k INTEGER)")
+    db.execute("CREATE TABLE tt(k TEXT)")
+    for t in ("ti", "tt"):
+        db.executemany("INSERT INTO %s VALUES(?)" % t, [(i,) for i in range(8)])
     return db
 
 
@@ -695,6 +749,14 @@ def test_queries_match_native():
         ("rowid", "SELECT rowid FROM {t}"),
         ("self-join", "SELECT a.key, b.value FROM {t} a JOIN {t} b ON b.key = a.value"),
         ("correlated subquery", "SELECT k, (SELECT value FROM {t} WHERE key = nt.k) FROM nt"),
+        ("join on an INTEGER column (numeric affinity)",
+         "SELECT ti.k, {t}.key FROM ti JOIN {t} ON {t}.key = ti.k"),
+        ("join on a TEXT column (text affinity)",
+         "SELECT tt.k, {t}.key FROM tt JOIN {t} ON {t}.key = tt.k"),
+        ("key IN (SELECT integer column) (numeric affinity)",
+         "SELECT key FROM {t} WHERE key IN (SELECT k FROM ti)"),
+        ("key = CAST(2 AS INTEGER) (numeric affinity)",
+         "SELECT key FROM {t} WHERE key = CAST(2 AS INTEGER)"),
     ]
     for name, sql in queries:
         same_query("query: %s as native" % name, db, sql)
@@ -703,7 +765,8 @@ def test_queries_match_native():
         a = outcome(db, "SELECT key, typeof(key), value FROM nkv WHERE key = ?", (p,))
         b = outcome(db, "SELECT key, typeof(key), value FROM kv WHERE key = ?", (p,))
         if a != b:
-            bad.append("probe %s: native %s, mmkv %s" % (short(p, 40), short(a, 150), short(b, 150)))
+            bad.append("probe %s: native %s, mmkv %s"
+                       % (short(p, 40), short(a, 150), short(b, 150)))
     check("query: key = ? in a 1000-row table finds what native finds, for every probe",
           not bad, "\n    ".join(bad[:10]))
     db.close()
@@ -918,4 +981,4 @@ CASES = [
 ]
 
 if __name__ == "__main__":
-    harness.main([watchdog(c) for c in CASES])
+    harness.main([isolated(c) for c in CASES])
