@@ -120,6 +120,7 @@ int mmkv_snapshot_take(mmkv_conn *conn, mmkv_snapshot *snapshot)
     if (e->txn.owner == conn) {
         snapshot->tail = e->txn.append_pos;
         snapshot->txid = e->txn.txid;
+        snapshot->garbage_bytes = e->txn.counts.garbage;
         return MMKV_OK;
     }
     mmkv_meta meta;
@@ -128,6 +129,7 @@ int mmkv_snapshot_take(mmkv_conn *conn, mmkv_snapshot *snapshot)
     if (rc != MMKV_OK) return rc;
     snapshot->tail = meta.committed_tail;
     snapshot->txid = meta.txid;
+    snapshot->garbage_bytes = meta.garbage_bytes;
     return MMKV_OK;
 }
 
@@ -320,6 +322,11 @@ int mmkv_scan_next(mmkv_scan *scan, mmkv_row *row)
             return corrupt_record(&conn->errmsg, e, offset);
         scan->position += mmkv_record_size(record.header.key_len, record.header.value_len);
         if (record.header.flags & MMKV_RECORD_TOMBSTONE) continue;
+        if (scan->snapshot.garbage_bytes == 0) {
+            /* No superseded version or tombstone anywhere below the tail: every record is live. */
+            row_from_record(&record, row);
+            return MMKV_OK;
+        }
         mmkv_datum key;
         mmkv_record_key(&record, &key);
         mmkv_record visible;

@@ -58,6 +58,7 @@ typedef struct mmkv_datum {
 typedef struct mmkv_snapshot {
     uint64_t tail;
     uint64_t txid;
+    uint64_t garbage_bytes; /* 0: every record below tail is its key's live version */
 } mmkv_snapshot;
 
 /* One version found by a read; the bytes stay valid until the connection's next write. */

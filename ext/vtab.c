@@ -78,6 +78,7 @@ struct mmkv_cursor {
     int in_started;
     mmkv_row row;              /* the current row */
     mmkv_row *found;           /* PLAN_KEY_EQ and PLAN_KEY_IN: the rows of the current key */
+    mmkv_row found_inline[2];  /* found's storage until more rows come: no malloc per probe */
     int n_found, cap_found, next_found;
     sqlite3_uint64 *emitted;   /* PLAN_KEY_IN: offsets already returned (open addressing; 0 free) */
     sqlite3_uint64 n_emitted, cap_emitted;
@@ -485,7 +486,7 @@ static int mmkvClose(sqlite3_vtab_cursor *cursor)
 {
     mmkv_cursor *cur = (mmkv_cursor *)cursor;
     cursor_reset(cur);
-    sqlite3_free(cur->found);
+    if (cur->found != cur->found_inline) sqlite3_free(cur->found);
     sqlite3_free(cur->emitted);
     sqlite3_free(cur);
     return SQLITE_OK;
@@ -494,10 +495,16 @@ static int mmkvClose(sqlite3_vtab_cursor *cursor)
 static int keep_found_row(void *ctx, const mmkv_row *row)
 {
     mmkv_cursor *cur = ctx;
+    if (cur->cap_found == 0) {
+        cur->found = cur->found_inline;
+        cur->cap_found = (int)(sizeof cur->found_inline / sizeof cur->found_inline[0]);
+    }
     if (cur->n_found == cur->cap_found) {
-        int cap = cur->cap_found ? cur->cap_found * 2 : 4;
-        mmkv_row *grown = sqlite3_realloc64(cur->found, (sqlite3_uint64)cap * sizeof *grown);
+        int cap = cur->cap_found * 2;
+        mmkv_row *grown = sqlite3_malloc64((sqlite3_uint64)cap * sizeof *grown);
         if (!grown) return MMKV_NOMEM;
+        memcpy(grown, cur->found, (size_t)cur->n_found * sizeof *grown);
+        if (cur->found != cur->found_inline) sqlite3_free(cur->found);
         cur->found = grown;
         cur->cap_found = cap;
     }
