@@ -39,10 +39,10 @@ typedef struct key_probe {
 static int probe_read(key_probe *p, uint64_t offset, mmkv_record *record)
 {
     mmkv_log *log = &p->engine->log;
-    if (offset + sizeof(mmkv_record_header) > mmkv_map_mapped(&log->map))
-        mmkv_map_refresh(&log->map); /* another process may have grown the file */
-    int ok = mmkv_log_record(log, offset, UINT64_MAX, record) &&
-             (offset == p->verified || mmkv_record_checksum_ok(record));
+    int ok = mmkv_log_record(log, offset, UINT64_MAX, record);
+    if (!ok && mmkv_map_refresh(&log->map) == MMKV_OK) /* another process grew the file? */
+        ok = mmkv_log_record(log, offset, UINT64_MAX, record);
+    ok = ok && (offset == p->verified || mmkv_record_checksum_ok(record));
     if (ok) return 1;
     if (offset < p->stable_below) {
         p->corrupt_at = offset;

@@ -111,42 +111,51 @@ void mmkv_log_close(mmkv_log *log)
     mmkv_map_release(&log->map);
 }
 
-static int meta_valid(const mmkv_meta *m, uint64_t file_size)
+/* A meta slot whose checksum holds and whose fields make sense, wherever the file ends. */
+static int meta_intact(const mmkv_meta *m)
 {
     return m->magic == MMKV_META_MAGIC &&
            m->checksum == mmkv_crc32c(0, m, offsetof(mmkv_meta, checksum)) &&
            m->committed_tail >= MMKV_DATA_START && m->committed_tail % MMKV_RECORD_ALIGN == 0 &&
-           m->committed_tail <= file_size && m->txn_start >= MMKV_DATA_START &&
+           m->committed_tail <= MMKV_MAX_FILE_SIZE && m->txn_start >= MMKV_DATA_START &&
            m->txn_start <= m->committed_tail;
 }
 
+/*
+** The newest intact meta slot is the committed state. A torn write (the other slot's checksum
+** failing) leaves the previous commit in force; but a committed tail past the end of the file means
+** the file lost committed records, which is reported, never quietly replaced by the older commit.
+*/
 int mmkv_log_meta(mmkv_log *log, mmkv_meta *meta, int *slot, char **errmsg)
 {
-    for (int attempt = 0; attempt < 2; attempt++) {
-        uint64_t mapped = mmkv_map_mapped(&log->map);
-        int best = -1;
-        mmkv_meta copies[2];
-        for (int i = 0; i < 2; i++) {
-            /* Copy first: a writer may be filling the other slot right now. */
-            memcpy(&copies[i], log->map.base + MMKV_META_OFFSET(i), sizeof(mmkv_meta));
-            __atomic_thread_fence(__ATOMIC_ACQUIRE);
-            if (meta_valid(&copies[i], mapped) && (best < 0 || copies[i].txid > copies[best].txid))
-                best = i;
-        }
-        if (best >= 0) {
-            *meta = copies[best];
-            *slot = best;
-            return MMKV_OK;
-        }
+    int best = -1;
+    mmkv_meta copies[2];
+    for (int i = 0; i < 2; i++) {
+        /* Copy first: a writer may be filling the other slot right now. */
+        memcpy(&copies[i], log->map.base + MMKV_META_OFFSET(i), sizeof(mmkv_meta));
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (meta_intact(&copies[i]) && (best < 0 || copies[i].txid > copies[best].txid)) best = i;
+    }
+    if (best < 0)
+        return mmkv_error(errmsg, MMKV_CORRUPT, "mmkv: '%s' is damaged: no valid meta slot",
+                          log->path);
+    if (copies[best].committed_tail > mmkv_map_mapped(&log->map)) {
         /* Another process may have grown the file past our mapping: look again. */
         int rc = mmkv_map_refresh(&log->map);
         if (rc != MMKV_OK) return mmkv_error(errmsg, rc, "mmkv: cannot map '%s'", log->path);
+        if (copies[best].committed_tail > mmkv_map_mapped(&log->map)) {
+            uint64_t size = 0;
+            mmkv_file_size(log->map.fd, &size);
+            return mmkv_error(errmsg, MMKV_CORRUPT,
+                              "mmkv: '%s' is damaged: it is truncated (%llu bytes, but commits "
+                              "reach %llu)",
+                              log->path, (unsigned long long)size,
+                              (unsigned long long)copies[best].committed_tail);
+        }
     }
-    uint64_t size = 0;
-    mmkv_file_size(log->map.fd, &size);
-    return mmkv_error(errmsg, MMKV_CORRUPT,
-                      "mmkv: '%s' is damaged: no valid meta slot (file is %llu bytes)", log->path,
-                      (unsigned long long)size);
+    *meta = copies[best];
+    *slot = best;
+    return MMKV_OK;
 }
 
 int mmkv_log_write_meta(mmkv_log *log, int slot, const mmkv_meta *meta, int sync)
