@@ -368,6 +368,9 @@ static int check_datum(mmkv_conn *conn, const mmkv_datum *d, int is_key)
                           is_key ? "key" : "value", d->type);
     if ((d->type == MMKV_INTEGER || d->type == MMKV_FLOAT) && d->len != 8)
         return mmkv_error(&conn->errmsg, MMKV_MISUSE, "mmkv: numbers are 8 bytes");
+    if (d->len > (is_key ? MMKV_MAX_KEY_BYTES : MMKV_MAX_VALUE_BYTES))
+        return mmkv_error(&conn->errmsg, MMKV_ERROR, "mmkv: %s too large (%u bytes)",
+                          is_key ? "key" : "value", d->len);
     return MMKV_OK;
 }
 
@@ -567,7 +570,11 @@ static int same_boot(const mmkv_index_header *h)
     return memcmp(now, zero, 16) != 0 && memcmp(now, h->boot_id, 16) == 0;
 }
 
-/* With no other process using the files: make the index current, whatever state it is in. */
+/*
+** With no other process using the files: make the index current, whatever state it is in. The
+** header is marked in use, durably, and writer_active stays set while slots are being repaired, so
+** that a crash in the middle can never leave a half-made index that passes for whole.
+*/
 static int recover_index(mmkv_engine *e, char **errmsg)
 {
     mmkv_meta meta;
@@ -577,24 +584,23 @@ static int recover_index(mmkv_engine *e, char **errmsg)
     mmkv_index_header *h = mmkv_index_header_of(&e->index);
     uint64_t id = e->log.file_id;
     int usable = mmkv_index_header_usable(&e->index, id, 0);
-    if (usable && h->state == MMKV_INDEX_CLEAN && h->log_position <= meta.committed_tail &&
-        h->log_position >= MMKV_DATA_START) {
-        /* Clean: current, or behind and replayed from where it stopped. */
-        rc = replay_log(e, h->log_position, meta.committed_tail, 0, errmsg);
-    } else if (usable && h->state == MMKV_INDEX_IN_USE && !h->writer_active && same_boot(h)) {
-        /* Its last user died between transactions in this boot: every slot store reached the
-        ** page cache, so it is whole. */
-        rc = MMKV_OK;
-    } else {
-        rc = mmkv_index_reset(&e->index, id);
-        if (rc != MMKV_OK) return index_error(errmsg, e, rc, NULL);
-        rc = mmkv_engine_rebuild_index(e, errmsg);
-    }
+    /* Clean: current, or behind and replayed from where it stopped. */
+    int replay = usable && h->state == MMKV_INDEX_CLEAN && h->log_position <= meta.committed_tail &&
+                 h->log_position >= MMKV_DATA_START;
+    /* Its last user died between transactions in this boot: every slot store reached the page
+    ** cache, so it is whole. */
+    int trust = usable && h->state == MMKV_INDEX_IN_USE && !h->writer_active && same_boot(h);
+    uint64_t from = h->log_position;
+    if (!replay && !trust && (rc = mmkv_index_reset(&e->index, id)) != MMKV_OK)
+        return index_error(errmsg, e, rc, NULL);
+    h->writer_active = !trust;
+    if ((rc = mmkv_index_mark_in_use(&e->index)) != MMKV_OK) return index_error(errmsg, e, rc, NULL);
+    if (replay) rc = replay_log(e, from, meta.committed_tail, 0, errmsg);
+    else if (!trust) rc = mmkv_engine_rebuild_index(e, errmsg);
     if (rc != MMKV_OK) return rc;
     h->log_position = meta.committed_tail;
     h->writer_active = 0;
-    rc = mmkv_index_mark_in_use(&e->index);
-    return rc == MMKV_OK ? rc : index_error(errmsg, e, rc, NULL);
+    return MMKV_OK;
 }
 
 /* ---- opening and closing ---- */

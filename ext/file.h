@@ -23,7 +23,7 @@ typedef struct mmkv_map {
 
 /* Lock bytes, placed past any real file content (POSIX allows locks beyond the end). */
 #define MMKV_LOCK_WRITER ((int64_t)1 << 40)   /* held by the process writing */
-#define MMKV_LOCK_OPEN ((int64_t)1 << 40) + 1 /* shared by every process that has it open */
+#define MMKV_LOCK_OPEN (((int64_t)1 << 40) + 1) /* shared by every process that has it open */
 
 #define MMKV_OPEN_EXISTING 0   /* NOTFOUND if absent */
 #define MMKV_OPEN_CREATE_NEW 1 /* BUSY if present */
