@@ -16,6 +16,49 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 EXTENSION = os.environ.get("MMKV_EXTENSION", os.path.join(ROOT, "build", "mmkv"))
 
+PYTHON = sys.executable or "/usr/bin/python3"
+CHILD_ENV = dict(os.environ, MMKV_EXTENSION=EXTENSION)
+
+# Encoding shared with the child processes: a value becomes a JSON list naming its type, so that
+# 1 and 1.0, 'a' and x'61', -0.0 and 0.0 stay different; long strings become length and digest.
+ENC_SRC = r'''
+import hashlib
+def enc(v, full=False):
+    if v is None:
+        return ["null"]
+    if isinstance(v, int):
+        return ["int", str(v)]
+    if isinstance(v, float):
+        return ["real", v.hex()]
+    if isinstance(v, str):
+        b, t = v.encode("utf-8", "surrogatepass"), "text"
+    elif isinstance(v, bytes):
+        b, t = v, "blob"
+    else:
+        return ["?", repr(v)]
+    if len(b) > 48 and not full:
+        return [t, len(b), hashlib.sha256(b).hexdigest()]
+    return [t, b.hex()]
+def dec(e):
+    t = e[0]
+    if t == "null":
+        return None
+    if t == "int":
+        return int(e[1])
+    if t == "real":
+        return float.fromhex(e[1])
+    if t == "text":
+        return bytes.fromhex(e[1]).decode("utf-8", "surrogatepass")
+    if t == "blob":
+        return bytes.fromhex(e[1])
+    raise ValueError(e)
+def enc_rows(rows):
+    return [[enc(v) for v in r] for r in rows]
+'''
+_ns = {}
+exec(ENC_SRC, _ns)
+enc, dec, enc_rows = _ns["enc"], _ns["dec"], _ns["enc_rows"]
+
 passed = 0
 failed = 0
 

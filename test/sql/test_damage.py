@@ -25,48 +25,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from harness import TempDir, check, connect  # noqa: E402
+from harness import CHILD_ENV, ENC_SRC, PYTHON, TempDir, check, connect, dec, enc  # noqa: E402
 
-PYTHON = sys.executable or "/usr/bin/python3"
-CHILD_ENV = dict(os.environ, MMKV_EXTENSION=harness.EXTENSION)
 DATA = "app.db-kv.mmkv"
 INDEX = DATA + "-index"
 
-ENC_SRC = r'''
-import hashlib
-def enc(v, full=False):
-    if v is None:
-        return ["null"]
-    if isinstance(v, int):
-        return ["int", str(v)]
-    if isinstance(v, float):
-        return ["real", v.hex()]
-    if isinstance(v, str):
-        b, t = v.encode("utf-8", "surrogatepass"), "text"
-    elif isinstance(v, bytes):
-        b, t = v, "blob"
-    else:
-        return ["?", repr(v)]
-    if len(b) > 48 and not full:
-        return [t, len(b), hashlib.sha256(b).hexdigest()]
-    return [t, b.hex()]
-def dec(e):
-    t = e[0]
-    if t == "null":
-        return None
-    if t == "int":
-        return int(e[1])
-    if t == "real":
-        return float.fromhex(e[1])
-    if t == "text":
-        return bytes.fromhex(e[1]).decode("utf-8", "surrogatepass")
-    if t == "blob":
-        return bytes.fromhex(e[1])
-    raise ValueError(e)
-'''
-_ns = {}
-exec(ENC_SRC, _ns)
-enc, dec = _ns["enc"], _ns["dec"]
 
 # The child: reads a JSON list of cases from the file argv[1], starting at index argv[2]. For each:
 # prints "START i", (re)creates the case directory from src, applies the damage, opens

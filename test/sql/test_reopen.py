@@ -16,50 +16,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from harness import TempDir, check, check_equal, connect  # noqa: E402
+from harness import (CHILD_ENV, ENC_SRC, PYTHON, TempDir, check, check_equal, connect, dec,  # noqa: E402
+                     enc, enc_rows)
 
-PYTHON = sys.executable or "/usr/bin/python3"
-CHILD_ENV = dict(os.environ, MMKV_EXTENSION=harness.EXTENSION)
 
-# Encoding shared with the child processes: a value becomes a JSON list naming its type, so that
-# 1 and 1.0, 'a' and x'61', -0.0 and 0.0 stay different; long strings become length and digest.
-ENC_SRC = r'''
-import hashlib
-def enc(v, full=False):
-    if v is None:
-        return ["null"]
-    if isinstance(v, int):
-        return ["int", str(v)]
-    if isinstance(v, float):
-        return ["real", v.hex()]
-    if isinstance(v, str):
-        b, t = v.encode("utf-8", "surrogatepass"), "text"
-    elif isinstance(v, bytes):
-        b, t = v, "blob"
-    else:
-        return ["?", repr(v)]
-    if len(b) > 48 and not full:
-        return [t, len(b), hashlib.sha256(b).hexdigest()]
-    return [t, b.hex()]
-def dec(e):
-    t = e[0]
-    if t == "null":
-        return None
-    if t == "int":
-        return int(e[1])
-    if t == "real":
-        return float.fromhex(e[1])
-    if t == "text":
-        return bytes.fromhex(e[1]).decode("utf-8", "surrogatepass")
-    if t == "blob":
-        return bytes.fromhex(e[1])
-    raise ValueError(e)
-def enc_rows(rows):
-    return [[enc(v) for v in r] for r in rows]
-'''
-_ns = {}
-exec(ENC_SRC, _ns)
-enc, dec, enc_rows = _ns["enc"], _ns["dec"], _ns["enc_rows"]
 
 # A child that opens a database, loads mmkv and runs queries given as JSON on stdin:
 # [[sql, [encoded params]], ...] -> one JSON line: [{"rows": ...} | {"error": ..., "msg": ...}].
