@@ -17,10 +17,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from harness import TempDir, check, check_equal, connect  # noqa: E402
+from harness import CHILD_ENV, PYTHON, TempDir, check, check_equal, connect  # noqa: E402
 
-PYTHON = sys.executable or "/usr/bin/python3"
-CHILD_ENV = dict(os.environ, MMKV_EXTENSION=harness.EXTENSION)
 
 CONVERT_SRC = r'''
 import base64
