@@ -297,10 +297,14 @@ int mmkv_get_similar(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mmkv_
     return rc;
 }
 
+#define SCAN_PREFETCH_AHEAD 8 /* records whose index slots a scan asks for before it needs them */
+
 struct mmkv_scan {
     mmkv_conn *conn;
     mmkv_snapshot snapshot;
     uint64_t position;
+    uint64_t prefetched; /* records before this offset have had their index slot prefetched */
+    int ahead;           /* how many of them lie past position */
 };
 
 int mmkv_scan_open(mmkv_conn *conn, const mmkv_snapshot *snapshot, mmkv_scan **out)
@@ -309,9 +313,29 @@ int mmkv_scan_open(mmkv_conn *conn, const mmkv_snapshot *snapshot, mmkv_scan **o
     if (!scan) return MMKV_NOMEM;
     scan->conn = conn;
     scan->snapshot = *snapshot;
-    scan->position = MMKV_DATA_START;
+    scan->position = scan->prefetched = MMKV_DATA_START;
     *out = scan;
     return MMKV_OK;
+}
+
+/* Each row of a scan probes the index at random: ask for the slots of the next records early, so
+** that their cache misses overlap. Only a hint; a record that does not parse is left alone. */
+static void prefetch_slots(mmkv_scan *scan, uint64_t end)
+{
+    mmkv_engine *e = scan->conn->engine;
+    if (scan->prefetched < scan->position) {
+        scan->prefetched = scan->position;
+        scan->ahead = 0;
+    }
+    while (scan->ahead < SCAN_PREFETCH_AHEAD && scan->prefetched < end) {
+        mmkv_record record;
+        if (!mmkv_log_record(&e->log, scan->prefetched, end, &record)) break;
+        mmkv_datum key;
+        mmkv_record_key(&record, &key);
+        mmkv_index_prefetch(&e->index, mmkv_key_hash(&key));
+        scan->prefetched += mmkv_record_size(record.header.key_len, record.header.value_len);
+        scan->ahead++;
+    }
 }
 
 /* Walks the log in order; a record is a row if it is its key's visible version. */
@@ -327,12 +351,14 @@ int mmkv_scan_next(mmkv_scan *scan, mmkv_row *row)
         if (!mmkv_log_record(&e->log, offset, end, &record) || !mmkv_record_checksum_ok(&record))
             return corrupt_record(&conn->errmsg, e, offset);
         scan->position += mmkv_record_size(record.header.key_len, record.header.value_len);
+        if (scan->ahead > 0) scan->ahead--;
         if (record.header.flags & MMKV_RECORD_TOMBSTONE) continue;
         if (scan->snapshot.garbage_bytes == 0) {
             /* No superseded version or tombstone anywhere below the tail: every record is live. */
             row_from_record(&record, row);
             return MMKV_OK;
         }
+        prefetch_slots(scan, end);
         mmkv_datum key;
         mmkv_record_key(&record, &key);
         mmkv_record visible;

@@ -265,6 +265,16 @@ int mmkv_index_find_all(mmkv_index *index, uint64_t hash, const mmkv_index_ops *
     return MMKV_BUSY;
 }
 
+void mmkv_index_prefetch(mmkv_index *index, uint64_t hash)
+{
+    mmkv_index_header *h = mmkv_index_header_of(index);
+    uint64_t offset = __atomic_load_n(&h->table_offset, __ATOMIC_RELAXED);
+    uint64_t slots = __atomic_load_n(&h->table_slots, __ATOMIC_RELAXED);
+    uint64_t at = offset + (hash & (slots - 1)) * sizeof(mmkv_slot);
+    if (slots && at + sizeof(mmkv_slot) <= mmkv_map_mapped(&index->map))
+        __builtin_prefetch(index->map.base + at);
+}
+
 /* ---- writing (one writer at a time) ---- */
 
 static void geometry_begin(mmkv_index_header *h)

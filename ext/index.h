@@ -76,6 +76,9 @@ int mmkv_offsets_add(mmkv_offsets *set, uint64_t offset); /* no duplicates */
 int mmkv_index_find_all(mmkv_index *index, uint64_t hash, const mmkv_index_ops *ops,
                         mmkv_offsets *found);
 
+/* A hint: start loading the slot where hash's probe begins. */
+void mmkv_index_prefetch(mmkv_index *index, uint64_t hash);
+
 /* Writer side. make_room before any locate that may lead to an insert. */
 int mmkv_index_make_room(mmkv_index *index, const mmkv_index_ops *ops);
 int mmkv_index_locate(mmkv_index *index, uint64_t hash, const mmkv_index_ops *ops,
