@@ -64,9 +64,9 @@ $(BUILD)/bench: test/bench.c $(BUILD)/libmmkv.a
 test: all $(BUILD)/test_engine
 	@BUILD=$(BUILD) PYTHON=$(PYTHON) SANITIZE=$(SANITIZE) CC=$(CC) sh test/run.sh
 
-demo: all
-	@rm -f $(BUILD)/demo.db $(BUILD)/demo.db-kv.mmkv $(BUILD)/demo.db-kv.mmkv-index
-	$(SQLITE3) -bail $(BUILD)/demo.db -cmd '.load $(BUILD)/mmkv' < sql/demo.sql
+demo: build/mmkv.so
+	@rm -f build/demo.db build/demo.db-kv.mmkv build/demo.db-kv.mmkv-index
+	$(SQLITE3) -bail build/demo.db < sql/demo.sql
 
 bench: $(BUILD)/bench
 	$(BUILD)/bench $(BENCH_ARGS)

@@ -38,6 +38,8 @@ SQLITE_EXTENSION_INIT3
 #define DATA_SUFFIX ".mmkv"
 #define FULL_SCAN_ROW_COST 2.0  /* per row: walking the log and checking each version */
 #define LOOKUP_COST 1.0
+/* The size SQLite's planner assumes for a table it has no statistics for (LogEst 200). */
+#define UNANALYZED_TABLE_ROWS 1048576.0
 #define IN_LOOKUPS_GUESS 10.0
 
 /* Tables of :memory: and temporary databases keep their engine open from xCreate to xDestroy or
@@ -399,11 +401,26 @@ static int mmkvDestroy(sqlite3_vtab *vtab)
 }
 
 /*
+** The row count to plan with. SQLite assumes that a native table it has no statistics for holds
+** about a million rows; against that guess, mmkv's exact count of a small table would make SQLite
+** scan kv and search the native table once per kv row, where probing kv once per native row is the
+** plan that stays cheap as kv grows. Until ANALYZE has run (sqlite_stat1 exists), mmkv therefore
+** plans with the same guess for itself, or its live count if larger; after, with its live count.
+*/
+static double planner_rows(mmkv_vtab *vt)
+{
+    double live = (double)mmkv_live_count(vt->conn);
+    int analyzed = sqlite3_table_column_metadata(vt->db, vt->schema, "sqlite_stat1", NULL, NULL,
+                                                 NULL, NULL, NULL, NULL) == SQLITE_OK;
+    return analyzed || live > UNANALYZED_TABLE_ROWS ? live : UNANALYZED_TABLE_ROWS;
+}
+
+/*
 ** xBestIndex. The plans, by idxNum, and what xFilter receives in argv:
 **
 **   idxNum  plan                 argv               cost
 **   ------  -------------------  -----------------  -----------------------------------------
-**   0       full scan            (none)             rows x FULL_SCAN_ROW_COST; rows = live count
+**   0       full scan            (none)             rows x FULL_SCAN_ROW_COST; see planner_rows
 **   1       key = ?              [0] the key        one probe; at most one row (SCAN_UNIQUE)
 **   2       key IN (...)         [0] the IN list    one probe per value (SQLite >= 3.38 only)
 **
@@ -430,7 +447,7 @@ static int mmkvBestIndex(sqlite3_vtab *vtab, sqlite3_index_info *info)
         if (collation && sqlite3_stricmp(collation, "BINARY") != 0) continue;
         if (c->usable && eq < 0) eq = i;
     }
-    double rows = (double)mmkv_live_count(vt->conn);
+    double rows = planner_rows(vt);
     if (eq >= 0) {
         info->aConstraintUsage[eq].argvIndex = 1;
         info->aConstraintUsage[eq].omit = 0; /* SQLite re-checks: see cursor_lookup */

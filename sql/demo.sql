@@ -1,5 +1,5 @@
--- mmkv demo: run with `make demo` (sqlite3 build/demo.db < sql/demo.sql).
--- (the extension is loaded by `make demo`: .load build/mmkv)
+-- mmkv demo: `make demo` runs it from the top of the tree as sqlite3 build/demo.db < sql/demo.sql
+.load build/mmkv
 .headers on
 .mode box
 
