@@ -705,6 +705,15 @@ def test_query_plans():
     check("plan: join scans nt and looks kv up with INDEX 1",
           len(plan) == 2 and plan[0].startswith("SCAN nt") and plan[1].startswith("SCAN kv")
           and "VIRTUAL TABLE INDEX 1:" in plan[1], "plan: %r" % plan)
+    for outer in ("ipk(k INTEGER PRIMARY KEY, x)", "tpk(k TEXT PRIMARY KEY, x)"):
+        name = outer.split("(")[0]
+        db.execute("CREATE TABLE " + outer)
+        db.execute("INSERT INTO %s(k) VALUES (1), (2), (1500)" % name)
+        plan = [r[3] for r in db.execute(
+            "EXPLAIN QUERY PLAN SELECT * FROM %s JOIN kv ON kv.key = %s.k" % (name, name))]
+        check("plan: a native table with a primary key (%s) is scanned and kv probed" % name,
+              len(plan) == 2 and plan[0].startswith("SCAN " + name) and
+              "VIRTUAL TABLE INDEX 1:" in plan[1], "plan: %r" % plan)
     same_query("query: join nt with kv on key returns native rows", db,
                "SELECT nt.k, typeof(nt.k), {t}.key, {t}.value FROM nt JOIN {t} ON {t}.key = nt.k")
     same_query("query: LEFT JOIN nt with kv on key returns native rows", db,
