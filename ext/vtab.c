@@ -36,6 +36,7 @@ SQLITE_EXTENSION_INIT3
 #define PLAN_KEY_IN 2
 
 #define DATA_SUFFIX ".mmkv"
+#define DROPPED_SUFFIX "-dropped" /* a data file set aside by a DROP inside a transaction */
 #define FULL_SCAN_ROW_COST 2.0  /* per row: walking the log and checking each version */
 #define LOOKUP_COST 1.0
 /* The size SQLite's planner assumes for a table it has no statistics for (LogEst 200). */
@@ -216,6 +217,11 @@ static char *resolve_data_path(sqlite3 *db, const char *schema, const char *name
     return sqlite3_mprintf("%s-%s%s", db_file, name, DATA_SUFFIX);
 }
 
+static char *dropped_path(const char *data_path)
+{
+    return sqlite3_mprintf("%s%s", data_path, DROPPED_SUFFIX);
+}
+
 static mmkv_temp_table *temp_table_find(mmkv_module_state *state, const char *schema,
                                         const char *name)
 {
@@ -303,6 +309,11 @@ static int mmkvInit(sqlite3 *db, void *aux, int argc, const char *const *argv, s
     mmkv_open_options options = {args.sync, temporary};
     if (temporary) {
         vt->temp = temp_table_find(state, argv[1], name);
+        if (vt->temp && creating) {
+            /* Left by a DROP inside a transaction that then committed: not this table's data. */
+            temp_table_free(state, vt->temp);
+            vt->temp = NULL;
+        }
         if (!vt->temp) {
             mmkv_temp_table *t = sqlite3_malloc(sizeof *t);
             if (!t) {
@@ -325,6 +336,12 @@ static int mmkvInit(sqlite3 *db, void *aux, int argc, const char *const *argv, s
         }
         vt->conn = vt->temp->conn;
     } else {
+        if (!creating && access(vt->data_path, F_OK) != 0) {
+            /* A DROP inside a transaction set the file aside, and the transaction rolled back. */
+            char *aside = dropped_path(vt->data_path);
+            if (aside && access(aside, F_OK) == 0) mmkv_rename_files(aside, vt->data_path, NULL);
+            sqlite3_free(aside);
+        }
         if (!creating && access(vt->data_path, F_OK) != 0) {
             *err = sqlite3_mprintf("mmkv: data file '%s' of table \"%s\" is missing",
                                    vt->data_path, name);
@@ -374,12 +391,29 @@ static int mmkvDisconnect(sqlite3_vtab *vtab)
     return vtab_free((mmkv_vtab *)vtab);
 }
 
+/*
+** The files live outside the database, so a ROLLBACK cannot bring back what a DROP deleted or a
+** RENAME moved. A RENAME that moves files is refused inside an explicit transaction. A DROP there
+** sets the data file aside as "<data file>-dropped" (a temporary table keeps its engine), and if the
+** ROLLBACK brings the table back, xConnect puts the file back in place.
+*/
+static int refuse_inside_transaction(mmkv_vtab *vt, const char *what)
+{
+    if (sqlite3_get_autocommit(vt->db)) return SQLITE_OK;
+    sqlite3_free(vt->base.zErrMsg);
+    vt->base.zErrMsg = sqlite3_mprintf("mmkv: cannot %s \"%s\" inside a transaction: its files "
+                                       "are outside the database and a ROLLBACK could not restore "
+                                       "them", what, vt->name);
+    return SQLITE_ERROR;
+}
+
 /* DROP TABLE: the files go with the table. */
 static int mmkvDestroy(sqlite3_vtab *vtab)
 {
     mmkv_vtab *vt = (mmkv_vtab *)vtab;
+    int in_transaction = !sqlite3_get_autocommit(vt->db);
     if (vt->temp) {
-        temp_table_free(vt->state, vt->temp);
+        if (!in_transaction) temp_table_free(vt->state, vt->temp);
         vt->temp = NULL;
         vt->conn = NULL;
         return vtab_free(vt);
@@ -388,15 +422,20 @@ static int mmkvDestroy(sqlite3_vtab *vtab)
     vt->data_path = NULL;
     mmkv_close(vt->conn);
     vt->conn = NULL;
-    char *message = NULL;
-    int rc = mmkv_remove_files(path, &message);
-    if (rc != MMKV_OK) {
-        set_error(vtab, rc, message);
-        free(message);
-        sqlite3_free(path);
-        return rc;
+    char *message = NULL, *aside = NULL;
+    int rc;
+    if (in_transaction) {
+        aside = dropped_path(path);
+        rc = aside ? mmkv_remove_files(aside, &message) : SQLITE_NOMEM; /* an older one */
+        if (rc == MMKV_OK) rc = mmkv_rename_files(path, aside, &message);
+    } else {
+        rc = mmkv_remove_files(path, &message);
     }
+    if (rc != MMKV_OK && message) set_error(vtab, rc, message);
+    free(message);
+    sqlite3_free(aside);
     sqlite3_free(path);
+    if (rc != MMKV_OK) return rc;
     return vtab_free(vt);
 }
 
@@ -768,6 +807,10 @@ static int mmkvRollbackTo(sqlite3_vtab *vtab, int level)
 static int mmkvRename(sqlite3_vtab *vtab, const char *new_name)
 {
     mmkv_vtab *vt = (mmkv_vtab *)vtab;
+    if (vt->temp || vt->named_after_table) {
+        int rc = refuse_inside_transaction(vt, "rename");
+        if (rc != SQLITE_OK) return rc;
+    }
     char *new_table = sqlite3_mprintf("%s", new_name);
     if (!new_table) return SQLITE_NOMEM;
     if (vt->temp) {

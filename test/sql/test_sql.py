@@ -346,6 +346,33 @@ def test_drop_and_rename():
 # types and key semantics
 
 
+def test_drop_and_rename_in_transactions():
+    for where in ("file", "memory"):
+        with TempDir() as d:
+            db = connect(os.path.join(d, "app.db") if where == "file" else ":memory:")
+            db.execute(VTAB)
+            db.execute("INSERT INTO kv VALUES(1, 'one')")
+            db.execute("BEGIN")
+            db.execute("DROP TABLE kv")
+            db.execute("ROLLBACK")
+            check_equal("%s: DROP TABLE rolled back keeps the rows" % where,
+                        db.execute("SELECT key, value FROM kv").fetchall(), [(1, "one")])
+            db.execute("BEGIN")
+            db.execute("DROP TABLE kv")
+            db.execute("COMMIT")
+            db.execute(VTAB)
+            check_equal("%s: a table made after a committed DROP starts empty" % where,
+                        db.execute("SELECT count(*) FROM kv").fetchone(), (0,))
+            db.execute("INSERT INTO kv VALUES(2, 'two')")
+            db.execute("BEGIN")
+            check_error("%s: RENAME inside a transaction is refused, naming the reason" % where,
+                        lambda: db.execute("ALTER TABLE kv RENAME TO kv2"), "inside a transaction")
+            db.execute("ROLLBACK")
+            check_equal("%s: the refused RENAME left the table as it was" % where,
+                        db.execute("SELECT key, value FROM kv").fetchall(), [(2, "two")])
+            db.close()
+
+
 def test_keys_roundtrip_and_identity():
     steps = [("INSERT INTO kv VALUES(?, ?)", (k, i)) for i, k in enumerate(KEYS)]
     steps.append("SELECT key, typeof(key), hex(key), value FROM kv ORDER BY key")
@@ -978,7 +1005,7 @@ def test_mixed_workload():
 
 CASES = [
     test_schema, test_files_default_names, test_files_attached, test_files_memory_are_temporary,
-    test_files_temp_schema, test_drop_and_rename,
+    test_files_temp_schema, test_drop_and_rename, test_drop_and_rename_in_transactions,
     test_keys_roundtrip_and_identity, test_key_lookups, test_key_identity_named,
     test_values_roundtrip,
     test_constraint_messages, test_conflict_modes_autocommit, test_conflict_modes_in_transaction,
