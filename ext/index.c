@@ -159,10 +159,33 @@ static int geometry_read(mmkv_index *index, geometry *g, uint64_t *seq_out)
     return MMKV_BUSY;
 }
 
-/* Probes one table. Returns OK with *found set to the slot, NOTFOUND, or an error. If insert_at
-** is given, sets it to the first reusable slot on the probe path. */
+#define SLOT_RECHECKS 64 /* times one slot may change under a reader before it gives up on it */
+
+/* Does the entry s, read from *slot, hold the key? A reader may have read the slot just before a
+** writer rolled it back and reused its record's place for another key: after a miss, the slot is
+** read again, and a changed entry is matched anew. Sets *matched to the entry that matched. */
+static int match_slot(mmkv_slot *slot, mmkv_slot s, uint64_t tag, const mmkv_index_ops *ops,
+                      mmkv_slot *matched)
+{
+    for (int n = 0; n < SLOT_RECHECKS; n++) {
+        if (!mmkv_slot_is_entry(s) || mmkv_slot_tag(s) != tag) return 0;
+        int m = ops->match(ops->ctx, mmkv_slot_offset(s));
+        if (m) {
+            *matched = s;
+            return m;
+        }
+        mmkv_slot again = load64(slot);
+        if (again == s) return 0;
+        s = again;
+    }
+    return 0;
+}
+
+/* Probes one table. Returns OK with *found set to the slot and *matched to the entry that held
+** the key, NOTFOUND, or an error. If insert_at is given, sets it to the first reusable slot on the
+** probe path. */
 static int probe(mmkv_slot *table, uint64_t slots, uint64_t hash, const mmkv_index_ops *ops,
-                 mmkv_slot **found, mmkv_slot **insert_at)
+                 mmkv_slot **found, mmkv_slot *matched, mmkv_slot **insert_at)
 {
     uint64_t mask = slots - 1;
     uint64_t tag = mmkv_hash_tag(hash);
@@ -178,8 +201,7 @@ static int probe(mmkv_slot *table, uint64_t slots, uint64_t hash, const mmkv_ind
             if (s == MMKV_SLOT_DELETED && insert_at && !*insert_at) *insert_at = &table[i];
             continue;
         }
-        if (mmkv_slot_tag(s) != tag) continue;
-        int m = ops->match(ops->ctx, mmkv_slot_offset(s));
+        int m = match_slot(&table[i], s, tag, ops, matched);
         if (m < 0) return -m;
         if (m) {
             *found = &table[i];
@@ -197,17 +219,18 @@ int mmkv_index_find(mmkv_index *index, uint64_t hash, const mmkv_index_ops *ops,
         uint64_t seq;
         int rc = geometry_read(index, &g, &seq);
         if (rc != MMKV_OK) return rc;
-        mmkv_slot *slot = NULL;
+        mmkv_slot *slot = NULL, matched = 0;
         /* The old table first: a writer copies a slot to the new table before marking it moved,
         ** so a key missing from the old table is already in the new one. */
         rc = MMKV_NOTFOUND;
-        if (g.old_offset) rc = probe(table_at(index, g.old_offset), g.old_slots, hash, ops, &slot, NULL);
+        if (g.old_offset)
+            rc = probe(table_at(index, g.old_offset), g.old_slots, hash, ops, &slot, &matched, NULL);
         if (rc == MMKV_NOTFOUND)
-            rc = probe(table_at(index, g.table_offset), g.table_slots, hash, ops, &slot, NULL);
+            rc = probe(table_at(index, g.table_offset), g.table_slots, hash, ops, &slot, &matched,
+                       NULL);
         if (rc == MMKV_OK) {
-            *offset = mmkv_slot_offset(load64(slot));
-            if (*offset >= MMKV_DATA_START) return MMKV_OK;
-            continue; /* the slot changed under us */
+            *offset = mmkv_slot_offset(matched);
+            return MMKV_OK;
         }
         if (rc != MMKV_NOTFOUND || load64(&h->geometry_seq) == seq) return rc;
     }
@@ -239,10 +262,10 @@ static int probe_all(mmkv_slot *table, uint64_t slots, uint64_t hash, const mmkv
     for (uint64_t n = 0; n < slots; n++, i = (i + 1) & mask) {
         mmkv_slot s = load64(&table[i]);
         if (s == MMKV_SLOT_EMPTY) break;
-        if (!mmkv_slot_is_entry(s) || mmkv_slot_tag(s) != tag) continue;
-        int m = ops->match(ops->ctx, mmkv_slot_offset(s));
+        mmkv_slot matched;
+        int m = match_slot(&table[i], s, tag, ops, &matched);
         if (m < 0) return -m;
-        if (m && mmkv_offsets_add(found, mmkv_slot_offset(s)) != MMKV_OK) return MMKV_NOMEM;
+        if (m && mmkv_offsets_add(found, mmkv_slot_offset(matched)) != MMKV_OK) return MMKV_NOMEM;
     }
     return MMKV_OK;
 }
@@ -381,15 +404,17 @@ int mmkv_index_locate(mmkv_index *index, uint64_t hash, const mmkv_index_ops *op
                       mmkv_slot_ref *ref)
 {
     mmkv_index_header *h = mmkv_index_header_of(index);
+    mmkv_slot matched;
     ref->slot = NULL;
     ref->in_old = 0;
     int rc = MMKV_NOTFOUND;
     if (h->old_offset) {
-        rc = probe(table_at(index, h->old_offset), h->old_slots, hash, ops, &ref->slot, NULL);
+        rc = probe(table_at(index, h->old_offset), h->old_slots, hash, ops, &ref->slot, &matched,
+                   NULL);
         if (rc == MMKV_OK) ref->in_old = 1;
     }
     mmkv_slot *found = NULL;
-    int rc2 = probe(table_at(index, h->table_offset), h->table_slots, hash, ops, &found,
+    int rc2 = probe(table_at(index, h->table_offset), h->table_slots, hash, ops, &found, &matched,
                     &ref->insert_at);
     if (rc2 == MMKV_OK && !ref->slot) ref->slot = found;
     if (rc2 != MMKV_OK && rc2 != MMKV_NOTFOUND) return rc2;
@@ -434,8 +459,8 @@ int mmkv_index_rebuild_add(mmkv_index *index, uint64_t hash, const mmkv_index_op
                            uint64_t offset)
 {
     mmkv_slot *table = table_at(index, index->build_offset);
-    mmkv_slot *found = NULL, *insert_at = NULL;
-    int rc = probe(table, index->build_slots, hash, ops, &found, &insert_at);
+    mmkv_slot *found = NULL, *insert_at = NULL, matched;
+    int rc = probe(table, index->build_slots, hash, ops, &found, &matched, &insert_at);
     if (rc == MMKV_OK) {
         *found = mmkv_slot_pack(mmkv_hash_tag(hash), offset);
         return MMKV_OK;

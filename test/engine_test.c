@@ -7,6 +7,9 @@
 #include "mmkv.h"
 
 #include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <time.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -418,6 +421,112 @@ static void test_values(void)
     end_test();
 }
 
+
+/* ---- threads: writers moving amounts between accounts, readers checking the total ---- */
+
+#define ACCOUNTS 16
+#define ACCOUNT_START 1000
+#define THREAD_SECONDS 1.0
+
+typedef struct thread_job {
+    const char *path;
+    int writer;
+    long commits, reads;
+    const char *error;
+} thread_job;
+
+static double seconds_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int64_t get_in(mmkv_conn *conn, const mmkv_snapshot *snap, int64_t k)
+{
+    int64_t ks, v;
+    mmkv_datum key = int_datum(&ks, k);
+    mmkv_row row;
+    if (mmkv_get(conn, snap, &key, &row) != MMKV_OK || row.value.type != MMKV_INTEGER) return -1;
+    memcpy(&v, row.value.bytes, 8);
+    return v;
+}
+
+static void *thread_main(void *arg)
+{
+    thread_job *job = arg;
+    mmkv_open_options options = {MMKV_SYNC_OFF, 0};
+    mmkv_conn *conn = NULL;
+    if (mmkv_open(job->path, &options, &conn, NULL) != MMKV_OK) {
+        job->error = "open";
+        return NULL;
+    }
+    unsigned seed = (unsigned)(uintptr_t)job;
+    double end = seconds_now() + THREAD_SECONDS;
+    while (seconds_now() < end && !job->error) {
+        if (job->writer) {
+            int rc = mmkv_txn_begin(conn);
+            if (rc == MMKV_BUSY) {
+                sched_yield();
+                continue;
+            }
+            mmkv_snapshot snap;
+            mmkv_snapshot_take(conn, &snap);
+            int64_t a = rand_r(&seed) % ACCOUNTS, b = rand_r(&seed) % ACCOUNTS;
+            int64_t va = get_in(conn, &snap, a), vb = get_in(conn, &snap, b);
+            if (va < 0 || vb < 0) job->error = "writer read";
+            int64_t amount = va ? rand_r(&seed) % (va + 1) : 0;
+            if (a != b) {
+                put_int(conn, a, va - amount, MMKV_PUT_REPLACE);
+                put_int(conn, b, vb + amount, MMKV_PUT_REPLACE);
+            }
+            /* Filler keys make the index grow and drain under the readers. */
+            put_int(conn, ACCOUNTS + rand_r(&seed) % 100000, 1, MMKV_PUT_REPLACE);
+            if (rand_r(&seed) % 5 == 0) mmkv_txn_rollback(conn);
+            else if (commit(conn) == MMKV_OK) job->commits++;
+        } else {
+            mmkv_snapshot snap;
+            if (mmkv_snapshot_take(conn, &snap) != MMKV_OK) job->error = "snapshot";
+            int64_t total = 0;
+            for (int64_t k = 0; k < ACCOUNTS; k++) {
+                int64_t v = get_in(conn, &snap, k);
+                if (v < 0) job->error = "reader read";
+                total += v;
+            }
+            if (total != (int64_t)ACCOUNTS * ACCOUNT_START) job->error = "total changed";
+            job->reads++;
+        }
+    }
+    mmkv_close(conn);
+    return NULL;
+}
+
+static void test_threads(void)
+{
+    begin_test("threads: two writers, two readers, totals never change");
+    const char *path = path_of("threads.mmkv");
+    mmkv_conn *c = open_or_die(path, MMKV_SYNC_OFF);
+    if (!c) { end_test(); return; }
+    mmkv_txn_begin(c);
+    for (int i = 0; i < ACCOUNTS; i++) put_int(c, i, ACCOUNT_START, MMKV_PUT_INSERT);
+    commit(c);
+    thread_job jobs[4] = {{path, 1, 0, 0, NULL}, {path, 1, 0, 0, NULL},
+                          {path, 0, 0, 0, NULL}, {path, 0, 0, 0, NULL}};
+    pthread_t threads[4];
+    for (int i = 0; i < 4; i++) pthread_create(&threads[i], NULL, thread_main, &jobs[i]);
+    for (int i = 0; i < 4; i++) pthread_join(threads[i], NULL);
+    for (int i = 0; i < 4; i++) CHECK(!jobs[i].error, "thread %d: %s", i, jobs[i].error);
+    CHECK(jobs[0].commits + jobs[1].commits > 10, "commits %ld", jobs[0].commits + jobs[1].commits);
+    CHECK(jobs[2].reads + jobs[3].reads > 10, "reads %ld", jobs[2].reads + jobs[3].reads);
+    mmkv_snapshot snap;
+    mmkv_snapshot_take(c, &snap);
+    int64_t total = 0;
+    for (int k = 0; k < ACCOUNTS; k++) total += get_in(c, &snap, k);
+    CHECK(total == (int64_t)ACCOUNTS * ACCOUNT_START, "final total %lld", (long long)total);
+    mmkv_close(c);
+    end_test();
+}
+
 int main(void)
 {
     if (!mkdtemp(test_dir)) {
@@ -434,6 +543,7 @@ int main(void)
     test_foreign_file();
     test_torn_meta_falls_back();
     test_writer_death();
+    test_threads();
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", test_dir);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", test_dir);
