@@ -179,6 +179,8 @@ static int find_visible(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mm
         if (rc == MMKV_NOTFOUND && !p.unstable) return MMKV_NOTFOUND;
         if (rc != MMKV_OK && rc != MMKV_NOTFOUND) return index_error(&conn->errmsg, e, rc, &p);
         if (rc == MMKV_NOTFOUND) continue;
+        /* match_key checked this version; below the tail it cannot have changed since. */
+        if (offset < snapshot->tail) p.verified = offset;
         rc = walk_to_visible(conn, &p, snapshot, key, offset, record);
         if (rc != WALK_RETRY) return rc;
     }
