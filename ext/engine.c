@@ -106,13 +106,25 @@ static int corrupt_record(char **errmsg, mmkv_engine *e, uint64_t offset)
                       e->data_path, (unsigned long long)offset);
 }
 
+/* A write that could not grow a file: the disk is full, or the address range reserved for the
+** file's mapping is (see MMKV_LOG_RESERVE and MMKV_INDEX_RESERVE). */
+static int growth_error(char **errmsg, int rc, const char *path, const mmkv_map *map, uint64_t need)
+{
+    if (need > map->reserved)
+        return mmkv_error(errmsg, rc,
+                          "mmkv: '%s' cannot grow past the %llu MiB of address space reserved "
+                          "for its mapping", path, (unsigned long long)(map->reserved >> 20));
+    return mmkv_error(errmsg, rc, "mmkv: no space left to grow '%s'", path);
+}
+
 static int index_error(char **errmsg, mmkv_engine *e, int rc, key_probe *p)
 {
     if (rc == MMKV_CORRUPT && p && p->corrupt_at) return corrupt_record(errmsg, e, p->corrupt_at);
     if (rc == MMKV_CORRUPT)
         return mmkv_error(errmsg, rc, "mmkv: index file '%s' is damaged", e->index_path);
     if (rc == MMKV_FULL)
-        return mmkv_error(errmsg, rc, "mmkv: no space left to grow '%s'", e->index_path);
+        return growth_error(errmsg, rc, e->index_path, &e->index.map,
+                            mmkv_index_header_of(&e->index)->file_end * 2);
     if (rc == MMKV_BUSY)
         return mmkv_error(errmsg, rc, "mmkv: '%s' kept changing during a read", e->data_path);
     return mmkv_error(errmsg, rc, "mmkv: I/O error on '%s'", e->index_path);
@@ -453,7 +465,8 @@ static int append_version(mmkv_conn *conn, const mmkv_slot_ref *ref, uint64_t ha
     if (rc != MMKV_OK) {
         txn->n_written--;
         if (rc == MMKV_FULL)
-            return mmkv_error(&conn->errmsg, rc, "mmkv: no space left to grow '%s'", e->data_path);
+            return growth_error(&conn->errmsg, rc, e->data_path, &e->log.map,
+                                txn->append_pos + mmkv_record_size(key->len, value ? value->len : 0));
         return mmkv_error(&conn->errmsg, rc, "mmkv: cannot write to '%s'", e->data_path);
     }
     mmkv_index_store(&e->index, ref, hash, txn->append_pos);
