@@ -527,6 +527,138 @@ static void test_threads(void)
     end_test();
 }
 
+/* ---- simulation: random operations against a model, checked after every step ---- */
+
+#define SIM_INTS 600
+#define SIM_KEYS (SIM_INTS * 2) /* key i < SIM_INTS is the integer i; key SIM_INTS + i is the text i */
+#define SIM_SAVEPOINTS 4
+#define SIM_STEPS 40000
+
+typedef struct sim_model {
+    int64_t value[SIM_KEYS]; /* -1: absent */
+} sim_model;
+
+static mmkv_datum sim_key(int k, int64_t *storage, char *text)
+{
+    if (k < SIM_INTS) return int_datum(storage, k);
+    /* Texts that read as numbers get second slots: exercise them too. */
+    snprintf(text, 24, (k % 3 == 0) ? " %d" : "%d", k - SIM_INTS);
+    return text_datum(text);
+}
+
+static int sim_check_all(mmkv_conn *c, const sim_model *m, const char *when, int step)
+{
+    mmkv_snapshot snap;
+    if (mmkv_snapshot_take(c, &snap) != MMKV_OK) {
+        CHECK(0, "%s step %d: snapshot", when, step);
+        return 0;
+    }
+    int live = 0;
+    for (int k = 0; k < SIM_KEYS; k++) {
+        int64_t ks;
+        char text[24];
+        mmkv_datum key = sim_key(k, &ks, text);
+        mmkv_row row;
+        int rc = mmkv_get(c, &snap, &key, &row);
+        int64_t got = -1;
+        if (rc == MMKV_OK) memcpy(&got, row.value.bytes, 8);
+        if (got != m->value[k] || (rc != MMKV_OK && rc != MMKV_NOTFOUND)) {
+            CHECK(0, "%s step %d: key %d: got %lld (rc %d), model %lld", when, step, k,
+                  (long long)got, rc, (long long)m->value[k]);
+            return 0;
+        }
+        live += m->value[k] >= 0;
+    }
+    int rows = count_rows(c);
+    CHECK(rows == live, "%s step %d: scan %d rows, model %d", when, step, rows, live);
+    return rows == live;
+}
+
+static void test_simulation(void)
+{
+    begin_test("simulation: 40000 random operations match a model");
+    const char *path = path_of("sim.mmkv");
+    mmkv_conn *c = open_or_die(path, MMKV_SYNC_OFF);
+    if (!c) { end_test(); return; }
+    static sim_model committed, work, saved[SIM_SAVEPOINTS];
+    for (int k = 0; k < SIM_KEYS; k++) committed.value[k] = -1;
+    work = committed;
+    unsigned seed = 12345;
+    int in_txn = 0, depth = 0;
+    for (int step = 0; step < SIM_STEPS && !current_failed; step++) {
+        int op = rand_r(&seed) % 100;
+        if (!in_txn) {
+            if (op < 2) {
+                mmkv_close(c); /* reopen, sometimes without the index */
+                if (op == 0) {
+                    char index_path[600];
+                    snprintf(index_path, sizeof index_path, "%s-index", path);
+                    unlink(index_path);
+                }
+                c = open_or_die(path, MMKV_SYNC_OFF);
+                if (!c) break;
+                sim_check_all(c, &committed, "reopen", step);
+                continue;
+            }
+            CHECK(mmkv_txn_begin(c) == MMKV_OK, "begin at %d", step);
+            in_txn = 1;
+            depth = 0;
+            continue;
+        }
+        int k = rand_r(&seed) % SIM_KEYS;
+        int64_t ks;
+        char text[24];
+        mmkv_datum key = sim_key(k, &ks, text);
+        if (op < 45) {
+            int64_t vs, v = rand_r(&seed) % 1000000;
+            mmkv_datum value = int_datum(&vs, v);
+            int insert = op < 20;
+            int rc = mmkv_put(c, &key, &value, insert ? MMKV_PUT_INSERT : MMKV_PUT_REPLACE);
+            int expect = insert && work.value[k] >= 0 ? MMKV_CONSTRAINT : MMKV_OK;
+            CHECK(rc == expect, "put step %d key %d: rc %d expected %d", step, k, rc, expect);
+            if (rc == MMKV_OK) work.value[k] = v;
+        } else if (op < 65) {
+            int rc = mmkv_delete(c, &key);
+            int expect = work.value[k] >= 0 ? MMKV_OK : MMKV_NOTFOUND;
+            CHECK(rc == expect, "delete step %d key %d: rc %d expected %d", step, k, rc, expect);
+            work.value[k] = -1;
+        } else if (op < 72 && depth < SIM_SAVEPOINTS) {
+            mmkv_txn_savepoint(c, depth);
+            saved[depth++] = work;
+        } else if (op < 78 && depth > 0) {
+            int level = rand_r(&seed) % depth;
+            mmkv_txn_rollback_to(c, level);
+            work = saved[level];
+            depth = level + 1;
+        } else if (op < 82 && depth > 0) {
+            int level = rand_r(&seed) % depth;
+            mmkv_txn_release(c, level);
+            depth = level;
+        } else if (op < 92) {
+            CHECK(commit(c) == MMKV_OK, "commit at %d", step);
+            committed = work;
+            in_txn = 0;
+        } else if (op < 96) {
+            mmkv_txn_rollback(c);
+            work = committed;
+            in_txn = 0;
+        }
+        if (step % 997 == 0) sim_check_all(c, &work, "in transaction", step);
+    }
+    if (in_txn) {
+        commit(c);
+        committed = work;
+    }
+    sim_check_all(c, &committed, "end", SIM_STEPS);
+    mmkv_close(c);
+    c = open_or_die(path, MMKV_SYNC_OFF);
+    if (c) {
+        sim_check_all(c, &committed, "final reopen", SIM_STEPS);
+        mmkv_close(c);
+    }
+    end_test();
+}
+
 int main(void)
 {
     if (!mkdtemp(test_dir)) {
@@ -544,6 +676,7 @@ int main(void)
     test_torn_meta_falls_back();
     test_writer_death();
     test_threads();
+    test_simulation();
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", test_dir);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", test_dir);
