@@ -719,7 +719,9 @@ static int run_command(mmkv_vtab *vt, sqlite3_value *command)
 static int mmkvUpdate(sqlite3_vtab *vtab, int argc, sqlite3_value **argv, sqlite3_int64 *rowid)
 {
     mmkv_vtab *vt = (mmkv_vtab *)vtab;
-    (void)rowid;
+    /* SQLite sets last_insert_rowid() from *rowid after an INSERT; a WITHOUT ROWID table leaves
+    ** it as it was. */
+    *rowid = sqlite3_last_insert_rowid(vt->db);
     mmkv_datum old_key, key, value;
     sqlite3_int64 old_number, number, value_number;
     int rc;

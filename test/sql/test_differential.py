@@ -13,7 +13,8 @@ match, and after every write or transaction step the whole content of both table
 
 Environment:
     MMKV_SEED=N           run only seed N (reproduce a failure); MMKV_SEED=random: a random one
-    MMKV_DIFF_STEPS=N     statements per sequence (default 700, 300 when SANITIZE=1)
+    MMKV_DIFF_STEPS=N     statements per sequence (default 1000, 400 when SANITIZE=1)
+    MMKV_DIFF_TIMEOUT=S   the whole run is killed (non-zero exit) after S seconds (default 600)
     MMKV_DIFF_DB=memory|file   run only one kind of database
     MMKV_DIFF_SELFTEST=1  kv is a second native table (checks the test itself: must pass)
     MMKV_DIFF_SELFTEST=rowid   kv is a native rowid table with a UNIQUE key: must pass too
@@ -25,6 +26,7 @@ Environment:
 One line per (database kind, seed): PASS, or FAIL with the seed, step, SQL and both results of
 the first mismatch (the sequence then stops).
 """
+import faulthandler
 import os
 import random
 import re
@@ -53,7 +55,7 @@ BIG = 1 << 20
 def default_steps():
     if os.environ.get("MMKV_DIFF_STEPS"):
         return max(1, int(os.environ["MMKV_DIFF_STEPS"]))
-    return 300 if os.environ.get("SANITIZE") == "1" else 700
+    return 400 if os.environ.get("SANITIZE") == "1" else 1000
 
 
 def seeds():
@@ -203,10 +205,12 @@ class Sequence:
         self.big_pending = 0
         self.stats = {"write": 0, "read": 0, "txn": 0, "skipped": 0, "errors": 0, "reopen": 0}
         self.step_no = 0
+        self.db = None
         self.rows_seen = 0
         self.contents_compared = 0
         rng = self.rng
         self.pool = list(KEY_POOL) + [rng.randbytes(rng.randrange(1, 12)) for _ in range(4)]
+        self.pool += ["long" * 80 + self.rand_text(5), rng.randbytes(2000)]  # long keys
 
     # -- connection -------------------------------------------------------------------------
 
@@ -272,6 +276,9 @@ class Sequence:
             k = self.existing_key()
             return self.variant(k) if rng.random() < 0.3 else k
         r = rng.random()
+        if r < 0.03:  # a long key
+            n = rng.randrange(100, 5000)
+            return self.rand_text(n // 2) if rng.random() < 0.5 else rng.randbytes(n)
         if r < 0.4:
             return rng.randrange(-60, 60)
         if r < 0.55:
@@ -414,6 +421,13 @@ class Sequence:
         if rng.random() < 0.04:
             verb, clause = "REPLACE", "OR REPLACE"
         c = rng.random()
+        if c < 0.03:
+            return self.gen_bulk_insert(p, verb, clause)
+        if c < 0.06:
+            # reads the table it writes: SQLite materialises the SELECT first
+            sql = ("%s INTO {T}(key, value) SELECT key || 'y', value FROM {T} "
+                   "WHERE length(key) < 6 ORDER BY key" % verb)
+            return Stmt(sql, [], "write", clause == "OR ROLLBACK")
         if c < 0.45:
             sql = "%s INTO {T}(key, value) VALUES (%s, %s)" % (
                 verb, p(self.draw_key()), p(self.draw_value(True)))
@@ -433,6 +447,19 @@ class Sequence:
             b = a + rng.randrange(0, 8)
             sql = ("%s INTO {T}(key, value) SELECT k, v FROM probe WHERE id BETWEEN %s AND %s "
                    "ORDER BY id" % (verb, p(a), p(b)))
+        return Stmt(sql, p.values, "write", clause == "OR ROLLBACK")
+
+    def gen_bulk_insert(self, p, verb, clause):
+        """Hundreds of rows in one statement (grows the index; a conflict rolls them all back)."""
+        rng = self.rng
+        n = p(rng.randrange(50, 1500))
+        base = p(rng.choice([0, 1000, -500, 2**62, 1e6]))
+        key = rng.choice(["%s + i" % base, "%s + i * 0.5" % base, "printf('k%%05d', i)",
+                          "CAST(printf('b%%d', i) AS BLOB)", "i %% 97", "printf('%%d', i)"])
+        value = rng.choice(["i", "zeroblob(i %% 50)", "hex(i * 7919)", "NULL",
+                            "printf('%%.*c', i %% 300, 'v')", "i * 0.25"])
+        sql = ("WITH RECURSIVE c(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM c WHERE i < %s) "
+               "%s INTO {T}(key, value) SELECT %s, %s FROM c" % (n, verb, key, value))
         return Stmt(sql, p.values, "write", clause == "OR ROLLBACK")
 
     def gen_update(self):
@@ -653,6 +680,14 @@ class Sequence:
             return Stmt("DELETE FROM {T} WHERE length(value) > 100000", [], "write")
         n = self.db.execute("SELECT count(*) FROM nt").fetchone()[0]
         r = rng.random()
+        if n > 400 and r < 0.3:  # after a bulk insert: cut the table down again
+            p = Params()
+            cond = rng.choice([
+                "typeof(key) IN ('integer', 'real') AND key >= %s" % p(rng.choice([-600, 1000])),
+                "key GLOB 'k*'", "typeof(key) = 'blob' AND length(key) < 10",
+                "key BETWEEN %s AND %s" % (p(rng.choice([0, 2**62, 1e6])),
+                                           p(rng.choice([500, 2**62 + 1000, 1e6 + 800])))])
+            return Stmt("DELETE FROM {T} WHERE %s" % cond, p.values, "write")
         if n > 120 and r < 0.5:
             return self.gen_delete()
         if r < 0.5:
@@ -747,7 +782,8 @@ class Sequence:
         in_txn = self.in_txn()
         sql_kv = st.sql.replace("{T}", "kv")
         sql_nt = st.sql.replace("{T}", "nt")
-        if st.rollback_clause and in_txn:
+        substituted = st.rollback_clause and in_txn
+        if substituted:
             # OR ROLLBACK would roll back the whole transaction (the mmkv table's changes too):
             # the native side runs with ABORT, which fails exactly when ROLLBACK would.
             sql_nt = sql_nt.replace("OR ROLLBACK", "OR ABORT")
@@ -761,7 +797,7 @@ class Sequence:
         if why is not None:
             detail = "%s\n    SQL: %s\n    params: %s\n    mmkv   -> %s\n    native -> %s" % (
                 why, sql_kv, show_params(st.params), a.show(st.mode), b.show(st.mode))
-            if sql_nt.replace("nt", "kv") != sql_kv:
+            if substituted:
                 detail += "\n    (native ran: %s)" % sql_nt
             self.fail("mismatch", detail)
         if st.mode == "write":
@@ -805,7 +841,8 @@ class Sequence:
             if self.kind == "file":
                 self.reopen()
         finally:
-            self.db.close()
+            if getattr(self, "db", None) is not None:
+                self.db.close()
 
 
 def run_sequence(kind, seed, steps):
@@ -839,4 +876,6 @@ def test_differential():
 
 
 if __name__ == "__main__":
+    # A hang inside the extension (a lock never released, a loop) must not hang the suite.
+    faulthandler.dump_traceback_later(int(os.environ.get("MMKV_DIFF_TIMEOUT", "600")), exit=True)
     harness.main([test_differential])

@@ -941,6 +941,16 @@ def test_hidden_command():
     db.close()
 
 
+def test_last_insert_rowid():
+    db = connect()
+    db.execute(VTAB)
+    db.execute("CREATE TABLE r(x)")
+    db.execute("INSERT INTO r VALUES('a'), ('b')")
+    db.execute("INSERT INTO kv VALUES(1, 'one')")
+    check_equal("an INSERT into kv leaves last_insert_rowid() as a WITHOUT ROWID table does",
+                db.execute("SELECT last_insert_rowid()").fetchone(), (2,))
+
+
 def test_version():
     db = connect()
     v = db.execute("SELECT mmkv_version(), typeof(mmkv_version())").fetchone()
@@ -1013,7 +1023,7 @@ CASES = [
     test_transactions, test_transactions_file,
     test_query_plans, test_queries_match_native,
     test_connections_shared_database, test_connections_shared_file,
-    test_directonly, test_hidden_command, test_version, test_mixed_workload,
+    test_directonly, test_hidden_command, test_last_insert_rowid, test_version, test_mixed_workload,
 ]
 
 if __name__ == "__main__":
