@@ -177,6 +177,49 @@ static int changing_error(mmkv_conn *conn)
                       conn->engine->data_path);
 }
 
+static void commit_from_meta(const mmkv_meta *meta, mmkv_commit *commit)
+{
+    commit->txid = meta->txid;
+    commit->tail = meta->committed_tail;
+    commit->live_count = meta->live_count;
+    commit->record_count = meta->record_count;
+    commit->garbage_bytes = meta->garbage_bytes;
+}
+
+int mmkv_committed(mmkv_conn *conn, mmkv_commit *commit)
+{
+    mmkv_meta meta;
+    int slot;
+    int rc = mmkv_log_meta(&conn->engine->log, &meta, &slot, &conn->errmsg);
+    if (rc == MMKV_OK) commit_from_meta(&meta, commit);
+    return rc;
+}
+
+/* Makes sure the mapping holds the records below a committed tail an owning database names. */
+int mmkv_engine_cover(mmkv_engine *e, uint64_t tail, char **errmsg)
+{
+    if (tail <= mmkv_map_mapped(&e->log.map)) return MMKV_OK;
+    int rc = mmkv_map_refresh(&e->log.map);
+    if (rc != MMKV_OK) return mmkv_error(errmsg, rc, "mmkv: cannot map '%s'", e->data_path);
+    if (tail <= mmkv_map_mapped(&e->log.map)) return MMKV_OK;
+    return mmkv_error(errmsg, MMKV_CORRUPT,
+                      "mmkv: '%s' is damaged: its database records commits up to byte %llu, but "
+                      "the file holds %llu",
+                      e->data_path, (unsigned long long)tail,
+                      (unsigned long long)mmkv_map_mapped(&e->log.map));
+}
+
+int mmkv_snapshot_at(mmkv_conn *conn, const mmkv_commit *committed, mmkv_snapshot *snapshot)
+{
+    if (conn->engine->txn.owner == conn) return mmkv_snapshot_take(conn, snapshot);
+    int rc = mmkv_engine_cover(conn->engine, committed->tail, &conn->errmsg);
+    if (rc != MMKV_OK) return rc;
+    snapshot->tail = committed->tail;
+    snapshot->txid = committed->txid;
+    snapshot->garbage_bytes = committed->garbage_bytes;
+    return MMKV_OK;
+}
+
 /* Finds the version of key visible in snapshot. `verified` names an offset already checked. */
 static int find_visible(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mmkv_datum *key,
                         uint64_t hash, uint64_t verified, mmkv_record *record)
@@ -595,18 +638,14 @@ static int replay_log(mmkv_engine *e, uint64_t from, uint64_t to, int rebuilding
     return MMKV_OK;
 }
 
-int mmkv_engine_rebuild_index(mmkv_engine *e, char **errmsg)
+int mmkv_engine_rebuild_index(mmkv_engine *e, uint64_t tail, uint64_t records, char **errmsg)
 {
-    mmkv_meta meta;
-    int slot;
-    int rc = mmkv_log_meta(&e->log, &meta, &slot, errmsg);
-    if (rc != MMKV_OK) return rc;
-    rc = mmkv_index_rebuild_begin(&e->index, meta.record_count);
+    int rc = mmkv_index_rebuild_begin(&e->index, records);
     if (rc != MMKV_OK) return index_error(errmsg, e, rc, NULL);
-    rc = replay_log(e, MMKV_DATA_START, meta.committed_tail, 1, errmsg);
+    rc = replay_log(e, MMKV_DATA_START, tail, 1, errmsg);
     if (rc != MMKV_OK) return rc;
     mmkv_index_rebuild_end(&e->index);
-    mmkv_index_header_of(&e->index)->log_position = meta.committed_tail;
+    mmkv_index_header_of(&e->index)->log_position = tail;
     return MMKV_OK;
 }
 
@@ -643,7 +682,7 @@ static int recover_index(mmkv_engine *e, char **errmsg)
     h->writer_active = !trust;
     if ((rc = mmkv_index_mark_in_use(&e->index)) != MMKV_OK) return index_error(errmsg, e, rc, NULL);
     if (replay) rc = replay_log(e, from, meta.committed_tail, 0, errmsg);
-    else if (!trust) rc = mmkv_engine_rebuild_index(e, errmsg);
+    else if (!trust) rc = mmkv_engine_rebuild_index(e, meta.committed_tail, meta.record_count, errmsg);
     if (rc != MMKV_OK) return rc;
     h->log_position = meta.committed_tail;
     h->writer_active = 0;
@@ -685,12 +724,12 @@ static int engine_new(const char *data_path, mmkv_engine **out)
 }
 
 /* Opens (creating if absent) the data file, then the index, and brings the index up to date. */
-static int engine_open_files(mmkv_engine *e, mmkv_sync sync, char **errmsg)
+static int engine_open_files(mmkv_engine *e, mmkv_sync sync, uint64_t owner_id, char **errmsg)
 {
     int fd;
     int rc = mmkv_file_open(e->data_path, MMKV_OPEN_EXISTING, &fd);
     if (rc == MMKV_NOTFOUND) {
-        rc = mmkv_log_create(e->data_path, sync, errmsg);
+        rc = mmkv_log_create(e->data_path, sync, owner_id, errmsg);
         if (rc == MMKV_BUSY) rc = MMKV_OK; /* created by someone else meanwhile */
         if (rc != MMKV_OK) return rc;
         rc = mmkv_file_open(e->data_path, MMKV_OPEN_EXISTING, &fd);
@@ -757,6 +796,24 @@ static int temporary_path(char **out)
                : MMKV_OK;
 }
 
+/* A data file answers to one authority: the database that owns it, or (owner 0) its own meta
+** slots. Another database must not take it over, since the two would disagree on what is
+** committed. */
+static int check_owner(mmkv_engine *e, const mmkv_open_options *options, char **errmsg)
+{
+    uint64_t have = e->log.owner_id, want = options->owner_id;
+    if (have == want) return MMKV_OK;
+    if (want == 0)
+        return mmkv_error(errmsg, MMKV_ERROR,
+                          "mmkv: data file '%s' belongs to a database: open it from that "
+                          "database's table",
+                          e->data_path);
+    return mmkv_error(errmsg, MMKV_ERROR,
+                      "mmkv: data file '%s' belongs to %s; it cannot be used from this one",
+                      e->data_path, have ? "another database" : "no database (it was shared "
+                                                                "by in-memory databases)");
+}
+
 int mmkv_open(const char *data_path, const mmkv_open_options *options, mmkv_conn **out,
               char **errmsg)
 {
@@ -774,7 +831,7 @@ int mmkv_open(const char *data_path, const mmkv_open_options *options, mmkv_conn
             conn->sync = MMKV_SYNC_OFF; /* files that vanish at close need no durability */
             e->temporary = 1;
             e->refcount = 1;
-            rc = engine_open_files(e, MMKV_SYNC_OFF, errmsg);
+            rc = engine_open_files(e, MMKV_SYNC_OFF, 0, errmsg);
             /* Nobody else may ever open them: the names go now, the files at close. */
             unlink(e->data_path);
             unlink(e->index_path);
@@ -794,13 +851,23 @@ int mmkv_open(const char *data_path, const mmkv_open_options *options, mmkv_conn
             rc = MMKV_OK;
         } else {
             rc = engine_new(data_path, &e);
-            if (rc == MMKV_OK) rc = engine_open_files(e, options->sync, errmsg);
+            if (rc == MMKV_OK) rc = engine_open_files(e, options->sync, options->owner_id, errmsg);
             else mmkv_error(errmsg, rc, "out of memory");
             if (rc == MMKV_OK) {
                 e->refcount = 1;
                 e->next = registry;
                 registry = e;
             }
+        }
+        if (rc == MMKV_OK && (rc = check_owner(e, options, errmsg)) != MMKV_OK) {
+            e->refcount--;
+            if (e->refcount == 0) {
+                mmkv_engine **p = &registry;
+                while (*p != e) p = &(*p)->next;
+                *p = e->next;
+                engine_close(e);
+            }
+            e = NULL;
         }
         pthread_mutex_unlock(&registry_mutex);
     }
@@ -810,6 +877,7 @@ int mmkv_open(const char *data_path, const mmkv_open_options *options, mmkv_conn
         return rc;
     }
     conn->engine = e;
+    conn->external = options->owner_id != 0;
     *out = conn;
     return MMKV_OK;
 }

@@ -60,11 +60,13 @@ struct mmkv_engine {
 struct mmkv_conn {
     mmkv_engine *engine;
     mmkv_sync sync;
+    int external; /* an owning database records the commits; the meta slots only follow */
     char *errmsg;
 };
 
 /* engine.c, for txn.c */
 void mmkv_engine_undo(mmkv_engine *engine, size_t keep);
-int mmkv_engine_rebuild_index(mmkv_engine *engine, char **errmsg);
+int mmkv_engine_rebuild_index(mmkv_engine *engine, uint64_t tail, uint64_t records, char **errmsg);
+int mmkv_engine_cover(mmkv_engine *engine, uint64_t tail, char **errmsg);
 
 #endif

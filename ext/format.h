@@ -62,7 +62,8 @@ typedef struct mmkv_file_header {
     uint32_t page_size;          /* MMKV_PAGE_SIZE */
     uint64_t file_id;            /* random at creation; the index file records it */
     uint64_t created_unix_ms;    /* informational */
-    uint8_t reserved[468];       /* zero; room for later fields (for example the owning database) */
+    uint64_t owner_id;           /* the database whose commit record decides; 0: the meta slots */
+    uint8_t reserved[460];       /* zero; room for later fields */
     uint32_t checksum;           /* CRC32C of every byte above */
 } mmkv_file_header;              /* 512 bytes */
 

@@ -30,7 +30,7 @@ void mmkv_meta_seal(mmkv_meta *meta)
     meta->checksum = mmkv_crc32c(0, meta, offsetof(mmkv_meta, checksum));
 }
 
-int mmkv_log_create(const char *path, mmkv_sync sync, char **errmsg)
+int mmkv_log_create(const char *path, mmkv_sync sync, uint64_t owner_id, char **errmsg)
 {
     unsigned char page[MMKV_PAGE_SIZE];
     memset(page, 0, sizeof page);
@@ -42,6 +42,7 @@ int mmkv_log_create(const char *path, mmkv_sync sync, char **errmsg)
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     header->created_unix_ms = (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000;
+    header->owner_id = owner_id;
     header->checksum = mmkv_crc32c(0, header, offsetof(mmkv_file_header, checksum));
     mmkv_meta *meta = (mmkv_meta *)(page + MMKV_META_OFFSET(0));
     meta->committed_tail = MMKV_DATA_START;
@@ -96,6 +97,7 @@ int mmkv_log_open(mmkv_log *log, int fd, const char *path, char **errmsg)
     if (header.page_size != MMKV_PAGE_SIZE || size < MMKV_DATA_START)
         return mmkv_error(errmsg, MMKV_CORRUPT, "mmkv: '%s' is damaged: file is truncated", path);
     log->file_id = header.file_id;
+    log->owner_id = header.owner_id;
     rc = mmkv_map_init(&log->map, fd, MMKV_LOG_RESERVE);
     if (rc != MMKV_OK) {
         log->map.fd = -1;

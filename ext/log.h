@@ -17,11 +17,12 @@ typedef struct mmkv_log {
     mmkv_map map;
     const char *path; /* owned by the engine */
     uint64_t file_id;
+    uint64_t owner_id;
 } mmkv_log;
 
 /* Creates a new data file atomically (written aside, then linked into place). BUSY if a file of
 ** that name appeared meanwhile. */
-int mmkv_log_create(const char *path, mmkv_sync sync, char **errmsg);
+int mmkv_log_create(const char *path, mmkv_sync sync, uint64_t owner_id, char **errmsg);
 /* Opens the data file on fd and checks its header and meta slots. */
 int mmkv_log_open(mmkv_log *log, int fd, const char *path, char **errmsg);
 void mmkv_log_close(mmkv_log *log);

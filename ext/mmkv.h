@@ -73,8 +73,18 @@ typedef struct mmkv_scan mmkv_scan;
 
 typedef struct mmkv_open_options {
     mmkv_sync sync;
-    int temporary; /* create an anonymous file set that vanishes at close */
+    int temporary;     /* create an anonymous file set that vanishes at close */
+    uint64_t owner_id; /* the database that decides what is committed; 0: the files decide */
 } mmkv_open_options;
+
+/* A committed state of the log: what an owning database records in its own transaction. */
+typedef struct mmkv_commit {
+    uint64_t txid;
+    uint64_t tail;
+    uint64_t live_count;
+    uint64_t record_count;
+    uint64_t garbage_bytes;
+} mmkv_commit;
 
 /* Opening and closing. */
 int mmkv_open(const char *data_path, const mmkv_open_options *options, mmkv_conn **out,
@@ -85,8 +95,13 @@ int mmkv_rename_files(const char *old_data_path, const char *new_data_path, char
 const char *mmkv_errmsg(mmkv_conn *conn);
 const char *mmkv_data_path(mmkv_conn *conn);
 
-/* Reading. A snapshot is taken for each read; the writer's own snapshot includes its writes. */
+/* The committed state as the data file's meta slots record it. */
+int mmkv_committed(mmkv_conn *conn, mmkv_commit *commit);
+
+/* Reading. A snapshot is taken for each read; the writer's own snapshot includes its writes.
+** mmkv_snapshot_at reads the state an owning database says is committed. */
 int mmkv_snapshot_take(mmkv_conn *conn, mmkv_snapshot *snapshot);
+int mmkv_snapshot_at(mmkv_conn *conn, const mmkv_commit *committed, mmkv_snapshot *snapshot);
 int mmkv_get(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mmkv_datum *key, mmkv_row *row);
 int mmkv_scan_open(mmkv_conn *conn, const mmkv_snapshot *snapshot, mmkv_scan **out);
 int mmkv_scan_next(mmkv_scan *scan, mmkv_row *row); /* MMKV_OK, MMKV_NOTFOUND at the end, or error */
@@ -102,10 +117,15 @@ int mmkv_delete(mmkv_conn *conn, const mmkv_datum *key); /* MMKV_NOTFOUND if abs
 /* Transactions: the commit protocol (txn.c). prepare does all durable work and may fail;
 ** commit and rollback cannot fail. */
 int mmkv_txn_begin(mmkv_conn *conn);
+/* Begins from the state an owning database says is committed, first bringing the log and the
+** index to it if they differ (a crash between the two commits rolls either way). */
+int mmkv_txn_begin_at(mmkv_conn *conn, const mmkv_commit *committed);
 int mmkv_txn_savepoint(mmkv_conn *conn, int level);
 void mmkv_txn_release(mmkv_conn *conn, int level);
 void mmkv_txn_rollback_to(mmkv_conn *conn, int level);
 int mmkv_txn_prepare(mmkv_conn *conn);
+/* After prepare: the state this transaction commits, for the owning database to record. */
+void mmkv_txn_outcome(mmkv_conn *conn, mmkv_commit *commit);
 void mmkv_txn_commit(mmkv_conn *conn);
 void mmkv_txn_rollback(mmkv_conn *conn);
 int mmkv_txn_active(mmkv_conn *conn);

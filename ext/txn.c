@@ -32,7 +32,38 @@ int mmkv_txn_active(mmkv_conn *conn)
     return conn->engine->txn.owner == conn;
 }
 
-int mmkv_txn_begin(mmkv_conn *conn)
+/*
+** Brings the log and the index to the state the owning database says is committed, after a crash
+** fell between the two commits: the meta slots one transaction ahead (the database rolled back)
+** or behind (the meta write was lost), and the index possibly holding slots of records past the
+** committed tail. The records below that tail were made durable before the database committed.
+*/
+static int repair_to(mmkv_conn *conn, const mmkv_meta *meta, const mmkv_commit *state)
+{
+    mmkv_engine *e = conn->engine;
+    mmkv_txn *txn = &e->txn;
+    int rc = mmkv_engine_cover(e, state->tail, &conn->errmsg);
+    if (rc == MMKV_OK) rc = mmkv_engine_rebuild_index(e, state->tail, state->record_count, &conn->errmsg);
+    if (rc != MMKV_OK || (meta->txid == state->txid && meta->committed_tail == state->tail))
+        return rc;
+    mmkv_meta fixed;
+    memset(&fixed, 0, sizeof fixed);
+    fixed.txid = state->txid;
+    fixed.committed_tail = state->tail;
+    fixed.live_count = state->live_count;
+    fixed.record_count = state->record_count;
+    fixed.garbage_bytes = state->garbage_bytes;
+    fixed.txn_start = state->tail;
+    mmkv_meta_seal(&fixed);
+    /* Ahead: overwrite the slot that is ahead. Behind: write the other one, which becomes newest. */
+    int slot = meta->txid > state->txid ? txn->committed_slot : txn->committed_slot ^ 1;
+    rc = mmkv_log_write_meta(&e->log, slot, &fixed, conn->sync != MMKV_SYNC_OFF);
+    if (rc != MMKV_OK) return mmkv_error(&conn->errmsg, rc, "mmkv: cannot sync '%s'", e->data_path);
+    txn->committed_slot = slot;
+    return MMKV_OK;
+}
+
+static int begin_from(mmkv_conn *conn, const mmkv_commit *authority)
 {
     mmkv_engine *e = conn->engine;
     mmkv_txn *txn = &e->txn;
@@ -54,20 +85,32 @@ int mmkv_txn_begin(mmkv_conn *conn)
         goto done;
     }
     mmkv_meta meta;
+    mmkv_commit state;
     rc = mmkv_log_meta(&e->log, &meta, &txn->committed_slot, &conn->errmsg);
-    mmkv_index_header *h = mmkv_index_header_of(&e->index);
-    if (rc == MMKV_OK && h->writer_active) rc = mmkv_engine_rebuild_index(e, &conn->errmsg);
+    if (rc == MMKV_OK) {
+        state.txid = meta.txid;
+        state.tail = meta.committed_tail;
+        state.live_count = meta.live_count;
+        state.record_count = meta.record_count;
+        state.garbage_bytes = meta.garbage_bytes;
+        if (authority) state = *authority;
+        mmkv_index_header *h = mmkv_index_header_of(&e->index);
+        /* writer_active still set: the last writer died with slots published for records that
+        ** never committed. */
+        if (h->writer_active || meta.txid != state.txid || meta.committed_tail != state.tail)
+            rc = repair_to(conn, &meta, &state);
+    }
     if (rc != MMKV_OK) {
         mmkv_unlock(e->log.map.fd, MMKV_LOCK_WRITER);
         goto done;
     }
-    h->writer_active = 1;
+    mmkv_index_header_of(&e->index)->writer_active = 1;
     txn->owner = conn;
-    txn->txid = meta.txid + 1;
-    txn->start = txn->append_pos = meta.committed_tail;
-    txn->counts.live = meta.live_count;
-    txn->counts.records = meta.record_count;
-    txn->counts.garbage = meta.garbage_bytes;
+    txn->txid = state.txid + 1;
+    txn->start = txn->append_pos = state.tail;
+    txn->counts.live = state.live_count;
+    txn->counts.records = state.record_count;
+    txn->counts.garbage = state.garbage_bytes;
     txn->start_counts = txn->counts;
     txn->n_written = 0;
     txn->n_savepoints = 0;
@@ -75,6 +118,16 @@ int mmkv_txn_begin(mmkv_conn *conn)
 done:
     pthread_mutex_unlock(&e->mutex);
     return rc;
+}
+
+int mmkv_txn_begin(mmkv_conn *conn)
+{
+    return begin_from(conn, NULL);
+}
+
+int mmkv_txn_begin_at(mmkv_conn *conn, const mmkv_commit *committed)
+{
+    return begin_from(conn, committed);
 }
 
 int mmkv_txn_savepoint(mmkv_conn *conn, int level)
@@ -162,13 +215,24 @@ int mmkv_txn_prepare(mmkv_conn *conn)
     mmkv_meta_seal(&meta);
     int slot = txn->committed_slot ^ 1;
     memcpy(&txn->overwritten_meta, e->log.map.base + MMKV_META_OFFSET(slot), sizeof meta);
-    rc = mmkv_log_write_meta(&e->log, slot, &meta, conn->sync == MMKV_SYNC_FULL);
+    /* When a database owns the file, its own commit record decides: the meta slot only follows. */
+    rc = mmkv_log_write_meta(&e->log, slot, &meta, conn->sync == MMKV_SYNC_FULL && !conn->external);
     if (rc != MMKV_OK) {
         mmkv_log_write_meta(&e->log, slot, &txn->overwritten_meta, 0);
         return mmkv_error(&conn->errmsg, rc, "mmkv: cannot sync '%s'", e->data_path);
     }
     txn->prepared = 1;
     return MMKV_OK;
+}
+
+void mmkv_txn_outcome(mmkv_conn *conn, mmkv_commit *commit)
+{
+    mmkv_txn *txn = &conn->engine->txn;
+    commit->txid = txn->n_written ? txn->txid : txn->txid - 1;
+    commit->tail = txn->append_pos;
+    commit->live_count = txn->counts.live;
+    commit->record_count = txn->counts.records;
+    commit->garbage_bytes = txn->counts.garbage;
 }
 
 static void txn_end(mmkv_engine *e)

@@ -18,6 +18,7 @@
 */
 #include "vtab.h"
 #include "args.h"
+#include "commit_record.h"
 #include "mmkv.h"
 
 #include <stdlib.h>
@@ -68,6 +69,8 @@ struct mmkv_vtab {
     int named_after_table; /* the files follow ALTER TABLE RENAME */
     mmkv_conn *conn;
     mmkv_temp_table *temp; /* non-NULL for a temporary table */
+    int owned;             /* the database records the commits: see commit_record.h */
+    mmkv_commit_record record;
 };
 
 typedef struct mmkv_cursor mmkv_cursor;
@@ -254,11 +257,43 @@ static void module_state_free(void *p)
 static int vtab_free(mmkv_vtab *vt)
 {
     if (vt->conn && !vt->temp) mmkv_close(vt->conn);
+    mmkv_record_close(&vt->record);
     sqlite3_free(vt->schema);
     sqlite3_free(vt->name);
     sqlite3_free(vt->data_path);
     sqlite3_free(vt);
     return SQLITE_OK;
+}
+
+/*
+** Opens the files of a table in a database file, which owns them: xCreate makes the data file and
+** the commit record, xConnect reads the owner from the record. A table of a
+** database with no file (:memory:) given a shared file= leaves the deciding to the file itself.
+*/
+static int open_owned(mmkv_vtab *vt, mmkv_open_options *options, int creating, char **message,
+                      char **err)
+{
+    const char *db_file = sqlite3_db_filename(vt->db, vt->schema);
+    vt->owned = db_file && db_file[0];
+    if (vt->owned && !creating) {
+        int rc = mmkv_record_open(&vt->record, vt->db, vt->schema, vt->name, err);
+        if (rc != SQLITE_OK) return rc;
+        options->owner_id = vt->record.owner_id;
+    } else if (vt->owned) {
+        sqlite3_uint64 owner = 0;
+        while (owner == 0) sqlite3_randomness(sizeof owner, &owner);
+        options->owner_id = owner;
+    }
+    int rc = mmkv_open(vt->data_path, options, &vt->conn, message);
+    if (rc != MMKV_OK || !vt->owned || !creating) return rc == MMKV_OK ? SQLITE_OK : rc;
+    mmkv_commit state;
+    rc = mmkv_committed(vt->conn, &state);
+    if (rc != MMKV_OK) {
+        *err = sqlite3_mprintf("%s", mmkv_errmsg(vt->conn));
+        return rc;
+    }
+    return mmkv_record_create(&vt->record, vt->db, vt->schema, vt->name, options->owner_id,
+                              &state, err);
 }
 
 /*
@@ -306,7 +341,7 @@ static int mmkvInit(sqlite3 *db, void *aux, int argc, const char *const *argv, s
         goto cleanup;
     }
 
-    mmkv_open_options options = {args.sync, temporary};
+    mmkv_open_options options = {args.sync, temporary, 0};
     if (temporary) {
         vt->temp = temp_table_find(state, argv[1], name);
         if (vt->temp && creating) {
@@ -348,8 +383,8 @@ static int mmkvInit(sqlite3 *db, void *aux, int argc, const char *const *argv, s
             rc = SQLITE_CANTOPEN;
             goto cleanup;
         }
-        rc = mmkv_open(vt->data_path, &options, &vt->conn, &message);
-        if (rc != MMKV_OK) goto cleanup_message;
+        rc = open_owned(vt, &options, creating, &message, err);
+        if (rc != SQLITE_OK) goto cleanup_message;
     }
 
     char *schema_sql = sqlite3_mprintf(
@@ -366,7 +401,7 @@ static int mmkvInit(sqlite3 *db, void *aux, int argc, const char *const *argv, s
     return SQLITE_OK;
 
 cleanup_message:
-    *err = sqlite3_mprintf("%s", message ? message : "mmkv: cannot open the table's files");
+    if (!*err) *err = sqlite3_mprintf("%s", message ? message : "mmkv: cannot open the table's files");
 cleanup:
     free(message);
     mmkv_args_free(&args);
@@ -418,12 +453,13 @@ static int mmkvDestroy(sqlite3_vtab *vtab)
         vt->conn = NULL;
         return vtab_free(vt);
     }
+    char *message = NULL, *aside = NULL;
+    int rc;
+    if (vt->owned && (rc = mmkv_record_drop(&vt->record, &vt->base.zErrMsg)) != SQLITE_OK) return rc;
     char *path = vt->data_path;
     vt->data_path = NULL;
     mmkv_close(vt->conn);
     vt->conn = NULL;
-    char *message = NULL, *aside = NULL;
-    int rc;
     if (in_transaction) {
         aside = dropped_path(path);
         rc = aside ? mmkv_remove_files(aside, &message) : SQLITE_NOMEM; /* an older one */
@@ -637,6 +673,25 @@ static int scan_advance(mmkv_cursor *cur)
     return rc == MMKV_OK ? SQLITE_OK : engine_error(vt, rc);
 }
 
+/* What a read sees: for a table in a database file, the commit its database records as of the
+** current SQLite read transaction (so every statement of a BEGIN ... COMMIT sees one state, as
+** native tables do); otherwise, the last commit of the file itself. */
+static int take_snapshot(mmkv_vtab *vt, mmkv_snapshot *snapshot)
+{
+    int rc;
+    if (vt->owned && !mmkv_txn_active(vt->conn)) {
+        mmkv_commit state;
+        sqlite3_free(vt->base.zErrMsg);
+        vt->base.zErrMsg = NULL;
+        rc = mmkv_record_read_cached(&vt->record, &state, &vt->base.zErrMsg);
+        if (rc != SQLITE_OK) return rc;
+        rc = mmkv_snapshot_at(vt->conn, &state, snapshot);
+    } else {
+        rc = mmkv_snapshot_take(vt->conn, snapshot);
+    }
+    return rc == MMKV_OK ? SQLITE_OK : engine_error(vt, rc);
+}
+
 static int mmkvFilter(sqlite3_vtab_cursor *cursor, int idxNum, const char *idxStr, int argc,
                       sqlite3_value **argv)
 {
@@ -646,8 +701,8 @@ static int mmkvFilter(sqlite3_vtab_cursor *cursor, int idxNum, const char *idxSt
     (void)argc;
     cursor_reset(cur);
     cur->plan = idxNum;
-    int rc = mmkv_snapshot_take(vt->conn, &cur->snapshot);
-    if (rc != MMKV_OK) return engine_error(vt, rc);
+    int rc = take_snapshot(vt, &cur->snapshot);
+    if (rc != SQLITE_OK) return rc;
     cur->eof = 0;
     switch (idxNum) {
     case PLAN_KEY_EQ:
@@ -760,18 +815,44 @@ static int mmkvUpdate(sqlite3_vtab *vtab, int argc, sqlite3_value **argv, sqlite
 
 /* ---- transactions: all durable work in xSync; xCommit and xRollback cannot fail ---- */
 
+/* A table in a database file begins from the commit its database records. SQLite already holds
+** the database's write lock: a statement that writes a virtual table begins a write transaction
+** on the table's database first, so writers across processes queue on that lock, and the busy
+** timeout applies as usual. */
 static int mmkvBegin(sqlite3_vtab *vtab)
 {
     mmkv_vtab *vt = (mmkv_vtab *)vtab;
-    int rc = mmkv_txn_begin(vt->conn);
+    if (mmkv_txn_active(vt->conn)) return SQLITE_OK;
+    int rc;
+    if (vt->owned) {
+        mmkv_commit state;
+        sqlite3_free(vtab->zErrMsg);
+        vtab->zErrMsg = NULL;
+        if ((rc = mmkv_record_read(&vt->record, &state, &vtab->zErrMsg)) != SQLITE_OK) return rc;
+        rc = mmkv_txn_begin_at(vt->conn, &state);
+    } else {
+        rc = mmkv_txn_begin(vt->conn);
+    }
     return rc == MMKV_OK ? SQLITE_OK : engine_error(vt, rc);
 }
 
+/* The records are made durable, then the commit is recorded in the database, in the transaction
+** SQLite is about to commit: one commit for mmkv and native tables. */
 static int mmkvSync(sqlite3_vtab *vtab)
 {
     mmkv_vtab *vt = (mmkv_vtab *)vtab;
+    if (!mmkv_txn_active(vt->conn)) return SQLITE_OK;
     int rc = mmkv_txn_prepare(vt->conn);
-    return rc == MMKV_OK ? SQLITE_OK : engine_error(vt, rc);
+    if (rc != MMKV_OK) return engine_error(vt, rc);
+    if (!vt->owned) return SQLITE_OK;
+    mmkv_commit before, after;
+    mmkv_txn_outcome(vt->conn, &after);
+    sqlite3_free(vtab->zErrMsg);
+    vtab->zErrMsg = NULL;
+    rc = mmkv_record_read(&vt->record, &before, &vtab->zErrMsg);
+    if (rc == SQLITE_OK && memcmp(&before, &after, sizeof after) != 0)
+        rc = mmkv_record_write(&vt->record, &after, &vtab->zErrMsg);
+    return rc;
 }
 
 static int mmkvCommit(sqlite3_vtab *vtab)
@@ -815,6 +896,15 @@ static int mmkvRename(sqlite3_vtab *vtab, const char *new_name)
     }
     char *new_table = sqlite3_mprintf("%s", new_name);
     if (!new_table) return SQLITE_NOMEM;
+    if (vt->owned) {
+        sqlite3_free(vt->base.zErrMsg);
+        vt->base.zErrMsg = NULL;
+        int rc = mmkv_record_rename(&vt->record, new_name, &vt->base.zErrMsg);
+        if (rc != SQLITE_OK) {
+            sqlite3_free(new_table);
+            return rc;
+        }
+    }
     if (vt->temp) {
         sqlite3_free(vt->temp->name);
         vt->temp->name = sqlite3_mprintf("%s", new_name);
@@ -838,8 +928,14 @@ static int mmkvRename(sqlite3_vtab *vtab, const char *new_name)
     return SQLITE_OK;
 }
 
+/* The commit record is a shadow table: read-only to SQL under SQLITE_DBCONFIG_DEFENSIVE. */
+static int mmkvShadowName(const char *suffix)
+{
+    return sqlite3_stricmp(suffix, MMKV_COMMIT_SUFFIX) == 0;
+}
+
 static const sqlite3_module mmkv_module = {
-    .iVersion = 2,
+    .iVersion = 3,
     .xCreate = mmkvCreate,
     .xConnect = mmkvConnect,
     .xBestIndex = mmkvBestIndex,
@@ -861,6 +957,7 @@ static const sqlite3_module mmkv_module = {
     .xSavepoint = mmkvSavepoint,
     .xRelease = mmkvRelease,
     .xRollbackTo = mmkvRollbackTo,
+    .xShadowName = mmkvShadowName,
 };
 
 int mmkv_vtab_register(sqlite3 *db)

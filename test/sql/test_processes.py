@@ -17,7 +17,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from harness import CHILD_ENV, PYTHON, TempDir, check, check_equal, connect  # noqa: E402
+from harness import CHILD_ENV, PYTHON, TempDir, check, check_equal  # noqa: E402
 
 
 CONVERT_SRC = r'''
@@ -41,9 +41,14 @@ enc, dec = _ns["enc"], _ns["dec"]
 # one JSON line: {"rows": [...]} or {"error": class name, "msg": ...}; {"exit": 1} ends it.
 PEER = CONVERT_SRC + r'''
 import json, os, sqlite3, sys
-db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=float(sys.argv[2]))
+# "memory:PATH": an in-memory database whose table kv shares the data file PATH.
+MEMORY = sys.argv[1].startswith("memory:")
+db = sqlite3.connect(":memory:" if MEMORY else sys.argv[1], isolation_level=None,
+                     timeout=float(sys.argv[2]))
 db.enable_load_extension(True)
 db.load_extension(os.environ["MMKV_EXTENSION"])
+if MEMORY:
+    db.execute("CREATE VIRTUAL TABLE kv USING mmkv(file='%s')" % sys.argv[1][len("memory:"):])
 print(json.dumps({"ready": 1}), flush=True)
 for line in sys.stdin:
     req = json.loads(line)
@@ -144,11 +149,13 @@ def ok_rows(name, resp, expected):
 
 class Setup:
     """Two database paths whose table kv is one mmkv data file: the same database twice
-    ("same db"), or two databases with file= naming one data file ("shared file")."""
+    ("same db"), or two in-memory databases whose tables name one data file with file=
+    ("shared file", where mmkv's own meta slots and lock decide; a database file owns its data
+    file and no other database may open it). A path "memory:FILE" stands for such an in-memory
+    database: the child scripts create its table, and connect() below does too."""
 
     def __init__(self, d, shared, args=""):
         self.shared = shared
-        extra = (", " + args) if args else ""
         if not shared:
             self.a = self.b = os.path.join(d, "app.db")
             db = connect(self.a)
@@ -156,22 +163,33 @@ class Setup:
             db.close()
             self.data = self.a + "-kv.mmkv"
         else:
-            self.a, self.b = os.path.join(d, "a.db"), os.path.join(d, "b.db")
             self.data = os.path.join(d, "shared.mmkv")
-            for p in (self.a, self.b):
-                db = connect(p)
-                db.execute("CREATE VIRTUAL TABLE kv USING mmkv(file='%s'%s)" % (self.data, extra))
-                db.close()
+            self.a = self.b = "memory:" + self.data
+            connect(self.a).close()
         self.label = "shared file" if shared else "same db"
+
+
+def connect(path, **kwargs):
+    """harness.connect, and for "memory:FILE" an in-memory database with kv on FILE."""
+    if not path.startswith("memory:"):
+        return harness.connect(path, **kwargs)
+    db = harness.connect(":memory:", **kwargs)
+    db.execute("CREATE VIRTUAL TABLE kv USING mmkv(file='%s')" % path[len("memory:"):])
+    return db
 
 
 # ---------------------------------------------------------------------------------------------
 
 WRITER = r'''
 import os, sqlite3, sys, time
-db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=5)
+# "memory:PATH": an in-memory database whose table kv shares the data file PATH.
+MEMORY = sys.argv[1].startswith("memory:")
+db = sqlite3.connect(":memory:" if MEMORY else sys.argv[1], isolation_level=None,
+                     timeout=5)
 db.enable_load_extension(True)
 db.load_extension(os.environ["MMKV_EXTENSION"])
+if MEMORY:
+    db.execute("CREATE VIRTUAL TABLE kv USING mmkv(file='%s')" % sys.argv[1][len("memory:"):])
 batches, per, ready = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 deadline = time.time() + 20
 while not os.path.exists(ready):
@@ -194,9 +212,14 @@ for b in range(1, batches + 1):
 # seen once stays seen. Prints a JSON summary.
 READER = r'''
 import json, os, random, sqlite3, sys, time
-db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=5)
+# "memory:PATH": an in-memory database whose table kv shares the data file PATH.
+MEMORY = sys.argv[1].startswith("memory:")
+db = sqlite3.connect(":memory:" if MEMORY else sys.argv[1], isolation_level=None,
+                     timeout=5)
 db.enable_load_extension(True)
 db.load_extension(os.environ["MMKV_EXTENSION"])
+if MEMORY:
+    db.execute("CREATE VIRTUAL TABLE kv USING mmkv(file='%s')" % sys.argv[1][len("memory:"):])
 batches, per, ready, seconds = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], float(sys.argv[5])
 rnd = random.Random(1)
 bad, errors, states = [], [], set()

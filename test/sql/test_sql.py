@@ -861,38 +861,65 @@ def test_connections_shared_database():
 
 
 def test_connections_shared_file():
-    # Two different databases whose tables name the same mmkv file: only mmkv's own lock
-    # stands between the writers (the databases' native locks are independent).
+    # A data file answers to one authority. Two database files cannot share one (each would keep
+    # its own commit record); in-memory databases, which have none, share it under mmkv's own
+    # meta slots and file lock.
     with TempDir() as d:
         shared = os.path.join(d, "shared.mmkv")
         a = connect(os.path.join(d, "a.db"))
         a.execute("CREATE VIRTUAL TABLE kv USING mmkv(file='%s')" % shared)
         a.execute("INSERT INTO kv VALUES(1, 'one')")
         b = connect(os.path.join(d, "b.db"), timeout=0.2)
-        b.execute("CREATE VIRTUAL TABLE kv USING mmkv(file='%s')" % shared)
-        check_equal("shared file: second database opening the file sees its rows",
+        check_error("shared file: a second database file cannot take another's data file",
+                    lambda: b.execute("CREATE VIRTUAL TABLE kv USING mmkv(file='%s')" % shared),
+                    "belongs to another database")
+        check_equal("shared file: the refusal left no table behind",
+                    b.execute("SELECT count(*) FROM sqlite_schema").fetchone(), (0,))
+        m = connect(":memory:")
+        check_error("shared file: an in-memory database cannot take a database's data file",
+                    lambda: m.execute("CREATE VIRTUAL TABLE kv USING mmkv(file='%s')" % shared),
+                    "belongs to a database")
+        check_equal("shared file: the owner still reads its rows",
+                    a.execute("SELECT key, value FROM kv").fetchall(), [(1, "one")])
+        a.close()
+        b.close()
+        m.close()
+
+        free = os.path.join(d, "free.mmkv")
+        a = connect(":memory:")
+        a.execute("CREATE VIRTUAL TABLE kv USING mmkv(file='%s')" % free)
+        a.execute("INSERT INTO kv VALUES(1, 'one')")
+        b = connect(":memory:", timeout=0.2)
+        b.execute("CREATE VIRTUAL TABLE kv USING mmkv(file='%s')" % free)
+        check_equal("shared file (in memory): a second database sees the rows",
                     b.execute("SELECT key, value FROM kv").fetchall(), [(1, "one")])
         b.execute("INSERT INTO kv VALUES(2, 'two')")
-        check_equal("shared file: commit visible across databases",
+        check_equal("shared file (in memory): commit visible across databases",
                     a.execute("SELECT key, value FROM kv ORDER BY key").fetchall(),
                     [(1, "one"), (2, "two")])
         a.execute("BEGIN")
         a.execute("INSERT INTO kv VALUES(3, 'three')")
-        check_equal("shared file: uncommitted writes are not visible",
+        check_equal("shared file (in memory): uncommitted writes are not visible",
                     b.execute("SELECT count(*) FROM kv").fetchone(), (2,))
         try:
             b.execute("INSERT INTO kv VALUES(4, 'four')")
-            check("shared file: second writer gets locked/busy", False, "no error raised")
+            check("shared file (in memory): second writer gets locked/busy", False,
+                  "no error raised")
         except sqlite3.Error as e:
-            check("shared file: second writer gets locked/busy", is_busy(e),
+            check("shared file (in memory): second writer gets locked/busy", is_busy(e),
                   "%s: %s" % (type(e).__name__, e))
         a.execute("COMMIT")
         b.execute("INSERT INTO kv VALUES(4, 'four')")
-        check_equal("shared file: both writes present after the first commits",
+        check_equal("shared file (in memory): both writes present after the first commits",
                     a.execute("SELECT key FROM kv ORDER BY key").fetchall(),
                     [(1,), (2,), (3,), (4,)])
+        f = connect(os.path.join(d, "c.db"))
+        check_error("shared file (in memory): a database file cannot take it while others "
+                    "share it", lambda: f.execute(
+                        "CREATE VIRTUAL TABLE kv USING mmkv(file='%s')" % free), "belongs to")
         a.close()
         b.close()
+        f.close()
 
 
 # ---------------------------------------------------------------------------------------------

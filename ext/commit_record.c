@@ -1,0 +1,213 @@
+/*
+** The commit record: a one-row shadow table that makes SQLite the judge of what an mmkv table has
+** committed. See commit_record.h.
+*/
+#include "commit_record.h"
+
+#include <string.h>
+
+SQLITE_EXTENSION_INIT3
+
+#define RECORD_ROWID 1
+/* The state column: txid, tail, live count, record count, garbage bytes, as 8-byte little-endian
+** integers. One fixed-size BLOB, so that a commit can rewrite it in place with incremental blob
+** I/O, which (unlike an UPDATE) leaves sqlite3_changes() to the user's statements. */
+#define RECORD_FIELDS 5
+#define RECORD_BYTES (RECORD_FIELDS * 8)
+
+static void put_u64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static uint64_t get_u64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = v << 8 | p[i];
+    return v;
+}
+
+static void encode_state(const mmkv_commit *state, unsigned char *blob)
+{
+    put_u64(blob, state->txid);
+    put_u64(blob + 8, state->tail);
+    put_u64(blob + 16, state->live_count);
+    put_u64(blob + 24, state->record_count);
+    put_u64(blob + 32, state->garbage_bytes);
+}
+
+static void decode_state(const unsigned char *blob, mmkv_commit *state)
+{
+    state->txid = get_u64(blob);
+    state->tail = get_u64(blob + 8);
+    state->live_count = get_u64(blob + 16);
+    state->record_count = get_u64(blob + 24);
+    state->garbage_bytes = get_u64(blob + 32);
+}
+
+static int fail(char **err, sqlite3 *db, const char *what)
+{
+    if (err) *err = sqlite3_mprintf("mmkv: %s: %s", what, sqlite3_errmsg(db));
+    return SQLITE_ERROR;
+}
+
+static int names_set(mmkv_commit_record *rec, sqlite3 *db, const char *schema,
+                     const char *vtab_name)
+{
+    memset(rec, 0, sizeof *rec);
+    rec->db = db;
+    rec->schema = sqlite3_mprintf("%s", schema);
+    rec->table = sqlite3_mprintf("%s_%s", vtab_name, MMKV_COMMIT_SUFFIX);
+    return rec->schema && rec->table ? SQLITE_OK : SQLITE_NOMEM;
+}
+
+static void statements_finalize(mmkv_commit_record *rec)
+{
+    sqlite3_finalize(rec->read);
+    rec->read = NULL;
+}
+
+static int prepare(mmkv_commit_record *rec, sqlite3_stmt **stmt, const char *format)
+{
+    if (*stmt) return SQLITE_OK;
+    char *sql = sqlite3_mprintf(format, rec->schema, rec->table);
+    if (!sql) return SQLITE_NOMEM;
+    int rc = sqlite3_prepare_v2(rec->db, sql, -1, stmt, NULL);
+    sqlite3_free(sql);
+    return rc;
+}
+
+int mmkv_record_create(mmkv_commit_record *rec, sqlite3 *db, const char *schema,
+                       const char *vtab_name, uint64_t owner_id, const mmkv_commit *state,
+                       char **err)
+{
+    int rc = names_set(rec, db, schema, vtab_name);
+    if (rc != SQLITE_OK) return rc;
+    rec->owner_id = owner_id;
+    unsigned char blob[RECORD_BYTES];
+    encode_state(state, blob);
+    char hex[2 * RECORD_BYTES + 1];
+    for (int i = 0; i < RECORD_BYTES; i++) sqlite3_snprintf(3, hex + 2 * i, "%02x", blob[i]);
+    /* CREATE TABLE ... AS SELECT: its one row (rowid 1) is written without touching changes(). */
+    char *sql = sqlite3_mprintf("CREATE TABLE \"%w\".\"%w\" AS SELECT %lld AS owner, x'%s' AS state",
+                                schema, rec->table, (sqlite3_int64)owner_id, hex);
+    if (!sql) return SQLITE_NOMEM;
+    rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+    sqlite3_free(sql);
+    return rc == SQLITE_OK ? rc : fail(err, db, "cannot create the commit record");
+}
+
+int mmkv_record_open(mmkv_commit_record *rec, sqlite3 *db, const char *schema,
+                     const char *vtab_name, char **err)
+{
+    int rc = names_set(rec, db, schema, vtab_name);
+    if (rc != SQLITE_OK) return rc;
+    sqlite3_stmt *stmt = NULL;
+    rc = prepare(rec, &stmt, "SELECT owner FROM \"%w\".\"%w\" WHERE rowid = 1");
+    if (rc == SQLITE_OK && sqlite3_step(stmt) == SQLITE_ROW)
+        rec->owner_id = (uint64_t)sqlite3_column_int64(stmt, 0);
+    else
+        rc = fail(err, db, "the table's commit record is missing");
+    sqlite3_finalize(stmt);
+    return rc;
+}
+
+void mmkv_record_close(mmkv_commit_record *rec)
+{
+    statements_finalize(rec);
+    sqlite3_free(rec->schema);
+    sqlite3_free(rec->table);
+    memset(rec, 0, sizeof *rec);
+}
+
+int mmkv_record_read(mmkv_commit_record *rec, mmkv_commit *state, char **err)
+{
+    int rc = prepare(rec, &rec->read, "SELECT state FROM \"%w\".\"%w\" WHERE rowid = 1");
+    if (rc != SQLITE_OK) return fail(err, rec->db, "cannot read the commit record");
+    rc = sqlite3_step(rec->read);
+    if (rc == SQLITE_ROW && sqlite3_column_bytes(rec->read, 0) == RECORD_BYTES &&
+        sqlite3_column_type(rec->read, 0) == SQLITE_BLOB) {
+        decode_state(sqlite3_column_blob(rec->read, 0), state);
+        rc = SQLITE_OK;
+    } else if (rc == SQLITE_ROW || rc == SQLITE_DONE) {
+        rc = SQLITE_CORRUPT;
+    }
+    sqlite3_reset(rec->read);
+    if (rc == SQLITE_CORRUPT) {
+        if (err) *err = sqlite3_mprintf("mmkv: the commit record \"%s\" is damaged", rec->table);
+        return rc;
+    }
+    if (rc != SQLITE_OK) return fail(err, rec->db, "cannot read the commit record");
+    rec->cached = *state;
+    rec->have_cached = 1;
+    return SQLITE_OK;
+}
+
+/* The database's data version changes whenever any connection commits to it; within one read
+** transaction it stands still. */
+static int data_version(mmkv_commit_record *rec, unsigned *version)
+{
+#ifdef SQLITE_FCNTL_DATA_VERSION
+    return sqlite3_file_control(rec->db, rec->schema, SQLITE_FCNTL_DATA_VERSION, version) ==
+           SQLITE_OK;
+#else
+    (void)rec;
+    (void)version;
+    return 0;
+#endif
+}
+
+int mmkv_record_read_cached(mmkv_commit_record *rec, mmkv_commit *state, char **err)
+{
+    unsigned version = 0;
+    int known = data_version(rec, &version);
+    if (known && rec->have_cached && version == rec->data_version) {
+        *state = rec->cached;
+        return SQLITE_OK;
+    }
+    int rc = mmkv_record_read(rec, state, err);
+    if (rc == SQLITE_OK && known) rec->data_version = version;
+    else rec->have_cached = 0;
+    return rc;
+}
+
+int mmkv_record_write(mmkv_commit_record *rec, const mmkv_commit *state, char **err)
+{
+    unsigned char blob[RECORD_BYTES];
+    encode_state(state, blob);
+    sqlite3_blob *handle = NULL;
+    int rc = sqlite3_blob_open(rec->db, rec->schema, rec->table, "state", RECORD_ROWID, 1, &handle);
+    if (rc == SQLITE_OK) rc = sqlite3_blob_write(handle, blob, RECORD_BYTES, 0);
+    int close_rc = handle ? sqlite3_blob_close(handle) : SQLITE_OK;
+    if (rc == SQLITE_OK) rc = close_rc;
+    rec->have_cached = 0;
+    if (rc != SQLITE_OK) return fail(err, rec->db, "cannot write the commit record");
+    return SQLITE_OK;
+}
+
+int mmkv_record_rename(mmkv_commit_record *rec, const char *new_vtab_name, char **err)
+{
+    char *table = sqlite3_mprintf("%s_%s", new_vtab_name, MMKV_COMMIT_SUFFIX);
+    if (!table) return SQLITE_NOMEM;
+    char *sql = sqlite3_mprintf("ALTER TABLE \"%w\".\"%w\" RENAME TO \"%w\"", rec->schema,
+                                rec->table, table);
+    int rc = sql ? sqlite3_exec(rec->db, sql, NULL, NULL, NULL) : SQLITE_NOMEM;
+    sqlite3_free(sql);
+    if (rc != SQLITE_OK) {
+        sqlite3_free(table);
+        return fail(err, rec->db, "cannot rename the commit record");
+    }
+    statements_finalize(rec);
+    sqlite3_free(rec->table);
+    rec->table = table;
+    return SQLITE_OK;
+}
+
+int mmkv_record_drop(mmkv_commit_record *rec, char **err)
+{
+    statements_finalize(rec);
+    char *sql = sqlite3_mprintf("DROP TABLE IF EXISTS \"%w\".\"%w\"", rec->schema, rec->table);
+    int rc = sql ? sqlite3_exec(rec->db, sql, NULL, NULL, NULL) : SQLITE_NOMEM;
+    sqlite3_free(sql);
+    return rc == SQLITE_OK ? rc : fail(err, rec->db, "cannot drop the commit record");
+}
