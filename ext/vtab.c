@@ -815,6 +815,38 @@ static int mmkvUpdate(sqlite3_vtab *vtab, int argc, sqlite3_value **argv, sqlite
 
 /* ---- transactions: all durable work in xSync; xCommit and xRollback cannot fail ---- */
 
+/* The connection's busy timeout in milliseconds (PRAGMA busy_timeout; 0 if none is set). */
+static int busy_timeout_ms(sqlite3 *db)
+{
+    sqlite3_stmt *stmt = NULL;
+    int ms = 0;
+    if (sqlite3_prepare_v2(db, "PRAGMA busy_timeout", -1, &stmt, NULL) == SQLITE_OK &&
+        sqlite3_step(stmt) == SQLITE_ROW)
+        ms = sqlite3_column_int(stmt, 0);
+    sqlite3_finalize(stmt);
+    return ms;
+}
+
+/* Where no database lock serialises writers (the file is shared by in-memory databases), mmkv's
+** own file lock does, and a writer waits for it up to the connection's busy timeout, backing off
+** as SQLite's own busy handler does. */
+static int begin_waiting(mmkv_vtab *vt)
+{
+    static const int delays_ms[] = {1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100};
+    const int n_delays = (int)(sizeof delays_ms / sizeof delays_ms[0]);
+    int rc = mmkv_txn_begin(vt->conn);
+    if (rc != MMKV_BUSY) return rc;
+    int timeout = busy_timeout_ms(vt->db), waited = 0;
+    for (int i = 0; rc == MMKV_BUSY && waited < timeout; i++) {
+        int delay = delays_ms[i < n_delays ? i : n_delays - 1];
+        if (delay > timeout - waited) delay = timeout - waited;
+        sqlite3_sleep(delay);
+        waited += delay;
+        rc = mmkv_txn_begin(vt->conn);
+    }
+    return rc;
+}
+
 /* A table in a database file begins from the commit its database records. SQLite already holds
 ** the database's write lock: a statement that writes a virtual table begins a write transaction
 ** on the table's database first, so writers across processes queue on that lock, and the busy
@@ -831,7 +863,7 @@ static int mmkvBegin(sqlite3_vtab *vtab)
         if ((rc = mmkv_record_read(&vt->record, &state, &vtab->zErrMsg)) != SQLITE_OK) return rc;
         rc = mmkv_txn_begin_at(vt->conn, &state);
     } else {
-        rc = mmkv_txn_begin(vt->conn);
+        rc = begin_waiting(vt);
     }
     return rc == MMKV_OK ? SQLITE_OK : engine_error(vt, rc);
 }
