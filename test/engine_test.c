@@ -83,7 +83,7 @@ static mmkv_datum blob_datum(const void *p, uint32_t n)
 
 static mmkv_conn *open_or_die(const char *path, mmkv_sync sync)
 {
-    mmkv_open_options options = {sync, 0};
+    mmkv_open_options options = {sync, 0, 0};
     mmkv_conn *conn = NULL;
     char *err = NULL;
     int rc = mmkv_open(path, &options, &conn, &err);
@@ -293,7 +293,7 @@ static void test_foreign_file(void)
     const char *path = path_of("foreign.txt");
     const char text[] = "this is not an mmkv file, and it must stay exactly like this\n";
     write_file(path, text, sizeof text);
-    mmkv_open_options options = {MMKV_SYNC_FULL, 0};
+    mmkv_open_options options = {MMKV_SYNC_FULL, 0, 0};
     mmkv_conn *c = NULL;
     char *err = NULL;
     int rc = mmkv_open(path, &options, &c, &err);
@@ -455,7 +455,7 @@ static int64_t get_in(mmkv_conn *conn, const mmkv_snapshot *snap, int64_t k)
 static void *thread_main(void *arg)
 {
     thread_job *job = arg;
-    mmkv_open_options options = {MMKV_SYNC_OFF, 0};
+    mmkv_open_options options = {MMKV_SYNC_OFF, 0, 0};
     mmkv_conn *conn = NULL;
     if (mmkv_open(job->path, &options, &conn, NULL) != MMKV_OK) {
         job->error = "open";
@@ -659,6 +659,65 @@ static void test_simulation(void)
     end_test();
 }
 
+/* ---- an owning database's record decides: the log follows it either way ---- */
+
+static void test_owner_authority(void)
+{
+    begin_test("owned file: the log rolls back and forward to the owner's record");
+    const char *path = path_of("owned.mmkv");
+    mmkv_open_options options = {MMKV_SYNC_NORMAL, 0, 42};
+    mmkv_conn *c = NULL;
+    char *err = NULL;
+    int rc = mmkv_open(path, &options, &c, &err);
+    CHECK(rc == MMKV_OK, "open owned: %s", err ? err : "");
+    free(err);
+    if (!c) { end_test(); return; }
+    mmkv_commit before, after;
+    CHECK(mmkv_committed(c, &before) == MMKV_OK, "committed");
+    CHECK(mmkv_txn_begin_at(c, &before) == MMKV_OK, "begin 1");
+    put_int(c, 1, 10, MMKV_PUT_INSERT);
+    CHECK(commit(c) == MMKV_OK, "commit 1");
+    mmkv_txn_outcome(c, &after);
+    /* The database never recorded the next commit (it rolled back after mmkv's prepare): */
+    CHECK(mmkv_txn_begin_at(c, &after) == MMKV_OK, "begin 2");
+    put_int(c, 2, 20, MMKV_PUT_INSERT);
+    put_int(c, 1, 11, MMKV_PUT_REPLACE);
+    CHECK(mmkv_txn_prepare(c) == MMKV_OK, "prepare 2");
+    mmkv_txn_commit(c);
+    CHECK(mmkv_txn_begin_at(c, &after) == MMKV_OK, "begin 3 rolls back to commit 1");
+    mmkv_txn_rollback(c);
+    mmkv_snapshot snap;
+    CHECK(mmkv_snapshot_at(c, &after, &snap) == MMKV_OK, "snapshot");
+    CHECK(get_in(c, &snap, 1) == 10 && get_in(c, &snap, 2) == -1, "state of commit 1: %lld %lld",
+          (long long)get_in(c, &snap, 1), (long long)get_in(c, &snap, 2));
+    CHECK(mmkv_committed(c, &before) == MMKV_OK && before.txid == after.txid &&
+              before.tail == after.tail, "meta slots follow the record");
+    /* The database recorded a commit whose meta write was lost: roll forward. */
+    CHECK(mmkv_txn_begin_at(c, &after) == MMKV_OK, "begin 4");
+    put_int(c, 3, 30, MMKV_PUT_INSERT);
+    CHECK(mmkv_txn_prepare(c) == MMKV_OK, "prepare 4");
+    mmkv_commit recorded;
+    mmkv_txn_outcome(c, &recorded);
+    mmkv_txn_rollback(c); /* undoes the meta write, as a crash before it would have lost it */
+    CHECK(mmkv_txn_begin_at(c, &recorded) == MMKV_OK, "begin 5 rolls forward");
+    mmkv_txn_rollback(c);
+    CHECK(mmkv_snapshot_at(c, &recorded, &snap) == MMKV_OK, "snapshot 2");
+    CHECK(get_in(c, &snap, 3) == 30 && get_in(c, &snap, 1) == 10, "rolled forward: %lld",
+          (long long)get_in(c, &snap, 3));
+    mmkv_close(c);
+    mmkv_open_options other = {MMKV_SYNC_NORMAL, 0, 43}, none = {MMKV_SYNC_NORMAL, 0, 0};
+    rc = mmkv_open(path, &other, &c, &err);
+    CHECK(rc != MMKV_OK && err && strstr(err, "another database"), "another owner: %d %s", rc,
+          err ? err : "");
+    free(err);
+    err = NULL;
+    rc = mmkv_open(path, &none, &c, &err);
+    CHECK(rc != MMKV_OK && err && strstr(err, "belongs to a database"), "no owner: %d %s", rc,
+          err ? err : "");
+    free(err);
+    end_test();
+}
+
 int main(void)
 {
     if (!mkdtemp(test_dir)) {
@@ -677,6 +736,7 @@ int main(void)
     test_writer_death();
     test_threads();
     test_simulation();
+    test_owner_authority();
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", test_dir);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", test_dir);
