@@ -71,6 +71,9 @@ struct mmkv_vtab {
     mmkv_temp_table *temp; /* non-NULL for a temporary table */
     int owned;             /* the database records the commits: see commit_record.h */
     mmkv_commit_record record;
+    int open_cursors;      /* while any is open, reads share one snapshot (in-memory sharing) */
+    int have_snapshot;
+    mmkv_snapshot snapshot;
 };
 
 typedef struct mmkv_cursor mmkv_cursor;
@@ -553,9 +556,9 @@ static int mmkvBestIndex(sqlite3_vtab *vtab, sqlite3_index_info *info)
 
 static int mmkvOpen(sqlite3_vtab *vtab, sqlite3_vtab_cursor **out)
 {
-    (void)vtab;
     mmkv_cursor *cur = sqlite3_malloc(sizeof *cur);
     if (!cur) return SQLITE_NOMEM;
+    ((mmkv_vtab *)vtab)->open_cursors++;
     memset(cur, 0, sizeof *cur);
     cur->eof = 1;
     *out = &cur->base;
@@ -577,6 +580,8 @@ static void cursor_reset(mmkv_cursor *cur)
 static int mmkvClose(sqlite3_vtab_cursor *cursor)
 {
     mmkv_cursor *cur = (mmkv_cursor *)cursor;
+    mmkv_vtab *vt = (mmkv_vtab *)cursor->pVtab;
+    if (--vt->open_cursors == 0) vt->have_snapshot = 0;
     cursor_reset(cur);
     if (cur->found != cur->found_inline) sqlite3_free(cur->found);
     sqlite3_free(cur->emitted);
@@ -673,21 +678,32 @@ static int scan_advance(mmkv_cursor *cur)
     return rc == MMKV_OK ? SQLITE_OK : engine_error(vt, rc);
 }
 
-/* What a read sees: for a table in a database file, the commit its database records as of the
-** current SQLite read transaction (so every statement of a BEGIN ... COMMIT sees one state, as
-** native tables do); otherwise, the last commit of the file itself. */
+/* What a read sees. For a table in a database file: the commit its database records as of the
+** current SQLite read transaction, so that every statement of a BEGIN ... COMMIT sees one state,
+** as native tables do. For a file shared by in-memory databases: the file's last commit, taken once
+** while the statement's cursors are open, so that a statement (a join probing kv per row) reads
+** one state. A writer sees its own writes. */
 static int take_snapshot(mmkv_vtab *vt, mmkv_snapshot *snapshot)
 {
     int rc;
-    if (vt->owned && !mmkv_txn_active(vt->conn)) {
+    if (mmkv_txn_active(vt->conn)) {
+        rc = mmkv_snapshot_take(vt->conn, snapshot);
+    } else if (vt->owned) {
         mmkv_commit state;
         sqlite3_free(vt->base.zErrMsg);
         vt->base.zErrMsg = NULL;
         rc = mmkv_record_read_cached(&vt->record, &state, &vt->base.zErrMsg);
         if (rc != SQLITE_OK) return rc;
         rc = mmkv_snapshot_at(vt->conn, &state, snapshot);
+    } else if (vt->have_snapshot) {
+        *snapshot = vt->snapshot;
+        rc = MMKV_OK;
     } else {
         rc = mmkv_snapshot_take(vt->conn, snapshot);
+        if (rc == MMKV_OK) {
+            vt->snapshot = *snapshot;
+            vt->have_snapshot = 1;
+        }
     }
     return rc == MMKV_OK ? SQLITE_OK : engine_error(vt, rc);
 }
