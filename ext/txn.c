@@ -26,6 +26,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 int mmkv_txn_active(mmkv_conn *conn)
 {
@@ -63,27 +64,48 @@ static int repair_to(mmkv_conn *conn, const mmkv_meta *meta, const mmkv_commit *
     return MMKV_OK;
 }
 
+/* How long a writer that holds its database's write lock waits for the previous writer to finish
+** releasing mmkv's: SQLite calls xCommit and xRollback only after it has released the database's
+** lock, so the next writer can arrive a moment before the last one is done. */
+#define HANDOVER_WAIT_MS 5000
+#define HANDOVER_POLL_US 50
+
+static void pause_us(long us)
+{
+    struct timespec ts = {us / 1000000, (us % 1000000) * 1000};
+    nanosleep(&ts, NULL);
+}
+
+/* Takes the writer's place (txn.owner and the file lock) with e->mutex held on success. When
+** `handover` is set, another holder is a writer finishing up: wait for it, within limits. */
+static int take_writer(mmkv_conn *conn, int handover)
+{
+    mmkv_engine *e = conn->engine;
+    long waited_us = 0, step_us = HANDOVER_POLL_US;
+    for (;;) {
+        pthread_mutex_lock(&e->mutex);
+        const char *who = NULL;
+        if (e->txn.owner && e->txn.owner != conn) who = "connection";
+        else if (!e->txn.owner && mmkv_lock_try(e->log.map.fd, MMKV_LOCK_WRITER, 1) != MMKV_OK)
+            who = "process";
+        if (!who) return MMKV_OK;
+        pthread_mutex_unlock(&e->mutex);
+        if (!handover || waited_us >= (long)HANDOVER_WAIT_MS * 1000)
+            return mmkv_error(&conn->errmsg, MMKV_BUSY,
+                              "mmkv: '%s' is locked: another %s is writing it", e->data_path, who);
+        pause_us(step_us);
+        waited_us += step_us;
+        if (step_us < 1000) step_us *= 2;
+    }
+}
+
 static int begin_from(mmkv_conn *conn, const mmkv_commit *authority)
 {
     mmkv_engine *e = conn->engine;
     mmkv_txn *txn = &e->txn;
-    pthread_mutex_lock(&e->mutex);
-    if (txn->owner == conn) {
-        pthread_mutex_unlock(&e->mutex);
-        return MMKV_OK;
-    }
-    int rc;
-    if (txn->owner) {
-        rc = mmkv_error(&conn->errmsg, MMKV_BUSY,
-                        "mmkv: '%s' is locked: another connection is writing it", e->data_path);
-        goto done;
-    }
-    rc = mmkv_lock_try(e->log.map.fd, MMKV_LOCK_WRITER, 1);
-    if (rc != MMKV_OK) {
-        rc = mmkv_error(&conn->errmsg, MMKV_BUSY,
-                        "mmkv: '%s' is locked: another process is writing it", e->data_path);
-        goto done;
-    }
+    if (txn->owner == conn) return MMKV_OK;
+    int rc = take_writer(conn, authority != NULL);
+    if (rc != MMKV_OK) return rc;
     mmkv_meta meta;
     mmkv_commit state;
     rc = mmkv_log_meta(&e->log, &meta, &txn->committed_slot, &conn->errmsg);
@@ -256,7 +278,7 @@ void mmkv_txn_rollback(mmkv_conn *conn)
     if (txn->prepared && txn->n_written) {
         /* Prepared, then another participant failed: put the overwritten slot back. */
         mmkv_log_write_meta(&e->log, txn->committed_slot ^ 1, &txn->overwritten_meta,
-                            conn->sync == MMKV_SYNC_FULL);
+                            conn->sync == MMKV_SYNC_FULL && !conn->external);
     }
     mmkv_engine_undo(e, 0);
     txn->append_pos = txn->start;
