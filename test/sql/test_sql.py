@@ -10,6 +10,7 @@ import os
 import random
 import signal
 import sqlite3
+import subprocess
 import sys
 import time
 
@@ -978,6 +979,38 @@ def test_last_insert_rowid():
                 db.execute("SELECT last_insert_rowid()").fetchone(), (2,))
 
 
+def test_commit_record():
+    with TempDir() as d:
+        p = os.path.join(d, "app.db")
+        db = connect(p)
+        db.execute(VTAB)
+        db.execute("INSERT INTO kv VALUES(1, 'one')")
+        names = lambda: [r[0] for r in db.execute(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")]
+        check_equal("commit record: a table in a database file has its shadow table",
+                    names(), ["kv", "kv_commit"])
+        db.close()
+        shell = subprocess.run(
+            ["sqlite3", p, ".load " + harness.EXTENSION, ".dbconfig defensive on",
+             "UPDATE kv_commit SET owner = 0"], capture_output=True, text=True, timeout=30)
+        check("commit record: read-only to SQL under SQLITE_DBCONFIG_DEFENSIVE (xShadowName)",
+              "may not be modified" in shell.stderr + shell.stdout,
+              "shell said %r %r" % (shell.stdout, shell.stderr))
+        db = connect(p)
+        check_equal("commit record: the table still reads after the refused write",
+                    db.execute("SELECT key, value FROM kv").fetchall(), [(1, "one")])
+        db.execute("ALTER TABLE kv RENAME TO kv2")
+        check_equal("commit record: RENAME renames it", names(), ["kv2", "kv2_commit"])
+        db.execute("DROP TABLE kv2")
+        check_equal("commit record: DROP TABLE drops it", names(), [])
+        m = connect(":memory:")
+        m.execute(VTAB)
+        check_equal("commit record: an in-memory table has none",
+                    [r[0] for r in m.execute("SELECT name FROM sqlite_schema")], ["kv"])
+        db.close()
+        m.close()
+
+
 def test_version():
     db = connect()
     v = db.execute("SELECT mmkv_version(), typeof(mmkv_version())").fetchone()
@@ -1050,7 +1083,7 @@ CASES = [
     test_transactions, test_transactions_file,
     test_query_plans, test_queries_match_native,
     test_connections_shared_database, test_connections_shared_file,
-    test_directonly, test_hidden_command, test_last_insert_rowid, test_version, test_mixed_workload,
+    test_directonly, test_hidden_command, test_last_insert_rowid, test_commit_record, test_version, test_mixed_workload,
 ]
 
 if __name__ == "__main__":
