@@ -24,7 +24,7 @@ LDSAN    =
 endif
 
 ENGINE_SRC = ext/crc32c.c ext/keyhash.c ext/error.c ext/file.c ext/log.c ext/index.c \
-             ext/engine.c ext/txn.c
+             ext/engine.c ext/txn.c ext/check.c
 SQL_SRC    = ext/args.c ext/commit_record.c ext/vtab.c ext/extension.c
 
 ENGINE_OBJ = $(ENGINE_SRC:ext/%.c=$(BUILD)/obj/%.o)

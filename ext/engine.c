@@ -99,7 +99,7 @@ static mmkv_index_ops probe_ops(key_probe *p)
     return ops;
 }
 
-static int corrupt_record(char **errmsg, mmkv_engine *e, uint64_t offset)
+int mmkv_engine_corrupt_record(char **errmsg, mmkv_engine *e, uint64_t offset)
 {
     return mmkv_error(errmsg, MMKV_CORRUPT,
                       "mmkv: '%s' is damaged: the record at offset %llu fails its checks",
@@ -119,7 +119,7 @@ static int growth_error(char **errmsg, int rc, const char *path, const mmkv_map 
 
 static int index_error(char **errmsg, mmkv_engine *e, int rc, key_probe *p)
 {
-    if (rc == MMKV_CORRUPT && p && p->corrupt_at) return corrupt_record(errmsg, e, p->corrupt_at);
+    if (rc == MMKV_CORRUPT && p && p->corrupt_at) return mmkv_engine_corrupt_record(errmsg, e, p->corrupt_at);
     if (rc == MMKV_CORRUPT)
         return mmkv_error(errmsg, rc, "mmkv: index file '%s' is damaged", e->index_path);
     if (rc == MMKV_FULL)
@@ -151,7 +151,8 @@ int mmkv_snapshot_take(mmkv_conn *conn, mmkv_snapshot *snapshot)
     return MMKV_OK;
 }
 
-#define WALK_RETRY (-1) /* met a version being rewritten: look the key up again */
+#define WALK_RETRY (-1)     /* met a version being rewritten: look the key up again */
+#define WALK_TOMBSTONE (-2) /* the visible version is a tombstone: the key is deleted */
 
 /* From the newest version of key at offset, walks back to the version visible in snapshot. */
 static int walk_to_visible(mmkv_conn *conn, key_probe *p, const mmkv_snapshot *snapshot,
@@ -165,10 +166,10 @@ static int walk_to_visible(mmkv_conn *conn, key_probe *p, const mmkv_snapshot *s
         offset = record->header.prev_offset;
         if (offset == 0) return MMKV_NOTFOUND;
     }
-    if (probe_read(p, offset, record) <= 0) return corrupt_record(&conn->errmsg, conn->engine, offset);
+    if (probe_read(p, offset, record) <= 0) return mmkv_engine_corrupt_record(&conn->errmsg, conn->engine, offset);
     mmkv_record_key(record, &k);
-    if (!mmkv_key_equal(&k, key)) return corrupt_record(&conn->errmsg, conn->engine, offset);
-    return record->header.flags & MMKV_RECORD_TOMBSTONE ? MMKV_NOTFOUND : MMKV_OK;
+    if (!mmkv_key_equal(&k, key)) return mmkv_engine_corrupt_record(&conn->errmsg, conn->engine, offset);
+    return record->header.flags & MMKV_RECORD_TOMBSTONE ? WALK_TOMBSTONE : MMKV_OK;
 }
 
 static int changing_error(mmkv_conn *conn)
@@ -220,9 +221,10 @@ int mmkv_snapshot_at(mmkv_conn *conn, const mmkv_commit *committed, mmkv_snapsho
     return MMKV_OK;
 }
 
-/* Finds the version of key visible in snapshot. `verified` names an offset already checked. */
-static int find_visible(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mmkv_datum *key,
-                        uint64_t hash, uint64_t verified, mmkv_record *record)
+/* Finds the version of key visible in snapshot. `verified` names an offset already checked.
+** A tombstone is MMKV_NOTFOUND unless tombstones_too, when it is returned like any version. */
+static int find_version(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mmkv_datum *key,
+                        uint64_t hash, uint64_t verified, int tombstones_too, mmkv_record *record)
 {
     mmkv_engine *e = conn->engine;
     key_probe p = {e, key, snapshot->tail, verified, 0, 0};
@@ -237,9 +239,22 @@ static int find_visible(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mm
         /* match_key checked this version; below the tail it cannot have changed since. */
         if (offset < snapshot->tail) p.verified = offset;
         rc = walk_to_visible(conn, &p, snapshot, key, offset, record);
+        if (rc == WALK_TOMBSTONE) return tombstones_too ? MMKV_OK : MMKV_NOTFOUND;
         if (rc != WALK_RETRY) return rc;
     }
     return changing_error(conn);
+}
+
+static int find_visible(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mmkv_datum *key,
+                        uint64_t hash, uint64_t verified, mmkv_record *record)
+{
+    return find_version(conn, snapshot, key, hash, verified, 0, record);
+}
+
+int mmkv_engine_newest(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mmkv_datum *key,
+                       uint64_t verified, mmkv_record *record)
+{
+    return find_version(conn, snapshot, key, mmkv_key_hash(key), verified, 1, record);
 }
 
 static void row_from_record(const mmkv_record *record, mmkv_row *row)
@@ -311,7 +326,7 @@ static int collect_visible(mmkv_conn *conn, const mmkv_snapshot *snapshot, const
             rc = walk_to_visible(conn, &p, snapshot, &key, newest.items[i], &record);
             free(copy);
             if (rc == WALK_RETRY) rc = MMKV_BUSY;
-            else if (rc == MMKV_NOTFOUND) rc = MMKV_OK;
+            else if (rc == MMKV_NOTFOUND || rc == WALK_TOMBSTONE) rc = MMKV_OK;
             else if (rc == MMKV_OK && (rc = mmkv_offsets_add(visible, record.offset)) != MMKV_OK)
                 rc = mmkv_error(&conn->errmsg, rc, "out of memory");
         }
@@ -344,7 +359,7 @@ int mmkv_get_similar(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mmkv_
         mmkv_record record;
         mmkv_row row;
         if (!mmkv_log_record(&conn->engine->log, visible.items[i], UINT64_MAX, &record)) {
-            rc = corrupt_record(&conn->errmsg, conn->engine, visible.items[i]);
+            rc = mmkv_engine_corrupt_record(&conn->errmsg, conn->engine, visible.items[i]);
             break;
         }
         row_from_record(&record, &row);
@@ -406,7 +421,7 @@ int mmkv_scan_next(mmkv_scan *scan, mmkv_row *row)
         mmkv_record record;
         uint64_t offset = scan->position;
         if (!mmkv_log_record(&e->log, offset, end, &record) || !mmkv_record_checksum_ok(&record))
-            return corrupt_record(&conn->errmsg, e, offset);
+            return mmkv_engine_corrupt_record(&conn->errmsg, e, offset);
         scan->position += mmkv_record_size(record.header.key_len, record.header.value_len);
         if (scan->ahead > 0) scan->ahead--;
         if (record.header.flags & MMKV_RECORD_TOMBSTONE) continue;
@@ -531,7 +546,7 @@ static int locate_for_write(mmkv_conn *conn, const mmkv_datum *key, uint64_t has
     if (rc == MMKV_NOTFOUND) return rc;
     if (rc != MMKV_OK) return index_error(&conn->errmsg, e, rc, &p);
     if (probe_read(&p, mmkv_slot_offset(*ref->slot), newest) <= 0)
-        return corrupt_record(&conn->errmsg, e, mmkv_slot_offset(*ref->slot));
+        return mmkv_engine_corrupt_record(&conn->errmsg, e, mmkv_slot_offset(*ref->slot));
     return MMKV_OK;
 }
 
@@ -611,7 +626,7 @@ static int replay_log(mmkv_engine *e, uint64_t from, uint64_t to, int rebuilding
     for (uint64_t pos = from; pos < to;) {
         mmkv_record record;
         if (!mmkv_log_record(&e->log, pos, to, &record) || !mmkv_record_checksum_ok(&record))
-            return corrupt_record(errmsg, e, pos);
+            return mmkv_engine_corrupt_record(errmsg, e, pos);
         mmkv_datum key;
         mmkv_record_key(&record, &key);
         uint64_t hash = mmkv_key_hash(&key);

@@ -68,5 +68,9 @@ struct mmkv_conn {
 void mmkv_engine_undo(mmkv_engine *engine, size_t keep);
 int mmkv_engine_rebuild_index(mmkv_engine *engine, uint64_t tail, uint64_t records, char **errmsg);
 int mmkv_engine_cover(mmkv_engine *engine, uint64_t tail, char **errmsg);
+int mmkv_engine_corrupt_record(char **errmsg, mmkv_engine *engine, uint64_t offset);
+/* The newest version of key in snapshot, a tombstone included: OK, or NOTFOUND if it has none. */
+int mmkv_engine_newest(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mmkv_datum *key,
+                       uint64_t verified, mmkv_record *record);
 
 #endif

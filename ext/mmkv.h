@@ -130,6 +130,13 @@ void mmkv_txn_commit(mmkv_conn *conn);
 void mmkv_txn_rollback(mmkv_conn *conn);
 int mmkv_txn_active(mmkv_conn *conn);
 
+/* Checking (check.c). mmkv_check verifies the log up to the committed state (an owning
+** database's, or the meta slots' if NULL; a writer's own) and that the index leads to each key's
+** newest version: MMKV_OK, or MMKV_CORRUPT with a message saying what is wrong. mmkv_rebuild
+** rebuilds the index from the log, inside a write transaction. */
+int mmkv_check(mmkv_conn *conn, const mmkv_commit *committed);
+int mmkv_rebuild(mmkv_conn *conn);
+
 /* Keys: equality and hashing with SQLite's rules (1 = 1.0, '1' <> 1, BINARY collation). */
 int mmkv_key_equal(const mmkv_datum *a, const mmkv_datum *b);
 uint64_t mmkv_key_hash(const mmkv_datum *key);

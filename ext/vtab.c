@@ -770,14 +770,63 @@ static int constraint_error(mmkv_vtab *vt, int rc, const char *kind)
     return rc;
 }
 
-/* The hidden column: INSERT INTO kv(kv) VALUES('command'). */
+/* The committed state a check should cover: the database's record for an owned table, else the
+** meta slots' (NULL). */
+static int check_state(mmkv_vtab *vt, mmkv_commit *state, const mmkv_commit **use)
+{
+    *use = NULL;
+    if (!vt->owned || mmkv_txn_active(vt->conn)) return SQLITE_OK;
+    sqlite3_free(vt->base.zErrMsg);
+    vt->base.zErrMsg = NULL;
+    int rc = mmkv_record_read(&vt->record, state, &vt->base.zErrMsg);
+    if (rc == SQLITE_OK) *use = state;
+    return rc;
+}
+
+/*
+** The hidden column: INSERT INTO kv(kv) VALUES('command').
+**   integrity-check   verify the log and the index (SQLITE_CORRUPT with what is wrong)
+**   rebuild-index     rebuild the derived index from the log
+*/
 static int run_command(mmkv_vtab *vt, sqlite3_value *command)
 {
     const char *text = (const char *)sqlite3_value_text(command);
-    sqlite3_free(vt->base.zErrMsg);
-    vt->base.zErrMsg = sqlite3_mprintf("mmkv: unknown command \"%s\"", text ? text : "");
-    return SQLITE_ERROR;
+    int rc;
+    if (text && sqlite3_stricmp(text, "integrity-check") == 0) {
+        mmkv_commit state;
+        const mmkv_commit *use;
+        if ((rc = check_state(vt, &state, &use)) != SQLITE_OK) return rc;
+        rc = mmkv_check(vt->conn, use);
+    } else if (text && sqlite3_stricmp(text, "rebuild-index") == 0) {
+        rc = mmkv_rebuild(vt->conn);
+    } else {
+        sqlite3_free(vt->base.zErrMsg);
+        vt->base.zErrMsg = sqlite3_mprintf("mmkv: unknown command \"%s\"", text ? text : "");
+        return SQLITE_ERROR;
+    }
+    return rc == MMKV_OK ? SQLITE_OK : engine_error(vt, rc);
 }
+
+#if SQLITE_VERSION_NUMBER >= 3044000
+/* PRAGMA integrity_check and quick_check (SQLite 3.44+): the same check as the command. */
+static int mmkvIntegrity(sqlite3_vtab *vtab, const char *schema, const char *table, int flags,
+                         char **report)
+{
+    mmkv_vtab *vt = (mmkv_vtab *)vtab;
+    (void)schema;
+    (void)flags;
+    mmkv_commit state;
+    const mmkv_commit *use;
+    int rc = check_state(vt, &state, &use);
+    if (rc != SQLITE_OK) {
+        *report = sqlite3_mprintf("%s", vtab->zErrMsg ? vtab->zErrMsg : "mmkv: cannot read");
+        return SQLITE_OK;
+    }
+    if (mmkv_check(vt->conn, use) != MMKV_OK)
+        *report = sqlite3_mprintf("%s: %s", table, mmkv_errmsg(vt->conn));
+    return SQLITE_OK;
+}
+#endif
 
 /*
 ** xUpdate for a WITHOUT ROWID table:
@@ -983,7 +1032,12 @@ static int mmkvShadowName(const char *suffix)
 }
 
 static const sqlite3_module mmkv_module = {
+#if SQLITE_VERSION_NUMBER >= 3044000
+    .iVersion = 4,
+    .xIntegrity = mmkvIntegrity,
+#else
     .iVersion = 3,
+#endif
     .xCreate = mmkvCreate,
     .xConnect = mmkvConnect,
     .xBestIndex = mmkvBestIndex,

@@ -1011,6 +1011,40 @@ def test_commit_record():
         m.close()
 
 
+def test_commands():
+    with TempDir() as d:
+        p = os.path.join(d, "app.db")
+        db = connect(p)
+        db.execute(VTAB)
+        db.executemany("INSERT INTO kv VALUES(?, ?)", [(i, "v%d" % i) for i in range(300)])
+        db.execute("UPDATE kv SET value = 'x' WHERE key < 50")
+        db.execute("DELETE FROM kv WHERE key >= 250")
+        db.execute("INSERT INTO kv(kv) VALUES('integrity-check')")
+        check("command: integrity-check passes on a sound table", True)
+        db.execute("INSERT INTO kv(kv) VALUES('rebuild-index')")
+        check_equal("command: rebuild-index keeps every row",
+                    db.execute("SELECT count(*), sum(value = 'x') FROM kv").fetchone(), (250, 50))
+        db.execute("BEGIN")
+        db.execute("INSERT INTO kv VALUES(1000, 'new')")
+        db.execute("INSERT INTO kv(kv) VALUES('rebuild-index')")
+        db.execute("INSERT INTO kv(kv) VALUES('integrity-check')")
+        db.execute("ROLLBACK")
+        check_equal("command: rebuild-index inside a transaction keeps its rollback exact",
+                    db.execute("SELECT count(*) FROM kv WHERE key = 1000").fetchone(), (0,))
+        db.close()
+        data = p + "-kv.mmkv"
+        with open(data, "r+b") as f:
+            f.seek(4096 + 40)
+            b = f.read(1)
+            f.seek(4096 + 40)
+            f.write(bytes([b[0] ^ 0xFF]))
+        db = connect(p)
+        check_error("command: integrity-check reports a damaged record, naming the file",
+                    lambda: db.execute("INSERT INTO kv(kv) VALUES('integrity-check')"), data,
+                    sqlite3.DatabaseError)
+        db.close()
+
+
 def test_version():
     db = connect()
     v = db.execute("SELECT mmkv_version(), typeof(mmkv_version())").fetchone()
@@ -1083,7 +1117,7 @@ CASES = [
     test_transactions, test_transactions_file,
     test_query_plans, test_queries_match_native,
     test_connections_shared_database, test_connections_shared_file,
-    test_directonly, test_hidden_command, test_last_insert_rowid, test_commit_record, test_version, test_mixed_workload,
+    test_directonly, test_hidden_command, test_last_insert_rowid, test_commit_record, test_commands, test_version, test_mixed_workload,
 ]
 
 if __name__ == "__main__":

@@ -1,0 +1,95 @@
+/*
+** Checking and repairing: the integrity check behind INSERT INTO kv(kv) VALUES('integrity-check')
+** and PRAGMA integrity_check, and the index rebuild behind 'rebuild-index'.
+**
+** The check walks the log up to the committed tail (a writer's: up to its own last record) and
+** holds every record to what readers rely on: a well-formed header and a checksum that holds, a
+** previous version that is a version of the same key, and an index that leads to each key's newest
+** version (never an older one, which would return stale rows). It then compares the live and
+** record counts with those the commit recorded.
+*/
+#include "engine.h"
+#include "error.h"
+
+static int problem(mmkv_conn *conn, const char *what, uint64_t offset)
+{
+    return mmkv_error(&conn->errmsg, MMKV_CORRUPT, "mmkv: '%s': %s (record at offset %llu)",
+                      conn->engine->data_path, what, (unsigned long long)offset);
+}
+
+/* The previous version named by record must be an earlier record of the same key. */
+static int check_prev(mmkv_conn *conn, const mmkv_record *record, uint64_t limit)
+{
+    uint64_t prev = record->header.prev_offset;
+    if (prev == 0) return MMKV_OK;
+    mmkv_record older;
+    if (prev >= record->offset || !mmkv_log_record(&conn->engine->log, prev, limit, &older) ||
+        !mmkv_record_checksum_ok(&older))
+        return problem(conn, "its previous version is not a valid record", record->offset);
+    mmkv_datum a, b;
+    mmkv_record_key(record, &a);
+    mmkv_record_key(&older, &b);
+    if (!mmkv_key_equal(&a, &b))
+        return problem(conn, "its previous version belongs to another key", record->offset);
+    return MMKV_OK;
+}
+
+int mmkv_check(mmkv_conn *conn, const mmkv_commit *committed)
+{
+    mmkv_engine *e = conn->engine;
+    mmkv_snapshot snapshot;
+    mmkv_commit counts;
+    int rc;
+    if (mmkv_txn_active(conn)) {
+        rc = mmkv_snapshot_take(conn, &snapshot);
+        counts.live_count = e->txn.counts.live;
+        counts.record_count = e->txn.counts.records;
+    } else {
+        if (!committed && (rc = mmkv_committed(conn, &counts)) != MMKV_OK) return rc;
+        if (committed) counts = *committed;
+        rc = mmkv_snapshot_at(conn, &counts, &snapshot);
+    }
+    if (rc != MMKV_OK) return rc;
+    mmkv_meta meta;
+    int slot;
+    if ((rc = mmkv_log_meta(&e->log, &meta, &slot, &conn->errmsg)) != MMKV_OK) return rc;
+
+    uint64_t records = 0, live = 0;
+    for (uint64_t pos = MMKV_DATA_START; pos < snapshot.tail;) {
+        mmkv_record record;
+        if (!mmkv_log_record(&e->log, pos, snapshot.tail, &record))
+            return problem(conn, "a malformed record header", pos);
+        if (!mmkv_record_checksum_ok(&record)) return problem(conn, "a checksum that fails", pos);
+        if ((rc = check_prev(conn, &record, snapshot.tail)) != MMKV_OK) return rc;
+        mmkv_datum key;
+        mmkv_record_key(&record, &key);
+        mmkv_record newest;
+        rc = mmkv_engine_newest(conn, &snapshot, &key, pos, &newest);
+        if (rc == MMKV_NOTFOUND)
+            return problem(conn, "the index does not find its key (try 'rebuild-index')", pos);
+        if (rc != MMKV_OK) return rc;
+        if (newest.offset < pos)
+            return problem(conn, "the index leads to an older version of its key "
+                                 "(try 'rebuild-index')", pos);
+        records++;
+        if (newest.offset == pos && !(record.header.flags & MMKV_RECORD_TOMBSTONE)) live++;
+        pos += mmkv_record_size(record.header.key_len, record.header.value_len);
+    }
+    if (records != counts.record_count || live != counts.live_count)
+        return mmkv_error(&conn->errmsg, MMKV_CORRUPT,
+                          "mmkv: '%s': the log holds %llu records and %llu live keys, but its "
+                          "commit recorded %llu and %llu",
+                          e->data_path, (unsigned long long)records, (unsigned long long)live,
+                          (unsigned long long)counts.record_count,
+                          (unsigned long long)counts.live_count);
+    return MMKV_OK;
+}
+
+int mmkv_rebuild(mmkv_conn *conn)
+{
+    mmkv_engine *e = conn->engine;
+    if (!mmkv_txn_active(conn))
+        return mmkv_error(&conn->errmsg, MMKV_MISUSE, "mmkv: rebuild outside a write transaction");
+    /* Up to the transaction's own last record, so that its slots (and its undo) survive. */
+    return mmkv_engine_rebuild_index(e, e->txn.append_pos, e->txn.counts.records, &conn->errmsg);
+}
