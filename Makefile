@@ -24,7 +24,7 @@ LDSAN    =
 endif
 
 ENGINE_SRC = ext/crc32c.c ext/keyhash.c ext/error.c ext/file.c ext/log.c ext/index.c \
-             ext/engine.c ext/txn.c ext/check.c
+             ext/engine.c ext/txn.c ext/check.c ext/failpoint.c
 SQL_SRC    = ext/args.c ext/commit_record.c ext/vtab.c ext/extension.c
 
 ENGINE_OBJ = $(ENGINE_SRC:ext/%.c=$(BUILD)/obj/%.o)
@@ -58,10 +58,20 @@ $(BUILD)/libmmkv.a: $(ENGINE_OBJ) $(STATIC_OBJ)
 $(BUILD)/test_engine: test/engine_test.c $(ENGINE_OBJ) $(HEADERS)
 	$(CC) $(CFLAGS_ALL) -o $@ test/engine_test.c $(ENGINE_OBJ) $(LDSAN) -lpthread
 
+# The engine again with its named failpoints compiled in (ext/failpoint.h), for their test only.
+FAILPOINT_OBJ = $(ENGINE_SRC:ext/%.c=$(BUILD)/obj/failpoint/%.o)
+
+$(BUILD)/obj/failpoint/%.o: ext/%.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -DMMKV_FAILPOINTS -c $< -o $@
+
+$(BUILD)/test_failpoints: test/failpoint_test.c $(FAILPOINT_OBJ) $(HEADERS)
+	$(CC) $(CFLAGS_ALL) -DMMKV_FAILPOINTS -o $@ test/failpoint_test.c $(FAILPOINT_OBJ) $(LDSAN) -lpthread
+
 $(BUILD)/bench: test/bench.c $(BUILD)/libmmkv.a
 	$(CC) $(CFLAGS_ALL) -o $@ test/bench.c $(BUILD)/libmmkv.a $(LDSAN) -lsqlite3 -lpthread -lm
 
-test: all $(BUILD)/test_engine
+test: all $(BUILD)/test_engine $(BUILD)/test_failpoints
 	@BUILD=$(BUILD) PYTHON=$(PYTHON) SANITIZE=$(SANITIZE) CC=$(CC) sh test/run.sh
 
 demo: build/mmkv.so

@@ -10,6 +10,7 @@
 */
 #include "engine.h"
 #include "error.h"
+#include "failpoint.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -656,6 +657,7 @@ static int replay_log(mmkv_engine *e, uint64_t from, uint64_t to, int rebuilding
 int mmkv_engine_rebuild_index(mmkv_engine *e, uint64_t tail, uint64_t records, char **errmsg)
 {
     int rc = mmkv_index_rebuild_begin(&e->index, records);
+    if (rc == MMKV_OK) rc = mmkv_failpoint("mid-recovery");
     if (rc != MMKV_OK) return index_error(errmsg, e, rc, NULL);
     rc = replay_log(e, MMKV_DATA_START, tail, 1, errmsg);
     if (rc != MMKV_OK) return rc;

@@ -3,6 +3,7 @@
 */
 #include "index.h"
 #include "crc32c.h"
+#include "failpoint.h"
 #include "mmkv.h"
 
 #include <stdlib.h>
@@ -389,6 +390,7 @@ int mmkv_index_make_room(mmkv_index *index, const mmkv_index_ops *ops)
     if (h->old_offset && (rc = drain(index, ops, h->old_slots)) != MMKV_OK) return rc;
     uint64_t slots = h->table_slots * 2, offset;
     if ((rc = table_allocate(index, slots, &offset)) != MMKV_OK) return rc;
+    if ((rc = mmkv_failpoint("mid-index-growth")) != MMKV_OK) return rc;
     geometry_begin(h);
     h->old_offset = h->table_offset;
     h->old_slots = h->table_slots;

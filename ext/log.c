@@ -4,6 +4,7 @@
 #include "log.h"
 #include "crc32c.h"
 #include "error.h"
+#include "failpoint.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -166,7 +167,9 @@ int mmkv_log_write_meta(mmkv_log *log, int slot, const mmkv_meta *meta, int sync
     __atomic_thread_fence(__ATOMIC_RELEASE);
     memcpy(at, meta, sizeof *meta);
     __atomic_thread_fence(__ATOMIC_RELEASE);
-    return sync ? mmkv_map_sync_range(&log->map, MMKV_META_OFFSET(slot), sizeof *meta) : MMKV_OK;
+    if (!sync) return MMKV_OK;
+    int rc = mmkv_failpoint("between-meta-syncs");
+    return rc == MMKV_OK ? mmkv_map_sync_range(&log->map, MMKV_META_OFFSET(slot), sizeof *meta) : rc;
 }
 
 int mmkv_log_write_record(mmkv_log *log, uint64_t at, const mmkv_datum *key,

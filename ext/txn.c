@@ -23,6 +23,7 @@
 */
 #include "engine.h"
 #include "error.h"
+#include "failpoint.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -221,9 +222,10 @@ int mmkv_txn_prepare(mmkv_conn *conn)
         txn->prepared = 1; /* nothing to commit: no meta write */
         return MMKV_OK;
     }
-    int rc = MMKV_OK;
-    if (conn->sync != MMKV_SYNC_OFF)
+    int rc = mmkv_failpoint("before-data-sync");
+    if (rc == MMKV_OK && conn->sync != MMKV_SYNC_OFF)
         rc = mmkv_map_sync_range(&e->log.map, txn->start, txn->append_pos - txn->start);
+    if (rc == MMKV_OK) rc = mmkv_failpoint("before-meta-write");
     if (rc != MMKV_OK)
         return mmkv_error(&conn->errmsg, rc, "mmkv: cannot sync '%s'", e->data_path);
     mmkv_meta meta;

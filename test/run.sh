@@ -44,6 +44,7 @@ run() {
 }
 
 run engine "$BUILD/test_engine"
+run failpoints "$BUILD/test_failpoints"
 for t in test/sql/test_*.py; do
     run "$t" env LD_PRELOAD="$MMKV_PRELOAD" "$PYTHON" "$t"
 done
