@@ -389,8 +389,15 @@ int mmkv_index_make_room(mmkv_index *index, const mmkv_index_ops *ops)
     /* Full: finish any drain still going (rare: draining outpaces filling), then double. */
     if (h->old_offset && (rc = drain(index, ops, h->old_slots)) != MMKV_OK) return rc;
     uint64_t slots = h->table_slots * 2, offset;
-    if ((rc = table_allocate(index, slots, &offset)) != MMKV_OK) return rc;
-    if ((rc = mmkv_failpoint("mid-index-growth")) != MMKV_OK) return rc;
+    rc = table_allocate(index, slots, &offset);
+    if (rc == MMKV_OK) rc = mmkv_failpoint("mid-index-growth");
+    if (rc != MMKV_OK) {
+        /* No room to grow (a full disk): go on in the slack, with longer probes, until the table
+        ** is nearly full; a write that needs no new slot must not fail for want of growth. */
+        if ((h->used_slots + 1) * MMKV_INDEX_LOAD_DEN <= h->table_slots * MMKV_INDEX_HARD_NUM)
+            return MMKV_OK;
+        return rc;
+    }
     geometry_begin(h);
     h->old_offset = h->table_offset;
     h->old_slots = h->table_slots;

@@ -22,6 +22,7 @@
 /* Load limit of a table, 5/8: linear probing stays short, and draining finishes in time. */
 #define MMKV_INDEX_LOAD_NUM 5u
 #define MMKV_INDEX_LOAD_DEN 8u
+#define MMKV_INDEX_HARD_NUM 7u /* 7/8: the load up to which a table that cannot grow is still used */
 
 typedef struct mmkv_index_ops {
     /* 1 if the record at offset holds the key sought, 0 if not, or a negative result code. */
