@@ -499,14 +499,17 @@ static double planner_rows(mmkv_vtab *vt)
 **   idxNum  plan                 argv               cost
 **   ------  -------------------  -----------------  -----------------------------------------
 **   0       full scan            (none)             rows x FULL_SCAN_ROW_COST; see planner_rows
-**   1       key = ?              [0] the key        one probe; at most one row (SCAN_UNIQUE)
+**   1       key = ?              [0] the key        one probe; one row (SCAN_UNIQUE, see below)
 **   2       key IN (...)         [0] the IN list    one probe per value (SQLite >= 3.38 only)
 **
 ** A key equality is used only under the BINARY collation (the column's own; an explicit COLLATE
 ** NOCASE is left to SQLite). SQLite still checks it on each row (omit = 0): when the other side
 ** is a typed column or a CAST, SQLite applies that side's affinity to key ('1' = 1 under NUMERIC
 ** affinity), which a virtual table cannot see; the probe returns every row that could match under
-** any affinity and SQLite's own comparison picks. Every other constraint (ranges, LIKE, other
+** any affinity and SQLite's own comparison picks. Only where affinity makes several keys equal
+** to X (TEXT keys that read as the same number) does that give more than one row; the plan still
+** claims one (SQLITE_INDEX_SCAN_UNIQUE), which keeps UPDATE and DELETE by key one-pass, at the
+** price that they then act on the first of those rows only (README, known limits). Every other constraint (ranges, LIKE, other
 ** collations, the value column) is left to SQLite, which filters the rows of a scan.
 **
 ** An equality on key that is not usable in this call (it names a table not yet available) is not
