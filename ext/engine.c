@@ -693,7 +693,7 @@ static int recover_index(mmkv_engine *e, char **errmsg)
     /* Its last user died between transactions in this boot: every slot store reached the page
     ** cache, so it is whole. */
     int trust = usable && h->state == MMKV_INDEX_IN_USE && !h->writer_active && same_boot(h);
-    uint64_t from = h->log_position;
+    uint64_t from = replay ? h->log_position : 0; /* the header is only readable if usable */
     if (!replay && !trust && (rc = mmkv_index_reset(&e->index, id)) != MMKV_OK)
         return index_error(errmsg, e, rc, NULL);
     h->writer_active = !trust;
