@@ -86,3 +86,52 @@ format:
 
 clean:
 	rm -rf build
+
+# ---- fuzzing: a libFuzzer target for the engine (test/fuzz.c) -------------------------------------
+#
+#   make fuzz         builds build/fuzz/mmkv_fuzz (clang, libFuzzer, ASan, UBSan) and runs it on a
+#                     copy of the seed corpus test/fuzz-corpus for FUZZ_SECONDS seconds (default 60),
+#                     each input at most FUZZ_TIMEOUT seconds; any crash, failed check or hang fails
+#                     the target, leaving the input in build/fuzz/ (crash-*, timeout-*, leak-*)
+#   make fuzz-seeds   remakes the seed corpus with the real engine (test/fuzz-seeds.c)
+#
+# Replay one input: build/fuzz/mmkv_fuzz build/fuzz/crash-<hash>
+
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_TIMEOUT ?= 10
+FUZZ_MAX_LEN ?= 65536
+FUZZ_ARGS    ?=
+FUZZ_DIR      = build/fuzz
+FUZZ_SAN      = -fsanitize=fuzzer,address,undefined
+FUZZ_CFLAGS   = -std=c11 -D_GNU_SOURCE -g -O1 -Iext -fno-omit-frame-pointer $(FUZZ_SAN) \
+                -fno-sanitize-recover=undefined
+
+.PHONY: fuzz fuzz-seeds
+
+$(FUZZ_DIR)/mmkv_fuzz: test/fuzz.c test/fuzz.h $(ENGINE_SRC) $(HEADERS)
+	@mkdir -p $(FUZZ_DIR)
+	@command -v $(FUZZ_CC) >/dev/null 2>&1 || { \
+	    echo "make fuzz: '$(FUZZ_CC)' not found: the fuzz target needs clang with libFuzzer" \
+	         "(Debian: apt-get install clang; or FUZZ_CC=clang-NN)" >&2; exit 1; }
+	@printf 'int LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n)\n{ (void)d; (void)n; return 0; }\n' \
+	    > $(FUZZ_DIR)/toolchain-probe.c
+	@$(FUZZ_CC) $(FUZZ_SAN) -o $(FUZZ_DIR)/toolchain-probe $(FUZZ_DIR)/toolchain-probe.c \
+	    > $(FUZZ_DIR)/toolchain-probe.log 2>&1 || { cat $(FUZZ_DIR)/toolchain-probe.log >&2; \
+	    echo "make fuzz: '$(FUZZ_CC)' cannot build with $(FUZZ_SAN): libFuzzer or the sanitizer" \
+	         "runtimes are missing (Debian: apt-get install clang, which brings libclang-rt-dev" \
+	         "or libclang-common-NN-dev)" >&2; exit 1; }
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ test/fuzz.c $(ENGINE_SRC) -lpthread
+
+fuzz: $(FUZZ_DIR)/mmkv_fuzz
+	@rm -rf $(FUZZ_DIR)/corpus && mkdir -p $(FUZZ_DIR)/corpus && cp test/fuzz-corpus/* $(FUZZ_DIR)/corpus/
+	$(FUZZ_DIR)/mmkv_fuzz -max_total_time=$(FUZZ_SECONDS) -max_len=$(FUZZ_MAX_LEN) \
+	    -timeout=$(FUZZ_TIMEOUT) -print_final_stats=1 -artifact_prefix=$(FUZZ_DIR)/ \
+	    $(FUZZ_ARGS) $(FUZZ_DIR)/corpus
+
+$(FUZZ_DIR)/fuzz-seeds: test/fuzz-seeds.c test/fuzz.h $(ENGINE_SRC) $(HEADERS)
+	@mkdir -p $(FUZZ_DIR)
+	$(CC) -std=c11 -D_GNU_SOURCE -g -O1 $(WARN) -Iext -o $@ test/fuzz-seeds.c $(ENGINE_SRC) -lpthread
+
+fuzz-seeds: $(FUZZ_DIR)/fuzz-seeds
+	$(FUZZ_DIR)/fuzz-seeds test/fuzz-corpus
