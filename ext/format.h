@@ -11,9 +11,11 @@
 **     offset 1024   meta slot 1 (mmkv_meta)
 **     offset 4096   records, each 8-byte aligned, up to the committed tail
 **
-** The meta slot with the highest transaction id whose checksum holds is the committed state; a
-** commit writes the other slot, so a torn meta write leaves the previous commit in force. Bytes
-** below the committed tail are never rewritten. Past the tail lie the records of the transaction
+** The meta slot with the highest transaction id whose checksum holds is the committed state of a
+** file that is its own authority (owner_id 0); a commit writes the other slot, so a torn meta write
+** leaves the previous commit in force. A file a database owns (owner_id set) answers to that
+** database's commit record, which the meta slots follow. Bytes below the committed tail are never
+** rewritten. Past the tail lie the records of the transaction
 ** in progress (or garbage left by one that never committed), which no reader trusts.
 **
 ** A record is a header (mmkv_record_header), the key bytes, the value bytes, and zero padding to the

@@ -6,20 +6,27 @@
 **   1. the transaction's records, already in the mapping past the committed tail, are made
 **      durable (msync of [start, append_pos)) unless sync=off;
 **   2. a new meta slot naming the new tail is written into the slot not holding the current
-**      commit, and made durable under sync=full;
-** after which the commit is decided: readers taking a snapshot see the new tail. commit then only
-** releases the writer lock. A crash before 2 leaves the old meta slot in force and the new
-** records past its tail, ignored; a torn meta write fails its checksum and the other slot wins.
+**      commit; it is made durable under sync=full when the file is its own authority.
+** Who decides what is committed:
+**   - a file its database owns (mmkv_txn_begin_at): the database's commit record, which the SQL
+**     face writes after prepare, in the transaction SQLite then commits. The meta slots follow
+**     it; a writer that finds them ahead of or behind the record (a crash between the two
+**     commits) first brings the log and the index to the record (repair_to);
+**   - a file shared by in-memory databases (mmkv_txn_begin): the meta slots themselves. A crash
+**     before 2 leaves the old slot in force and the new records past its tail, ignored; a torn
+**     meta write fails its checksum and the other slot wins.
+** commit then only releases the writer and cannot fail.
 **
 ** Rollback walks the transaction's records backwards and points each key's slot back at the
 ** version before (engine.c, mmkv_engine_undo); a savepoint remembers how far to walk.
 **
 ** Writers are serialised per process by txn.owner and across processes by an exclusive lock on a
-** byte of the data file. A writer that finds writer_active still set in the index header knows its
-** predecessor died mid-transaction with slots published for records that were never committed,
-** and rebuilds the index before it writes.
+** byte of the data file (for an owned file, also by the database's write lock, taken first). A
+** writer that finds writer_active still set in the index header knows its predecessor died
+** mid-transaction with slots published for records that were never committed, and rebuilds the
+** index before it writes.
 **
-** This file is the one place that decides what is committed; a later design can swap it.
+** This file is the one place that decides what is committed.
 */
 #include "engine.h"
 #include "error.h"
