@@ -425,12 +425,18 @@ int mmkv_scan_next(mmkv_scan *scan, mmkv_row *row)
             return mmkv_engine_corrupt_record(&conn->errmsg, e, offset);
         scan->position += mmkv_record_size(record.header.key_len, record.header.value_len);
         if (scan->ahead > 0) scan->ahead--;
-        if (record.header.flags & MMKV_RECORD_TOMBSTONE) continue;
         if (scan->snapshot.garbage_bytes == 0) {
-            /* No superseded version or tombstone anywhere below the tail: every record is live. */
+            /* No superseded version or tombstone anywhere below the tail: every record is live.
+            ** A record that has a previous version, or is a tombstone, says otherwise. */
+            if (record.header.prev_offset || (record.header.flags & MMKV_RECORD_TOMBSTONE))
+                return mmkv_error(&conn->errmsg, MMKV_CORRUPT,
+                                  "mmkv: '%s' is damaged: its commit counts no old versions, but "
+                                  "the record at offset %llu replaces one",
+                                  e->data_path, (unsigned long long)offset);
             row_from_record(&record, row);
             return MMKV_OK;
         }
+        if (record.header.flags & MMKV_RECORD_TOMBSTONE) continue;
         prefetch_slots(scan, end);
         mmkv_datum key;
         mmkv_record_key(&record, &key);
