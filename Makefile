@@ -65,13 +65,16 @@ $(BUILD)/obj/failpoint/%.o: ext/%.c $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -DMMKV_FAILPOINTS -c $< -o $@
 
+$(BUILD)/test_powerloss: test/powerloss_test.c $(FAILPOINT_OBJ) $(HEADERS)
+	$(CC) $(CFLAGS_ALL) -DMMKV_FAILPOINTS -o $@ test/powerloss_test.c $(FAILPOINT_OBJ) $(LDSAN) -lpthread
+
 $(BUILD)/test_failpoints: test/failpoint_test.c $(FAILPOINT_OBJ) $(HEADERS)
 	$(CC) $(CFLAGS_ALL) -DMMKV_FAILPOINTS -o $@ test/failpoint_test.c $(FAILPOINT_OBJ) $(LDSAN) -lpthread
 
 $(BUILD)/bench: test/bench.c $(BUILD)/libmmkv.a
 	$(CC) $(CFLAGS_ALL) -o $@ test/bench.c $(BUILD)/libmmkv.a $(LDSAN) -lsqlite3 -lpthread -lm
 
-test: all $(BUILD)/test_engine $(BUILD)/test_failpoints
+test: all $(BUILD)/test_engine $(BUILD)/test_failpoints $(BUILD)/test_powerloss
 	@BUILD=$(BUILD) PYTHON=$(PYTHON) SANITIZE=$(SANITIZE) CC=$(CC) sh test/run.sh
 
 demo: build/mmkv.so
@@ -95,7 +98,9 @@ clean:
 #                     the target, leaving the input in build/fuzz/ (crash-*, timeout-*, leak-*)
 #   make fuzz-seeds   remakes the seed corpus with the real engine (test/fuzz-seeds.c)
 #
-# Replay one input: build/fuzz/mmkv_fuzz build/fuzz/crash-<hash>
+# Replay one input: build/fuzz/mmkv_fuzz build/fuzz/crash-<hash>. Go on past crashes, collecting
+# them: make fuzz FUZZ_ARGS="-fork=2 -ignore_crashes=1 -ignore_timeouts=1". What is checked, and
+# MMKV_FUZZ_ACCEPT_IN_USE_INDEX=1, are described at the top of test/fuzz.c.
 
 FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60

@@ -91,8 +91,31 @@ int mmkv_file_write(int fd, const void *buf, size_t len, uint64_t offset)
     return MMKV_OK;
 }
 
+#ifdef MMKV_FAILPOINTS
+/* Test builds: a hook told of every sync before it happens, and a boot id a test can change. */
+static void (*sync_hook)(int fd, uint64_t offset, uint64_t len);
+static const uint8_t *boot_id_override;
+
+void mmkv_file_set_sync_hook(void (*hook)(int fd, uint64_t offset, uint64_t len))
+{
+    sync_hook = hook;
+}
+
+void mmkv_file_set_boot_id(const uint8_t *id)
+{
+    boot_id_override = id;
+}
+#define BEFORE_SYNC(fd, offset, len)                                                             \
+    do {                                                                                         \
+        if (sync_hook) sync_hook(fd, offset, len);                                               \
+    } while (0)
+#else
+#define BEFORE_SYNC(fd, offset, len) ((void)0)
+#endif
+
 int mmkv_file_sync(int fd)
 {
+    BEFORE_SYNC(fd, 0, 0);
     int rc;
     do rc = fdatasync(fd);
     while (rc != 0 && errno == EINTR);
@@ -269,6 +292,7 @@ int mmkv_map_sync_range(mmkv_map *map, uint64_t offset, uint64_t len)
     uint64_t end = offset + len;
     if (end > map->mapped) end = map->mapped;
     if (end <= start) return MMKV_OK;
+    BEFORE_SYNC(map->fd, start, end - start);
     int rc;
     do rc = msync(map->base + start, end - start, MS_SYNC);
     while (rc != 0 && errno == EINTR);
@@ -287,6 +311,12 @@ void mmkv_map_release(mmkv_map *map)
 
 void mmkv_boot_id(uint8_t out[16])
 {
+#ifdef MMKV_FAILPOINTS
+    if (boot_id_override) {
+        memcpy(out, boot_id_override, 16);
+        return;
+    }
+#endif
     memset(out, 0, 16);
     FILE *f = fopen("/proc/sys/kernel/random/boot_id", "re");
     if (!f) return;

@@ -57,4 +57,11 @@ static inline uint64_t mmkv_map_mapped(const mmkv_map *map)
 ** told from one that survived a power loss. Zeros if the system does not say. */
 void mmkv_boot_id(uint8_t out[16]);
 
+#ifdef MMKV_FAILPOINTS
+/* Test builds only: a hook called before every sync with the range synced (len 0: the whole
+** file), and an override of the boot id (NULL: the system's), to simulate a power cut. */
+void mmkv_file_set_sync_hook(void (*hook)(int fd, uint64_t offset, uint64_t len));
+void mmkv_file_set_boot_id(const uint8_t *id);
+#endif
+
 #endif

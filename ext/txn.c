@@ -6,7 +6,7 @@
 **   1. the transaction's records, already in the mapping past the committed tail, are made
 **      durable (msync of [start, append_pos)) unless sync=off;
 **   2. a new meta slot naming the new tail is written into the slot not holding the current
-**      commit; it is made durable under sync=full when the file is its own authority.
+**      commit; it is made durable (unless sync=off) when the file is its own authority.
 ** Who decides what is committed:
 **   - a file its database owns (mmkv_txn_begin_at): the database's commit record, which the SQL
 **     face writes after prepare, in the transaction SQLite then commits. The meta slots follow
@@ -246,8 +246,12 @@ int mmkv_txn_prepare(mmkv_conn *conn)
     mmkv_meta_seal(&meta);
     int slot = txn->committed_slot ^ 1;
     memcpy(&txn->overwritten_meta, e->log.map.base + MMKV_META_OFFSET(slot), sizeof meta);
-    /* When a database owns the file, its own commit record decides: the meta slot only follows. */
-    rc = mmkv_log_write_meta(&e->log, slot, &meta, conn->sync == MMKV_SYNC_FULL && !conn->external);
+    /* When a database owns the file, its own commit record decides: the meta slot only follows.
+    ** Otherwise the slot is the commit, synced under full and normal alike: both meta slots share
+    ** the file's first page, and a power cut can take an unsynced write of that page with both,
+    ** which nothing else could recover from (the power-loss test finds it). Records that marked
+    ** their transaction's end would let normal skip this sync. */
+    rc = mmkv_log_write_meta(&e->log, slot, &meta, conn->sync != MMKV_SYNC_OFF && !conn->external);
     if (rc != MMKV_OK) {
         mmkv_log_write_meta(&e->log, slot, &txn->overwritten_meta, 0);
         return mmkv_error(&conn->errmsg, rc, "mmkv: cannot sync '%s'", e->data_path);
@@ -287,7 +291,7 @@ void mmkv_txn_rollback(mmkv_conn *conn)
     if (txn->prepared && txn->n_written) {
         /* Prepared, then another participant failed: put the overwritten slot back. */
         mmkv_log_write_meta(&e->log, txn->committed_slot ^ 1, &txn->overwritten_meta,
-                            conn->sync == MMKV_SYNC_FULL && !conn->external);
+                            conn->sync != MMKV_SYNC_OFF && !conn->external);
     }
     mmkv_engine_undo(e, 0);
     txn->append_pos = txn->start;

@@ -45,6 +45,7 @@ run() {
 
 run engine "$BUILD/test_engine"
 run failpoints "$BUILD/test_failpoints"
+run powerloss "$BUILD/test_powerloss"
 for t in test/sql/test_*.py; do
     run "$t" env LD_PRELOAD="$MMKV_PRELOAD" "$PYTHON" "$t"
 done
