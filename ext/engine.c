@@ -662,6 +662,9 @@ static int replay_log(mmkv_engine *e, uint64_t from, uint64_t to, int rebuilding
 
 int mmkv_engine_rebuild_index(mmkv_engine *e, uint64_t tail, uint64_t records, char **errmsg)
 {
+    /* The count only sizes the new table: never trust it past what the log could hold. */
+    uint64_t at_most = tail > MMKV_DATA_START ? (tail - MMKV_DATA_START) / sizeof(mmkv_record_header) : 0;
+    if (records > at_most) records = at_most;
     int rc = mmkv_index_rebuild_begin(&e->index, records);
     if (rc == MMKV_OK) rc = mmkv_failpoint("mid-recovery");
     if (rc != MMKV_OK) return index_error(errmsg, e, rc, NULL);

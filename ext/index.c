@@ -35,8 +35,8 @@ static mmkv_slot *table_at(mmkv_index *index, uint64_t offset)
 
 static int table_fits(uint64_t offset, uint64_t slots, uint64_t size)
 {
-    return offset >= MMKV_INDEX_TABLES_START && offset % MMKV_PAGE_SIZE == 0 && slots >= 1 &&
-           (slots & (slots - 1)) == 0 && slots <= (size - offset) / sizeof(mmkv_slot);
+    return offset >= MMKV_INDEX_TABLES_START && offset % MMKV_PAGE_SIZE == 0 && offset <= size &&
+           slots >= 1 && (slots & (slots - 1)) == 0 && slots <= (size - offset) / sizeof(mmkv_slot);
 }
 
 int mmkv_index_map(mmkv_index *index, int fd, const char *path)
