@@ -285,54 +285,49 @@ int main(int argc, char **argv)
     emit("new-table", FUZZ_NO_INDEX, none, none);
     emit("empty", 0, empty_d, empty_i);
     emit("types", 0, types_d, types_i);
-    emit("grown", 0, grown_d, grown_i);
+    emit("types-no-index", FUZZ_NO_INDEX | FUZZ_SECOND_CONN, types_d, none);
+    emit("grown", FUZZ_DROP_INDEX, grown_d, grown_i);
     emit("draining", FUZZ_SECOND_CONN, drain_d, drain_i);
     emit("history", 0, hist_d, hist_i);
-    emit("history-second-conn", FUZZ_SECOND_CONN | FUZZ_DROP_INDEX, hist_d, hist_i);
-    emit("types-no-index", FUZZ_NO_INDEX, types_d, none);
-    emit("grown-drop-index", FUZZ_DROP_INDEX, grown_d, grown_i);
 
     /* Damaged. */
     image d = copy(hist_d);
     d.bytes[MMKV_META_OFFSET(newest_meta(d)) + 20] ^= 0x40; /* torn newest meta: the older wins */
-    emit("history-torn-meta", 0, d, hist_i);
+    emit("history-torn-meta", FUZZ_SECOND_CONN | FUZZ_DROP_INDEX, d, hist_i);
     memset(d.bytes + MMKV_META_OFFSET(0), 0x5a, sizeof(mmkv_meta));
     memset(d.bytes + MMKV_META_OFFSET(1), 0x5a, sizeof(mmkv_meta));
-    emit("history-no-meta", 0, d, hist_i);
+    emit("history-no-meta", FUZZ_NO_INDEX, d, none);
     free(d.bytes);
 
     d = copy(hist_d);
     d.bytes[MMKV_DATA_START + 3 * 48 + 40] ^= 1; /* a value byte of the fourth record */
-    emit("history-bad-record", FUZZ_DROP_INDEX, d, hist_i);
-    emit("history-bad-record-indexed", 0, d, hist_i);
+    emit("history-bad-record", FUZZ_DROP_INDEX, d, hist_i); /* found by reads, then by rebuild */
     free(d.bytes);
 
     d = copy(types_d);
     d.size = meta_at(d, newest_meta(d))->committed_tail - 64; /* commits reach past the end */
-    emit("types-truncated", 0, d, types_i);
+    emit("types-truncated", FUZZ_NO_INDEX, d, none);
     d.bytes[0] ^= 0xff;
-    emit("not-mmkv", 0, d, types_i);
+    emit("not-mmkv", FUZZ_NO_INDEX, d, none);
     free(d.bytes);
 
-    emit("types-foreign-index", 0, types_d, grown_i); /* another file's index: rebuilt */
+    emit("types-foreign-index", 0, types_d, empty_i); /* another file's index: rebuilt */
 
     image x = copy(grown_i);
     mmkv_index_header *h = (mmkv_index_header *)x.bytes;
     h->state = MMKV_INDEX_IN_USE; /* its last user died between transactions, in this boot */
     h->writer_active = 0;
     emit("grown-index-in-use", FUZZ_STAMP_BOOT, grown_d, x);
-    h->writer_active = 1; /* ... or in the middle of one */
-    emit("grown-index-writer-died", FUZZ_STAMP_BOOT, grown_d, x);
+    free(x.bytes);
+    x = copy(types_i);
+    h = (mmkv_index_header *)x.bytes;
+    h->state = MMKV_INDEX_IN_USE; /* ... in the middle of a transaction */
+    h->writer_active = 1;
+    emit("types-index-writer-died", FUZZ_STAMP_BOOT, types_d, x);
     h->state = MMKV_INDEX_CLEAN;
     h->writer_active = 0;
-    h->table_slots = 1u << 20; /* a table past the end of the file */
-    emit("grown-index-bad-geometry", FUZZ_FIX_INDEX, grown_d, x);
-    free(x.bytes);
-
-    x = copy(drain_i);
-    h = (mmkv_index_header *)x.bytes;
-    h->state = MMKV_INDEX_IN_USE;
-    emit("draining-index-in-use", FUZZ_STAMP_BOOT | FUZZ_DROP_INDEX, drain_d, x);
+    h->table_slots = 1u << 20; /* a table that does not fit in the file */
+    emit("types-index-bad-geometry", FUZZ_FIX_INDEX, types_d, x);
     free(x.bytes);
 
     /* The same files, with the harness fixing checksums after each mutation. */
@@ -340,6 +335,45 @@ int main(int argc, char **argv)
     emit("types-forged", FUZZ_FORGED, types_d, types_i);
     emit("draining-forged", FUZZ_FORGED | FUZZ_SECOND_CONN, drain_d, drain_i);
     emit("empty-forged", FUZZ_FORGED | FUZZ_DROP_INDEX, empty_d, empty_i);
+
+    /* Reproducers of what the fuzzer found (see each). They fail until the engine is fixed. */
+
+    /* An index marked in use by this boot, no writer active, is trusted unchecked: with the slot
+    ** of the first record's key (INTEGER 1) emptied, get(1) misses a key the scan returns. */
+    x = copy(types_i);
+    h = (mmkv_index_header *)x.bytes;
+    h->state = MMKV_INDEX_IN_USE;
+    h->writer_active = 0;
+    mmkv_slot *slots = (mmkv_slot *)(x.bytes + h->table_offset);
+    for (uint64_t i = 0; i < h->table_slots; i++)
+        if (mmkv_slot_is_entry(slots[i]) && mmkv_slot_offset(slots[i]) == MMKV_DATA_START)
+            slots[i] = MMKV_SLOT_EMPTY;
+    emit("repro-in-use-index-slot-lost", FUZZ_STAMP_BOOT, types_d, x);
+    free(x.bytes);
+
+    /* A table offset past the end of the index file passes table_fits (size - offset wraps):
+    ** reads far outside the mapping. Trusted in-use index (genuine checksums): SEGV in a probe;
+    ** clean index (checksums forged): SEGV in tables_checksum during mmkv_open. */
+    x = copy(types_i);
+    h = (mmkv_index_header *)x.bytes;
+    h->state = MMKV_INDEX_IN_USE;
+    h->writer_active = 0;
+    h->table_offset = (uint64_t)1 << 30;
+    emit("repro-table-past-end-in-use", FUZZ_STAMP_BOOT, types_d, x);
+    h->state = MMKV_INDEX_CLEAN;
+    emit("repro-table-past-end-clean", FUZZ_FIX_INDEX, types_d, x);
+    free(x.bytes);
+
+    /* A meta slot whose record_count is near 2^64: mmkv_index_rebuild_begin's sizing loop
+    ** overflows and never ends when the index is rebuilt (here: another file's index). */
+    d = copy(types_d);
+    meta_at(d, newest_meta(d))->record_count = UINT64_C(0x1c00000000000000);
+    emit("repro-record-count-hang", FUZZ_FIX_META, d, empty_i);
+    /* ... and a record count of a billion sizes the rebuilt index table at 16 GiB, for a log of
+    ** twelve records (the harness limits file sizes: libFuzzer reports "file size exceeded"). */
+    meta_at(d, newest_meta(d))->record_count = 1000000000;
+    emit("repro-record-count-huge-index", FUZZ_FIX_META, d, empty_i);
+    free(d.bytes);
 
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);

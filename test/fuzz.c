@@ -4,27 +4,52 @@
 ** test/fuzz.h and the seed corpus in test/fuzz-corpus/ (made by test/fuzz-seeds.c).
 **
 ** For each input: the images are written to files in a private directory, mmkv_open opens them,
-** and a short script drawn from the input runs: a full scan, lookups of keys found by the scan and
-** of keys made from the input, mmkv_get_similar, a write transaction (puts, deletes, a savepoint,
-** then commit, rollback, or prepare and rollback), a close and a reopen (sometimes without the
-** index), and a scan again. Anything wrong calls abort(), which libFuzzer reports as a crash:
+** and a short script drawn from the input runs: the integrity check (mmkv_check), a full scan,
+** lookups of keys found by the scan and of keys made from the input, mmkv_get_similar, a write
+** transaction (puts, deletes, a savepoint and a rollback to it, mmkv_check and mmkv_rebuild, then
+** commit, rollback, or prepare and rollback) with a second connection reading alongside, reads
+** again, a close and a reopen (sometimes without the index), and reads again. Each run takes
+** milliseconds: scans stop at MAX_SCAN_ROWS, and lookups and writes are few.
+**
+** Anything wrong calls abort(), which libFuzzer reports as a crash. Always:
 **
 **   - an error without a message, MMKV_CORRUPT whose message does not name the file, MMKV_MISUSE
-**     (the harness calls the API correctly), or MMKV_BUSY from a read (no one else writes);
+**     (the harness calls the API correctly), a failed open that returns a connection;
 **   - a row whose types or lengths are implausible, that is not a checksummed, non-tombstone
-**     record at its offset below the snapshot's tail, whose bytes differ from that record's, or
-**     whose key is not the key asked for (get) or similar to it (get_similar);
-**   - a scan that returns a key twice; a get that disagrees with a complete scan of the same
-**     snapshot; get_similar missing a row of the scan that it should have found;
-**   - a write whose outcome differs from what the writer's own reads said before it (insert of a
-**     present key, delete of an absent one), a write not visible to the writer's next read, a
-**     second connection that sees uncommitted writes, and after commit (or rollback), and again
-**     after the reopen, a key whose value is not exactly what was written (or was there before).
+**     record at its offset below the snapshot's tail (read back from the file by the harness),
+**     whose bytes differ from that record's, or whose key is not the key asked for (get) or one
+**     that reads as the same number (get_similar).
 **
-** When the input's checksums are genuine (no FUZZ_FIX_* flag), the harness also reads the log
-** itself, as format.h defines it (the newest intact meta slot gives the tail; each key's newest
-** record below it is its state), and requires scans and gets to agree with that reading exactly,
-** and a scan of a log with a damaged record below the tail to fail with MMKV_CORRUPT.
+** And where reads are held to be consistent: when the input's checksums are genuine (no
+** FUZZ_FIX_* flag), or else when mmkv_check passed (the engine vouches for the files):
+**
+**   - a scan that returns a key twice; a get that disagrees with a complete scan of the same
+**     snapshot; get_similar missing a row of the scan that it should have found, or adding one;
+**   - a difference from the harness's own reading of the log, as format.h defines it (the newest
+**     intact meta slot gives the tail; each key's newest record below it is its state): a complete
+**     scan must return exactly the live keys' newest records, each get must agree, and a scan of
+**     a log with a damaged record below the tail must fail with MMKV_CORRUPT; mmkv_check must not
+**     pass such a log, and when it passes, the live count must be the log's;
+**     (A read may fail instead of answering, with an explained error, where the index is not one
+**     the engine checked: forged, or trusted unchecked. With genuine checksums and a checked or
+**     rebuilt index, every read of an intact log must answer.)
+**   - in the write transaction: an outcome other than the writer's own reads foretold (insert of
+**     a present key, delete of an absent one), a write its writer's next read does not see, a
+**     second connection that sees uncommitted writes or can begin a second write, and after
+**     commit (or rollback), and again after the reopen, a key that does not hold exactly what was
+**     written (or what was there before).
+**
+** With forged checksums the engine meets contents it has every reason to trust (a clean index
+** that misses keys, commit counts that disagree with the log): then only the first list holds,
+** unless mmkv_check passes. An index marked in use by this boot's last user (FUZZ_STAMP_BOOT) is
+** trusted by the engine without a check; damage to it is reported (see the reproducer
+** repro-in-use-index-slot-lost) unless MMKV_FUZZ_ACCEPT_IN_USE_INDEX=1 is set in the environment,
+** which checks such inputs as forged ones.
+**
+** MMKV_BUSY ("kept changing during a read") is accepted from reads: the engine answers so when an
+** index slot leads past the committed tail to something that is not a record. Growing a file past
+** FILE_SIZE_LIMIT (far above what any input needs) is reported, as libFuzzer's "file size
+** exceeded" or as MMKV_FULL, rather than left to fill the disk or memory.
 */
 #include "crc32c.h"
 #include "engine.h" /* struct mmkv_conn: the harness clears errmsg before each call */
@@ -33,12 +58,15 @@
 #include "mmkv.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -50,11 +78,18 @@
 #define MAX_WRITES 16
 #define MAX_TRACKED MAX_WRITES
 #define MAX_PROBES 3
+/* No file the engine makes from an input (at most FUZZ_MAX_FILE, and a few small writes) needs to
+** grow far: growth past this size (RLIMIT_FSIZE) raises SIGXFSZ, which libFuzzer reports as "file
+** size exceeded" with the stack of the growth (or, under -handle_xfsz=0, fails with EFBIG, which
+** the engine returns as MMKV_FULL and the harness reports). */
+#define FILE_SIZE_LIMIT ((rlim_t)64 << 20)
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 /* ---- failing ---- */
+
+static void remove_work_dir(void);
 
 static const char *stage = "start";
 static const char *current_path = "";
@@ -68,6 +103,7 @@ __attribute__((noreturn, format(printf, 1, 2))) static void fail(const char *for
     va_end(ap);
     fprintf(stderr, "\n");
     fflush(stderr);
+    remove_work_dir();
     abort();
 }
 
@@ -89,19 +125,43 @@ static unsigned long iteration;
 ** the harness reports; with this setting it checks such inputs as it checks forged ones. */
 static int accept_in_use_index;
 
-static void remove_work_dir(void)
+static void remove_dir(const char *dir)
 {
-    DIR *d = opendir(work_dir);
+    DIR *d = opendir(dir);
     if (!d) return;
     struct dirent *ent;
     char path[1024];
     while ((ent = readdir(d))) {
         if (!strcmp(ent->d_name, ".") || !strcmp(ent->d_name, "..")) continue;
-        snprintf(path, sizeof path, "%s/%s", work_dir, ent->d_name);
+        snprintf(path, sizeof path, "%s/%s", dir, ent->d_name);
         unlink(path);
     }
     closedir(d);
-    rmdir(work_dir);
+    rmdir(dir);
+}
+
+static void remove_work_dir(void)
+{
+    remove_dir(work_dir);
+}
+
+/* A crash leaves its process's directory behind (on tmpfs, in memory): the directories are named
+** after their process, and those of processes that are gone are removed. */
+static void remove_stale_dirs(const char *base)
+{
+    DIR *d = opendir(base);
+    if (!d) return;
+    struct dirent *ent;
+    char path[1024];
+    while ((ent = readdir(d))) {
+        long pid;
+        char rest[32];
+        if (sscanf(ent->d_name, "mmkv-fuzz-%ld-%31s", &pid, rest) != 2 || pid <= 0) continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
+        snprintf(path, sizeof path, "%s/%s", base, ent->d_name);
+        remove_dir(path);
+    }
+    closedir(d);
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
@@ -111,12 +171,21 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     const char *base = getenv("MMKV_FUZZ_TMPDIR");
     if (!base || !*base) base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : getenv("TMPDIR");
     if (!base || !*base) base = "/tmp";
-    snprintf(work_dir, sizeof work_dir, "%s/mmkv-fuzz-XXXXXX", base);
+    remove_stale_dirs(base);
+    snprintf(work_dir, sizeof work_dir, "%s/mmkv-fuzz-%ld-XXXXXX", base, (long)getpid());
     if (!mkdtemp(work_dir)) {
         perror("mmkv-fuzz: mkdtemp");
         exit(1);
     }
     atexit(remove_work_dir);
+    /* A file grown from a count the engine believed (a record count of a billion sizes an index
+    ** table of 16 GiB) would fill the disk or, on tmpfs, memory: stop it at FILE_SIZE_LIMIT. */
+    struct rlimit limit;
+    if (getrlimit(RLIMIT_FSIZE, &limit) == 0 && limit.rlim_cur > FILE_SIZE_LIMIT) {
+        limit.rlim_cur = FILE_SIZE_LIMIT;
+        setrlimit(RLIMIT_FSIZE, &limit);
+    }
+    signal(SIGXFSZ, SIG_IGN); /* libFuzzer installs its own handler unless -handle_xfsz=0 */
     const char *accept = getenv("MMKV_FUZZ_ACCEPT_IN_USE_INDEX");
     accept_in_use_index = accept && *accept && strcmp(accept, "0") != 0;
     return 0;
@@ -223,6 +292,7 @@ typedef struct fuzz_ctx {
     int strict;  /* checksums genuine: compare with the harness's reading of the log */
     uint8_t flags;
     int consistent; /* strict, or vouched for by mmkv_check when opened: reads must agree */
+    int unverified; /* the index is one the engine trusts unchecked (in use by this boot) */
 } fuzz_ctx;
 
 static void clear_error(mmkv_conn *conn)
@@ -235,6 +305,9 @@ static void check_message(const fuzz_ctx *ctx, int rc, const char *message, cons
 {
     if (rc == MMKV_MISUSE) fail("%s: MMKV_MISUSE (%s)", what, message ? message : "no message");
     if (!message || !*message) fail("%s returned %d without a message", what, rc);
+    if (rc == MMKV_FULL)
+        fail("%s: MMKV_FULL: a file would grow past %llu MiB, from an input of at most %u MiB: %s",
+             what, (unsigned long long)(FILE_SIZE_LIMIT >> 20), FUZZ_MAX_FILE >> 20, message);
     if (rc == MMKV_CORRUPT && !strstr(message, ctx->data_path))
         fail("%s: MMKV_CORRUPT whose message does not name the file: %s", what, message);
 }
@@ -401,6 +474,8 @@ typedef struct oracle_key {
 
 typedef struct oracle {
     int enforce;          /* compare reads with it */
+    int errors_ok;        /* a read may fail (explained) instead of answering: the index may be
+                             damaged; otherwise, with an intact log, reads must answer */
     int valid;            /* an intact meta slot and a tail inside the file */
     int damaged;          /* a record below the tail does not parse or fails its checksum */
     uint64_t damaged_at;
@@ -519,6 +594,7 @@ static void oracle_check_scan(const oracle *o, const mmkv_snapshot *snap, const 
                  (unsigned long long)o->damaged_at, s->rc);
         return;
     }
+    if (s->rc != MMKV_NOTFOUND && o->errors_ok) return;
     if (s->rc != MMKV_NOTFOUND) fail("%s: scan of an intact log failed with %d", what, s->rc);
     for (size_t i = 0; i < s->n; i++) {
         const oracle_key *k = oracle_find(o, &s->rows[i].key.d);
@@ -652,6 +728,7 @@ static void get_pool(const fuzz_ctx *ctx, mmkv_conn *conn, const mmkv_snapshot *
         mmkv_row row;
         int rc = checked_get(ctx, conn, snap, key, &row, what);
         if (key_is_nan(key)) continue;
+        if (o && o->errors_ok && rc != MMKV_OK && rc != MMKV_NOTFOUND) continue;
         if (o && o->enforce && s && s->complete && s->rc == MMKV_NOTFOUND) {
             const scan_row *r = scan_lookup(s, key);
             if (r && (rc != MMKV_OK || row.offset != r->offset))
@@ -1099,6 +1176,7 @@ static int read_phase(const fuzz_ctx *ctx, mmkv_conn *conn, script *s, pool *p, 
     oracle o;
     oracle_read(ctx, &o);
     o.enforce = ctx->strict || checked == MMKV_OK;
+    o.errors_ok = !ctx->strict || ctx->unverified;
     if (checked == MMKV_OK && (!o.valid || o.damaged))
         fail("%s: mmkv_check passed a log with %s", what,
              o.valid ? "a damaged record" : "no usable meta slot");
@@ -1187,11 +1265,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (index_image)
         write_file(index_path, index_image, index_len > 4096 ? index_len : 4096, index_size);
     int strict = !(flags & FUZZ_FORGED);
-    if (strict && accept_in_use_index && trusted_in_use(index_image, index_size)) strict = 0;
+    int unverified = trusted_in_use(index_image, index_size);
+    if (accept_in_use_index && unverified) strict = 0;
     free(data_image);
     free(index_image);
 
-    fuzz_ctx ctx = {data_path, -1, strict, flags, 0};
+    fuzz_ctx ctx = {data_path, -1, strict, flags, 0, unverified};
     script s = {script_bytes, script_len, 0};
     pool p = {.n = 0};
     txn_log t = {.n = 0};
