@@ -84,7 +84,8 @@ typedef struct mmkv_meta {
 #define MMKV_RECORD_TOMBSTONE 0x01
 
 typedef struct mmkv_record_header {
-    uint32_t checksum;    /* CRC32C of the rest of the header, the key and the value */
+    uint32_t checksum;    /* CRC32C of the record's offset (8 bytes), then of the rest of the
+                          ** header, the key and the value: a record copied elsewhere fails it */
     uint8_t key_type;     /* MMKV_INTEGER, MMKV_FLOAT, MMKV_TEXT or MMKV_BLOB */
     uint8_t value_type;   /* any type; MMKV_NULL for a tombstone */
     uint8_t flags;        /* MMKV_RECORD_TOMBSTONE */

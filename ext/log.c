@@ -195,7 +195,7 @@ int mmkv_log_write_record(mmkv_log *log, uint64_t at, const mmkv_datum *key,
     if (value->len) memcpy(body + key->len, value->bytes, value->len);
     uint64_t used = sizeof *record + (uint64_t)key->len + value->len;
     memset(p + used, 0, size - used);
-    record->checksum = mmkv_crc32c(0, p + sizeof record->checksum, used - sizeof record->checksum);
+    record->checksum = mmkv_record_crc(at, p + sizeof record->checksum, used - sizeof record->checksum);
     *size_out = size;
     return MMKV_OK;
 }
@@ -230,12 +230,17 @@ int mmkv_log_record(mmkv_log *log, uint64_t offset, uint64_t limit, mmkv_record 
     return 1;
 }
 
+uint32_t mmkv_record_crc(uint64_t offset, const void *after_checksum, size_t len)
+{
+    return mmkv_crc32c(mmkv_crc32c(0, &offset, sizeof offset), after_checksum, len);
+}
+
 int mmkv_record_checksum_ok(const mmkv_record *record)
 {
     const mmkv_record_header *h = &record->header;
     uint64_t used = sizeof *h + (uint64_t)h->key_len + h->value_len;
     size_t skip = sizeof h->checksum;
-    return h->checksum == mmkv_crc32c(0, record->bytes + skip, used - skip);
+    return h->checksum == mmkv_record_crc(record->offset, record->bytes + skip, used - skip);
 }
 
 void mmkv_record_key(const mmkv_record *record, mmkv_datum *key)

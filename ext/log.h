@@ -56,6 +56,9 @@ typedef struct mmkv_record {
 ** inside the mapping; returns 0 otherwise. Does not check the checksum. */
 int mmkv_log_record(mmkv_log *log, uint64_t offset, uint64_t limit, mmkv_record *record);
 int mmkv_record_checksum_ok(const mmkv_record *record);
+/* A record's checksum: CRC32C of its own offset, then of the bytes after the checksum field, so
+** that a record copied or misdirected to another place fails it. */
+uint32_t mmkv_record_crc(uint64_t offset, const void *after_checksum, size_t len);
 void mmkv_record_key(const mmkv_record *record, mmkv_datum *key);
 void mmkv_record_value(const mmkv_record *record, mmkv_datum *value);
 

@@ -373,7 +373,9 @@ static void check_row(const fuzz_ctx *ctx, const mmkv_row *row, uint64_t tail, c
     unsigned char *body = xmalloc(n);
     if (n && pread(ctx->data_fd, body, n, (off_t)(at + sizeof h)) != (ssize_t)n)
         fail("%s: short read of the record at %llu", what, (unsigned long long)at);
-    uint32_t crc = mmkv_crc32c(0, (const unsigned char *)&h + sizeof h.checksum,
+    uint64_t where = at;
+    uint32_t crc = mmkv_crc32c(mmkv_crc32c(0, &where, sizeof where),
+                               (const unsigned char *)&h + sizeof h.checksum,
                                sizeof h - sizeof h.checksum);
     crc = mmkv_crc32c(crc, body, n);
     if (crc != h.checksum)
@@ -549,7 +551,9 @@ static void oracle_read(const fuzz_ctx *ctx, oracle *o)
         uint64_t used = sizeof h + (uint64_t)h.key_len + h.value_len;
         uint64_t rsize = (used + 7) & ~(uint64_t)7;
         ok = ok && pos + rsize <= o->tail;
-        ok = ok && h.checksum == mmkv_crc32c(0, o->image + pos + 4, used - 4);
+        uint64_t where = pos;
+        ok = ok && h.checksum == mmkv_crc32c(mmkv_crc32c(0, &where, sizeof where),
+                                             o->image + pos + 4, used - 4);
         if (!ok) {
             o->damaged = 1;
             o->damaged_at = pos;
@@ -1067,7 +1071,9 @@ static void fix_checksums(uint8_t flags, unsigned char *data, size_t data_size,
             uint64_t used = sizeof h + (uint64_t)h.key_len + h.value_len;
             uint64_t rsize = (used + 7) & ~(uint64_t)7;
             if (pos + rsize > data_size) break;
-            h.checksum = mmkv_crc32c(0, data + pos + 4, used - 4);
+            uint64_t where = pos;
+            h.checksum = mmkv_crc32c(mmkv_crc32c(0, &where, sizeof where), data + pos + 4,
+                                     used - 4);
             memcpy(data + pos, &h.checksum, 4);
             pos += rsize;
         }
