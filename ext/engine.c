@@ -138,7 +138,6 @@ int mmkv_snapshot_take(mmkv_conn *conn, mmkv_snapshot *snapshot)
     mmkv_engine *e = conn->engine;
     if (e->txn.owner == conn) {
         snapshot->tail = e->txn.append_pos;
-        snapshot->txid = e->txn.txid;
         snapshot->garbage_bytes = e->txn.counts.garbage;
         return MMKV_OK;
     }
@@ -147,7 +146,6 @@ int mmkv_snapshot_take(mmkv_conn *conn, mmkv_snapshot *snapshot)
     int rc = mmkv_log_meta(&e->log, &meta, &slot, &conn->errmsg);
     if (rc != MMKV_OK) return rc;
     snapshot->tail = meta.committed_tail;
-    snapshot->txid = meta.txid;
     snapshot->garbage_bytes = meta.garbage_bytes;
     return MMKV_OK;
 }
@@ -217,7 +215,6 @@ int mmkv_snapshot_at(mmkv_conn *conn, const mmkv_commit *committed, mmkv_snapsho
     int rc = mmkv_engine_cover(conn->engine, committed->tail, &conn->errmsg);
     if (rc != MMKV_OK) return rc;
     snapshot->tail = committed->tail;
-    snapshot->txid = committed->txid;
     snapshot->garbage_bytes = committed->garbage_bytes;
     return MMKV_OK;
 }
@@ -297,7 +294,8 @@ static int collect_visible(mmkv_conn *conn, const mmkv_snapshot *snapshot, const
     mmkv_engine *e = conn->engine;
     key_probe p = {e, target, snapshot->tail, 0, 0, 0};
     mmkv_index_ops ops = {match, hash_of_record, &p};
-    mmkv_offsets newest = {NULL, 0, 0};
+    mmkv_offsets newest;
+    mmkv_offsets_init(&newest);
     size_t kept = visible->count;
     int rc = MMKV_BUSY;
     for (int attempt = 0; attempt < READ_RETRIES && rc == MMKV_BUSY; attempt++) {
@@ -315,15 +313,18 @@ static int collect_visible(mmkv_conn *conn, const mmkv_snapshot *snapshot, const
                 rc = MMKV_BUSY;
                 break;
             }
-            /* The newest version's key may be rewritten under us: compare against a copy. */
+            /* A newest version past the snapshot may be rewritten under us: compare against a
+            ** copy of its key. Below the tail it never changes. */
             mmkv_datum key;
             mmkv_record_key(&record, &key);
-            void *copy = key.len ? malloc(key.len) : NULL;
-            if (key.len && !copy) {
-                rc = mmkv_error(&conn->errmsg, MMKV_NOMEM, "out of memory");
-                break;
+            void *copy = NULL;
+            if (newest.items[i] >= snapshot->tail && key.len) {
+                if (!(copy = malloc(key.len))) {
+                    rc = mmkv_error(&conn->errmsg, MMKV_NOMEM, "out of memory");
+                    break;
+                }
+                key.bytes = memcpy(copy, key.bytes, key.len);
             }
-            if (key.len) key.bytes = memcpy(copy, key.bytes, key.len);
             rc = walk_to_visible(conn, &p, snapshot, &key, newest.items[i], &record);
             free(copy);
             if (rc == WALK_RETRY) rc = MMKV_BUSY;
@@ -332,14 +333,15 @@ static int collect_visible(mmkv_conn *conn, const mmkv_snapshot *snapshot, const
                 rc = mmkv_error(&conn->errmsg, rc, "out of memory");
         }
     }
-    free(newest.items);
+    mmkv_offsets_free(&newest);
     return rc == MMKV_BUSY ? changing_error(conn) : rc;
 }
 
 int mmkv_get_similar(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mmkv_datum *probe,
                      mmkv_emit_fn emit, void *ctx)
 {
-    mmkv_offsets visible = {NULL, 0, 0};
+    mmkv_offsets visible;
+    mmkv_offsets_init(&visible);
     mmkv_datum number;
     uint64_t storage;
     int rc = MMKV_OK;
@@ -366,7 +368,7 @@ int mmkv_get_similar(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mmkv_
         row_from_record(&record, &row);
         rc = emit(ctx, &row);
     }
-    free(visible.items);
+    mmkv_offsets_free(&visible);
     return rc;
 }
 

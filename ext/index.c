@@ -238,14 +238,29 @@ int mmkv_index_find(mmkv_index *index, uint64_t hash, const mmkv_index_ops *ops,
     return MMKV_BUSY;
 }
 
+void mmkv_offsets_init(mmkv_offsets *set)
+{
+    set->items = set->inline_items;
+    set->count = 0;
+    set->capacity = MMKV_OFFSETS_INLINE;
+}
+
+void mmkv_offsets_free(mmkv_offsets *set)
+{
+    if (set->items != set->inline_items) free(set->items);
+    mmkv_offsets_init(set);
+}
+
 int mmkv_offsets_add(mmkv_offsets *set, uint64_t offset)
 {
     for (size_t i = 0; i < set->count; i++)
         if (set->items[i] == offset) return MMKV_OK;
     if (set->count == set->capacity) {
-        size_t capacity = set->capacity ? set->capacity * 2 : 8;
-        uint64_t *grown = realloc(set->items, capacity * sizeof *grown);
+        size_t capacity = set->capacity * 2;
+        uint64_t *grown = malloc(capacity * sizeof *grown);
         if (!grown) return MMKV_NOMEM;
+        memcpy(grown, set->items, set->count * sizeof *grown);
+        if (set->items != set->inline_items) free(set->items);
         set->items = grown;
         set->capacity = capacity;
     }

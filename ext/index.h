@@ -65,12 +65,16 @@ int mmkv_index_mark_in_use(mmkv_index *index);
 /* Lock-free lookup: the offset stored for the key. OK, NOTFOUND, or an error. */
 int mmkv_index_find(mmkv_index *index, uint64_t hash, const mmkv_index_ops *ops, uint64_t *offset);
 
-/* A growable set of offsets. */
+/* A growable set of offsets; the first few live inside it, so that a lookup needs no heap. */
+#define MMKV_OFFSETS_INLINE 8
 typedef struct mmkv_offsets {
-    uint64_t *items;
+    uint64_t *items; /* inline_items until more are needed */
     size_t count, capacity;
+    uint64_t inline_items[MMKV_OFFSETS_INLINE];
 } mmkv_offsets;
 
+void mmkv_offsets_init(mmkv_offsets *set);
+void mmkv_offsets_free(mmkv_offsets *set);
 int mmkv_offsets_add(mmkv_offsets *set, uint64_t offset); /* no duplicates */
 
 /* Lock-free: every distinct offset on hash's probe path whose record matches. OK or an error. */

@@ -57,7 +57,6 @@ typedef struct mmkv_datum {
 /* A state of the log to read: everything committed before tail. */
 typedef struct mmkv_snapshot {
     uint64_t tail;
-    uint64_t txid;
     uint64_t garbage_bytes; /* 0: every record below tail is its key's live version */
 } mmkv_snapshot;
 
