@@ -99,8 +99,8 @@ clean:
 #   make fuzz-seeds   remakes the seed corpus with the real engine (test/fuzz-seeds.c)
 #
 # Replay one input: build/fuzz/mmkv_fuzz build/fuzz/crash-<hash>. Go on past crashes, collecting
-# them: make fuzz FUZZ_ARGS="-fork=2 -ignore_crashes=1 -ignore_timeouts=1". What is checked, and
-# MMKV_FUZZ_ACCEPT_IN_USE_INDEX=1, are described at the top of test/fuzz.c.
+# them: make fuzz FUZZ_ARGS="-fork=2 -ignore_crashes=1 -ignore_timeouts=1". What is checked is
+# described at the top of test/fuzz.c.
 
 FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60

@@ -702,8 +702,9 @@ static int recover_index(mmkv_engine *e, char **errmsg)
     int replay = usable && h->state == MMKV_INDEX_CLEAN && h->log_position <= meta.committed_tail &&
                  h->log_position >= MMKV_DATA_START;
     /* Its last user died between transactions in this boot: every slot store reached the page
-    ** cache, so it is whole. */
-    int trust = usable && h->state == MMKV_INDEX_IN_USE && !h->writer_active && same_boot(h);
+    ** cache, so it is whole, unless something else damaged it since; one pass checks that. */
+    int trust = usable && h->state == MMKV_INDEX_IN_USE && !h->writer_active && same_boot(h) &&
+                mmkv_index_slots_verify(&e->index);
     uint64_t from = replay ? h->log_position : 0; /* the header is only readable if usable */
     if (!replay && !trust && (rc = mmkv_index_reset(&e->index, id)) != MMKV_OK)
         return index_error(errmsg, e, rc, NULL);

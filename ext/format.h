@@ -40,6 +40,7 @@
 #ifndef MMKV_FORMAT_H
 #define MMKV_FORMAT_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -125,7 +126,12 @@ typedef struct mmkv_index_header {
     uint64_t file_end;       /* bytes of the file in use by tables */
     uint32_t tables_checksum; /* CRC32C of the tables' slots; set, and checked, only when CLEAN */
     uint32_t reserved2;
-    uint8_t reserved[3952];  /* zero */
+    uint8_t reserved3[56];   /* zero: keeps slots_sum off the cache line readers load */
+    /* The sum, modulo 2^64, of a mix of each slot's file offset and value over both tables, slots
+    ** empty or moved counting nothing. Every slot write keeps it, so an index whose last user died
+    ** between transactions can be checked in one pass before it is trusted (see index.c). */
+    uint64_t slots_sum;
+    uint8_t reserved[3888];  /* zero */
     uint32_t checksum;       /* CRC32C of every byte above; checked only when state is CLEAN */
     uint32_t reserved1;
 } mmkv_index_header;         /* 4096 bytes */
@@ -151,5 +157,7 @@ _Static_assert(sizeof(mmkv_file_header) == 512, "file header is one sector");
 _Static_assert(sizeof(mmkv_meta) == 64, "meta slot size");
 _Static_assert(sizeof(mmkv_record_header) == 32, "record header size");
 _Static_assert(sizeof(mmkv_index_header) == MMKV_PAGE_SIZE, "index header is one page");
+_Static_assert(offsetof(mmkv_index_header, slots_sum) / 64 > offsetof(mmkv_index_header, file_end) / 64,
+               "slots_sum is off the cache lines of the geometry that readers load");
 
 #endif

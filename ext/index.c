@@ -39,6 +39,32 @@ static int table_fits(uint64_t offset, uint64_t slots, uint64_t size)
            slots >= 1 && (slots & (slots - 1)) == 0 && slots <= (size - offset) / sizeof(mmkv_slot);
 }
 
+/* What a slot adds to the header's slots_sum: a mix of where it is and what it holds. Empty and
+** moved slots add nothing, so a table appended zeroed, or drained to the end, counts nothing. */
+static uint64_t slot_weight(mmkv_index *index, const mmkv_slot *at, mmkv_slot value)
+{
+    if (value == MMKV_SLOT_EMPTY || value == MMKV_SLOT_MOVED) return 0;
+    uint64_t x = value ^ ((uint64_t)((const uint8_t *)at - index->map.base) * UINT64_C(0x9e3779b97f4a7c15));
+    x ^= x >> 30;
+    x *= UINT64_C(0xbf58476d1ce4e5b9);
+    x ^= x >> 27;
+    x *= UINT64_C(0x94d049bb133111eb);
+    return x ^ (x >> 31);
+}
+
+/* Every write of a slot goes through here (or slot_put, for a table not yet visible), keeping the
+** sum. Only the one writer writes slots, so the sum needs no atomic update. */
+static void slot_put(mmkv_index *index, uint64_t *sum, mmkv_slot *at, mmkv_slot value)
+{
+    *sum += slot_weight(index, at, value) - slot_weight(index, at, *at);
+    store64(at, value);
+}
+
+static void slot_write(mmkv_index *index, mmkv_slot *at, mmkv_slot value)
+{
+    slot_put(index, &mmkv_index_header_of(index)->slots_sum, at, value);
+}
+
 int mmkv_index_map(mmkv_index *index, int fd, const char *path)
 {
     index->path = path;
@@ -83,6 +109,37 @@ int mmkv_index_header_usable(mmkv_index *index, uint64_t data_file_id, int need_
                           h->drain_cursor > h->old_slots))
         return 0;
     if (h->state == MMKV_INDEX_CLEAN && h->tables_checksum != tables_checksum(index)) return 0;
+    return 1;
+}
+
+/* Sums a table's slots as slots_sum does; counts its slots in use, and those of its first
+** `drained` slots that still hold something to drain. */
+static uint64_t table_sum(mmkv_index *index, uint64_t offset, uint64_t slots, uint64_t drained,
+                          uint64_t *used, uint64_t *undrained)
+{
+    mmkv_slot *table = table_at(index, offset);
+    uint64_t sum = 0;
+    for (uint64_t i = 0; i < slots; i++) {
+        mmkv_slot s = table[i];
+        if (s == MMKV_SLOT_EMPTY) continue;
+        sum += slot_weight(index, &table[i], s);
+        ++*used;
+        if (i < drained && s != MMKV_SLOT_MOVED) ++*undrained;
+    }
+    return sum;
+}
+
+int mmkv_index_slots_verify(mmkv_index *index)
+{
+    mmkv_index_header *h = mmkv_index_header_of(index);
+    uint64_t used = 0, old_used = 0, undrained = 0;
+    uint64_t sum = table_sum(index, h->table_offset, h->table_slots, 0, &used, &undrained);
+    if (h->old_offset)
+        sum += table_sum(index, h->old_offset, h->old_slots, h->drain_cursor, &old_used, &undrained);
+    /* A slot damaged, lost or moved, or geometry that no longer names the tables written, shows
+    ** in the sum; a drain cursor past slots never drained would drop them at the drain's end. */
+    if (sum != h->slots_sum || undrained) return 0;
+    h->used_slots = used; /* decides when to grow: a table with no free slot would never end a probe */
     return 1;
 }
 
@@ -385,8 +442,10 @@ static int drain(mmkv_index *index, const mmkv_index_ops *ops, uint64_t count)
             if (rc != MMKV_OK) return rc;
             mmkv_slot *to = free_slot(table, h->table_slots, hash);
             if (*to == MMKV_SLOT_EMPTY) h->used_slots++;
-            store64(to, s);
-            store64(from, MMKV_SLOT_MOVED);
+            slot_write(index, to, s);
+            slot_write(index, from, MMKV_SLOT_MOVED);
+        } else if (s == MMKV_SLOT_DELETED) {
+            slot_write(index, from, MMKV_SLOT_MOVED); /* a drained table adds nothing to the sum */
         }
         h->drain_cursor++;
     }
@@ -452,18 +511,17 @@ void mmkv_index_store(mmkv_index *index, const mmkv_slot_ref *ref, uint64_t hash
     mmkv_index_header *h = mmkv_index_header_of(index);
     mmkv_slot value = mmkv_slot_pack(mmkv_hash_tag(hash), offset);
     if (ref->slot && !ref->in_old) {
-        store64(ref->slot, value);
+        slot_write(index, ref->slot, value);
         return;
     }
     if (*ref->insert_at == MMKV_SLOT_EMPTY) h->used_slots++;
-    store64(ref->insert_at, value);
-    if (ref->slot) store64(ref->slot, MMKV_SLOT_MOVED); /* after the copy: see mmkv_index_find */
+    slot_write(index, ref->insert_at, value);
+    if (ref->slot) slot_write(index, ref->slot, MMKV_SLOT_MOVED); /* after the copy: see mmkv_index_find */
 }
 
 void mmkv_index_forget(mmkv_index *index, const mmkv_slot_ref *ref)
 {
-    (void)index;
-    if (ref->slot) store64(ref->slot, ref->in_old ? MMKV_SLOT_MOVED : MMKV_SLOT_DELETED);
+    if (ref->slot) slot_write(index, ref->slot, ref->in_old ? MMKV_SLOT_MOVED : MMKV_SLOT_DELETED);
 }
 
 /* ---- rebuilding ---- */
@@ -476,6 +534,7 @@ int mmkv_index_rebuild_begin(mmkv_index *index, uint64_t keys)
     if (rc != MMKV_OK) return rc;
     index->build_slots = slots;
     index->build_used = 0;
+    index->build_sum = 0;
     return MMKV_OK;
 }
 
@@ -486,7 +545,7 @@ int mmkv_index_rebuild_add(mmkv_index *index, uint64_t hash, const mmkv_index_op
     mmkv_slot *found = NULL, *insert_at = NULL, matched;
     int rc = probe(table, index->build_slots, hash, ops, &found, &matched, &insert_at);
     if (rc == MMKV_OK) {
-        *found = mmkv_slot_pack(mmkv_hash_tag(hash), offset);
+        slot_put(index, &index->build_sum, found, mmkv_slot_pack(mmkv_hash_tag(hash), offset));
         return MMKV_OK;
     }
     if (rc != MMKV_NOTFOUND) return rc;
@@ -496,13 +555,14 @@ int mmkv_index_rebuild_add(mmkv_index *index, uint64_t hash, const mmkv_index_op
         if ((rc = table_allocate(index, slots, &offset2)) != MMKV_OK) return rc;
         table = table_at(index, index->build_offset); /* the base never moves, but be plain */
         mmkv_slot *bigger = table_at(index, offset2);
+        index->build_sum = 0;
         for (uint64_t i = 0; i < index->build_slots; i++) {
             if (!mmkv_slot_is_entry(table[i])) continue;
             uint64_t h2;
             if ((rc = ops->hash_of(ops->ctx, mmkv_slot_offset(table[i]), mmkv_slot_is_second(table[i]),
                                   &h2)) != MMKV_OK)
                 return rc;
-            *free_slot(bigger, slots, h2) = table[i];
+            slot_put(index, &index->build_sum, free_slot(bigger, slots, h2), table[i]);
         }
         table_discard(index, index->build_offset, index->build_slots);
         index->build_offset = offset2;
@@ -510,7 +570,7 @@ int mmkv_index_rebuild_add(mmkv_index *index, uint64_t hash, const mmkv_index_op
         table = bigger;
         insert_at = free_slot(table, slots, hash);
     }
-    *insert_at = mmkv_slot_pack(mmkv_hash_tag(hash), offset);
+    slot_put(index, &index->build_sum, insert_at, mmkv_slot_pack(mmkv_hash_tag(hash), offset));
     index->build_used++;
     return MMKV_OK;
 }
@@ -524,6 +584,7 @@ void mmkv_index_rebuild_end(mmkv_index *index)
     h->table_offset = index->build_offset;
     h->table_slots = index->build_slots;
     h->used_slots = index->build_used;
+    h->slots_sum = index->build_sum;
     h->old_offset = 0;
     h->old_slots = 0;
     h->drain_cursor = 0;

@@ -596,6 +596,92 @@ static void test_owner_authority(void)
 
 /* ---- the integrity check finds what readers would trip on; a rebuild repairs the index ---- */
 
+/* A child process opens path, commits keys 0..n-1 and dies between transactions: its index stays
+** marked in use by this boot, with no writer active. */
+static void die_between_transactions(const char *path, int n)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        mmkv_conn *c = open_or_die(path, MMKV_SYNC_OFF);
+        if (!c) _exit(1);
+        mmkv_txn_begin(c);
+        for (int i = 0; i < n; i++) put_int(c, i, i * 3, MMKV_PUT_INSERT);
+        _exit(commit(c) == MMKV_OK ? 0 : 1);
+    }
+    int status;
+    waitpid(pid, &status, 0);
+}
+
+static mmkv_index_header read_index_header(int fd)
+{
+    mmkv_index_header h;
+    memset(&h, 0, sizeof h);
+    if (pread(fd, &h, sizeof h, 0) != (ssize_t)sizeof h) memset(&h, 0, sizeof h);
+    return h;
+}
+
+static void test_in_use_index_checked(void)
+{
+    begin_test("an index left in use by a dead process is checked before it is trusted");
+    /* 700 keys: the table grew at 640 and is still draining the old one. */
+    static const char *damage[] = {"none", "a slot zeroed", "an old slot zeroed",
+                                   "a slot pointed elsewhere", "the drain cursor moved on",
+                                   "the table size halved"};
+    for (size_t d = 0; d < sizeof damage / sizeof *damage && !current_failed; d++) {
+        char name[64];
+        snprintf(name, sizeof name, "in-use-%zu.mmkv", d);
+        const char *path = path_of(name);
+        die_between_transactions(path, 700);
+        char index_path[600];
+        snprintf(index_path, sizeof index_path, "%s-index", path);
+        int fd = open(index_path, O_RDWR);
+        mmkv_index_header h = read_index_header(fd);
+        CHECK(h.state == MMKV_INDEX_IN_USE && !h.writer_active && h.old_offset != 0,
+              "%s: the child left an index in use, draining (state %u, old %llu)", damage[d],
+              h.state, (unsigned long long)h.old_offset);
+        uint64_t table = d == 2 ? h.old_offset : h.table_offset;
+        uint64_t slots = d == 2 ? h.old_slots : h.table_slots;
+        uint64_t at = 0, slot = 0;
+        for (uint64_t i = d == 2 ? h.drain_cursor : 0; i < slots && !at; i++) {
+            if (pread(fd, &slot, 8, (off_t)(table + i * 8)) == 8 && mmkv_slot_is_entry(slot))
+                at = table + i * 8;
+        }
+        if (d == 1 || d == 2) {
+            uint64_t zero = 0;
+            CHECK(at && pwrite(fd, &zero, 8, (off_t)at) == 8, "%s", damage[d]);
+        } else if (d == 3) {
+            slot += 1; /* the next record's place */
+            CHECK(at && pwrite(fd, &slot, 8, (off_t)at) == 8, "%s", damage[d]);
+        } else if (d == 4) {
+            h.drain_cursor = h.old_slots - 1;
+            CHECK(pwrite(fd, &h, sizeof h, 0) == (ssize_t)sizeof h, "%s", damage[d]);
+        } else if (d == 5) {
+            h.table_slots /= 2;
+            CHECK(pwrite(fd, &h, sizeof h, 0) == (ssize_t)sizeof h, "%s", damage[d]);
+        }
+        close(fd);
+        mmkv_conn *c = open_or_die(path, MMKV_SYNC_OFF);
+        if (!c) break;
+        int bad = 0;
+        for (int i = 0; i < 710; i++) bad += get_int(c, i) != (i < 700 ? i * 3 : -1);
+        CHECK(bad == 0, "%s: %d keys wrong", damage[d], bad);
+        CHECK(count_rows(c) == 700, "%s: a scan finds %d", damage[d], count_rows(c));
+        CHECK(mmkv_check(c, NULL) == MMKV_OK, "%s: %s", damage[d], mmkv_errmsg(c));
+        fd = open(index_path, O_RDONLY);
+        mmkv_index_header after = read_index_header(fd);
+        close(fd);
+        /* Trusted as it was, or (damaged) rebuilt into a table of its own. */
+        CHECK((after.table_offset == h.table_offset) == (d == 0), "%s: table at %llu, was %llu",
+              damage[d], (unsigned long long)after.table_offset,
+              (unsigned long long)h.table_offset);
+        CHECK(mmkv_txn_begin(c) == MMKV_OK && put_int(c, 5000, 1, MMKV_PUT_INSERT) == MMKV_OK &&
+                  commit(c) == MMKV_OK && get_int(c, 5000) == 1 && get_int(c, 699) == 699 * 3,
+              "%s: a write after", damage[d]);
+        mmkv_close(c);
+    }
+    end_test();
+}
+
 static void test_check_and_rebuild(void)
 {
     begin_test("integrity check: a damaged index is found, rebuild-index repairs it");
@@ -647,5 +733,6 @@ int main(void)
     test_simulation();
     test_owner_authority();
     test_check_and_rebuild();
+    test_in_use_index_checked();
     return finish_tests();
 }

@@ -42,9 +42,8 @@
 ** With forged checksums the engine meets contents it has every reason to trust (a clean index
 ** that misses keys, commit counts that disagree with the log): then only the first list holds,
 ** unless mmkv_check passes. An index marked in use by this boot's last user (FUZZ_STAMP_BOOT) is
-** trusted by the engine without a check; damage to it is reported (see the reproducer
-** repro-in-use-index-slot-lost) unless MMKV_FUZZ_ACCEPT_IN_USE_INDEX=1 is set in the environment,
-** which checks such inputs as forged ones.
+** held to the same rules as any other: the engine checks it against its slot sum before trusting
+** it (the reproducer repro-in-use-index-slot-lost once showed a lost key there).
 **
 ** MMKV_BUSY ("kept changing during a read") is accepted from reads: the engine answers so when an
 ** index slot leads past the committed tail to something that is not a record. Growing a file past
@@ -119,11 +118,6 @@ static void *xmalloc(size_t n)
 static char work_dir[512];
 static unsigned long iteration;
 
-/* MMKV_FUZZ_ACCEPT_IN_USE_INDEX=1: an index marked in use by this boot, with no writer active, is
-** trusted by the engine without any check (its last user is taken to have died between
-** transactions, leaving every slot whole). Damage to such an index can make reads wrong, which
-** the harness reports; with this setting it checks such inputs as it checks forged ones. */
-static int accept_in_use_index;
 
 static void remove_dir(const char *dir)
 {
@@ -186,8 +180,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         setrlimit(RLIMIT_FSIZE, &limit);
     }
     signal(SIGXFSZ, SIG_IGN); /* libFuzzer installs its own handler unless -handle_xfsz=0 */
-    const char *accept = getenv("MMKV_FUZZ_ACCEPT_IN_USE_INDEX");
-    accept_in_use_index = accept && *accept && strcmp(accept, "0") != 0;
     return 0;
 }
 
@@ -292,7 +284,6 @@ typedef struct fuzz_ctx {
     int strict;  /* checksums genuine: compare with the harness's reading of the log */
     uint8_t flags;
     int consistent; /* strict, or vouched for by mmkv_check when opened: reads must agree */
-    int unverified; /* the index is one the engine trusts unchecked (in use by this boot) */
 } fuzz_ctx;
 
 static void clear_error(mmkv_conn *conn)
@@ -1151,16 +1142,6 @@ static unsigned char *make_image(const uint8_t *bytes, size_t len, uint32_t size
 
 /* ---- one input ---- */
 
-static int trusted_in_use(const unsigned char *index, size_t size)
-{
-    if (!index || size < sizeof(mmkv_index_header)) return 0;
-    mmkv_index_header h;
-    uint8_t boot[16];
-    memcpy(&h, index, sizeof h);
-    mmkv_boot_id(boot);
-    return h.state == MMKV_INDEX_IN_USE && !h.writer_active && !memcmp(h.boot_id, boot, 16);
-}
-
 /* Returns whether reads were held to agree with each other and with the log. */
 static int read_phase(const fuzz_ctx *ctx, mmkv_conn *conn, script *s, pool *p, const char *what)
 {
@@ -1182,7 +1163,7 @@ static int read_phase(const fuzz_ctx *ctx, mmkv_conn *conn, script *s, pool *p, 
     oracle o;
     oracle_read(ctx, &o);
     o.enforce = ctx->strict || checked == MMKV_OK;
-    o.errors_ok = !ctx->strict || ctx->unverified;
+    o.errors_ok = !ctx->strict;
     if (checked == MMKV_OK && (!o.valid || o.damaged))
         fail("%s: mmkv_check passed a log with %s", what,
              o.valid ? "a damaged record" : "no usable meta slot");
@@ -1271,12 +1252,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (index_image)
         write_file(index_path, index_image, index_len > 4096 ? index_len : 4096, index_size);
     int strict = !(flags & FUZZ_FORGED);
-    int unverified = trusted_in_use(index_image, index_size);
-    if (accept_in_use_index && unverified) strict = 0;
     free(data_image);
     free(index_image);
 
-    fuzz_ctx ctx = {data_path, -1, strict, flags, 0, unverified};
+    fuzz_ctx ctx = {data_path, -1, strict, flags, 0};
     script s = {script_bytes, script_len, 0};
     pool p = {.n = 0};
     txn_log t = {.n = 0};
