@@ -46,7 +46,7 @@ int mmkv_check(mmkv_conn *conn, const mmkv_commit *committed)
         counts.record_count = e->txn.counts.records;
     } else {
         if (!committed && (rc = mmkv_committed(conn, &counts)) != MMKV_OK) return rc;
-        if (committed) counts = *committed;
+        if (committed) mmkv_engine_effective(e, committed, &counts);
         rc = mmkv_snapshot_at(conn, &counts, &snapshot);
     }
     if (rc != MMKV_OK) return rc;
@@ -60,6 +60,10 @@ int mmkv_check(mmkv_conn *conn, const mmkv_commit *committed)
         if (!mmkv_log_record(&e->log, pos, snapshot.tail, &record))
             return problem(conn, "a malformed record header", pos);
         if (!mmkv_record_checksum_ok(&record)) return problem(conn, "a checksum that fails", pos);
+        if (record.header.flags & MMKV_RECORD_PAD) { /* fills bytes a power cut lost: no key */
+            pos += mmkv_record_size(record.header.key_len, record.header.value_len);
+            continue;
+        }
         if ((rc = check_prev(conn, &record, snapshot.tail)) != MMKV_OK) return rc;
         mmkv_datum key;
         mmkv_record_key(&record, &key);

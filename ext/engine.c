@@ -25,6 +25,11 @@
 static pthread_mutex_t registry_mutex = PTHREAD_MUTEX_INITIALIZER;
 static mmkv_engine *registry;
 
+static uint64_t record_bytes(const mmkv_record *r)
+{
+    return mmkv_record_size(r->header.key_len, r->header.value_len);
+}
+
 /* ---- record access with the key being looked for ---- */
 
 typedef struct key_probe {
@@ -49,7 +54,8 @@ static int probe_read(key_probe *p, uint64_t offset, mmkv_record *record)
     int ok = mmkv_log_record(log, offset, UINT64_MAX, record);
     if (!ok && mmkv_map_refresh(&log->map) == MMKV_OK) /* another process grew the file? */
         ok = mmkv_log_record(log, offset, UINT64_MAX, record);
-    ok = ok && (offset == p->verified || mmkv_record_checksum_ok(record));
+    ok = ok && (offset == p->verified || mmkv_record_checksum_ok(record)) &&
+         !(record->header.flags & MMKV_RECORD_PAD); /* a pad is never a key's version */
     if (ok) return 1;
     if (offset < p->stable_below) {
         p->corrupt_at = offset;
@@ -209,13 +215,45 @@ int mmkv_engine_cover(mmkv_engine *e, uint64_t tail, char **errmsg)
                       (unsigned long long)mmkv_map_mapped(&e->log.map));
 }
 
+/* The effective commit (as mmkv_engine_effective); *behind set if the meta slots lag the record
+** in a way only an index catch-up mends. */
+static void effective_commit(mmkv_engine *e, const mmkv_commit *recorded, mmkv_commit *effective,
+                             int *behind)
+{
+    *effective = *recorded;
+    *behind = 0;
+    mmkv_meta meta;
+    int slot;
+    if (mmkv_log_meta(&e->log, &meta, &slot, NULL) != MMKV_OK) return;
+    if (!(meta.flags & MMKV_META_SALVAGED)) {
+        *behind = meta.txid < recorded->txid;
+        return;
+    }
+    /* Salvaged short of the record (until a writer pads the log up to it), or padded up to it:
+    ** the log holds what the meta slot says. */
+    if (meta.committed_tail < recorded->tail ||
+        (meta.committed_tail == recorded->tail && meta.txid == recorded->txid))
+        commit_from_meta(&meta, effective);
+}
+
+void mmkv_engine_effective(mmkv_engine *e, const mmkv_commit *recorded, mmkv_commit *effective)
+{
+    int behind;
+    effective_commit(e, recorded, effective, &behind);
+}
+
 int mmkv_snapshot_at(mmkv_conn *conn, const mmkv_commit *committed, mmkv_snapshot *snapshot)
 {
     if (conn->engine->txn.owner == conn) return mmkv_snapshot_take(conn, snapshot);
-    int rc = mmkv_engine_cover(conn->engine, committed->tail, &conn->errmsg);
+    mmkv_commit state;
+    int behind;
+    effective_commit(conn->engine, committed, &state, &behind);
+    /* The meta slots, and so the index, lag the record: bring them up to it first. */
+    int rc = behind ? mmkv_txn_catch_up(conn, committed) : MMKV_OK;
+    if (rc == MMKV_OK) rc = mmkv_engine_cover(conn->engine, state.tail, &conn->errmsg);
     if (rc != MMKV_OK) return rc;
-    snapshot->tail = committed->tail;
-    snapshot->garbage_bytes = committed->garbage_bytes;
+    snapshot->tail = state.tail;
+    snapshot->garbage_bytes = state.garbage_bytes;
     return MMKV_OK;
 }
 
@@ -427,6 +465,7 @@ int mmkv_scan_next(mmkv_scan *scan, mmkv_row *row)
             return mmkv_engine_corrupt_record(&conn->errmsg, e, offset);
         scan->position += mmkv_record_size(record.header.key_len, record.header.value_len);
         if (scan->ahead > 0) scan->ahead--;
+        if (record.header.flags & MMKV_RECORD_PAD) continue;
         if (scan->snapshot.garbage_bytes == 0) {
             /* No superseded version or tombstone anywhere below the tail: every record is live.
             ** A record that has a previous version, or is a tombstone, says otherwise. */
@@ -559,11 +598,6 @@ static int locate_for_write(mmkv_conn *conn, const mmkv_datum *key, uint64_t has
     return MMKV_OK;
 }
 
-static uint64_t record_bytes(const mmkv_record *r)
-{
-    return mmkv_record_size(r->header.key_len, r->header.value_len);
-}
-
 int mmkv_put(mmkv_conn *conn, const mmkv_datum *key, const mmkv_datum *value, int mode)
 {
     int rc = writer_check(conn);
@@ -636,6 +670,10 @@ static int replay_log(mmkv_engine *e, uint64_t from, uint64_t to, int rebuilding
         mmkv_record record;
         if (!mmkv_log_record(&e->log, pos, to, &record) || !mmkv_record_checksum_ok(&record))
             return mmkv_engine_corrupt_record(errmsg, e, pos);
+        if (record.header.flags & MMKV_RECORD_PAD) {
+            pos += record_bytes(&record);
+            continue;
+        }
         mmkv_datum key;
         mmkv_record_key(&record, &key);
         uint64_t hash = mmkv_key_hash(&key);
@@ -677,6 +715,125 @@ int mmkv_engine_rebuild_index(mmkv_engine *e, uint64_t tail, uint64_t records, c
     return MMKV_OK;
 }
 
+/* ---- salvage: the longest whole prefix of a log whose commits skipped their syncs ---- */
+
+typedef struct salvaged {
+    uint64_t stopped;   /* where the walk stopped: a record that fails, or the end */
+    uint64_t tail;      /* end of the last whole transaction */
+    uint64_t txid;      /* its id (0: none) */
+    uint64_t txn_start; /* where its records begin */
+    mmkv_counts counts; /* the log's counts up to tail */
+} salvaged;
+
+/* Adds record r to the counts as the writer did (mmkv_put, mmkv_delete). 0 if its previous
+** version is not an earlier record, or it deletes a key that had none. */
+static int count_record(mmkv_log *log, const mmkv_record *r, mmkv_counts *c)
+{
+    if (r->header.flags & MMKV_RECORD_PAD) {
+        c->garbage += record_bytes(r);
+        return 1;
+    }
+    mmkv_record prev;
+    uint64_t at = r->header.prev_offset;
+    if (at && (at >= r->offset || !mmkv_log_record(log, at, r->offset, &prev))) return 0;
+    int prev_live = at && !(prev.header.flags & MMKV_RECORD_TOMBSTONE);
+    if (r->header.flags & MMKV_RECORD_TOMBSTONE) {
+        if (!prev_live) return 0;
+        c->live--;
+        c->garbage += record_bytes(&prev) + record_bytes(r);
+    } else if (prev_live) {
+        c->garbage += record_bytes(&prev);
+    } else {
+        c->live++;
+    }
+    c->records++;
+    return 1;
+}
+
+/* Walks the log from its start while records hold their checksums and transactions follow one
+** another whole (format.h, SALVAGE). Each record's checksum is checked once; reading a previous
+** version's header needs no check, as it lies in the part already walked. */
+static void salvage_walk(mmkv_engine *e, salvaged *out)
+{
+    mmkv_log *log = &e->log;
+    mmkv_map_refresh(&log->map);
+    uint64_t end = mmkv_map_mapped(&log->map);
+    memset(out, 0, sizeof *out);
+    out->tail = out->txn_start = MMKV_DATA_START;
+    mmkv_counts counts = out->counts;
+    uint64_t txid = 0, start = MMKV_DATA_START;
+    int in_txn = 0;
+    uint64_t pos = MMKV_DATA_START;
+    for (; pos < end; out->stopped = pos) {
+        mmkv_record r;
+        if (!mmkv_log_record(log, pos, end, &r) || !mmkv_record_checksum_ok(&r)) break;
+        if (in_txn ? r.header.txid != txid : r.header.txid <= out->txid) break;
+        if (!in_txn) {
+            in_txn = 1;
+            txid = r.header.txid;
+            start = pos;
+            counts = out->counts;
+        }
+        if (!count_record(log, &r, &counts)) break;
+        pos += record_bytes(&r);
+        if (r.header.flags & MMKV_RECORD_TXN_END) {
+            out->tail = pos;
+            out->txid = txid;
+            out->txn_start = start;
+            out->counts = counts;
+            in_txn = 0;
+        }
+    }
+    out->stopped = pos;
+}
+
+/* Brings a file that carries the unsynced-commits notice to the longest whole prefix of its log,
+** if the meta slots (or the lack of them) say otherwise: the rest of the file is cleared, so that
+** nothing past it can ever pass for a later transaction, and both meta slots name the prefix.
+**
+** Without the notice (`unsynced` 0) only a file its database owns comes here, having lost both
+** meta slots, which it does not sync: the slots are rewritten from the log and nothing is cleared,
+** since the database's commit record decides, and records it names that the log lacks are damage
+** to report, not to paper over. */
+static int salvage(mmkv_engine *e, int unsynced, const mmkv_meta *found, mmkv_meta *meta,
+                   char **errmsg)
+{
+    salvaged s;
+    salvage_walk(e, &s);
+    uint64_t durable = 0;
+    if (unsynced && mmkv_log_notice(&e->log, &durable) && s.tail < durable)
+        return mmkv_error(errmsg, MMKV_CORRUPT,
+                          "mmkv: '%s' is damaged: the record at offset %llu fails its checks, "
+                          "below byte %llu, up to which the log was made durable",
+                          e->data_path, (unsigned long long)s.stopped,
+                          (unsigned long long)durable);
+    /* The meta slots name the prefix already (marked as salvage's, where a database's record may
+    ** name more: see mmkv_engine_effective). */
+    if (found && found->txid == s.txid && found->committed_tail == s.tail &&
+        (!unsynced || (found->flags & MMKV_META_SALVAGED))) {
+        *meta = *found;
+        return MMKV_OK;
+    }
+    uint64_t size = 0;
+    int rc = unsynced ? mmkv_file_size(e->log.map.fd, &size) : MMKV_OK;
+    if (rc == MMKV_OK && size > s.tail) rc = mmkv_file_discard(e->log.map.fd, s.tail, size - s.tail);
+    if (rc == MMKV_OK && unsynced) rc = mmkv_file_sync(e->log.map.fd);
+    if (rc != MMKV_OK) return mmkv_error(errmsg, rc, "mmkv: cannot salvage '%s'", e->data_path);
+    memset(meta, 0, sizeof *meta);
+    meta->txid = s.txid;
+    meta->committed_tail = s.tail;
+    meta->live_count = s.counts.live;
+    meta->record_count = s.counts.records;
+    meta->garbage_bytes = s.counts.garbage;
+    meta->txn_start = s.txn_start;
+    meta->flags = unsynced ? MMKV_META_SALVAGED : 0;
+    mmkv_meta_seal(meta);
+    for (int slot = 0; slot < 2 && rc == MMKV_OK; slot++)
+        rc = mmkv_log_write_meta(&e->log, slot, meta, 1);
+    if (rc != MMKV_OK) return mmkv_error(errmsg, rc, "mmkv: cannot salvage '%s'", e->data_path);
+    return MMKV_OK;
+}
+
 static int same_boot(const mmkv_index_header *h)
 {
     uint8_t now[16], zero[16] = {0};
@@ -693,19 +850,27 @@ static int recover_index(mmkv_engine *e, char **errmsg)
 {
     mmkv_meta meta;
     int slot;
-    int rc = mmkv_log_meta(&e->log, &meta, &slot, errmsg);
-    if (rc != MMKV_OK) return rc;
+    /* Commits that skipped their syncs: a power cut may have lost meta slots and records alike.
+    ** A file its database owns does not sync its meta slots at all. */
+    int notice = mmkv_log_notice(&e->log, NULL);
+    int rebuild_meta = notice || e->log.owner_id != 0;
+    int rc = mmkv_log_meta(&e->log, &meta, &slot, rebuild_meta ? NULL : errmsg);
+    if (rc != MMKV_OK && !rebuild_meta) return rc;
+    int have_meta = rc == MMKV_OK;
     mmkv_index_header *h = mmkv_index_header_of(&e->index);
     uint64_t id = e->log.file_id;
-    int usable = mmkv_index_header_usable(&e->index, id, 0);
+    int usable = have_meta && mmkv_index_header_usable(&e->index, id, 0);
     /* Clean: current, or behind and replayed from where it stopped. */
     int replay = usable && h->state == MMKV_INDEX_CLEAN && h->log_position <= meta.committed_tail &&
                  h->log_position >= MMKV_DATA_START;
     /* Its last user died between transactions in this boot: every slot store reached the page
     ** cache, so it is whole, unless something else damaged it since; one pass checks that. */
     int trust = usable && h->state == MMKV_INDEX_IN_USE && !h->writer_active && same_boot(h) &&
-                mmkv_index_slots_verify(&e->index);
+                mmkv_index_slots_verify(&e->index, meta.live_count, meta.record_count);
     uint64_t from = replay ? h->log_position : 0; /* the header is only readable if usable */
+    if (!replay && !trust && (notice || !have_meta) &&
+        (rc = salvage(e, notice, have_meta ? &meta : NULL, &meta, errmsg)) != MMKV_OK)
+        return rc;
     if (!replay && !trust && (rc = mmkv_index_reset(&e->index, id)) != MMKV_OK)
         return index_error(errmsg, e, rc, NULL);
     h->writer_active = !trust;
@@ -753,12 +918,15 @@ static int engine_new(const char *data_path, mmkv_engine **out)
 }
 
 /* Opens (creating if absent) the data file, then the index, and brings the index up to date. */
-static int engine_open_files(mmkv_engine *e, mmkv_sync sync, uint64_t owner_id, char **errmsg)
+static int engine_open_files(mmkv_engine *e, uint64_t owner_id, char **errmsg)
 {
     int fd;
     int rc = mmkv_file_open(e->data_path, MMKV_OPEN_EXISTING, &fd);
     if (rc == MMKV_NOTFOUND) {
-        rc = mmkv_log_create(e->data_path, sync, owner_id, errmsg);
+        /* Made durable whatever the sync mode (but for a temporary table's): a file that a power
+        ** cut could leave without its header could never be opened again. */
+        rc = mmkv_log_create(e->data_path, e->temporary ? MMKV_SYNC_OFF : MMKV_SYNC_FULL, owner_id,
+                             errmsg);
         if (rc == MMKV_BUSY) rc = MMKV_OK; /* created by someone else meanwhile */
         if (rc != MMKV_OK) return rc;
         rc = mmkv_file_open(e->data_path, MMKV_OPEN_EXISTING, &fd);
@@ -800,6 +968,17 @@ static int engine_open_files(mmkv_engine *e, mmkv_sync sync, uint64_t owner_id, 
     return rc;
 }
 
+/* A clean index must not be ahead of the disk: after commits that skipped their syncs, the log
+** and its meta slots are made durable first, and the notice moves its durable tail up. */
+static int log_made_durable(mmkv_engine *e, const mmkv_meta *meta)
+{
+    uint64_t durable;
+    if (!mmkv_log_notice(&e->log, &durable)) return 1;
+    if (mmkv_map_sync_range(&e->log.map, 0, meta->committed_tail) != MMKV_OK) return 0;
+    return durable == meta->committed_tail ||
+           mmkv_log_write_notice(&e->log, meta->committed_tail) == MMKV_OK;
+}
+
 static void engine_close(mmkv_engine *e)
 {
     if (e->log.map.base && e->index.map.base && !e->temporary &&
@@ -808,7 +987,7 @@ static void engine_close(mmkv_engine *e)
         mmkv_meta meta;
         int slot;
         if (mmkv_log_meta(&e->log, &meta, &slot, NULL) == MMKV_OK &&
-            !mmkv_index_header_of(&e->index)->writer_active)
+            !mmkv_index_header_of(&e->index)->writer_active && log_made_durable(e, &meta))
             mmkv_index_mark_clean(&e->index, meta.committed_tail);
     }
     engine_free(e);
@@ -860,7 +1039,7 @@ int mmkv_open(const char *data_path, const mmkv_open_options *options, mmkv_conn
             conn->sync = MMKV_SYNC_OFF; /* files that vanish at close need no durability */
             e->temporary = 1;
             e->refcount = 1;
-            rc = engine_open_files(e, MMKV_SYNC_OFF, 0, errmsg);
+            rc = engine_open_files(e, 0, errmsg);
             /* Nobody else may ever open them: the names go now, the files at close. */
             unlink(e->data_path);
             unlink(e->index_path);
@@ -880,7 +1059,7 @@ int mmkv_open(const char *data_path, const mmkv_open_options *options, mmkv_conn
             rc = MMKV_OK;
         } else {
             rc = engine_new(data_path, &e);
-            if (rc == MMKV_OK) rc = engine_open_files(e, options->sync, options->owner_id, errmsg);
+            if (rc == MMKV_OK) rc = engine_open_files(e, options->owner_id, errmsg);
             else mmkv_error(errmsg, rc, "out of memory");
             if (rc == MMKV_OK) {
                 e->refcount = 1;

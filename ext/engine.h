@@ -64,11 +64,17 @@ struct mmkv_conn {
     char *errmsg;
 };
 
+/* txn.c, for engine.c */
+int mmkv_txn_catch_up(mmkv_conn *conn, const mmkv_commit *committed);
+
 /* engine.c, for txn.c */
 void mmkv_engine_undo(mmkv_engine *engine, size_t keep);
 int mmkv_engine_rebuild_index(mmkv_engine *engine, uint64_t tail, uint64_t records, char **errmsg);
 int mmkv_engine_cover(mmkv_engine *engine, uint64_t tail, char **errmsg);
 int mmkv_engine_corrupt_record(char **errmsg, mmkv_engine *engine, uint64_t offset);
+/* What a recorded commit means for the log: the record itself, unless salvage (format.h) left the
+** log short of it, or padded it up to it, when the meta slot's state is what the log holds. */
+void mmkv_engine_effective(mmkv_engine *engine, const mmkv_commit *recorded, mmkv_commit *effective);
 /* The newest version of key in snapshot, a tombstone included: OK, or NOTFOUND if it has none. */
 int mmkv_engine_newest(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mmkv_datum *key,
                        uint64_t verified, mmkv_record *record);

@@ -9,6 +9,8 @@
 **     offset 0      file header (mmkv_file_header), written once at creation
 **     offset 512    meta slot 0 (mmkv_meta)
 **     offset 1024   meta slot 1 (mmkv_meta)
+**     offset 2048   the unsynced-commits notice (mmkv_notice, two copies), once a commit skipped
+**                   its syncs
 **     offset 4096   records, each 8-byte aligned, up to the committed tail
 **
 ** The meta slot with the highest transaction id whose checksum holds is the committed state of a
@@ -19,9 +21,23 @@
 ** in progress (or garbage left by one that never committed), which no reader trusts.
 **
 ** A record is a header (mmkv_record_header), the key bytes, the value bytes, and zero padding to the
-** next multiple of 8. An update appends a new version whose prev_offset names the version before
+** next multiple of 8. A transaction's records are contiguous, carry its txid, and the last one is
+** flagged MMKV_RECORD_TXN_END. An update appends a new version whose prev_offset names the version before
 ** it; a delete appends a tombstone (flag MMKV_RECORD_TOMBSTONE, no value). INTEGER and REAL keys and
 ** values are stored as 8 bytes (int64 / IEEE double); TEXT as UTF-8; NULL has no bytes.
+**
+** SALVAGE. A commit made under sync=off syncs nothing, so a power cut may keep any part of it and of
+** the commits before it: meta slots as well as records. Before the first such commit, the notice at
+** offset 2048 is written and synced. Recovery of a file that carries it (after a power cut, or
+** whenever the index must be rebuilt) keeps the longest prefix of the log made of whole
+** transactions: records whose checksums hold, each transaction's txid above the one before, ending
+** with its TXN_END record; but never shorter than the notice's durable_tail, below which every
+** record was made durable (when the notice was first written, and at each clean close), so that
+** damage there is reported rather than taken for lost writes. It clears the rest of the file and writes both meta slots to that state
+** (MMKV_META_SALVAGED). Where a database owns the file and its commit record names more than
+** survived, the next writer fills the lost bytes with pad records (MMKV_RECORD_PAD: a key of no
+** bytes and a value of zeros, never a row) up to the recorded tail, so that every reader of that
+** commit finds a whole log; the counts of a salvaged meta slot are then the log's, not the record's.
 **
 ** THE INDEX FILE (data file name + "-index") is derived data: a hash table from key to the offset
 ** of the newest version of that key, rebuilt from the log whenever it is missing, stale or damaged.
@@ -78,18 +94,34 @@ typedef struct mmkv_meta {
     uint64_t record_count;   /* records in the log, tombstones and old versions included */
     uint64_t garbage_bytes;  /* bytes held by superseded versions and tombstones */
     uint64_t txn_start;      /* where the last transaction's records begin (its starting tail) */
-    uint32_t reserved;       /* zero */
+    uint32_t flags;          /* MMKV_META_SALVAGED */
     uint32_t checksum;       /* CRC32C of every byte above */
 } mmkv_meta;                 /* 64 bytes */
 
+#define MMKV_META_SALVAGED 0x01 /* written by salvage: the counts are the surviving log's */
+
+/* Two copies, written in turn: the intact one with the higher sequence counts. */
+#define MMKV_NOTICE_OFFSET(copy) (2048u + 64u * (copy))
+#define MMKV_NOTICE_MAGIC 0x636e79736e766b6dULL /* "mkvnsync" */
+
+typedef struct mmkv_notice {
+    uint64_t magic;        /* MMKV_NOTICE_MAGIC */
+    uint64_t sequence;     /* 1 for the first copy written, then one more each time */
+    uint64_t durable_tail; /* every record below this offset was made durable */
+    uint32_t reserved;     /* zero */
+    uint32_t checksum;     /* CRC32C of every byte above */
+} mmkv_notice;             /* 32 bytes */
+
 #define MMKV_RECORD_TOMBSTONE 0x01
+#define MMKV_RECORD_TXN_END 0x02 /* the last record of its transaction */
+#define MMKV_RECORD_PAD 0x04     /* fills bytes a power cut lost: no key, a value of zeros */
 
 typedef struct mmkv_record_header {
     uint32_t checksum;    /* CRC32C of the record's offset (8 bytes), then of the rest of the
                           ** header, the key and the value: a record copied elsewhere fails it */
     uint8_t key_type;     /* MMKV_INTEGER, MMKV_FLOAT, MMKV_TEXT or MMKV_BLOB */
     uint8_t value_type;   /* any type; MMKV_NULL for a tombstone */
-    uint8_t flags;        /* MMKV_RECORD_TOMBSTONE */
+    uint8_t flags;        /* MMKV_RECORD_TOMBSTONE, MMKV_RECORD_TXN_END, MMKV_RECORD_PAD */
     uint8_t reserved;     /* zero */
     uint32_t key_len;     /* bytes of key */
     uint32_t value_len;   /* bytes of value */
@@ -155,6 +187,7 @@ typedef uint64_t mmkv_slot;
 
 _Static_assert(sizeof(mmkv_file_header) == 512, "file header is one sector");
 _Static_assert(sizeof(mmkv_meta) == 64, "meta slot size");
+_Static_assert(sizeof(mmkv_notice) == 32, "notice size");
 _Static_assert(sizeof(mmkv_record_header) == 32, "record header size");
 _Static_assert(sizeof(mmkv_index_header) == MMKV_PAGE_SIZE, "index header is one page");
 _Static_assert(offsetof(mmkv_index_header, slots_sum) / 64 > offsetof(mmkv_index_header, file_end) / 64,

@@ -112,33 +112,40 @@ int mmkv_index_header_usable(mmkv_index *index, uint64_t data_file_id, int need_
     return 1;
 }
 
-/* Sums a table's slots as slots_sum does; counts its slots in use, and those of its first
-** `drained` slots that still hold something to drain. */
-static uint64_t table_sum(mmkv_index *index, uint64_t offset, uint64_t slots, uint64_t drained,
-                          uint64_t *used, uint64_t *undrained)
+typedef struct table_tally {
+    uint64_t sum;       /* as slots_sum counts */
+    uint64_t used;      /* slots not empty */
+    uint64_t keys;      /* entries that are a key's own slot (not a second slot) */
+    uint64_t undrained; /* slots below the drain cursor that still hold something */
+} table_tally;
+
+static void tally_table(mmkv_index *index, uint64_t offset, uint64_t slots, uint64_t drained,
+                        table_tally *t)
 {
     mmkv_slot *table = table_at(index, offset);
-    uint64_t sum = 0;
     for (uint64_t i = 0; i < slots; i++) {
         mmkv_slot s = table[i];
         if (s == MMKV_SLOT_EMPTY) continue;
-        sum += slot_weight(index, &table[i], s);
-        ++*used;
-        if (i < drained && s != MMKV_SLOT_MOVED) ++*undrained;
+        t->sum += slot_weight(index, &table[i], s);
+        t->used++;
+        t->keys += mmkv_slot_is_entry(s) && !mmkv_slot_is_second(s);
+        t->undrained += i < drained && s != MMKV_SLOT_MOVED;
     }
-    return sum;
 }
 
-int mmkv_index_slots_verify(mmkv_index *index)
+int mmkv_index_slots_verify(mmkv_index *index, uint64_t live_keys, uint64_t records)
 {
     mmkv_index_header *h = mmkv_index_header_of(index);
-    uint64_t used = 0, old_used = 0, undrained = 0;
-    uint64_t sum = table_sum(index, h->table_offset, h->table_slots, 0, &used, &undrained);
-    if (h->old_offset)
-        sum += table_sum(index, h->old_offset, h->old_slots, h->drain_cursor, &old_used, &undrained);
+    table_tally now = {0}, old = {0};
+    tally_table(index, h->table_offset, h->table_slots, 0, &now);
+    if (h->old_offset) tally_table(index, h->old_offset, h->old_slots, h->drain_cursor, &old);
     /* A slot damaged, lost or moved, or geometry that no longer names the tables written, shows
-    ** in the sum; a drain cursor past slots never drained would drop them at the drain's end. */
-    if (sum != h->slots_sum || undrained) return 0;
+    ** in the sum; a drain cursor past slots never drained would drop them at the drain's end.
+    ** Every key in the log has its own slot: at least one per live key, at most one per record. */
+    uint64_t keys = now.keys + old.keys;
+    if (now.sum + old.sum != h->slots_sum || old.undrained || keys < live_keys || keys > records)
+        return 0;
+    uint64_t used = now.used;
     h->used_slots = used; /* decides when to grow: a table with no free slot would never end a probe */
     return 1;
 }

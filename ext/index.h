@@ -61,9 +61,9 @@ int mmkv_index_reset(mmkv_index *index, uint64_t data_file_id);
 /* Checks the header of an index found on disk: 1 if usable for this data file, 0 if not. */
 int mmkv_index_header_usable(mmkv_index *index, uint64_t data_file_id, int need_clean);
 void mmkv_index_mark_clean(mmkv_index *index, uint64_t log_position);
-/* One pass over the tables, checking them against the header's slots_sum (and recounting
-** used_slots): 1 if they are as the writers left them, 0 if damaged. */
-int mmkv_index_slots_verify(mmkv_index *index);
+/* One pass over the tables, checking them against the header's slots_sum and the log's counts (and
+** recounting used_slots): 1 if they are as the writers left them, 0 if damaged. */
+int mmkv_index_slots_verify(mmkv_index *index, uint64_t live_keys, uint64_t records);
 int mmkv_index_mark_in_use(mmkv_index *index);
 
 /* Lock-free lookup: the offset stored for the key. OK, NOTFOUND, or an error. */

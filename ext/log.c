@@ -27,7 +27,6 @@ static uint64_t random_u64(void)
 void mmkv_meta_seal(mmkv_meta *meta)
 {
     meta->magic = MMKV_META_MAGIC;
-    meta->reserved = 0;
     meta->checksum = mmkv_crc32c(0, meta, offsetof(mmkv_meta, checksum));
 }
 
@@ -106,13 +105,104 @@ int mmkv_log_open(mmkv_log *log, int fd, const char *path, char **errmsg)
     }
     mmkv_meta meta;
     int slot;
+    /* A file whose commits skipped their syncs, or whose database owns it (and which does not
+    ** sync its meta slots), may have lost both to a power cut: recovery rebuilds them (engine.c). */
+    if (mmkv_log_meta(log, &meta, &slot, NULL) == MMKV_CORRUPT &&
+        (log->owner_id != 0 || mmkv_log_notice(log, NULL)))
+        return MMKV_OK;
     return mmkv_log_meta(log, &meta, &slot, errmsg);
+}
+
+static uint32_t notice_checksum(const mmkv_notice *notice)
+{
+    return mmkv_crc32c(0, notice, offsetof(mmkv_notice, checksum));
+}
+
+/* The newest intact copy of the notice, or -1. */
+static int newest_notice(mmkv_log *log, mmkv_notice *out)
+{
+    int best = -1;
+    for (int copy = 0; copy < 2; copy++) {
+        mmkv_notice n;
+        memcpy(&n, log->map.base + MMKV_NOTICE_OFFSET(copy), sizeof n);
+        if (n.magic == MMKV_NOTICE_MAGIC && n.checksum == notice_checksum(&n) &&
+            (best < 0 || n.sequence > out->sequence)) {
+            *out = n;
+            best = copy;
+        }
+    }
+    return best;
+}
+
+int mmkv_log_notice(mmkv_log *log, uint64_t *durable_tail)
+{
+    mmkv_notice n;
+    if (newest_notice(log, &n) < 0) return 0;
+    if (durable_tail) *durable_tail = n.durable_tail;
+    return 1;
+}
+
+int mmkv_log_write_notice(mmkv_log *log, uint64_t durable_tail)
+{
+    mmkv_notice n;
+    int copy = newest_notice(log, &n);
+    uint64_t sequence = copy < 0 ? 1 : n.sequence + 1;
+    copy = copy < 0 ? 0 : copy ^ 1;
+    memset(&n, 0, sizeof n);
+    n.magic = MMKV_NOTICE_MAGIC;
+    n.sequence = sequence;
+    n.durable_tail = durable_tail;
+    n.checksum = notice_checksum(&n);
+    memcpy(log->map.base + MMKV_NOTICE_OFFSET(copy), &n, sizeof n);
+    return mmkv_map_sync_range(&log->map, MMKV_NOTICE_OFFSET(copy), sizeof n);
+}
+
+static void record_seal(unsigned char *p, uint64_t at)
+{
+    mmkv_record_header *record = (mmkv_record_header *)p;
+    uint64_t used = sizeof *record + (uint64_t)record->key_len + record->value_len;
+    record->checksum = mmkv_record_crc(at, p + sizeof record->checksum, used - sizeof record->checksum);
+}
+
+void mmkv_log_mark_txn_end(mmkv_log *log, uint64_t offset, int end)
+{
+    unsigned char *p = log->map.base + offset;
+    mmkv_record_header *record = (mmkv_record_header *)p;
+    record->flags = (uint8_t)(end ? record->flags | MMKV_RECORD_TXN_END
+                                  : record->flags & ~MMKV_RECORD_TXN_END);
+    record_seal(p, offset);
+}
+
+int mmkv_log_write_pad(mmkv_log *log, uint64_t at, uint64_t end, uint64_t txid)
+{
+    int rc = mmkv_map_extend(&log->map, end);
+    if (rc != MMKV_OK) return rc;
+    while (at < end) {
+        uint64_t n = end - at;
+        if (n - sizeof(mmkv_record_header) > MMKV_MAX_PAD_VALUE) {
+            n = sizeof(mmkv_record_header) + MMKV_MAX_PAD_VALUE;
+            if (end - at - n < sizeof(mmkv_record_header)) n -= sizeof(mmkv_record_header);
+        }
+        unsigned char *p = log->map.base + at;
+        memset(p, 0, n);
+        mmkv_record_header *record = (mmkv_record_header *)p;
+        record->key_type = MMKV_BLOB;
+        record->value_type = MMKV_BLOB;
+        record->flags = MMKV_RECORD_PAD | (at + n == end ? MMKV_RECORD_TXN_END : 0);
+        record->value_len = (uint32_t)(n - sizeof *record);
+        record->txid = txid;
+        record_seal(p, at);
+        at += n;
+    }
+    return MMKV_OK;
 }
 
 void mmkv_log_close(mmkv_log *log)
 {
     mmkv_map_release(&log->map);
 }
+
+#define META_READ_ATTEMPTS 64
 
 /* A meta slot whose checksum holds and whose fields make sense, wherever the file ends. */
 static int meta_intact(const mmkv_meta *m)
@@ -133,11 +223,16 @@ int mmkv_log_meta(mmkv_log *log, mmkv_meta *meta, int *slot, char **errmsg)
 {
     int best = -1;
     mmkv_meta copies[2];
-    for (int i = 0; i < 2; i++) {
-        /* Copy first: a writer may be filling the other slot right now. */
-        memcpy(&copies[i], log->map.base + MMKV_META_OFFSET(i), sizeof(mmkv_meta));
-        __atomic_thread_fence(__ATOMIC_ACQUIRE);
-        if (meta_intact(&copies[i]) && (best < 0 || copies[i].txid > copies[best].txid)) best = i;
+    /* A reader descheduled between its two copies can meet both slots half written, by two
+    ** commits in turn: look again a few times before calling the file damaged. */
+    for (int attempt = 0; attempt < META_READ_ATTEMPTS && best < 0; attempt++) {
+        for (int i = 0; i < 2; i++) {
+            /* Copy first: a writer may be filling the other slot right now. */
+            memcpy(&copies[i], log->map.base + MMKV_META_OFFSET(i), sizeof(mmkv_meta));
+            __atomic_thread_fence(__ATOMIC_ACQUIRE);
+            if (meta_intact(&copies[i]) && (best < 0 || copies[i].txid > copies[best].txid))
+                best = i;
+        }
     }
     if (best < 0)
         return mmkv_error(errmsg, MMKV_CORRUPT, "mmkv: '%s' is damaged: no valid meta slot",
@@ -195,7 +290,7 @@ int mmkv_log_write_record(mmkv_log *log, uint64_t at, const mmkv_datum *key,
     if (value->len) memcpy(body + key->len, value->bytes, value->len);
     uint64_t used = sizeof *record + (uint64_t)key->len + value->len;
     memset(p + used, 0, size - used);
-    record->checksum = mmkv_record_crc(at, p + sizeof record->checksum, used - sizeof record->checksum);
+    record_seal(p, at);
     *size_out = size;
     return MMKV_OK;
 }

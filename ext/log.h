@@ -33,6 +33,11 @@ int mmkv_log_meta(mmkv_log *log, mmkv_meta *meta, int *slot, char **errmsg);
 int mmkv_log_write_meta(mmkv_log *log, int slot, const mmkv_meta *meta, int sync);
 void mmkv_meta_seal(mmkv_meta *meta);
 
+/* The unsynced-commits notice (format.h, SALVAGE): 1 if present (and its durable tail), and
+** written durably (the copy not holding the newest). */
+int mmkv_log_notice(mmkv_log *log, uint64_t *durable_tail);
+int mmkv_log_write_notice(mmkv_log *log, uint64_t durable_tail);
+
 static inline uint64_t mmkv_record_size(uint32_t key_len, uint32_t value_len)
 {
     uint64_t n = sizeof(mmkv_record_header) + (uint64_t)key_len + value_len;
@@ -43,6 +48,13 @@ static inline uint64_t mmkv_record_size(uint32_t key_len, uint32_t value_len)
 int mmkv_log_write_record(mmkv_log *log, uint64_t at, const mmkv_datum *key,
                           const mmkv_datum *value, int flags, uint64_t txid, uint64_t prev_offset,
                           uint64_t *size_out);
+
+/* Sets (end 1) or clears the TXN_END flag of the record at offset, resealing it. */
+void mmkv_log_mark_txn_end(mmkv_log *log, uint64_t offset, int end);
+/* Fills [at, end) with pad records of transaction txid, the last flagged TXN_END. Both ends are
+** 8-aligned and at least a record header apart. */
+#define MMKV_MAX_PAD_VALUE ((uint64_t)1 << 30)
+int mmkv_log_write_pad(mmkv_log *log, uint64_t at, uint64_t end, uint64_t txid);
 
 /* A record read from the mapping. The header is a copy, so that a record being rewritten under a
 ** reader cannot change its lengths between the bounds check and their use. */

@@ -53,6 +53,11 @@ static int repair_to(mmkv_conn *conn, const mmkv_meta *meta, const mmkv_commit *
     mmkv_txn *txn = &e->txn;
     int rc = mmkv_engine_cover(e, state->tail, &conn->errmsg);
     if (rc == MMKV_OK) rc = mmkv_engine_rebuild_index(e, state->tail, state->record_count, &conn->errmsg);
+    /* Rolled back below what the notice holds durable (the database lost commits mmkv kept): the
+    ** records past the record will be overwritten, so salvage must not count on them. */
+    uint64_t durable;
+    if (rc == MMKV_OK && mmkv_log_notice(&e->log, &durable) && durable > state->tail)
+        rc = mmkv_log_write_notice(&e->log, state->tail);
     if (rc != MMKV_OK || (meta->txid == state->txid && meta->committed_tail == state->tail))
         return rc;
     mmkv_meta fixed;
@@ -64,11 +69,57 @@ static int repair_to(mmkv_conn *conn, const mmkv_meta *meta, const mmkv_commit *
     fixed.garbage_bytes = state->garbage_bytes;
     fixed.txn_start = state->tail;
     mmkv_meta_seal(&fixed);
-    /* Ahead: overwrite the slot that is ahead. Behind: write the other one, which becomes newest. */
-    int slot = meta->txid > state->txid ? txn->committed_slot : txn->committed_slot ^ 1;
+    /* Behind: write the other slot, which becomes newest. Ahead: overwrite both, since salvage
+    ** leaves the same state in both, and either could still be ahead. */
+    int ahead = meta->txid > state->txid;
+    int slot = ahead ? txn->committed_slot : txn->committed_slot ^ 1;
     rc = mmkv_log_write_meta(&e->log, slot, &fixed, conn->sync != MMKV_SYNC_OFF);
+    if (rc == MMKV_OK && ahead)
+        rc = mmkv_log_write_meta(&e->log, slot ^ 1, &fixed, conn->sync != MMKV_SYNC_OFF);
     if (rc != MMKV_OK) return mmkv_error(&conn->errmsg, rc, "mmkv: cannot sync '%s'", e->data_path);
     txn->committed_slot = slot;
+    return MMKV_OK;
+}
+
+/*
+** Salvage (format.h) left the log short of the commit the database recorded: commits made under
+** sync=off were lost to a power cut. Fills the lost bytes with pad records of the recorded
+** transaction, so that the record names a whole log again, and takes the counts from the log.
+*/
+static int pad_to_record(mmkv_conn *conn, mmkv_meta *meta, mmkv_commit *state)
+{
+    mmkv_engine *e = conn->engine;
+    mmkv_txn *txn = &e->txn;
+    if (meta->committed_tail < state->tail) {
+        if (state->tail - meta->committed_tail < sizeof(mmkv_record_header) ||
+            state->txid <= meta->txid)
+            return mmkv_error(&conn->errmsg, MMKV_CORRUPT,
+                              "mmkv: '%s' is damaged: its database records commit %llu up to "
+                              "byte %llu, which its salvaged log cannot hold",
+                              e->data_path, (unsigned long long)state->txid,
+                              (unsigned long long)state->tail);
+        uint64_t from = meta->committed_tail;
+        int rc = mmkv_log_write_pad(&e->log, from, state->tail, state->txid);
+        if (rc == MMKV_OK && conn->sync != MMKV_SYNC_OFF)
+            rc = mmkv_map_sync_range(&e->log.map, from, state->tail - from);
+        mmkv_meta padded = *meta;
+        padded.txid = state->txid;
+        padded.committed_tail = state->tail;
+        padded.garbage_bytes += state->tail - from;
+        padded.txn_start = from;
+        mmkv_meta_seal(&padded);
+        int slot = txn->committed_slot ^ 1;
+        if (rc == MMKV_OK) rc = mmkv_log_write_meta(&e->log, slot, &padded, conn->sync != MMKV_SYNC_OFF);
+        if (rc != MMKV_OK)
+            return mmkv_error(&conn->errmsg, rc, "mmkv: cannot write to '%s'", e->data_path);
+        txn->committed_slot = slot;
+        *meta = padded;
+    }
+    if (meta->txid == state->txid && meta->committed_tail == state->tail) {
+        state->live_count = meta->live_count;
+        state->record_count = meta->record_count;
+        state->garbage_bytes = meta->garbage_bytes;
+    }
     return MMKV_OK;
 }
 
@@ -124,6 +175,9 @@ static int begin_from(mmkv_conn *conn, const mmkv_commit *authority)
         state.record_count = meta.record_count;
         state.garbage_bytes = meta.garbage_bytes;
         if (authority) state = *authority;
+        if (authority && (meta.flags & MMKV_META_SALVAGED)) rc = pad_to_record(conn, &meta, &state);
+    }
+    if (rc == MMKV_OK) {
         mmkv_index_header *h = mmkv_index_header_of(&e->index);
         /* writer_active still set: the last writer died with slots published for records that
         ** never committed. */
@@ -146,6 +200,28 @@ static int begin_from(mmkv_conn *conn, const mmkv_commit *authority)
     txn->n_savepoints = 0;
     txn->prepared = 0;
 done:
+    pthread_mutex_unlock(&e->mutex);
+    return rc;
+}
+
+/* A reader's record names commits the meta slots lack (a power cut lost their unsynced write, the
+** records being durable): the index stops short of them too. Brings both up to the record, under
+** the writer's lock, as the next writer would. */
+int mmkv_txn_catch_up(mmkv_conn *conn, const mmkv_commit *committed)
+{
+    mmkv_engine *e = conn->engine;
+    mmkv_txn *txn = &e->txn;
+    int rc = take_writer(conn, 1);
+    if (rc != MMKV_OK) return rc;
+    mmkv_meta meta;
+    rc = mmkv_log_meta(&e->log, &meta, &txn->committed_slot, &conn->errmsg);
+    if (rc == MMKV_OK && meta.txid < committed->txid && !(meta.flags & MMKV_META_SALVAGED)) {
+        mmkv_index_header *h = mmkv_index_header_of(&e->index);
+        h->writer_active = 1; /* a crash in the middle leaves an index that is rebuilt */
+        rc = repair_to(conn, &meta, committed);
+        if (rc == MMKV_OK) h->writer_active = 0;
+    }
+    mmkv_unlock(e->log.map.fd, MMKV_LOCK_WRITER);
     pthread_mutex_unlock(&e->mutex);
     return rc;
 }
@@ -229,7 +305,13 @@ int mmkv_txn_prepare(mmkv_conn *conn)
         txn->prepared = 1; /* nothing to commit: no meta write */
         return MMKV_OK;
     }
-    int rc = mmkv_failpoint("before-data-sync");
+    /* The last record marks the transaction's end, for salvage (format.h). A commit that skips its
+    ** syncs first leaves the notice, durably, that the file may need salvage after a power cut. */
+    mmkv_log_mark_txn_end(&e->log, txn->written[txn->n_written - 1], 1);
+    int rc = MMKV_OK;
+    if (conn->sync == MMKV_SYNC_OFF && !e->temporary && !mmkv_log_notice(&e->log, NULL))
+        rc = mmkv_log_write_notice(&e->log, txn->start); /* all before was synced */
+    if (rc == MMKV_OK) rc = mmkv_failpoint("before-data-sync");
     if (rc == MMKV_OK && conn->sync != MMKV_SYNC_OFF)
         rc = mmkv_map_sync_range(&e->log.map, txn->start, txn->append_pos - txn->start);
     if (rc == MMKV_OK) rc = mmkv_failpoint("before-meta-write");
@@ -289,9 +371,13 @@ void mmkv_txn_rollback(mmkv_conn *conn)
     mmkv_txn *txn = &e->txn;
     if (txn->owner != conn) return;
     if (txn->prepared && txn->n_written) {
-        /* Prepared, then another participant failed: put the overwritten slot back. */
+        /* Prepared, then another participant failed: put the overwritten slot back, and take the
+        ** end mark off the last record, durably, lest salvage take it for a whole transaction. */
         mmkv_log_write_meta(&e->log, txn->committed_slot ^ 1, &txn->overwritten_meta,
                             conn->sync != MMKV_SYNC_OFF && !conn->external);
+        uint64_t last = txn->written[txn->n_written - 1];
+        mmkv_log_mark_txn_end(&e->log, last, 0);
+        if (!e->temporary) mmkv_map_sync_range(&e->log.map, last, sizeof(mmkv_record_header));
     }
     mmkv_engine_undo(e, 0);
     txn->append_pos = txn->start;

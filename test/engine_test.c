@@ -182,9 +182,9 @@ static void test_foreign_file(void)
     fclose(f);
     CHECK(got == sizeof text && memcmp(back, text, got) == 0, "file changed");
 
-    /* Both meta slots damaged: corrupt, named. */
+    /* Both meta slots damaged, in a file whose commits were synced: corrupt, named. */
     const char *dpath = path_of("twometa.mmkv");
-    mmkv_conn *d = open_or_die(dpath, MMKV_SYNC_OFF);
+    mmkv_conn *d = open_or_die(dpath, MMKV_SYNC_FULL);
     if (d) {
         mmkv_txn_begin(d);
         put_int(d, 1, 1, MMKV_PUT_INSERT);
@@ -207,7 +207,7 @@ static void test_torn_meta_falls_back(void)
 {
     begin_test("a torn newest meta slot leaves the previous commit");
     const char *path = path_of("torn.mmkv");
-    mmkv_conn *c = open_or_die(path, MMKV_SYNC_OFF);
+    mmkv_conn *c = open_or_die(path, MMKV_SYNC_FULL);
     if (!c) { end_test(); return; }
     mmkv_txn_begin(c);
     put_int(c, 1, 1, MMKV_PUT_INSERT);
@@ -716,6 +716,189 @@ static void test_check_and_rebuild(void)
     end_test();
 }
 
+/* The offset of the first record of transaction txid in a data file, or 0. */
+static uint64_t first_record_of(const char *path, uint64_t txid)
+{
+    int fd = open(path, O_RDONLY);
+    uint64_t pos = MMKV_DATA_START, found = 0;
+    mmkv_record_header h;
+    while (!found && pread(fd, &h, sizeof h, (off_t)pos) == (ssize_t)sizeof h && h.key_type) {
+        if (h.txid == txid) found = pos;
+        pos += (sizeof h + h.key_len + h.value_len + 7) / 8 * 8;
+    }
+    close(fd);
+    return found;
+}
+
+static void zero_bytes(const char *path, uint64_t at, size_t n)
+{
+    char zeros[64] = {0};
+    int fd = open(path, O_RDWR);
+    if (pwrite(fd, zeros, n, (off_t)at) != (ssize_t)n) printf("# cannot write %s\n", path);
+    close(fd);
+}
+
+static char *index_of(const char *path)
+{
+    static char buf[600];
+    snprintf(buf, sizeof buf, "%s-index", path);
+    return buf;
+}
+
+/* Transaction t (1..5) inserts keys t*100..t*100+9 = t, replaces key (t-1)*100 with -t and
+** deletes key (t-1)*100+9. The state after commit n, for key k: */
+static int64_t salvage_model(int n, int64_t k)
+{
+    int t = (int)(k / 100), i = (int)(k % 100);
+    if (t < 1 || t > n || i > 9) return -1;
+    if (i == 9 && t < n) return -1;
+    if (i == 0 && t < n) return -(t + 1);
+    return t;
+}
+
+static void salvage_txn(mmkv_conn *c, int t)
+{
+    for (int i = 0; i < 10; i++) put_int(c, t * 100 + i, t, MMKV_PUT_INSERT);
+    if (t > 1) {
+        put_int(c, (t - 1) * 100, -t, MMKV_PUT_REPLACE);
+        del_int(c, (t - 1) * 100 + 9);
+    }
+}
+
+static int salvage_state_is(mmkv_conn *c, const mmkv_snapshot *snap, int n)
+{
+    int bad = 0;
+    for (int64_t k = 0; k < 700; k++) bad += get_in(c, snap, k) != salvage_model(n, k);
+    return bad;
+}
+
+/* A child process makes commits 1..5 with sync=off and stops without closing, so that none of it
+** was made durable; for an owned file (owner != 0) it sends the database's record of commit 5. */
+static mmkv_commit unsynced_commits(const char *path, uint64_t owner)
+{
+    int fds[2];
+    mmkv_commit record;
+    memset(&record, 0, sizeof record);
+    if (pipe(fds) != 0) return record;
+    pid_t pid = fork();
+    if (pid == 0) {
+        mmkv_open_options options = {MMKV_SYNC_OFF, 0, owner};
+        mmkv_conn *c = NULL;
+        if (mmkv_open(path, &options, &c, NULL) != MMKV_OK) _exit(1);
+        mmkv_committed(c, &record);
+        for (int t = 1; t <= 5; t++) {
+            if (owner ? mmkv_txn_begin_at(c, &record) : mmkv_txn_begin(c)) _exit(1);
+            salvage_txn(c, t);
+            if (mmkv_txn_prepare(c) != MMKV_OK) _exit(1);
+            mmkv_txn_outcome(c, &record);
+            mmkv_txn_commit(c);
+        }
+        _exit(write(fds[1], &record, sizeof record) == sizeof record ? 0 : 1);
+    }
+    close(fds[1]);
+    if (read(fds[0], &record, sizeof record) != sizeof record) memset(&record, 0, sizeof record);
+    close(fds[0]);
+    waitpid(pid, NULL, 0);
+    return record;
+}
+
+static void test_salvage(void)
+{
+    begin_test("sync=off: after lost writes, the longest whole prefix of transactions survives");
+    /* A file that is its own authority: lose a record of commit 4, or both meta slots. */
+    for (int damage = 0; damage < 2 && !current_failed; damage++) {
+        const char *path = path_of(damage ? "salvage-meta.mmkv" : "salvage-record.mmkv");
+        CHECK(unsynced_commits(path, 0).txid == 5, "the child's commits");
+        mmkv_conn *c;
+        if (damage == 0) zero_bytes(path, first_record_of(path, 4) + 40, 8);
+        else zero_bytes(path, MMKV_META_OFFSET(0), 64), zero_bytes(path, MMKV_META_OFFSET(1), 64);
+        unlink(index_of(path)); /* as after a power cut: the index is rebuilt */
+        c = open_or_die(path, MMKV_SYNC_OFF);
+        if (!c) break;
+        int want = damage ? 5 : 3;
+        mmkv_snapshot snap;
+        mmkv_snapshot_take(c, &snap);
+        CHECK(salvage_state_is(c, &snap, want) == 0, "damage %d: %d keys differ from commit %d",
+              damage, salvage_state_is(c, &snap, want), want);
+        CHECK(mmkv_check(c, NULL) == MMKV_OK, "damage %d: %s", damage, mmkv_errmsg(c));
+        mmkv_txn_begin(c);
+        salvage_txn(c, want + 1);
+        CHECK(commit(c) == MMKV_OK, "a commit after salvage");
+        mmkv_close(c);
+        unlink(index_of(path));
+        c = open_or_die(path, MMKV_SYNC_OFF);
+        if (!c) break;
+        mmkv_snapshot_take(c, &snap);
+        CHECK(salvage_state_is(c, &snap, want + 1) == 0 && mmkv_check(c, NULL) == MMKV_OK,
+              "damage %d: after the next commit and a rebuild: %s", damage, mmkv_errmsg(c));
+        mmkv_close(c);
+    }
+    /* The same damage in a file whose commits were synced, or that was closed cleanly since (which
+    ** makes the log durable), is reported, never salvaged. */
+    for (int synced_by = 0; synced_by < 2 && !current_failed; synced_by++) {
+        const char *synced = path_of(synced_by ? "salvage-closed.mmkv" : "salvage-synced.mmkv");
+        mmkv_conn *c = open_or_die(synced, synced_by ? MMKV_SYNC_OFF : MMKV_SYNC_FULL);
+        if (!c) break;
+        for (int t = 1; t <= 5; t++) {
+            mmkv_txn_begin(c);
+            salvage_txn(c, t);
+            commit(c);
+        }
+        mmkv_close(c);
+        zero_bytes(synced, first_record_of(synced, 4) + 40, 8);
+        unlink(index_of(synced));
+        mmkv_open_options options = {MMKV_SYNC_FULL, 0, 0};
+        char *err = NULL;
+        int rc = mmkv_open(synced, &options, &c, &err);
+        CHECK(rc == MMKV_CORRUPT && err && strstr(err, synced), "synced by %s: %d %s",
+              synced_by ? "a clean close" : "sync=full", rc, err ? err : "");
+        free(err);
+    }
+    /* A file its database owns, whose record names commit 5 while the log lost part of commit 4:
+    ** readers see commit 3, and the next writer pads the log up to the record and goes on. */
+    const char *owned = path_of("salvage-owned.mmkv");
+    mmkv_open_options options = {MMKV_SYNC_OFF, 0, 77};
+    char *err = NULL;
+    mmkv_conn *c = NULL;
+    mmkv_commit record = unsynced_commits(owned, 77);
+    CHECK(record.txid == 5, "the child's commits");
+    zero_bytes(owned, first_record_of(owned, 4) + 40, 8);
+    unlink(index_of(owned));
+    c = NULL;
+    mmkv_open(owned, &options, &c, &err);
+    free(err);
+    if (!c) { end_test(); return; }
+    mmkv_snapshot snap;
+    CHECK(mmkv_snapshot_at(c, &record, &snap) == MMKV_OK && salvage_state_is(c, &snap, 3) == 0,
+          "readers of the record see commit 3");
+    CHECK(mmkv_check(c, &record) == MMKV_OK, "check before the pad: %s", mmkv_errmsg(c));
+    CHECK(mmkv_txn_begin_at(c, &record) == MMKV_OK, "begin at the record: %s", mmkv_errmsg(c));
+    mmkv_txn_rollback(c);
+    CHECK(mmkv_snapshot_at(c, &record, &snap) == MMKV_OK && salvage_state_is(c, &snap, 3) == 0,
+          "padded: readers of the record still see commit 3");
+    CHECK(mmkv_check(c, &record) == MMKV_OK, "check after the pad: %s", mmkv_errmsg(c));
+    mmkv_txn_begin_at(c, &record);
+    salvage_txn(c, 4);
+    CHECK(mmkv_txn_prepare(c) == MMKV_OK, "prepare after the pad");
+    mmkv_txn_outcome(c, &record);
+    mmkv_txn_commit(c);
+    CHECK(mmkv_snapshot_at(c, &record, &snap) == MMKV_OK && salvage_state_is(c, &snap, 4) == 0 &&
+              mmkv_check(c, &record) == MMKV_OK,
+          "the next commit: %s", mmkv_errmsg(c));
+    mmkv_close(c);
+    unlink(index_of(owned));
+    c = NULL;
+    mmkv_open(owned, &options, &c, &err);
+    free(err);
+    if (c) {
+        CHECK(mmkv_snapshot_at(c, &record, &snap) == MMKV_OK &&
+                  salvage_state_is(c, &snap, 4) == 0 && mmkv_check(c, &record) == MMKV_OK,
+              "rebuilt again: %s", mmkv_errmsg(c));
+        mmkv_close(c);
+    }
+    end_test();
+}
+
 int main(void)
 {
     if (!start_tests()) return 1;
@@ -734,5 +917,6 @@ int main(void)
     test_owner_authority();
     test_check_and_rebuild();
     test_in_use_index_checked();
+    test_salvage();
     return finish_tests();
 }
