@@ -112,9 +112,12 @@ static char *path_of(const char *name)
     return p;
 }
 
+/* Synced commits, but for the tables made to show salvage (format.h), whose commits skip syncs. */
+static mmkv_sync table_sync = MMKV_SYNC_FULL;
+
 static mmkv_conn *open_table(const char *name)
 {
-    mmkv_open_options options = {MMKV_SYNC_OFF, 0, 0};
+    mmkv_open_options options = {table_sync, 0, 0};
     mmkv_conn *conn = NULL;
     char *err = NULL;
     if (mmkv_open(path_of(name), &options, &conn, &err) != MMKV_OK) die(err ? err : "open");
@@ -237,9 +240,9 @@ static void make_grown(const char *name, int keys, image *data, image *index)
            (unsigned long long)h->file_end);
 }
 
-static void make_history(image *data, image *index)
+static void make_history(const char *name, image *data, image *index)
 {
-    mmkv_conn *c = open_table("history.mmkv");
+    mmkv_conn *c = open_table(name);
     int64_t ks, vs;
     char key[32];
     for (int round = 0; round < 4; round++) {
@@ -263,7 +266,7 @@ static void make_history(image *data, image *index)
     mmkv_datum gone = integer(&ks, 1);
     if (mmkv_delete(c, &gone) != MMKV_OK) die("delete");
     mmkv_txn_rollback(c);
-    take(c, "history.mmkv", data, index);
+    take(c, name, data, index);
 }
 
 /* ---- damage ---- */
@@ -294,7 +297,11 @@ int main(int argc, char **argv)
     make_types(&types_d, &types_i);
     make_grown("grown.mmkv", 400, &grown_d, &grown_i);
     make_grown("draining.mmkv", 330, &drain_d, &drain_i);
-    make_history(&hist_d, &hist_i);
+    make_history("history.mmkv", &hist_d, &hist_i);
+    image unsynced_d, unsynced_i;
+    table_sync = MMKV_SYNC_OFF;
+    make_history("unsynced.mmkv", &unsynced_d, &unsynced_i);
+    table_sync = MMKV_SYNC_FULL;
 
     /* As the engine left them. */
     emit("new-table", FUZZ_NO_INDEX, none, none);
@@ -327,6 +334,19 @@ int main(int argc, char **argv)
     free(d.bytes);
 
     emit("types-foreign-index", 0, types_d, empty_i); /* another file's index: rebuilt */
+
+    /* Commits that skipped their syncs: the file carries the notice, and recovery salvages the
+    ** longest whole prefix of transactions when records or both meta slots are lost. */
+    emit("unsynced", FUZZ_DROP_INDEX, unsynced_d, unsynced_i);
+    d = copy(unsynced_d);
+    d.bytes[MMKV_DATA_START + 20 * 48 + 40] ^= 1; /* in the second transaction */
+    emit("unsynced-bad-record", FUZZ_DROP_INDEX, d, unsynced_i);
+    free(d.bytes);
+    d = copy(unsynced_d);
+    memset(d.bytes + MMKV_META_OFFSET(0), 0, sizeof(mmkv_meta));
+    memset(d.bytes + MMKV_META_OFFSET(1), 0, sizeof(mmkv_meta));
+    emit("unsynced-no-meta", FUZZ_NO_INDEX, d, none);
+    free(d.bytes);
 
     image x = copy(grown_i);
     mmkv_index_header *h = (mmkv_index_header *)x.bytes;

@@ -355,8 +355,9 @@ static void check_row(const fuzz_ctx *ctx, const mmkv_row *row, uint64_t tail, c
         fail("%s: row (%s %u, %s %u) differs from the record at %llu (%d %u, %d %u)", what,
              type_name(row->key.type), row->key.len, type_name(row->value.type), row->value.len,
              (unsigned long long)at, h.key_type, h.key_len, h.value_type, h.value_len);
-    if (h.flags & MMKV_RECORD_TOMBSTONE)
-        fail("%s: the record at %llu is a tombstone", what, (unsigned long long)at);
+    if (h.flags & (MMKV_RECORD_TOMBSTONE | MMKV_RECORD_PAD))
+        fail("%s: the record at %llu is a %s", what, (unsigned long long)at,
+             h.flags & MMKV_RECORD_PAD ? "pad" : "tombstone");
     uint64_t n = (uint64_t)h.key_len + h.value_len;
     if (at + sizeof h + n > tail)
         fail("%s: the record at %llu ends past the tail %llu", what, (unsigned long long)at,
@@ -549,6 +550,10 @@ static void oracle_read(const fuzz_ctx *ctx, oracle *o)
             o->damaged = 1;
             o->damaged_at = pos;
             return;
+        }
+        if (h.flags & MMKV_RECORD_PAD) { /* fills bytes a power cut lost: no key */
+            pos += rsize;
+            continue;
         }
         mmkv_datum key = {h.key_type, h.key_len, o->image + pos + sizeof h};
         if (key_is_nan(&key)) {
