@@ -1007,6 +1007,18 @@ static int temporary_path(char **out)
 /* A data file answers to one authority: the database that owns it, or (owner 0) its own meta
 ** slots. Another database must not take it over, since the two would disagree on what is
 ** committed. */
+/* A data file that no commit ever reached and that no other process has open: what a CREATE
+** VIRTUAL TABLE leaves when its transaction rolls back, or a power cut takes it. (In this process,
+** the rolled-back table may not be disconnected yet: it keeps the unlinked file to itself.) */
+static int never_committed(mmkv_engine *e)
+{
+    mmkv_meta meta;
+    int slot;
+    return mmkv_log_meta(&e->log, &meta, &slot, NULL) == MMKV_OK &&
+           meta.txid == 0 && meta.committed_tail == MMKV_DATA_START &&
+           mmkv_lock_try(e->log.map.fd, MMKV_LOCK_OPEN, 1) == MMKV_OK;
+}
+
 static int check_owner(mmkv_engine *e, const mmkv_open_options *options, char **errmsg)
 {
     uint64_t have = e->log.owner_id, want = options->owner_id;
@@ -1030,6 +1042,7 @@ int mmkv_open(const char *data_path, const mmkv_open_options *options, mmkv_conn
     if (!conn) return mmkv_error(errmsg, MMKV_NOMEM, "out of memory");
     conn->sync = options->sync;
     mmkv_engine *e = NULL;
+    mmkv_open_options retry;
     int rc;
     if (options->temporary) {
         char *path = NULL;
@@ -1049,6 +1062,7 @@ int mmkv_open(const char *data_path, const mmkv_open_options *options, mmkv_conn
         free(path);
     } else {
         pthread_mutex_lock(&registry_mutex);
+    again:;
         struct stat st;
         if (stat(data_path, &st) == 0) {
             for (e = registry; e; e = e->next)
@@ -1068,6 +1082,7 @@ int mmkv_open(const char *data_path, const mmkv_open_options *options, mmkv_conn
             }
         }
         if (rc == MMKV_OK && (rc = check_owner(e, options, errmsg)) != MMKV_OK) {
+            int claim = options->claim_unused && options->owner_id && never_committed(e);
             e->refcount--;
             if (e->refcount == 0) {
                 mmkv_engine **p = &registry;
@@ -1076,6 +1091,17 @@ int mmkv_open(const char *data_path, const mmkv_open_options *options, mmkv_conn
                 engine_close(e);
             }
             e = NULL;
+            /* Left by a CREATE whose transaction never committed: no database knows it. */
+            if (claim && mmkv_remove_files(data_path, NULL) == MMKV_OK) {
+                if (errmsg) {
+                    free(*errmsg);
+                    *errmsg = NULL;
+                }
+                retry = *options;
+                retry.claim_unused = 0;
+                options = &retry;
+                goto again;
+            }
         }
         pthread_mutex_unlock(&registry_mutex);
     }

@@ -74,6 +74,7 @@ typedef struct mmkv_open_options {
     mmkv_sync sync;
     int temporary;     /* create an anonymous file set that vanishes at close */
     uint64_t owner_id; /* the database that decides what is committed; 0: the files decide */
+    int claim_unused;  /* a data file of another owner that no commit reached is replaced */
 } mmkv_open_options;
 
 /* A committed state of the log: what an owning database records in its own transaction. */

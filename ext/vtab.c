@@ -286,6 +286,8 @@ static int open_owned(mmkv_vtab *vt, mmkv_open_options *options, int creating, c
         sqlite3_uint64 owner = 0;
         while (owner == 0) sqlite3_randomness(sizeof owner, &owner);
         options->owner_id = owner;
+        /* A data file an earlier CREATE left when its transaction rolled back is no table's. */
+        options->claim_unused = 1;
     }
     int rc = mmkv_open(vt->data_path, options, &vt->conn, message);
     if (rc != MMKV_OK || !vt->owned || !creating) return rc == MMKV_OK ? SQLITE_OK : rc;
@@ -344,7 +346,7 @@ static int mmkvInit(sqlite3 *db, void *aux, int argc, const char *const *argv, s
         goto cleanup;
     }
 
-    mmkv_open_options options = {args.sync, temporary, 0};
+    mmkv_open_options options = {.sync = args.sync, .temporary = temporary};
     if (temporary) {
         vt->temp = temp_table_find(state, argv[1], name);
         if (vt->temp && creating) {
@@ -791,6 +793,15 @@ static int check_state(mmkv_vtab *vt, mmkv_commit *state, const mmkv_commit **us
 **   integrity-check   verify the log and the index (SQLITE_CORRUPT with what is wrong)
 **   rebuild-index     rebuild the derived index from the log
 */
+static int mmkvBegin(sqlite3_vtab *vtab);
+
+/* SQLite calls xBegin when a statement first writes a table in a transaction, but a table created
+** earlier in the same transaction already counts as in it and gets none: begin here instead. */
+static int ensure_writing(mmkv_vtab *vt)
+{
+    return mmkv_txn_active(vt->conn) ? SQLITE_OK : mmkvBegin(&vt->base);
+}
+
 static int run_command(mmkv_vtab *vt, sqlite3_value *command)
 {
     const char *text = (const char *)sqlite3_value_text(command);
@@ -801,6 +812,7 @@ static int run_command(mmkv_vtab *vt, sqlite3_value *command)
         if ((rc = check_state(vt, &state, &use)) != SQLITE_OK) return rc;
         rc = mmkv_check(vt->conn, use);
     } else if (text && sqlite3_stricmp(text, "rebuild-index") == 0) {
+        if ((rc = ensure_writing(vt)) != SQLITE_OK) return rc;
         rc = mmkv_rebuild(vt->conn);
     } else {
         sqlite3_free(vt->base.zErrMsg);
@@ -851,6 +863,7 @@ static int mmkvUpdate(sqlite3_vtab *vtab, int argc, sqlite3_value **argv, sqlite
 
     if (argc == 1) {
         if ((rc = datum_from_value(argv[0], &old_key, &old_number)) != SQLITE_OK) return rc;
+        if ((rc = ensure_writing(vt)) != SQLITE_OK) return rc;
         rc = mmkv_delete(vt->conn, &old_key);
         return rc == MMKV_OK || rc == MMKV_NOTFOUND ? SQLITE_OK : engine_error(vt, rc);
     }
@@ -861,6 +874,7 @@ static int mmkvUpdate(sqlite3_vtab *vtab, int argc, sqlite3_value **argv, sqlite
     if ((rc = datum_from_value(argv[2], &key, &number)) != SQLITE_OK) return rc;
     if ((rc = datum_from_value(argv[3], &value, &value_number)) != SQLITE_OK) return rc;
     int replace = sqlite3_vtab_on_conflict(vt->db) == SQLITE_REPLACE;
+    if ((rc = ensure_writing(vt)) != SQLITE_OK) return rc;
 
     if (inserting) {
         rc = mmkv_put(vt->conn, &key, &value, replace ? MMKV_PUT_REPLACE : MMKV_PUT_INSERT);

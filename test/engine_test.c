@@ -169,7 +169,7 @@ static void test_foreign_file(void)
     const char *path = path_of("foreign.txt");
     const char text[] = "this is not an mmkv file, and it must stay exactly like this\n";
     write_file(path, text, sizeof text);
-    mmkv_open_options options = {MMKV_SYNC_FULL, 0, 0};
+    mmkv_open_options options = {.sync = MMKV_SYNC_FULL};
     mmkv_conn *c = NULL;
     char *err = NULL;
     int rc = mmkv_open(path, &options, &c, &err);
@@ -331,7 +331,7 @@ static int64_t get_in(mmkv_conn *conn, const mmkv_snapshot *snap, int64_t k)
 static void *thread_main(void *arg)
 {
     thread_job *job = arg;
-    mmkv_open_options options = {MMKV_SYNC_OFF, 0, 0};
+    mmkv_open_options options = {.sync = MMKV_SYNC_OFF};
     mmkv_conn *conn = NULL;
     if (mmkv_open(job->path, &options, &conn, NULL) != MMKV_OK) {
         job->error = "open";
@@ -541,7 +541,7 @@ static void test_owner_authority(void)
 {
     begin_test("owned file: the log rolls back and forward to the owner's record");
     const char *path = path_of("owned.mmkv");
-    mmkv_open_options options = {MMKV_SYNC_NORMAL, 0, 42};
+    mmkv_open_options options = {.sync = MMKV_SYNC_NORMAL, .owner_id = 42};
     mmkv_conn *c = NULL;
     char *err = NULL;
     int rc = mmkv_open(path, &options, &c, &err);
@@ -581,7 +581,7 @@ static void test_owner_authority(void)
     CHECK(get_in(c, &snap, 3) == 30 && get_in(c, &snap, 1) == 10, "rolled forward: %lld",
           (long long)get_in(c, &snap, 3));
     mmkv_close(c);
-    mmkv_open_options other = {MMKV_SYNC_NORMAL, 0, 43}, none = {MMKV_SYNC_NORMAL, 0, 0};
+    mmkv_open_options other = {.sync = MMKV_SYNC_NORMAL, .owner_id = 43}, none = {.sync = MMKV_SYNC_NORMAL};
     rc = mmkv_open(path, &other, &c, &err);
     CHECK(rc != MMKV_OK && err && strstr(err, "another database"), "another owner: %d %s", rc,
           err ? err : "");
@@ -782,7 +782,7 @@ static mmkv_commit unsynced_commits(const char *path, uint64_t owner)
     if (pipe(fds) != 0) return record;
     pid_t pid = fork();
     if (pid == 0) {
-        mmkv_open_options options = {MMKV_SYNC_OFF, 0, owner};
+        mmkv_open_options options = {.sync = MMKV_SYNC_OFF, .owner_id = owner};
         mmkv_conn *c = NULL;
         if (mmkv_open(path, &options, &c, NULL) != MMKV_OK) _exit(1);
         mmkv_committed(c, &record);
@@ -847,7 +847,7 @@ static void test_salvage(void)
         mmkv_close(c);
         zero_bytes(synced, first_record_of(synced, 4) + 40, 8);
         unlink(index_of(synced));
-        mmkv_open_options options = {MMKV_SYNC_FULL, 0, 0};
+        mmkv_open_options options = {.sync = MMKV_SYNC_FULL};
         char *err = NULL;
         int rc = mmkv_open(synced, &options, &c, &err);
         CHECK(rc == MMKV_CORRUPT && err && strstr(err, synced), "synced by %s: %d %s",
@@ -857,7 +857,7 @@ static void test_salvage(void)
     /* A file its database owns, whose record names commit 5 while the log lost part of commit 4:
     ** readers see commit 3, and the next writer pads the log up to the record and goes on. */
     const char *owned = path_of("salvage-owned.mmkv");
-    mmkv_open_options options = {MMKV_SYNC_OFF, 0, 77};
+    mmkv_open_options options = {.sync = MMKV_SYNC_OFF, .owner_id = 77};
     char *err = NULL;
     mmkv_conn *c = NULL;
     mmkv_commit record = unsynced_commits(owned, 77);

@@ -76,7 +76,7 @@ static inline mmkv_datum blob_datum(const void *p, uint32_t n)
 
 static inline mmkv_conn *open_or_die(const char *path, mmkv_sync sync)
 {
-    mmkv_open_options options = {sync, 0, 0};
+    mmkv_open_options options = {.sync = sync};
     mmkv_conn *conn = NULL;
     char *err = NULL;
     int rc = mmkv_open(path, &options, &conn, &err);

@@ -117,7 +117,7 @@ static mmkv_sync table_sync = MMKV_SYNC_FULL;
 
 static mmkv_conn *open_table(const char *name)
 {
-    mmkv_open_options options = {table_sync, 0, 0};
+    mmkv_open_options options = {.sync = table_sync};
     mmkv_conn *conn = NULL;
     char *err = NULL;
     if (mmkv_open(path_of(name), &options, &conn, &err) != MMKV_OK) die(err ? err : "open");

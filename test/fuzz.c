@@ -1212,7 +1212,7 @@ static int read_phase(const fuzz_ctx *ctx, mmkv_conn *conn, script *s, pool *p, 
 
 static mmkv_conn *open_conn(const fuzz_ctx *ctx, const char *what)
 {
-    mmkv_open_options options = {MMKV_SYNC_OFF, 0, 0};
+    mmkv_open_options options = {.sync = MMKV_SYNC_OFF};
     mmkv_conn *conn = NULL;
     char *err = NULL;
     int rc = mmkv_open(ctx->data_path, &options, &conn, &err);

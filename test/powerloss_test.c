@@ -160,7 +160,7 @@ static int put_and_maybe_crash(mmkv_conn *c, int64_t k, int64_t v, int mode, mmk
 static void workload(const char *path, mmkv_sync sync, int out)
 {
     mmkv_file_set_sync_hook(on_sync);
-    mmkv_open_options options = {sync, 0, 0};
+    mmkv_open_options options = {.sync = sync};
     mmkv_conn *c = NULL;
     if (mmkv_open(path, &options, &c, NULL) != MMKV_OK) _exit(2);
     for (int t = 1; t <= TXNS; t++) {
@@ -185,7 +185,7 @@ static void workload(const char *path, mmkv_sync sync, int out)
 /* Which commit the image holds, or -1 if it holds none exactly. */
 static int recovered_state(const char *path, char *why, size_t why_len)
 {
-    mmkv_open_options options = {MMKV_SYNC_FULL, 0, 0};
+    mmkv_open_options options = {.sync = MMKV_SYNC_FULL};
     mmkv_conn *c = NULL;
     char *err = NULL;
     if (access(path, F_OK) != 0) return 0; /* the crash came before the file was made */

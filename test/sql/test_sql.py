@@ -374,6 +374,46 @@ def test_drop_and_rename_in_transactions():
             db.close()
 
 
+def test_create_in_transactions():
+    """A table created inside a transaction takes writes at once (SQLite calls no xBegin for it),
+    and a rolled-back CREATE leaves no file that a later CREATE would refuse."""
+    for where in ("file", "memory"):
+        with TempDir() as d:
+            db = connect(os.path.join(d, "app.db") if where == "file" else ":memory:")
+            shared = "file='%s'" % os.path.join(d, "shared.mmkv")
+            db.execute("BEGIN")
+            db.execute("CREATE VIRTUAL TABLE kv USING mmkv(%s)" % shared)
+            db.execute("INSERT INTO kv VALUES(1, 'one'), (2, 'two')")
+            db.execute("UPDATE kv SET value = 'uno' WHERE key = 1")
+            db.execute("DELETE FROM kv WHERE key = 2")
+            check_equal("%s: a table created in a transaction takes writes in it" % where,
+                        db.execute("SELECT key, value FROM kv").fetchall(), [(1, "uno")])
+            db.execute("ROLLBACK")
+            db.execute("CREATE VIRTUAL TABLE kv USING mmkv(%s)" % shared)
+            check_equal("%s: CREATE again after a rolled-back CREATE starts empty" % where,
+                        db.execute("SELECT count(*) FROM kv").fetchone(), (0,))
+            db.execute("BEGIN")
+            db.execute("CREATE VIRTUAL TABLE kv2 USING mmkv")
+            db.execute("INSERT INTO kv2 VALUES('a', 1)")
+            db.execute("INSERT INTO kv2(kv2) VALUES('rebuild-index')")
+            db.execute("COMMIT")
+            db.execute("INSERT INTO kv2(kv2) VALUES('integrity-check')")
+            check_equal("%s: a table created and written in one transaction commits" % where,
+                        db.execute("SELECT key, value FROM kv2").fetchall(), [("a", 1)])
+            db.close()
+            if where == "file":
+                db = connect(os.path.join(d, "app.db"))
+                check_equal("file: and survives a reopen",
+                            db.execute("SELECT key, value FROM kv2").fetchall(), [("a", 1)])
+                db.execute("INSERT INTO kv VALUES(3, 'three')")
+                db.close()
+                other = connect(os.path.join(d, "other.db"))
+                check_error("file: another database still cannot take a committed table's file",
+                            lambda: other.execute("CREATE VIRTUAL TABLE kv USING mmkv(%s)" % shared),
+                            "belongs to another database")
+                other.close()
+
+
 def test_keys_roundtrip_and_identity():
     steps = [("INSERT INTO kv VALUES(?, ?)", (k, i)) for i, k in enumerate(KEYS)]
     steps.append("SELECT key, typeof(key), hex(key), value FROM kv ORDER BY key")
@@ -1110,6 +1150,7 @@ def test_mixed_workload():
 CASES = [
     test_schema, test_files_default_names, test_files_attached, test_files_memory_are_temporary,
     test_files_temp_schema, test_drop_and_rename, test_drop_and_rename_in_transactions,
+    test_create_in_transactions,
     test_keys_roundtrip_and_identity, test_key_lookups, test_key_identity_named,
     test_values_roundtrip,
     test_constraint_messages, test_conflict_modes_autocommit, test_conflict_modes_in_transaction,
