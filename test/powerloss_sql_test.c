@@ -860,8 +860,10 @@ static void check_image(const char *path, int kv_may_lag, recovered *r)
         sql_int(db, "SELECT count(*) FROM sqlite_schema WHERE name IN ('ledger', 'kv')", &tables,
                 r)) {
         if (tables == 0) {
-            /* The tables' creation never committed. (It may have left mmkv's data file behind,
-            ** which a new CREATE VIRTUAL TABLE refuses to take over, as after a ROLLBACK.) */
+            /* The tables' creation never committed. (It may have left mmkv's data file behind:
+            ** a new CREATE VIRTUAL TABLE takes it over if no commit reached it, as after a
+            ** ROLLBACK, and otherwise refuses it as another database's: under synchronous=NORMAL
+            ** the database can lose commits whose records mmkv had already made durable.) */
             r->kv_state = r->ledger_state = NO_SCHEMA;
             write_and_reopen(db, path, r);
             db = NULL;
