@@ -1028,10 +1028,15 @@ static int check_owner(mmkv_engine *e, const mmkv_open_options *options, char **
                           "mmkv: data file '%s' belongs to a database: open it from that "
                           "database's table",
                           e->data_path);
+    /* Creating a table: the file may be an orphan whose database lost the table (a power cut
+    ** under synchronous=NORMAL can take a CREATE that mmkv's own commits outlived). */
     return mmkv_error(errmsg, MMKV_ERROR,
-                      "mmkv: data file '%s' belongs to %s; it cannot be used from this one",
-                      e->data_path, have ? "another database" : "no database (it was shared "
-                                                                "by in-memory databases)");
+                      "mmkv: data file '%s' belongs to %s; it cannot be used from this one%s",
+                      e->data_path,
+                      have ? "another database" : "no database (it was shared by in-memory databases)",
+                      options->claim_unused ? " (if no table uses it, delete it and its -index "
+                                              "file, or name another with file=)"
+                                            : "");
 }
 
 int mmkv_open(const char *data_path, const mmkv_open_options *options, mmkv_conn **out,
