@@ -11,6 +11,7 @@ SQLITE3 ?= sqlite3
 PYTHON  ?= /usr/bin/python3
 OPT     ?= -O2
 WARN     = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes
+SQLITE_LIB ?= -lsqlite3
 CFLAGS_ALL = -std=c11 -D_GNU_SOURCE -g $(OPT) $(WARN) -Iext $(CFLAGS)
 
 ifeq ($(SANITIZE),1)
@@ -32,7 +33,7 @@ SHARED_OBJ = $(SQL_SRC:ext/%.c=$(BUILD)/obj/shared/%.o)
 STATIC_OBJ = $(SQL_SRC:ext/%.c=$(BUILD)/obj/static/%.o)
 HEADERS    = $(wildcard ext/*.h)
 
-.PHONY: all test demo bench clean format
+.PHONY: all test test-sqlite demo bench clean format
 
 all: $(BUILD)/mmkv.so $(BUILD)/libmmkv.a
 
@@ -72,7 +73,11 @@ $(BUILD)/test_powerloss: test/powerloss_test.c $(FAILPOINT_OBJ) $(HEADERS)
 # once. The SQL face's objects do not depend on MMKV_FAILPOINTS.
 $(BUILD)/test_powerloss_sql: test/powerloss_sql_test.c $(FAILPOINT_OBJ) $(STATIC_OBJ) $(HEADERS)
 	$(CC) $(CFLAGS_ALL) -DMMKV_FAILPOINTS -o $@ test/powerloss_sql_test.c $(FAILPOINT_OBJ) \
-	    $(STATIC_OBJ) $(LDSAN) -lsqlite3 -lpthread
+	    $(STATIC_OBJ) $(LDSAN) $(SQLITE_LIB) -lpthread
+
+$(BUILD)/test_integrity_pragma: test/integrity_pragma_test.c $(ENGINE_OBJ) $(STATIC_OBJ) $(HEADERS)
+	$(CC) $(CFLAGS_ALL) -o $@ test/integrity_pragma_test.c $(STATIC_OBJ) $(ENGINE_OBJ) $(LDSAN) \
+	    $(SQLITE_LIB) -lpthread
 
 $(BUILD)/test_failpoints: test/failpoint_test.c $(FAILPOINT_OBJ) $(HEADERS)
 	$(CC) $(CFLAGS_ALL) -DMMKV_FAILPOINTS -o $@ test/failpoint_test.c $(FAILPOINT_OBJ) $(LDSAN) -lpthread
@@ -81,7 +86,7 @@ $(BUILD)/bench: test/bench.c $(BUILD)/libmmkv.a
 	$(CC) $(CFLAGS_ALL) -o $@ test/bench.c $(BUILD)/libmmkv.a $(LDSAN) -lsqlite3 -lpthread -lm
 
 test: all $(BUILD)/test_engine $(BUILD)/test_failpoints $(BUILD)/test_powerloss \
-      $(BUILD)/test_powerloss_sql
+      $(BUILD)/test_powerloss_sql $(BUILD)/test_integrity_pragma
 	@BUILD=$(BUILD) PYTHON=$(PYTHON) SANITIZE=$(SANITIZE) CC=$(CC) sh test/run.sh
 
 demo: build/mmkv.so
@@ -90,6 +95,19 @@ demo: build/mmkv.so
 
 bench: $(BUILD)/bench
 	$(BUILD)/bench $(BENCH_ARGS)
+
+# The C tests that drive SQLite, built against another SQLite: its amalgamation (a directory with
+# sqlite3.c and sqlite3.h), e.g. to check PRAGMA integrity_check on SQLite 3.44 and later.
+#   make test-sqlite AMALGAMATION=path/to/sqlite-amalgamation
+test-sqlite:
+	@test -f "$(AMALGAMATION)/sqlite3.c" || { echo "make test-sqlite: set AMALGAMATION to a directory holding sqlite3.c and sqlite3.h" >&2; exit 1; }
+	@mkdir -p build/sqlite
+	$(CC) -O1 -DSQLITE_THREADSAFE=1 -c "$(AMALGAMATION)/sqlite3.c" -o build/sqlite/sqlite3.o
+	$(MAKE) BUILD=build/sqlite CFLAGS="-I$(abspath $(AMALGAMATION))" \
+	    SQLITE_LIB="build/sqlite/sqlite3.o -ldl -lm" \
+	    build/sqlite/test_integrity_pragma build/sqlite/test_powerloss_sql
+	build/sqlite/test_integrity_pragma
+	build/sqlite/test_powerloss_sql
 
 format:
 	clang-format -i ext/*.c ext/*.h test/*.c

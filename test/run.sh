@@ -47,6 +47,7 @@ run engine "$BUILD/test_engine"
 run failpoints "$BUILD/test_failpoints"
 run powerloss "$BUILD/test_powerloss"
 run powerloss-sql "$BUILD/test_powerloss_sql"
+run integrity-pragma "$BUILD/test_integrity_pragma"
 for t in test/sql/test_*.py; do
     run "$t" env LD_PRELOAD="$MMKV_PRELOAD" "$PYTHON" "$t"
 done
