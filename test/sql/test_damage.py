@@ -440,6 +440,13 @@ def data_cases(pdir, work, states, lookups):
             flip("record %d padding" % p, r["off"] + 32 + r["klen"] + r["vlen"], 0x80)
     for off in sorted(rnd.sample(range(4096, tail), 80)):
         flip("log byte", off, 1 << rnd.randrange(8))
+    # Whole pages of records zeroed (a lost or unwritten page), and a page of garbage.
+    for page in sorted({4096, (4096 + tail) // 2 // 4096 * 4096, (tail - 1) // 4096 * 4096}):
+        n = min(4096, tail - page)
+        cases.append(("records page at %d zeroed" % page, [["write", DATA, page, bytes(n).hex()]],
+                      False))
+    cases.append(("records page of garbage", [["garbage", DATA, 4096, min(4096, tail - 4096), 5]],
+                  False))
     # Past the committed tail.
     for off in sorted({tail, tail + 1, tail + 31, tail + 100, size - 1}):
         if off < size:
