@@ -39,6 +39,7 @@ typedef struct mmkv_txn {
     size_t n_savepoints, cap_savepoints;
     int committed_slot; /* meta slot of the commit it started from */
     int prepared;       /* its meta slot is written */
+    int marked;         /* its last record carries TXN_END (prepare began) */
     mmkv_meta overwritten_meta; /* what prepare replaced, for a rollback after it */
 } mmkv_txn;
 

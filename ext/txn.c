@@ -199,6 +199,7 @@ static int begin_from(mmkv_conn *conn, const mmkv_commit *authority)
     txn->n_written = 0;
     txn->n_savepoints = 0;
     txn->prepared = 0;
+    txn->marked = 0;
 done:
     pthread_mutex_unlock(&e->mutex);
     return rc;
@@ -308,6 +309,7 @@ int mmkv_txn_prepare(mmkv_conn *conn)
     /* The last record marks the transaction's end, for salvage (format.h). A commit that skips its
     ** syncs first leaves the notice, durably, that the file may need salvage after a power cut. */
     mmkv_log_mark_txn_end(&e->log, txn->written[txn->n_written - 1], 1);
+    txn->marked = 1;
     int rc = MMKV_OK;
     if (conn->sync == MMKV_SYNC_OFF && !e->temporary && !mmkv_log_notice(&e->log, NULL))
         rc = mmkv_log_write_notice(&e->log, txn->start); /* all before was synced */
@@ -361,6 +363,7 @@ static void txn_end(mmkv_engine *e)
     txn->n_written = 0;
     txn->n_savepoints = 0;
     txn->prepared = 0;
+    txn->marked = 0;
     mmkv_unlock(e->log.map.fd, MMKV_LOCK_WRITER);
     pthread_mutex_unlock(&e->mutex);
 }
@@ -371,10 +374,13 @@ void mmkv_txn_rollback(mmkv_conn *conn)
     mmkv_txn *txn = &e->txn;
     if (txn->owner != conn) return;
     if (txn->prepared && txn->n_written) {
-        /* Prepared, then another participant failed: put the overwritten slot back, and take the
-        ** end mark off the last record, durably, lest salvage take it for a whole transaction. */
+        /* Prepared, then another participant failed: put the overwritten slot back. */
         mmkv_log_write_meta(&e->log, txn->committed_slot ^ 1, &txn->overwritten_meta,
                             conn->sync != MMKV_SYNC_OFF && !conn->external);
+    }
+    if (txn->marked && txn->n_written) {
+        /* Take the end mark off the last record, durably, lest salvage take this transaction for
+        ** a whole one. */
         uint64_t last = txn->written[txn->n_written - 1];
         mmkv_log_mark_txn_end(&e->log, last, 0);
         if (!e->temporary) mmkv_map_sync_range(&e->log.map, last, sizeof(mmkv_record_header));

@@ -6,6 +6,7 @@
 */
 #include "engine_util.h"
 #include "failpoint.h"
+#include "format.h"
 #include "mmkv.h"
 
 #include <sys/wait.h>
@@ -26,14 +27,53 @@ static int committed_intact(mmkv_conn *c, const char *when)
     return !current_failed;
 }
 
-static mmkv_conn *fresh_table(const char *name)
+static mmkv_conn *fresh_table_synced(const char *name, mmkv_sync sync)
 {
-    mmkv_conn *c = open_or_die(path_of(name), MMKV_SYNC_FULL);
+    mmkv_conn *c = open_or_die(path_of(name), sync);
     if (!c) return NULL;
     CHECK(mmkv_txn_begin(c) == MMKV_OK, "begin");
     for (int i = 0; i < BASE_KEYS; i++) put_int(c, i, i * 3, MMKV_PUT_INSERT);
     CHECK(commit(c) == MMKV_OK, "base commit");
     return c;
+}
+
+static mmkv_conn *fresh_table(const char *name)
+{
+    return fresh_table_synced(name, MMKV_SYNC_FULL);
+}
+
+/* Under sync=off, a commit that fails after its last record was marked as the transaction's end
+** must take the mark off: if a power cut then took both meta slots, salvage would otherwise find
+** the failed transaction whole and bring it back. */
+static void test_failed_commit_not_salvaged(void)
+{
+    begin_test("failpoint before-data-sync, sync=off: salvage never brings the failed commit back");
+    const char *file = "unmarked.mmkv";
+    mmkv_conn *c = fresh_table_synced(file, MMKV_SYNC_OFF);
+    if (!c) { end_test(); return; }
+    mmkv_failpoint_arm("before-data-sync", 0);
+    CHECK(mmkv_txn_begin(c) == MMKV_OK, "begin");
+    for (int i = 0; i < 10; i++) put_int(c, BASE_KEYS + 1 + i, i, MMKV_PUT_INSERT);
+    CHECK(mmkv_txn_prepare(c) == MMKV_IOERR, "the failing step reports MMKV_IOERR");
+    mmkv_txn_rollback(c);
+    mmkv_failpoint_arm(NULL, 0);
+    mmkv_close(c);
+    /* Both meta slots lost, and the index, as a power cut could leave them. */
+    char index[600];
+    snprintf(index, sizeof index, "%s-index", path_of(file));
+    unlink(index);
+    FILE *f = fopen(path_of(file), "r+b");
+    static const char zeros[64];
+    CHECK(f && fseek(f, MMKV_META_OFFSET(0), SEEK_SET) == 0 && fwrite(zeros, 64, 1, f) == 1 &&
+              fseek(f, MMKV_META_OFFSET(1), SEEK_SET) == 0 && fwrite(zeros, 64, 1, f) == 1,
+          "zero the meta slots");
+    if (f) fclose(f);
+    c = open_or_die(path_of(file), MMKV_SYNC_OFF);
+    if (c) {
+        committed_intact(c, "after salvage");
+        mmkv_close(c);
+    }
+    end_test();
 }
 
 /* A commit whose step `name` fails: the error reaches the caller and nothing of it remains. */
@@ -129,5 +169,6 @@ int main(void)
     test_commit_step("between-meta-syncs", 10);
     test_growth_deferred();
     test_recovery_step();
+    test_failed_commit_not_salvaged();
     return finish_tests();
 }
