@@ -772,9 +772,9 @@ static int salvage_state_is(mmkv_conn *c, const mmkv_snapshot *snap, int n)
     return bad;
 }
 
-/* A child process makes commits 1..5 with sync=off and stops without closing, so that none of it
-** was made durable; for an owned file (owner != 0) it sends the database's record of commit 5. */
-static mmkv_commit unsynced_commits(const char *path, uint64_t owner)
+/* A child process makes commits 1..5 and stops without closing (with sync=off, none of it was made
+** durable); for an owned file (owner != 0) it sends the database's record of commit 5. */
+static mmkv_commit commits_then_crash(const char *path, mmkv_sync sync, uint64_t owner)
 {
     int fds[2];
     mmkv_commit record;
@@ -782,7 +782,7 @@ static mmkv_commit unsynced_commits(const char *path, uint64_t owner)
     if (pipe(fds) != 0) return record;
     pid_t pid = fork();
     if (pid == 0) {
-        mmkv_open_options options = {.sync = MMKV_SYNC_OFF, .owner_id = owner};
+        mmkv_open_options options = {.sync = sync, .owner_id = owner};
         mmkv_conn *c = NULL;
         if (mmkv_open(path, &options, &c, NULL) != MMKV_OK) _exit(1);
         mmkv_committed(c, &record);
@@ -808,7 +808,7 @@ static void test_salvage(void)
     /* A file that is its own authority: lose a record of commit 4, or both meta slots. */
     for (int damage = 0; damage < 2 && !current_failed; damage++) {
         const char *path = path_of(damage ? "salvage-meta.mmkv" : "salvage-record.mmkv");
-        CHECK(unsynced_commits(path, 0).txid == 5, "the child's commits");
+        CHECK(commits_then_crash(path, MMKV_SYNC_OFF, 0).txid == 5, "the child's commits");
         mmkv_conn *c;
         if (damage == 0) zero_bytes(path, first_record_of(path, 4) + 40, 8);
         else zero_bytes(path, MMKV_META_OFFSET(0), 64), zero_bytes(path, MMKV_META_OFFSET(1), 64);
@@ -860,7 +860,7 @@ static void test_salvage(void)
     mmkv_open_options options = {.sync = MMKV_SYNC_OFF, .owner_id = 77};
     char *err = NULL;
     mmkv_conn *c = NULL;
-    mmkv_commit record = unsynced_commits(owned, 77);
+    mmkv_commit record = commits_then_crash(owned, MMKV_SYNC_OFF, 77);
     CHECK(record.txid == 5, "the child's commits");
     zero_bytes(owned, first_record_of(owned, 4) + 40, 8);
     unlink(index_of(owned));
@@ -899,6 +899,44 @@ static void test_salvage(void)
     end_test();
 }
 
+/* An owned file whose newest meta slot was lost (it is never synced) while the records and the
+** database's record of commit 5 survived: a reader of that record must see commit 5, although
+** recovery rebuilt the index only as far as the meta slots go. */
+static void test_reader_catches_up(void)
+{
+    begin_test("owned file: a reader of a record ahead of the meta slots sees the whole commit");
+    const char *path = path_of("catch-up.mmkv");
+    mmkv_commit record = commits_then_crash(path, MMKV_SYNC_FULL, 91);
+    CHECK(record.txid == 5, "the child's commits");
+    int fd = open(path, O_RDWR);
+    mmkv_meta m[2];
+    CHECK(pread(fd, &m[0], sizeof m[0], MMKV_META_OFFSET(0)) == sizeof m[0] &&
+              pread(fd, &m[1], sizeof m[1], MMKV_META_OFFSET(1)) == sizeof m[1],
+          "read the meta slots");
+    int newest = m[1].txid > m[0].txid;
+    CHECK(m[newest].txid == 5, "the newest meta slot is commit 5's");
+    char zeros[sizeof(mmkv_meta)] = {0};
+    CHECK(pwrite(fd, zeros, sizeof zeros, MMKV_META_OFFSET(newest)) == sizeof zeros, "lose it");
+    close(fd);
+    unlink(index_of(path)); /* as after a power cut: the index is rebuilt, to commit 4 */
+    mmkv_open_options options = {.sync = MMKV_SYNC_FULL, .owner_id = 91};
+    mmkv_conn *c = NULL;
+    char *err = NULL;
+    CHECK(mmkv_open(path, &options, &c, &err) == MMKV_OK, "open: %s", err ? err : "");
+    free(err);
+    if (!c) { end_test(); return; }
+    mmkv_snapshot snap;
+    CHECK(mmkv_snapshot_at(c, &record, &snap) == MMKV_OK, "snapshot: %s", mmkv_errmsg(c));
+    CHECK(salvage_state_is(c, &snap, 5) == 0, "%d keys differ from commit 5",
+          salvage_state_is(c, &snap, 5));
+    CHECK(mmkv_check(c, &record) == MMKV_OK, "integrity check: %s", mmkv_errmsg(c));
+    mmkv_commit meta;
+    CHECK(mmkv_committed(c, &meta) == MMKV_OK && meta.txid == 5 && meta.tail == record.tail,
+          "the meta slots caught up: txid %llu", (unsigned long long)meta.txid);
+    mmkv_close(c);
+    end_test();
+}
+
 int main(void)
 {
     if (!start_tests()) return 1;
@@ -918,5 +956,6 @@ int main(void)
     test_check_and_rebuild();
     test_in_use_index_checked();
     test_salvage();
+    test_reader_catches_up();
     return finish_tests();
 }
