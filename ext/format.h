@@ -16,15 +16,16 @@
 ** The meta slot with the highest transaction id whose checksum holds is the committed state of a
 ** file that is its own authority (owner_id 0); a commit writes the other slot, so a torn meta write
 ** leaves the previous commit in force. A file a database owns (owner_id set) answers to that
-** database's commit record, which the meta slots follow. Bytes below the committed tail are never
-** rewritten. Past the tail lie the records of the transaction
-** in progress (or garbage left by one that never committed), which no reader trusts.
+** database's commit record, which the meta slots follow; they are not synced there, and when both
+** are lost, recovery writes them anew from the log. Bytes below the committed tail are never
+** rewritten. Past the tail lie the records of the transaction in progress (or garbage left by one
+** that never committed), which no reader trusts.
 **
 ** A record is a header (mmkv_record_header), the key bytes, the value bytes, and zero padding to the
 ** next multiple of 8. A transaction's records are contiguous, carry its txid, and the last one is
-** flagged MMKV_RECORD_TXN_END. An update appends a new version whose prev_offset names the version before
-** it; a delete appends a tombstone (flag MMKV_RECORD_TOMBSTONE, no value). INTEGER and REAL keys and
-** values are stored as 8 bytes (int64 / IEEE double); TEXT as UTF-8; NULL has no bytes.
+** flagged MMKV_RECORD_TXN_END. An update appends a new version whose prev_offset names the version
+** before it; a delete appends a tombstone (flag MMKV_RECORD_TOMBSTONE, no value). INTEGER and REAL
+** keys and values are stored as 8 bytes (int64 / IEEE double); TEXT as UTF-8; NULL has no bytes.
 **
 ** SALVAGE. A commit made under sync=off syncs nothing, so a power cut may keep any part of it and of
 ** the commits before it: meta slots as well as records. Before the first such commit, the notice at
@@ -33,11 +34,12 @@
 ** transactions: records whose checksums hold, each transaction's txid above the one before, ending
 ** with its TXN_END record; but never shorter than the notice's durable_tail, below which every
 ** record was made durable (when the notice was first written, and at each clean close), so that
-** damage there is reported rather than taken for lost writes. It clears the rest of the file and writes both meta slots to that state
-** (MMKV_META_SALVAGED). Where a database owns the file and its commit record names more than
-** survived, the next writer fills the lost bytes with pad records (MMKV_RECORD_PAD: a key of no
-** bytes and a value of zeros, never a row) up to the recorded tail, so that every reader of that
-** commit finds a whole log; the counts of a salvaged meta slot are then the log's, not the record's.
+** damage there is reported rather than taken for lost writes. It clears the rest of the file and
+** writes both meta slots to that state (MMKV_META_SALVAGED). Where a database owns the file and its
+** commit record names more than survived, readers of that record see the salvaged state, and the
+** next writer fills the lost bytes with pad records (MMKV_RECORD_PAD: a key of no bytes and a value
+** of zeros, never a row) up to the recorded tail, so that the record names a whole log again; the
+** counts of a salvaged meta slot are then the log's, not the record's.
 **
 ** THE INDEX FILE (data file name + "-index") is derived data: a hash table from key to the offset
 ** of the newest version of that key, rebuilt from the log whenever it is missing, stale or damaged.
