@@ -14,14 +14,16 @@
 
 static const char *skip_space(const char *p)
 {
-    while (isspace((unsigned char)*p)) p++;
+    while (isspace((unsigned char)*p))
+        p++;
     return p;
 }
 
 /* A copy of [start, end) with trailing space removed. */
 static char *copy_trimmed(const char *start, const char *end)
 {
-    while (end > start && isspace((unsigned char)end[-1])) end--;
+    while (end > start && isspace((unsigned char)end[-1]))
+        end--;
     char *s = malloc((size_t)(end - start) + 1);
     if (!s) return NULL;
     memcpy(s, start, (size_t)(end - start));
@@ -50,10 +52,14 @@ static int dequote(char *s)
 
 static int parse_sync(const char *value, mmkv_sync *sync)
 {
-    if (strcasecmp(value, "full") == 0) *sync = MMKV_SYNC_FULL;
-    else if (strcasecmp(value, "normal") == 0) *sync = MMKV_SYNC_NORMAL;
-    else if (strcasecmp(value, "off") == 0) *sync = MMKV_SYNC_OFF;
-    else return 0;
+    if (strcasecmp(value, "full") == 0)
+        *sync = MMKV_SYNC_FULL;
+    else if (strcasecmp(value, "normal") == 0)
+        *sync = MMKV_SYNC_NORMAL;
+    else if (strcasecmp(value, "off") == 0)
+        *sync = MMKV_SYNC_OFF;
+    else
+        return 0;
     return 1;
 }
 

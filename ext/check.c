@@ -73,8 +73,10 @@ int mmkv_check(mmkv_conn *conn, const mmkv_commit *committed)
             return problem(conn, "the index does not find its key (try 'rebuild-index')", pos);
         if (rc != MMKV_OK) return rc;
         if (newest.offset < pos)
-            return problem(conn, "the index leads to an older version of its key "
-                                 "(try 'rebuild-index')", pos);
+            return problem(conn,
+                           "the index leads to an older version of its key "
+                           "(try 'rebuild-index')",
+                           pos);
         records++;
         if (newest.offset == pos && !(record.header.flags & MMKV_RECORD_TOMBSTONE)) live++;
         pos += mmkv_record_size(record.header.key_len, record.header.value_len);

@@ -17,13 +17,15 @@ SQLITE_EXTENSION_INIT3
 
 static void put_u64(unsigned char *p, uint64_t v)
 {
-    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
 }
 
 static uint64_t get_u64(const unsigned char *p)
 {
     uint64_t v = 0;
-    for (int i = 7; i >= 0; i--) v = v << 8 | p[i];
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
     return v;
 }
 
@@ -87,10 +89,12 @@ int mmkv_record_create(mmkv_commit_record *rec, sqlite3 *db, const char *schema,
     unsigned char blob[RECORD_BYTES];
     encode_state(state, blob);
     char hex[2 * RECORD_BYTES + 1];
-    for (int i = 0; i < RECORD_BYTES; i++) sqlite3_snprintf(3, hex + 2 * i, "%02x", blob[i]);
+    for (int i = 0; i < RECORD_BYTES; i++)
+        sqlite3_snprintf(3, hex + 2 * i, "%02x", blob[i]);
     /* CREATE TABLE ... AS SELECT: its one row (rowid 1) is written without touching changes(). */
-    char *sql = sqlite3_mprintf("CREATE TABLE \"%w\".\"%w\" AS SELECT %lld AS owner, x'%s' AS state",
-                                schema, rec->table, (sqlite3_int64)owner_id, hex);
+    char *sql =
+        sqlite3_mprintf("CREATE TABLE \"%w\".\"%w\" AS SELECT %lld AS owner, x'%s' AS state",
+                        schema, rec->table, (sqlite3_int64)owner_id, hex);
     if (!sql) return SQLITE_NOMEM;
     rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
     sqlite3_free(sql);
@@ -166,8 +170,10 @@ int mmkv_record_read_cached(mmkv_commit_record *rec, mmkv_commit *state, char **
         return SQLITE_OK;
     }
     int rc = mmkv_record_read(rec, state, err);
-    if (rc == SQLITE_OK && known) rec->data_version = version;
-    else rec->have_cached = 0;
+    if (rc == SQLITE_OK && known)
+        rec->data_version = version;
+    else
+        rec->have_cached = 0;
     return rc;
 }
 

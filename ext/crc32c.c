@@ -15,7 +15,8 @@ static void crc_table_init(void)
 {
     for (uint32_t n = 0; n < 256; n++) {
         uint32_t c = n;
-        for (int k = 0; k < 8; k++) c = (c & 1) ? (c >> 1) ^ CRC32C_POLY_REFLECTED : c >> 1;
+        for (int k = 0; k < 8; k++)
+            c = (c & 1) ? (c >> 1) ^ CRC32C_POLY_REFLECTED : c >> 1;
         crc_table[0][n] = c;
     }
     for (uint32_t n = 0; n < 256; n++)
@@ -37,14 +38,15 @@ static uint32_t crc_software(uint32_t crc, const unsigned char *p, size_t len)
         p += 8;
         len -= 8;
     }
-    while (len--) crc = (crc >> 8) ^ crc_table[0][(crc ^ *p++) & 0xff];
+    while (len--)
+        crc = (crc >> 8) ^ crc_table[0][(crc ^ *p++) & 0xff];
     return crc;
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define MMKV_HAVE_HW_CRC 1
-__attribute__((target("sse4.2"))) static uint32_t crc_hardware(uint32_t crc,
-                                                               const unsigned char *p, size_t len)
+__attribute__((target("sse4.2"))) static uint32_t crc_hardware(uint32_t crc, const unsigned char *p,
+                                                               size_t len)
 {
     uint64_t c = crc;
     while (len >= 8) {
@@ -55,7 +57,8 @@ __attribute__((target("sse4.2"))) static uint32_t crc_hardware(uint32_t crc,
         len -= 8;
     }
     crc = (uint32_t)c;
-    while (len--) crc = __builtin_ia32_crc32qi(crc, *p++);
+    while (len--)
+        crc = __builtin_ia32_crc32qi(crc, *p++);
     return crc;
 }
 #endif

@@ -5,7 +5,8 @@
 ** Visibility. The index points at the newest version of each key, which may belong to the write
 ** transaction in progress. A reader with snapshot S walks back along prev_offset to the newest
 ** version below S.tail: bytes below a committed tail are never rewritten, so what it finds there is
-** stable. Versions at or past S.tail may be rewritten under it (after a rollback), so it checks each
+** stable. Versions at or past S.tail may be rewritten under it (after a rollback), so it checks
+*each
 ** one's checksum and key before trusting its prev_offset, and looks again if one fails.
 */
 #include "engine.h"
@@ -120,13 +121,15 @@ static int growth_error(char **errmsg, int rc, const char *path, const mmkv_map 
     if (need > map->reserved)
         return mmkv_error(errmsg, rc,
                           "mmkv: '%s' cannot grow past the %llu MiB of address space reserved "
-                          "for its mapping", path, (unsigned long long)(map->reserved >> 20));
+                          "for its mapping",
+                          path, (unsigned long long)(map->reserved >> 20));
     return mmkv_error(errmsg, rc, "mmkv: no space left to grow '%s'", path);
 }
 
 static int index_error(char **errmsg, mmkv_engine *e, int rc, key_probe *p)
 {
-    if (rc == MMKV_CORRUPT && p && p->corrupt_at) return mmkv_engine_corrupt_record(errmsg, e, p->corrupt_at);
+    if (rc == MMKV_CORRUPT && p && p->corrupt_at)
+        return mmkv_engine_corrupt_record(errmsg, e, p->corrupt_at);
     if (rc == MMKV_CORRUPT)
         return mmkv_error(errmsg, rc, "mmkv: index file '%s' is damaged", e->index_path);
     if (rc == MMKV_FULL)
@@ -171,9 +174,11 @@ static int walk_to_visible(mmkv_conn *conn, key_probe *p, const mmkv_snapshot *s
         offset = record->header.prev_offset;
         if (offset == 0) return MMKV_NOTFOUND;
     }
-    if (probe_read(p, offset, record) <= 0) return mmkv_engine_corrupt_record(&conn->errmsg, conn->engine, offset);
+    if (probe_read(p, offset, record) <= 0)
+        return mmkv_engine_corrupt_record(&conn->errmsg, conn->engine, offset);
     mmkv_record_key(record, &k);
-    if (!mmkv_key_equal(&k, key)) return mmkv_engine_corrupt_record(&conn->errmsg, conn->engine, offset);
+    if (!mmkv_key_equal(&k, key))
+        return mmkv_engine_corrupt_record(&conn->errmsg, conn->engine, offset);
     return record->header.flags & MMKV_RECORD_TOMBSTONE ? WALK_TOMBSTONE : MMKV_OK;
 }
 
@@ -365,8 +370,10 @@ static int collect_visible(mmkv_conn *conn, const mmkv_snapshot *snapshot, const
             }
             rc = walk_to_visible(conn, &p, snapshot, &key, newest.items[i], &record);
             free(copy);
-            if (rc == WALK_RETRY) rc = MMKV_BUSY;
-            else if (rc == MMKV_NOTFOUND || rc == WALK_TOMBSTONE) rc = MMKV_OK;
+            if (rc == WALK_RETRY)
+                rc = MMKV_BUSY;
+            else if (rc == MMKV_NOTFOUND || rc == WALK_TOMBSTONE)
+                rc = MMKV_OK;
             else if (rc == MMKV_OK && (rc = mmkv_offsets_add(visible, record.offset)) != MMKV_OK)
                 rc = mmkv_error(&conn->errmsg, rc, "out of memory");
         }
@@ -551,8 +558,10 @@ static int store_shadow(mmkv_engine *e, const mmkv_datum *key, uint64_t offset, 
     if (rc == MMKV_OK) rc = mmkv_index_locate(&e->index, hash, &ops, &ref);
     if (rc == MMKV_NOTFOUND && !offset) return MMKV_OK;
     if (rc != MMKV_OK && rc != MMKV_NOTFOUND) return index_error(errmsg, e, rc, &p);
-    if (offset) mmkv_index_store(&e->index, &ref, hash, offset);
-    else mmkv_index_forget(&e->index, &ref);
+    if (offset)
+        mmkv_index_store(&e->index, &ref, hash, offset);
+    else
+        mmkv_index_forget(&e->index, &ref);
     return MMKV_OK;
 }
 
@@ -572,7 +581,8 @@ static int append_version(mmkv_conn *conn, const mmkv_slot_ref *ref, uint64_t ha
         txn->n_written--;
         if (rc == MMKV_FULL)
             return growth_error(&conn->errmsg, rc, e->data_path, &e->log.map,
-                                txn->append_pos + mmkv_record_size(key->len, value ? value->len : 0));
+                                txn->append_pos +
+                                    mmkv_record_size(key->len, value ? value->len : 0));
         return mmkv_error(&conn->errmsg, rc, "mmkv: cannot write to '%s'", e->data_path);
     }
     mmkv_index_store(&e->index, ref, hash, txn->append_pos);
@@ -614,8 +624,10 @@ int mmkv_put(mmkv_conn *conn, const mmkv_datum *key, const mmkv_datum *value, in
     if (exists && mode == MMKV_PUT_INSERT) return MMKV_CONSTRAINT;
     rc = append_version(conn, &ref, hash, key, value, ref.slot ? newest.offset : 0);
     if (rc != MMKV_OK) return rc;
-    if (exists) txn->counts.garbage += record_bytes(&newest);
-    else txn->counts.live++;
+    if (exists)
+        txn->counts.garbage += record_bytes(&newest);
+    else
+        txn->counts.live++;
     return MMKV_OK;
 }
 
@@ -655,8 +667,10 @@ void mmkv_engine_undo(mmkv_engine *e, size_t keep)
         mmkv_index_ops ops = probe_ops(&p);
         mmkv_slot_ref ref;
         if (mmkv_index_locate(&e->index, hash, &ops, &ref) != MMKV_OK) continue;
-        if (record.header.prev_offset) mmkv_index_store(&e->index, &ref, hash, record.header.prev_offset);
-        else mmkv_index_forget(&e->index, &ref);
+        if (record.header.prev_offset)
+            mmkv_index_store(&e->index, &ref, hash, record.header.prev_offset);
+        else
+            mmkv_index_forget(&e->index, &ref);
         store_shadow(e, &key, record.header.prev_offset, NULL);
     }
 }
@@ -703,7 +717,8 @@ static int replay_log(mmkv_engine *e, uint64_t from, uint64_t to, int rebuilding
 int mmkv_engine_rebuild_index(mmkv_engine *e, uint64_t tail, uint64_t records, char **errmsg)
 {
     /* The count only sizes the new table: never trust it past what the log could hold. */
-    uint64_t at_most = tail > MMKV_DATA_START ? (tail - MMKV_DATA_START) / sizeof(mmkv_record_header) : 0;
+    uint64_t at_most =
+        tail > MMKV_DATA_START ? (tail - MMKV_DATA_START) / sizeof(mmkv_record_header) : 0;
     if (records > at_most) records = at_most;
     int rc = mmkv_index_rebuild_begin(&e->index, records);
     if (rc == MMKV_OK) rc = mmkv_failpoint("mid-recovery");
@@ -805,8 +820,7 @@ static int salvage(mmkv_engine *e, int unsynced, const mmkv_meta *found, mmkv_me
         return mmkv_error(errmsg, MMKV_CORRUPT,
                           "mmkv: '%s' is damaged: the record at offset %llu fails its checks, "
                           "below byte %llu, up to which the log was made durable",
-                          e->data_path, (unsigned long long)s.stopped,
-                          (unsigned long long)durable);
+                          e->data_path, (unsigned long long)s.stopped, (unsigned long long)durable);
     /* The meta slots name the prefix already (marked as salvage's, where a database's record may
     ** name more: see mmkv_engine_effective). */
     if (found && found->txid == s.txid && found->committed_tail == s.tail &&
@@ -816,7 +830,8 @@ static int salvage(mmkv_engine *e, int unsynced, const mmkv_meta *found, mmkv_me
     }
     uint64_t size = 0;
     int rc = unsynced ? mmkv_file_size(e->log.map.fd, &size) : MMKV_OK;
-    if (rc == MMKV_OK && size > s.tail) rc = mmkv_file_discard(e->log.map.fd, s.tail, size - s.tail);
+    if (rc == MMKV_OK && size > s.tail)
+        rc = mmkv_file_discard(e->log.map.fd, s.tail, size - s.tail);
     if (rc == MMKV_OK && unsynced) rc = mmkv_file_sync(e->log.map.fd);
     if (rc != MMKV_OK) return mmkv_error(errmsg, rc, "mmkv: cannot salvage '%s'", e->data_path);
     memset(meta, 0, sizeof *meta);
@@ -874,9 +889,12 @@ static int recover_index(mmkv_engine *e, char **errmsg)
     if (!replay && !trust && (rc = mmkv_index_reset(&e->index, id)) != MMKV_OK)
         return index_error(errmsg, e, rc, NULL);
     h->writer_active = !trust;
-    if ((rc = mmkv_index_mark_in_use(&e->index)) != MMKV_OK) return index_error(errmsg, e, rc, NULL);
-    if (replay) rc = replay_log(e, from, meta.committed_tail, 0, errmsg);
-    else if (!trust) rc = mmkv_engine_rebuild_index(e, meta.committed_tail, meta.record_count, errmsg);
+    if ((rc = mmkv_index_mark_in_use(&e->index)) != MMKV_OK)
+        return index_error(errmsg, e, rc, NULL);
+    if (replay)
+        rc = replay_log(e, from, meta.committed_tail, 0, errmsg);
+    else if (!trust)
+        rc = mmkv_engine_rebuild_index(e, meta.committed_tail, meta.record_count, errmsg);
     if (rc != MMKV_OK) return rc;
     h->log_position = meta.committed_tail;
     h->writer_active = 0;
@@ -936,7 +954,8 @@ static int engine_open_files(mmkv_engine *e, uint64_t owner_id, char **errmsg)
                           strerror(errno));
     e->log.map.fd = fd;
     struct stat st;
-    if (fstat(fd, &st) != 0) return mmkv_error(errmsg, MMKV_IOERR, "mmkv: cannot stat '%s'", e->data_path);
+    if (fstat(fd, &st) != 0)
+        return mmkv_error(errmsg, MMKV_IOERR, "mmkv: cannot stat '%s'", e->data_path);
     e->dev = st.st_dev;
     e->ino = st.st_ino;
     rc = mmkv_log_open(&e->log, fd, e->data_path, errmsg);
@@ -999,9 +1018,7 @@ static int temporary_path(char **out)
     if (!dir || !*dir) dir = "/tmp";
     static unsigned counter;
     unsigned n = __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED);
-    return asprintf(out, "%s/mmkv-temp-%ld-%u", dir, (long)getpid(), n) < 0
-               ? MMKV_NOMEM
-               : MMKV_OK;
+    return asprintf(out, "%s/mmkv-temp-%ld-%u", dir, (long)getpid(), n) < 0 ? MMKV_NOMEM : MMKV_OK;
 }
 
 /* A data file answers to one authority: the database that owns it, or (owner 0) its own meta
@@ -1014,8 +1031,8 @@ static int never_committed(mmkv_engine *e)
 {
     mmkv_meta meta;
     int slot;
-    return mmkv_log_meta(&e->log, &meta, &slot, NULL) == MMKV_OK &&
-           meta.txid == 0 && meta.committed_tail == MMKV_DATA_START &&
+    return mmkv_log_meta(&e->log, &meta, &slot, NULL) == MMKV_OK && meta.txid == 0 &&
+           meta.committed_tail == MMKV_DATA_START &&
            mmkv_lock_try(e->log.map.fd, MMKV_LOCK_OPEN, 1) == MMKV_OK;
 }
 
@@ -1030,13 +1047,13 @@ static int check_owner(mmkv_engine *e, const mmkv_open_options *options, char **
                           e->data_path);
     /* Creating a table: the file may be an orphan whose database lost the table (a power cut
     ** under synchronous=NORMAL can take a CREATE that mmkv's own commits outlived). */
-    return mmkv_error(errmsg, MMKV_ERROR,
-                      "mmkv: data file '%s' belongs to %s; it cannot be used from this one%s",
-                      e->data_path,
-                      have ? "another database" : "no database (it was shared by in-memory databases)",
-                      options->claim_unused ? " (if no table uses it, delete it and its -index "
-                                              "file, or name another with file=)"
-                                            : "");
+    return mmkv_error(
+        errmsg, MMKV_ERROR, "mmkv: data file '%s' belongs to %s; it cannot be used from this one%s",
+        e->data_path,
+        have ? "another database" : "no database (it was shared by in-memory databases)",
+        options->claim_unused ? " (if no table uses it, delete it and its -index "
+                                "file, or name another with file=)"
+                              : "");
 }
 
 int mmkv_open(const char *data_path, const mmkv_open_options *options, mmkv_conn **out,
@@ -1078,8 +1095,10 @@ int mmkv_open(const char *data_path, const mmkv_open_options *options, mmkv_conn
             rc = MMKV_OK;
         } else {
             rc = engine_new(data_path, &e);
-            if (rc == MMKV_OK) rc = engine_open_files(e, options->owner_id, errmsg);
-            else mmkv_error(errmsg, rc, "out of memory");
+            if (rc == MMKV_OK)
+                rc = engine_open_files(e, options->owner_id, errmsg);
+            else
+                mmkv_error(errmsg, rc, "out of memory");
             if (rc == MMKV_OK) {
                 e->refcount = 1;
                 e->next = registry;
@@ -1091,7 +1110,8 @@ int mmkv_open(const char *data_path, const mmkv_open_options *options, mmkv_conn
             e->refcount--;
             if (e->refcount == 0) {
                 mmkv_engine **p = &registry;
-                while (*p != e) p = &(*p)->next;
+                while (*p != e)
+                    p = &(*p)->next;
                 *p = e->next;
                 engine_close(e);
             }
@@ -1130,7 +1150,8 @@ void mmkv_close(mmkv_conn *conn)
     int last = --e->refcount == 0;
     if (last && !e->temporary) {
         mmkv_engine **p = &registry;
-        while (*p != e) p = &(*p)->next;
+        while (*p != e)
+            p = &(*p)->next;
         *p = e->next;
     }
     if (last) engine_close(e);
@@ -1161,7 +1182,8 @@ int mmkv_remove_files(const char *data_path, char **errmsg)
         return mmkv_error(errmsg, MMKV_NOMEM, "out of memory");
     int rc = unlink_if_present(data_path);
     if (rc == MMKV_OK) rc = unlink_if_present(index_path);
-    if (rc != MMKV_OK) mmkv_error(errmsg, rc, "mmkv: cannot delete '%s': %s", data_path, strerror(errno));
+    if (rc != MMKV_OK)
+        mmkv_error(errmsg, rc, "mmkv: cannot delete '%s': %s", data_path, strerror(errno));
     free(index_path);
     return rc;
 }

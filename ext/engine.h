@@ -37,9 +37,9 @@ typedef struct mmkv_txn {
     size_t n_written, cap_written;
     mmkv_savepoint *savepoints;
     size_t n_savepoints, cap_savepoints;
-    int committed_slot; /* meta slot of the commit it started from */
-    int prepared;       /* its meta slot is written */
-    int marked;         /* its last record carries TXN_END (prepare began) */
+    int committed_slot;         /* meta slot of the commit it started from */
+    int prepared;               /* its meta slot is written */
+    int marked;                 /* its last record carries TXN_END (prepare began) */
     mmkv_meta overwritten_meta; /* what prepare replaced, for a rollback after it */
 } mmkv_txn;
 
@@ -75,7 +75,8 @@ int mmkv_engine_cover(mmkv_engine *engine, uint64_t tail, char **errmsg);
 int mmkv_engine_corrupt_record(char **errmsg, mmkv_engine *engine, uint64_t offset);
 /* What a recorded commit means for the log: the record itself, unless salvage (format.h) left the
 ** log short of it, or padded it up to it, when the meta slot's state is what the log holds. */
-void mmkv_engine_effective(mmkv_engine *engine, const mmkv_commit *recorded, mmkv_commit *effective);
+void mmkv_engine_effective(mmkv_engine *engine, const mmkv_commit *recorded,
+                           mmkv_commit *effective);
 /* The newest version of key in snapshot, a tombstone included: OK, or NOTFOUND if it has none. */
 int mmkv_engine_newest(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mmkv_datum *key,
                        uint64_t verified, mmkv_record *record);

@@ -22,7 +22,7 @@ static void version_function(sqlite3_context *ctx, int argc, sqlite3_value **arg
 #ifdef _WIN32
 __declspec(dllexport)
 #endif
-int sqlite3_mmkv_init(sqlite3 *db, char **err, const sqlite3_api_routines *api)
+    int sqlite3_mmkv_init(sqlite3 *db, char **err, const sqlite3_api_routines *api)
 {
     SQLITE_EXTENSION_INIT2(api);
     (void)err;
@@ -30,8 +30,8 @@ int sqlite3_mmkv_init(sqlite3 *db, char **err, const sqlite3_api_routines *api)
 #ifdef SQLITE_INNOCUOUS
     flags |= SQLITE_INNOCUOUS;
 #endif
-    int rc = sqlite3_create_function(db, "mmkv_version", 0, flags, NULL, version_function, NULL,
-                                     NULL);
+    int rc =
+        sqlite3_create_function(db, "mmkv_version", 0, flags, NULL, version_function, NULL, NULL);
     if (rc == SQLITE_OK) rc = mmkv_vtab_register(db);
     return rc;
 }

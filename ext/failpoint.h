@@ -1,5 +1,6 @@
 /*
-** Named failpoints, after bbolt's: in a build with MMKV_FAILPOINTS defined, a test can make the step
+** Named failpoints, after bbolt's: in a build with MMKV_FAILPOINTS defined, a test can make the
+*step
 ** of that name fail with MMKV_IOERR, to check that every step of the commit protocol fails cleanly.
 ** In every other build they compile to nothing.
 **

@@ -15,7 +15,7 @@
 #include <unistd.h>
 
 #define MAP_GRANULE ((uint64_t)1 << 20) /* map in steps of at least 1 MiB */
-#define MIN_RESERVE ((uint64_t)1 << 28)  /* never reserve less than 256 MiB of address space */
+#define MIN_RESERVE ((uint64_t)1 << 28) /* never reserve less than 256 MiB of address space */
 
 static uint64_t system_page_size(void)
 {
@@ -42,7 +42,8 @@ int mmkv_file_open(const char *path, int how, int *fd_out)
     if (how == MMKV_OPEN_CREATE_NEW) flags |= O_CREAT | O_EXCL;
     if (how == MMKV_OPEN_ALWAYS) flags |= O_CREAT;
     int fd;
-    do fd = open(path, flags, 0644);
+    do
+        fd = open(path, flags, 0644);
     while (fd < 0 && errno == EINTR);
     if (fd < 0) {
         *fd_out = -1;
@@ -105,9 +106,9 @@ void mmkv_file_set_boot_id(const uint8_t *id)
 {
     boot_id_override = id;
 }
-#define BEFORE_SYNC(fd, offset, len)                                                             \
-    do {                                                                                         \
-        if (sync_hook) sync_hook(fd, offset, len);                                               \
+#define BEFORE_SYNC(fd, offset, len)                                                               \
+    do {                                                                                           \
+        if (sync_hook) sync_hook(fd, offset, len);                                                 \
     } while (0)
 #else
 #define BEFORE_SYNC(fd, offset, len) ((void)0)
@@ -117,7 +118,8 @@ int mmkv_file_sync(int fd)
 {
     BEFORE_SYNC(fd, 0, 0);
     int rc;
-    do rc = fdatasync(fd);
+    do
+        rc = fdatasync(fd);
     while (rc != 0 && errno == EINTR);
     return rc == 0 ? MMKV_OK : MMKV_IOERR;
 }
@@ -170,7 +172,8 @@ static int lock_op(int fd, int64_t byte, short type, int command)
     fl.l_start = (off_t)byte;
     fl.l_len = 1;
     int rc;
-    do rc = fcntl(fd, command, &fl);
+    do
+        rc = fcntl(fd, command, &fl);
     while (rc != 0 && errno == EINTR && command == LOCK_SET_WAIT);
     if (rc == 0) return MMKV_OK;
     return errno == EAGAIN || errno == EACCES || errno == EINTR ? MMKV_BUSY : MMKV_IOERR;
@@ -199,8 +202,8 @@ int mmkv_map_init(mmkv_map *map, int fd, uint64_t reserve_bytes)
     ** for less: the file then cannot grow past what was reserved, and says so (MMKV_FULL). */
     void *base = MAP_FAILED;
     for (; base == MAP_FAILED && reserve_bytes >= MIN_RESERVE; reserve_bytes /= 4)
-        base = mmap(NULL, reserve_bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                    -1, 0);
+        base = mmap(NULL, reserve_bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1,
+                    0);
     reserve_bytes *= 4;
     if (base == MAP_FAILED) return MMKV_NOMEM;
     map->base = base;
@@ -270,7 +273,8 @@ static int map_extend(mmkv_map *map, uint64_t bytes)
     if (bytes > map->file_size) {
         /* Grow ahead so that appends rarely need the file system: double, capped per step. */
         uint64_t target = map->file_size * 2;
-        if (target > map->file_size + ((uint64_t)1 << 30)) target = map->file_size + ((uint64_t)1 << 30);
+        if (target > map->file_size + ((uint64_t)1 << 30))
+            target = map->file_size + ((uint64_t)1 << 30);
         if (target < bytes) target = bytes;
         target = round_up(target, MAP_GRANULE);
         if (target > map->reserved) target = map->reserved;
@@ -294,7 +298,8 @@ int mmkv_map_sync_range(mmkv_map *map, uint64_t offset, uint64_t len)
     if (end <= start) return MMKV_OK;
     BEFORE_SYNC(map->fd, start, end - start);
     int rc;
-    do rc = msync(map->base + start, end - start, MS_SYNC);
+    do
+        rc = msync(map->base + start, end - start, MS_SYNC);
     while (rc != 0 && errno == EINTR);
     return rc == 0 ? MMKV_OK : MMKV_IOERR;
 }
@@ -325,9 +330,12 @@ void mmkv_boot_id(uint8_t out[16])
         int n = 0;
         for (const char *p = text; *p && n < 32; p++) {
             int v;
-            if (*p >= '0' && *p <= '9') v = *p - '0';
-            else if (*p >= 'a' && *p <= 'f') v = *p - 'a' + 10;
-            else continue;
+            if (*p >= '0' && *p <= '9')
+                v = *p - '0';
+            else if (*p >= 'a' && *p <= 'f')
+                v = *p - 'a' + 10;
+            else
+                continue;
             out[n / 2] = (uint8_t)(out[n / 2] << 4 | v);
             n++;
         }

@@ -14,15 +14,15 @@
 
 typedef struct mmkv_map {
     int fd;
-    unsigned char *base;   /* start of the reserved range */
-    uint64_t reserved;     /* bytes of address space reserved */
-    uint64_t mapped;       /* bytes of the file mapped (read with mmkv_map_mapped) */
-    uint64_t file_size;    /* bytes the file is known to have */
+    unsigned char *base;       /* start of the reserved range */
+    uint64_t reserved;         /* bytes of address space reserved */
+    uint64_t mapped;           /* bytes of the file mapped (read with mmkv_map_mapped) */
+    uint64_t file_size;        /* bytes the file is known to have */
     pthread_mutex_t grow_lock; /* serialises growth of the mapping within the process */
 } mmkv_map;
 
 /* Lock bytes, placed past any real file content (POSIX allows locks beyond the end). */
-#define MMKV_LOCK_WRITER ((int64_t)1 << 40)   /* held by the process writing */
+#define MMKV_LOCK_WRITER ((int64_t)1 << 40)     /* held by the process writing */
 #define MMKV_LOCK_OPEN (((int64_t)1 << 40) + 1) /* shared by every process that has it open */
 
 #define MMKV_OPEN_EXISTING 0   /* NOTFOUND if absent */
@@ -30,21 +30,21 @@ typedef struct mmkv_map {
 #define MMKV_OPEN_ALWAYS 2     /* open, creating if absent */
 int mmkv_file_open(const char *path, int how, int *fd_out);
 int mmkv_file_size(int fd, uint64_t *size);
-int mmkv_file_read(int fd, void *buf, size_t len, uint64_t offset);    /* short read: IOERR */
+int mmkv_file_read(int fd, void *buf, size_t len, uint64_t offset); /* short read: IOERR */
 int mmkv_file_write(int fd, const void *buf, size_t len, uint64_t offset);
-int mmkv_file_sync(int fd);                                            /* fdatasync */
-int mmkv_file_sync_dir(const char *path);                              /* the directory of path */
-int mmkv_file_allocate(int fd, uint64_t size);                         /* FULL on ENOSPC */
-int mmkv_file_discard(int fd, uint64_t offset, uint64_t len);          /* punch a hole (reads 0) */
+int mmkv_file_sync(int fd);                                   /* fdatasync */
+int mmkv_file_sync_dir(const char *path);                     /* the directory of path */
+int mmkv_file_allocate(int fd, uint64_t size);                /* FULL on ENOSPC */
+int mmkv_file_discard(int fd, uint64_t offset, uint64_t len); /* punch a hole (reads 0) */
 
 int mmkv_lock_try(int fd, int64_t byte, int exclusive); /* OK or BUSY, never waits */
 int mmkv_lock_wait(int fd, int64_t byte, int exclusive);
 void mmkv_unlock(int fd, int64_t byte);
 
 int mmkv_map_init(mmkv_map *map, int fd, uint64_t reserve_bytes);
-int mmkv_map_refresh(mmkv_map *map);                  /* map whatever the file holds now */
-int mmkv_map_truncate(mmkv_map *map);                 /* empty the file; nobody else may use it */
-int mmkv_map_extend(mmkv_map *map, uint64_t bytes);   /* allocate the file to bytes and map it */
+int mmkv_map_refresh(mmkv_map *map);                /* map whatever the file holds now */
+int mmkv_map_truncate(mmkv_map *map);               /* empty the file; nobody else may use it */
+int mmkv_map_extend(mmkv_map *map, uint64_t bytes); /* allocate the file to bytes and map it */
 int mmkv_map_sync_range(mmkv_map *map, uint64_t offset, uint64_t len); /* msync, then durable */
 void mmkv_map_release(mmkv_map *map);
 

@@ -21,13 +21,15 @@
 ** rewritten. Past the tail lie the records of the transaction in progress (or garbage left by one
 ** that never committed), which no reader trusts.
 **
-** A record is a header (mmkv_record_header), the key bytes, the value bytes, and zero padding to the
+** A record is a header (mmkv_record_header), the key bytes, the value bytes, and zero padding to
+*the
 ** next multiple of 8. A transaction's records are contiguous, carry its txid, and the last one is
 ** flagged MMKV_RECORD_TXN_END. An update appends a new version whose prev_offset names the version
 ** before it; a delete appends a tombstone (flag MMKV_RECORD_TOMBSTONE, no value). INTEGER and REAL
 ** keys and values are stored as 8 bytes (int64 / IEEE double); TEXT as UTF-8; NULL has no bytes.
 **
-** SALVAGE. A commit made under sync=off syncs nothing, so a power cut may keep any part of it and of
+** SALVAGE. A commit made under sync=off syncs nothing, so a power cut may keep any part of it and
+*of
 ** the commits before it: meta slots as well as records. Before the first such commit, the notice at
 ** offset 2048 is written and synced. Recovery of a file that carries it (after a power cut, or
 ** whenever the index must be rebuilt) keeps the longest prefix of the log made of whole
@@ -71,7 +73,7 @@
 
 /* ---- data file ---- */
 
-#define MMKV_DATA_MAGIC "mmkv data file\0"   /* 15 characters and a NUL: 16 bytes */
+#define MMKV_DATA_MAGIC "mmkv data file\0"    /* 15 characters and a NUL: 16 bytes */
 #define MMKV_META_MAGIC 0x6174656d766b6d6dULL /* "mmkvmeta" */
 #define MMKV_META_OFFSET(slot) (512u * (1u + (slot)))
 #define MMKV_DATA_START MMKV_PAGE_SIZE /* offset of the first record */
@@ -133,7 +135,7 @@ typedef struct mmkv_record_header {
 
 /* ---- index file ---- */
 
-#define MMKV_INDEX_MAGIC "mmkv index file"   /* 15 characters and a NUL: 16 bytes */
+#define MMKV_INDEX_MAGIC "mmkv index file" /* 15 characters and a NUL: 16 bytes */
 #define MMKV_INDEX_TABLES_START MMKV_PAGE_SIZE
 
 #define MMKV_INDEX_CLEAN 1  /* closed cleanly: the tables reflect log_position exactly */
@@ -151,24 +153,24 @@ typedef struct mmkv_index_header {
     /* Table geometry. Writers change it inside a sequence lock (geometry_seq odd while
     ** changing), so that lock-free readers in any process read a consistent copy. */
     uint64_t geometry_seq;
-    uint64_t table_offset;   /* current table */
-    uint64_t table_slots;    /* its size in slots, a power of two */
-    uint64_t old_offset;     /* table being drained into the current one; 0 if none */
-    uint64_t old_slots;      /* its size in slots */
-    uint64_t drain_cursor;   /* old slots below this have been moved */
-    uint64_t used_slots;     /* non-empty slots of the current table */
-    uint64_t file_end;       /* bytes of the file in use by tables */
+    uint64_t table_offset;    /* current table */
+    uint64_t table_slots;     /* its size in slots, a power of two */
+    uint64_t old_offset;      /* table being drained into the current one; 0 if none */
+    uint64_t old_slots;       /* its size in slots */
+    uint64_t drain_cursor;    /* old slots below this have been moved */
+    uint64_t used_slots;      /* non-empty slots of the current table */
+    uint64_t file_end;        /* bytes of the file in use by tables */
     uint32_t tables_checksum; /* CRC32C of the tables' slots; set, and checked, only when CLEAN */
     uint32_t reserved2;
-    uint8_t reserved3[56];   /* zero: keeps slots_sum off the cache line readers load */
+    uint8_t reserved3[56]; /* zero: keeps slots_sum off the cache line readers load */
     /* The sum, modulo 2^64, of a mix of each slot's file offset and value over both tables, slots
     ** empty or moved counting nothing. Every slot write keeps it, so an index whose last user died
     ** between transactions can be checked in one pass before it is trusted (see index.c). */
     uint64_t slots_sum;
-    uint8_t reserved[3888];  /* zero */
-    uint32_t checksum;       /* CRC32C of every byte above; checked only when state is CLEAN */
+    uint8_t reserved[3888]; /* zero */
+    uint32_t checksum;      /* CRC32C of every byte above; checked only when state is CLEAN */
     uint32_t reserved1;
-} mmkv_index_header;         /* 4096 bytes */
+} mmkv_index_header; /* 4096 bytes */
 
 typedef uint64_t mmkv_slot;
 
@@ -192,7 +194,8 @@ _Static_assert(sizeof(mmkv_meta) == 64, "meta slot size");
 _Static_assert(sizeof(mmkv_notice) == 32, "notice size");
 _Static_assert(sizeof(mmkv_record_header) == 32, "record header size");
 _Static_assert(sizeof(mmkv_index_header) == MMKV_PAGE_SIZE, "index header is one page");
-_Static_assert(offsetof(mmkv_index_header, slots_sum) / 64 > offsetof(mmkv_index_header, file_end) / 64,
+_Static_assert(offsetof(mmkv_index_header, slots_sum) / 64 >
+                   offsetof(mmkv_index_header, file_end) / 64,
                "slots_sum is off the cache lines of the geometry that readers load");
 
 #endif

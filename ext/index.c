@@ -44,7 +44,8 @@ static int table_fits(uint64_t offset, uint64_t slots, uint64_t size)
 static uint64_t slot_weight(mmkv_index *index, const mmkv_slot *at, mmkv_slot value)
 {
     if (value == MMKV_SLOT_EMPTY || value == MMKV_SLOT_MOVED) return 0;
-    uint64_t x = value ^ ((uint64_t)((const uint8_t *)at - index->map.base) * UINT64_C(0x9e3779b97f4a7c15));
+    uint64_t x =
+        value ^ ((uint64_t)((const uint8_t *)at - index->map.base) * UINT64_C(0x9e3779b97f4a7c15));
     x ^= x >> 30;
     x *= UINT64_C(0xbf58476d1ce4e5b9);
     x ^= x >> 27;
@@ -85,7 +86,8 @@ static uint32_t header_checksum(const mmkv_index_header *h)
 static uint32_t tables_checksum(mmkv_index *index)
 {
     mmkv_index_header *h = mmkv_index_header_of(index);
-    uint32_t crc = mmkv_crc32c(0, table_at(index, h->table_offset), h->table_slots * sizeof(mmkv_slot));
+    uint32_t crc =
+        mmkv_crc32c(0, table_at(index, h->table_offset), h->table_slots * sizeof(mmkv_slot));
     if (h->old_offset)
         crc = mmkv_crc32c(crc, table_at(index, h->old_offset), h->old_slots * sizeof(mmkv_slot));
     return crc;
@@ -105,8 +107,8 @@ int mmkv_index_header_usable(mmkv_index *index, uint64_t data_file_id, int need_
         !table_fits(h->table_offset, h->table_slots, h->file_end) ||
         h->table_slots < MMKV_INDEX_MIN_SLOTS || h->used_slots > h->table_slots)
         return 0;
-    if (h->old_offset && (!table_fits(h->old_offset, h->old_slots, h->file_end) ||
-                          h->drain_cursor > h->old_slots))
+    if (h->old_offset &&
+        (!table_fits(h->old_offset, h->old_slots, h->file_end) || h->drain_cursor > h->old_slots))
         return 0;
     if (h->state == MMKV_INDEX_CLEAN && h->tables_checksum != tables_checksum(index)) return 0;
     return 1;
@@ -146,7 +148,8 @@ int mmkv_index_slots_verify(mmkv_index *index, uint64_t live_keys, uint64_t reco
     if (now.sum + old.sum != h->slots_sum || old.undrained || keys < live_keys || keys > records)
         return 0;
     uint64_t used = now.used;
-    h->used_slots = used; /* decides when to grow: a table with no free slot would never end a probe */
+    h->used_slots =
+        used; /* decides when to grow: a table with no free slot would never end a probe */
     return 1;
 }
 
@@ -289,7 +292,8 @@ int mmkv_index_find(mmkv_index *index, uint64_t hash, const mmkv_index_ops *ops,
         ** so a key missing from the old table is already in the new one. */
         rc = MMKV_NOTFOUND;
         if (g.old_offset)
-            rc = probe(table_at(index, g.old_offset), g.old_slots, hash, ops, &slot, &matched, NULL);
+            rc =
+                probe(table_at(index, g.old_offset), g.old_slots, hash, ops, &slot, &matched, NULL);
         if (rc == MMKV_NOTFOUND)
             rc = probe(table_at(index, g.table_offset), g.table_slots, hash, ops, &slot, &matched,
                        NULL);
@@ -360,7 +364,8 @@ int mmkv_index_find_all(mmkv_index *index, uint64_t hash, const mmkv_index_ops *
         int rc = geometry_read(index, &g, &seq);
         if (rc != MMKV_OK) return rc;
         found->count = 0;
-        if (g.old_offset) rc = probe_all(table_at(index, g.old_offset), g.old_slots, hash, ops, found);
+        if (g.old_offset)
+            rc = probe_all(table_at(index, g.old_offset), g.old_slots, hash, ops, found);
         if (rc == MMKV_OK)
             rc = probe_all(table_at(index, g.table_offset), g.table_slots, hash, ops, found);
         if (rc != MMKV_OK || load64(&h->geometry_seq) == seq) return rc;
@@ -509,7 +514,8 @@ int mmkv_index_locate(mmkv_index *index, uint64_t hash, const mmkv_index_ops *op
     if (rc2 == MMKV_OK && !ref->slot) ref->slot = found;
     if (rc2 != MMKV_OK && rc2 != MMKV_NOTFOUND) return rc2;
     if (rc != MMKV_OK && rc != MMKV_NOTFOUND) return rc;
-    if (!ref->insert_at) ref->insert_at = free_slot(table_at(index, h->table_offset), h->table_slots, hash);
+    if (!ref->insert_at)
+        ref->insert_at = free_slot(table_at(index, h->table_offset), h->table_slots, hash);
     return ref->slot ? MMKV_OK : MMKV_NOTFOUND;
 }
 
@@ -523,7 +529,8 @@ void mmkv_index_store(mmkv_index *index, const mmkv_slot_ref *ref, uint64_t hash
     }
     if (*ref->insert_at == MMKV_SLOT_EMPTY) h->used_slots++;
     slot_write(index, ref->insert_at, value);
-    if (ref->slot) slot_write(index, ref->slot, MMKV_SLOT_MOVED); /* after the copy: see mmkv_index_find */
+    if (ref->slot)
+        slot_write(index, ref->slot, MMKV_SLOT_MOVED); /* after the copy: see mmkv_index_find */
 }
 
 void mmkv_index_forget(mmkv_index *index, const mmkv_slot_ref *ref)
@@ -536,7 +543,8 @@ void mmkv_index_forget(mmkv_index *index, const mmkv_slot_ref *ref)
 int mmkv_index_rebuild_begin(mmkv_index *index, uint64_t keys)
 {
     uint64_t slots = MMKV_INDEX_MIN_SLOTS;
-    while (slots * MMKV_INDEX_LOAD_NUM < (keys + 1) * MMKV_INDEX_LOAD_DEN) slots *= 2;
+    while (slots * MMKV_INDEX_LOAD_NUM < (keys + 1) * MMKV_INDEX_LOAD_DEN)
+        slots *= 2;
     int rc = table_allocate(index, slots, &index->build_offset);
     if (rc != MMKV_OK) return rc;
     index->build_slots = slots;
@@ -566,8 +574,8 @@ int mmkv_index_rebuild_add(mmkv_index *index, uint64_t hash, const mmkv_index_op
         for (uint64_t i = 0; i < index->build_slots; i++) {
             if (!mmkv_slot_is_entry(table[i])) continue;
             uint64_t h2;
-            if ((rc = ops->hash_of(ops->ctx, mmkv_slot_offset(table[i]), mmkv_slot_is_second(table[i]),
-                                  &h2)) != MMKV_OK)
+            if ((rc = ops->hash_of(ops->ctx, mmkv_slot_offset(table[i]),
+                                   mmkv_slot_is_second(table[i]), &h2)) != MMKV_OK)
                 return rc;
             slot_put(index, &index->build_sum, free_slot(bigger, slots, h2), table[i]);
         }

@@ -22,7 +22,8 @@
 /* Load limit of a table, 5/8: linear probing stays short, and draining finishes in time. */
 #define MMKV_INDEX_LOAD_NUM 5u
 #define MMKV_INDEX_LOAD_DEN 8u
-#define MMKV_INDEX_HARD_NUM 7u /* 7/8: the load up to which a table that cannot grow is still used */
+#define MMKV_INDEX_HARD_NUM                                                                        \
+    7u /* 7/8: the load up to which a table that cannot grow is still used */
 
 typedef struct mmkv_index_ops {
     /* 1 if the record at offset holds the key sought, 0 if not, or a negative result code. */
@@ -35,11 +36,11 @@ typedef struct mmkv_index_ops {
 
 typedef struct mmkv_index {
     mmkv_map map;
-    const char *path;       /* owned by the engine */
-    uint64_t build_offset;  /* the table a rebuild is filling, not yet visible to readers */
+    const char *path;      /* owned by the engine */
+    uint64_t build_offset; /* the table a rebuild is filling, not yet visible to readers */
     uint64_t build_slots;
     uint64_t build_used;
-    uint64_t build_sum;     /* its slots_sum */
+    uint64_t build_sum; /* its slots_sum */
 } mmkv_index;
 
 /* Where a writer found a key: its slot (NULL if absent) and where an insert would go. */

@@ -138,26 +138,31 @@ static int is_digit(unsigned char c)
 static size_t numeric_literal(const unsigned char *p, size_t n, size_t *start, int *is_integer)
 {
     size_t i = 0, digits = 0;
-    while (i < n && is_sql_space(p[i])) i++;
+    while (i < n && is_sql_space(p[i]))
+        i++;
     *start = i;
     *is_integer = 1;
     if (i < n && (p[i] == '+' || p[i] == '-')) i++;
-    while (i < n && is_digit(p[i])) i++, digits++;
+    while (i < n && is_digit(p[i]))
+        i++, digits++;
     if (i < n && p[i] == '.') {
         *is_integer = 0;
-        for (i++; i < n && is_digit(p[i]); i++) digits++;
+        for (i++; i < n && is_digit(p[i]); i++)
+            digits++;
     }
     if (!digits) return 0;
     if (i < n && (p[i] == 'e' || p[i] == 'E')) {
         size_t e = i + 1, exponent_digits = 0;
         if (e < n && (p[e] == '+' || p[e] == '-')) e++;
-        while (e < n && is_digit(p[e])) e++, exponent_digits++;
+        while (e < n && is_digit(p[e]))
+            e++, exponent_digits++;
         if (!exponent_digits) return 0;
         *is_integer = 0;
         i = e;
     }
     size_t end = i;
-    while (i < n && is_sql_space(p[i])) i++;
+    while (i < n && is_sql_space(p[i]))
+        i++;
     return i == n ? end - *start : 0;
 }
 

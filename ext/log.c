@@ -106,7 +106,8 @@ int mmkv_log_open(mmkv_log *log, int fd, const char *path, char **errmsg)
     mmkv_meta meta;
     int slot;
     /* A file whose commits skipped their syncs, or whose database owns it (and which does not
-    ** sync its meta slots), may have lost both to a power cut: recovery rebuilds them (engine.c). */
+    ** sync its meta slots), may have lost both to a power cut: recovery rebuilds them (engine.c).
+   */
     if (mmkv_log_meta(log, &meta, &slot, NULL) == MMKV_CORRUPT &&
         (log->owner_id != 0 || mmkv_log_notice(log, NULL)))
         return MMKV_OK;
@@ -161,15 +162,16 @@ static void record_seal(unsigned char *p, uint64_t at)
 {
     mmkv_record_header *record = (mmkv_record_header *)p;
     uint64_t used = sizeof *record + (uint64_t)record->key_len + record->value_len;
-    record->checksum = mmkv_record_crc(at, p + sizeof record->checksum, used - sizeof record->checksum);
+    record->checksum =
+        mmkv_record_crc(at, p + sizeof record->checksum, used - sizeof record->checksum);
 }
 
 void mmkv_log_mark_txn_end(mmkv_log *log, uint64_t offset, int end)
 {
     unsigned char *p = log->map.base + offset;
     mmkv_record_header *record = (mmkv_record_header *)p;
-    record->flags = (uint8_t)(end ? record->flags | MMKV_RECORD_TXN_END
-                                  : record->flags & ~MMKV_RECORD_TXN_END);
+    record->flags =
+        (uint8_t)(end ? record->flags | MMKV_RECORD_TXN_END : record->flags & ~MMKV_RECORD_TXN_END);
     record_seal(p, offset);
 }
 
@@ -264,7 +266,8 @@ int mmkv_log_write_meta(mmkv_log *log, int slot, const mmkv_meta *meta, int sync
     __atomic_thread_fence(__ATOMIC_RELEASE);
     if (!sync) return MMKV_OK;
     int rc = mmkv_failpoint("between-meta-syncs");
-    return rc == MMKV_OK ? mmkv_map_sync_range(&log->map, MMKV_META_OFFSET(slot), sizeof *meta) : rc;
+    return rc == MMKV_OK ? mmkv_map_sync_range(&log->map, MMKV_META_OFFSET(slot), sizeof *meta)
+                         : rc;
 }
 
 int mmkv_log_write_record(mmkv_log *log, uint64_t at, const mmkv_datum *key,

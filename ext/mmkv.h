@@ -104,7 +104,8 @@ int mmkv_snapshot_take(mmkv_conn *conn, mmkv_snapshot *snapshot);
 int mmkv_snapshot_at(mmkv_conn *conn, const mmkv_commit *committed, mmkv_snapshot *snapshot);
 int mmkv_get(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mmkv_datum *key, mmkv_row *row);
 int mmkv_scan_open(mmkv_conn *conn, const mmkv_snapshot *snapshot, mmkv_scan **out);
-int mmkv_scan_next(mmkv_scan *scan, mmkv_row *row); /* MMKV_OK, MMKV_NOTFOUND at the end, or error */
+int mmkv_scan_next(mmkv_scan *scan,
+                   mmkv_row *row); /* MMKV_OK, MMKV_NOTFOUND at the end, or error */
 void mmkv_scan_close(mmkv_scan *scan);
 uint64_t mmkv_live_count(mmkv_conn *conn);
 

@@ -52,7 +52,8 @@ static int repair_to(mmkv_conn *conn, const mmkv_meta *meta, const mmkv_commit *
     mmkv_engine *e = conn->engine;
     mmkv_txn *txn = &e->txn;
     int rc = mmkv_engine_cover(e, state->tail, &conn->errmsg);
-    if (rc == MMKV_OK) rc = mmkv_engine_rebuild_index(e, state->tail, state->record_count, &conn->errmsg);
+    if (rc == MMKV_OK)
+        rc = mmkv_engine_rebuild_index(e, state->tail, state->record_count, &conn->errmsg);
     /* Rolled back below what the notice holds durable (the database lost commits mmkv kept): the
     ** records past the record will be overwritten, so salvage must not count on them. */
     uint64_t durable;
@@ -109,7 +110,8 @@ static int pad_to_record(mmkv_conn *conn, mmkv_meta *meta, mmkv_commit *state)
         padded.txn_start = from;
         mmkv_meta_seal(&padded);
         int slot = txn->committed_slot ^ 1;
-        if (rc == MMKV_OK) rc = mmkv_log_write_meta(&e->log, slot, &padded, conn->sync != MMKV_SYNC_OFF);
+        if (rc == MMKV_OK)
+            rc = mmkv_log_write_meta(&e->log, slot, &padded, conn->sync != MMKV_SYNC_OFF);
         if (rc != MMKV_OK)
             return mmkv_error(&conn->errmsg, rc, "mmkv: cannot write to '%s'", e->data_path);
         txn->committed_slot = slot;
@@ -144,7 +146,8 @@ static int take_writer(mmkv_conn *conn, int handover)
     for (;;) {
         pthread_mutex_lock(&e->mutex);
         const char *who = NULL;
-        if (e->txn.owner && e->txn.owner != conn) who = "connection";
+        if (e->txn.owner && e->txn.owner != conn)
+            who = "connection";
         else if (!e->txn.owner && mmkv_lock_try(e->log.map.fd, MMKV_LOCK_WRITER, 1) != MMKV_OK)
             who = "process";
         if (!who) return MMKV_OK;
@@ -278,7 +281,8 @@ void mmkv_txn_rollback_to(mmkv_conn *conn, int level)
     mmkv_txn *txn = &e->txn;
     if (txn->owner != conn) return;
     size_t i = 0;
-    while (i < txn->n_savepoints && txn->savepoints[i].level < level) i++;
+    while (i < txn->n_savepoints && txn->savepoints[i].level < level)
+        i++;
     mmkv_savepoint target;
     if (i < txn->n_savepoints && txn->savepoints[i].level == level) {
         target = txn->savepoints[i];
@@ -317,8 +321,7 @@ int mmkv_txn_prepare(mmkv_conn *conn)
     if (rc == MMKV_OK && conn->sync != MMKV_SYNC_OFF)
         rc = mmkv_map_sync_range(&e->log.map, txn->start, txn->append_pos - txn->start);
     if (rc == MMKV_OK) rc = mmkv_failpoint("before-meta-write");
-    if (rc != MMKV_OK)
-        return mmkv_error(&conn->errmsg, rc, "mmkv: cannot sync '%s'", e->data_path);
+    if (rc != MMKV_OK) return mmkv_error(&conn->errmsg, rc, "mmkv: cannot sync '%s'", e->data_path);
     mmkv_meta meta;
     memset(&meta, 0, sizeof meta);
     meta.txid = txn->txid;

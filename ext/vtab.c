@@ -38,7 +38,7 @@ SQLITE_EXTENSION_INIT3
 
 #define DATA_SUFFIX ".mmkv"
 #define DROPPED_SUFFIX "-dropped" /* a data file set aside by a DROP inside a transaction */
-#define FULL_SCAN_ROW_COST 2.0  /* per row: walking the log and checking each version */
+#define FULL_SCAN_ROW_COST 2.0    /* per row: walking the log and checking each version */
 #define LOOKUP_COST 1.0
 /* The size SQLite's planner assumes for a table it has no statistics for (LogEst 200). */
 #define UNANALYZED_TABLE_ROWS 1048576.0
@@ -63,15 +63,15 @@ struct mmkv_vtab {
     sqlite3_vtab base;
     sqlite3 *db;
     mmkv_module_state *state;
-    char *schema;     /* "main", "temp" or an attached name */
-    char *name;       /* the table's name */
-    char *data_path;  /* NULL for a temporary table */
+    char *schema;          /* "main", "temp" or an attached name */
+    char *name;            /* the table's name */
+    char *data_path;       /* NULL for a temporary table */
     int named_after_table; /* the files follow ALTER TABLE RENAME */
     mmkv_conn *conn;
     mmkv_temp_table *temp; /* non-NULL for a temporary table */
     int owned;             /* the database records the commits: see commit_record.h */
     mmkv_commit_record record;
-    int open_cursors;      /* while any is open, reads share one snapshot (in-memory sharing) */
+    int open_cursors; /* while any is open, reads share one snapshot (in-memory sharing) */
     int have_snapshot;
     mmkv_snapshot snapshot;
 };
@@ -82,14 +82,14 @@ struct mmkv_cursor {
     int plan;
     int eof;
     mmkv_snapshot snapshot;
-    mmkv_scan *scan;           /* PLAN_FULL_SCAN */
-    sqlite3_value *in_list;    /* PLAN_KEY_IN: the list being walked */
+    mmkv_scan *scan;        /* PLAN_FULL_SCAN */
+    sqlite3_value *in_list; /* PLAN_KEY_IN: the list being walked */
     int in_started;
-    mmkv_row row;              /* the current row */
-    mmkv_row *found;           /* PLAN_KEY_EQ and PLAN_KEY_IN: the rows of the current key */
-    mmkv_row found_inline[2];  /* found's storage until more rows come: no malloc per probe */
+    mmkv_row row;             /* the current row */
+    mmkv_row *found;          /* PLAN_KEY_EQ and PLAN_KEY_IN: the rows of the current key */
+    mmkv_row found_inline[2]; /* found's storage until more rows come: no malloc per probe */
     int n_found, cap_found, next_found;
-    sqlite3_uint64 *emitted;   /* PLAN_KEY_IN: offsets already returned (open addressing; 0 free) */
+    sqlite3_uint64 *emitted; /* PLAN_KEY_IN: offsets already returned (open addressing; 0 free) */
     sqlite3_uint64 n_emitted, cap_emitted;
 };
 
@@ -106,7 +106,8 @@ static int seen_before(mmkv_cursor *cur, sqlite3_uint64 offset, int *seen)
             sqlite3_uint64 o = cur->emitted[i];
             if (!o) continue;
             sqlite3_uint64 j = (o >> 3) & (cap - 1);
-            while (grown[j]) j = (j + 1) & (cap - 1);
+            while (grown[j])
+                j = (j + 1) & (cap - 1);
             grown[j] = o;
         }
         sqlite3_free(cur->emitted);
@@ -114,7 +115,8 @@ static int seen_before(mmkv_cursor *cur, sqlite3_uint64 offset, int *seen)
         cur->cap_emitted = cap;
     }
     sqlite3_uint64 j = (offset >> 3) & (cur->cap_emitted - 1);
-    while (cur->emitted[j] && cur->emitted[j] != offset) j = (j + 1) & (cur->cap_emitted - 1);
+    while (cur->emitted[j] && cur->emitted[j] != offset)
+        j = (j + 1) & (cur->cap_emitted - 1);
     *seen = cur->emitted[j] == offset;
     if (!*seen) {
         cur->emitted[j] = offset;
@@ -189,8 +191,10 @@ static void result_datum(sqlite3_context *ctx, const mmkv_datum *d)
         sqlite3_result_text(ctx, d->len ? d->bytes : "", (int)d->len, SQLITE_TRANSIENT);
         break;
     case MMKV_BLOB:
-        if (d->len) sqlite3_result_blob(ctx, d->bytes, (int)d->len, SQLITE_TRANSIENT);
-        else sqlite3_result_zeroblob(ctx, 0);
+        if (d->len)
+            sqlite3_result_blob(ctx, d->bytes, (int)d->len, SQLITE_TRANSIENT);
+        else
+            sqlite3_result_zeroblob(ctx, 0);
         break;
     default:
         sqlite3_result_null(ctx);
@@ -204,8 +208,8 @@ static int is_absolute(const char *path)
 
 /* Where the files of table `name` go: file= resolved against the database's directory, or
 ** "<database file>-<name>.mmkv" beside it. *temporary is set when the database has no file. */
-static char *resolve_data_path(sqlite3 *db, const char *schema, const char *name,
-                               const char *file, int *temporary)
+static char *resolve_data_path(sqlite3 *db, const char *schema, const char *name, const char *file,
+                               int *temporary)
 {
     const char *db_file = sqlite3_db_filename(db, schema);
     int has_file = db_file && db_file[0];
@@ -240,7 +244,8 @@ static mmkv_temp_table *temp_table_find(mmkv_module_state *state, const char *sc
 static void temp_table_free(mmkv_module_state *state, mmkv_temp_table *table)
 {
     mmkv_temp_table **p = &state->temp_tables;
-    while (*p && *p != table) p = &(*p)->next;
+    while (*p && *p != table)
+        p = &(*p)->next;
     if (*p) *p = table->next;
     mmkv_close(table->conn);
     sqlite3_free(table->schema);
@@ -251,7 +256,8 @@ static void temp_table_free(mmkv_module_state *state, mmkv_temp_table *table)
 static void module_state_free(void *p)
 {
     mmkv_module_state *state = p;
-    while (state->temp_tables) temp_table_free(state, state->temp_tables);
+    while (state->temp_tables)
+        temp_table_free(state, state->temp_tables);
     sqlite3_free(state);
 }
 
@@ -284,7 +290,8 @@ static int open_owned(mmkv_vtab *vt, mmkv_open_options *options, int creating, c
         options->owner_id = vt->record.owner_id;
     } else if (vt->owned) {
         sqlite3_uint64 owner = 0;
-        while (owner == 0) sqlite3_randomness(sizeof owner, &owner);
+        while (owner == 0)
+            sqlite3_randomness(sizeof owner, &owner);
         options->owner_id = owner;
         /* A data file an earlier CREATE left when its transaction rolled back is no table's. */
         options->claim_unused = 1;
@@ -297,8 +304,8 @@ static int open_owned(mmkv_vtab *vt, mmkv_open_options *options, int creating, c
         *err = sqlite3_mprintf("%s", mmkv_errmsg(vt->conn));
         return rc;
     }
-    return mmkv_record_create(&vt->record, vt->db, vt->schema, vt->name, options->owner_id,
-                              &state, err);
+    return mmkv_record_create(&vt->record, vt->db, vt->schema, vt->name, options->owner_id, &state,
+                              err);
 }
 
 /*
@@ -325,7 +332,8 @@ static int mmkvInit(sqlite3 *db, void *aux, int argc, const char *const *argv, s
     const char *name = argv[2];
     if (sqlite3_stricmp(name, "key") == 0 || sqlite3_stricmp(name, "value") == 0) {
         *err = sqlite3_mprintf("mmkv: a table cannot be named \"%s\": its command column would "
-                               "clash with the column of that name", name);
+                               "clash with the column of that name",
+                               name);
         rc = SQLITE_ERROR;
         goto cleanup;
     }
@@ -383,8 +391,8 @@ static int mmkvInit(sqlite3 *db, void *aux, int argc, const char *const *argv, s
             sqlite3_free(aside);
         }
         if (!creating && access(vt->data_path, F_OK) != 0) {
-            *err = sqlite3_mprintf("mmkv: data file '%s' of table \"%s\" is missing",
-                                   vt->data_path, name);
+            *err = sqlite3_mprintf("mmkv: data file '%s' of table \"%s\" is missing", vt->data_path,
+                                   name);
             rc = SQLITE_CANTOPEN;
             goto cleanup;
         }
@@ -406,7 +414,8 @@ static int mmkvInit(sqlite3 *db, void *aux, int argc, const char *const *argv, s
     return SQLITE_OK;
 
 cleanup_message:
-    if (!*err) *err = sqlite3_mprintf("%s", message ? message : "mmkv: cannot open the table's files");
+    if (!*err)
+        *err = sqlite3_mprintf("%s", message ? message : "mmkv: cannot open the table's files");
 cleanup:
     free(message);
     mmkv_args_free(&args);
@@ -414,8 +423,8 @@ cleanup:
     return rc;
 }
 
-static int mmkvCreate(sqlite3 *db, void *aux, int argc, const char *const *argv,
-                      sqlite3_vtab **out, char **err)
+static int mmkvCreate(sqlite3 *db, void *aux, int argc, const char *const *argv, sqlite3_vtab **out,
+                      char **err)
 {
     return mmkvInit(db, aux, argc, argv, out, err, 1);
 }
@@ -434,7 +443,8 @@ static int mmkvDisconnect(sqlite3_vtab *vtab)
 /*
 ** The files live outside the database, so a ROLLBACK cannot bring back what a DROP deleted or a
 ** RENAME moved. A RENAME that moves files is refused inside an explicit transaction. A DROP there
-** sets the data file aside as "<data file>-dropped" (a temporary table keeps its engine), and if the
+** sets the data file aside as "<data file>-dropped" (a temporary table keeps its engine), and if
+*the
 ** ROLLBACK brings the table back, xConnect puts the file back in place.
 */
 static int refuse_inside_transaction(mmkv_vtab *vt, const char *what)
@@ -443,7 +453,8 @@ static int refuse_inside_transaction(mmkv_vtab *vt, const char *what)
     sqlite3_free(vt->base.zErrMsg);
     vt->base.zErrMsg = sqlite3_mprintf("mmkv: cannot %s \"%s\" inside a transaction: its files "
                                        "are outside the database and a ROLLBACK could not restore "
-                                       "them", what, vt->name);
+                                       "them",
+                                       what, vt->name);
     return SQLITE_ERROR;
 }
 
@@ -460,7 +471,8 @@ static int mmkvDestroy(sqlite3_vtab *vtab)
     }
     char *message = NULL, *aside = NULL;
     int rc;
-    if (vt->owned && (rc = mmkv_record_drop(&vt->record, &vt->base.zErrMsg)) != SQLITE_OK) return rc;
+    if (vt->owned && (rc = mmkv_record_drop(&vt->record, &vt->base.zErrMsg)) != SQLITE_OK)
+        return rc;
     char *path = vt->data_path;
     vt->data_path = NULL;
     mmkv_close(vt->conn);
@@ -511,7 +523,8 @@ static double planner_rows(mmkv_vtab *vt)
 ** any affinity and SQLite's own comparison picks. Only where affinity makes several keys equal
 ** to X (TEXT keys that read as the same number) does that give more than one row; the plan still
 ** claims one (SQLITE_INDEX_SCAN_UNIQUE), which keeps UPDATE and DELETE by key one-pass, at the
-** price that they then act on the first of those rows only (README, known limits). Every other constraint (ranges, LIKE, other
+** price that they then act on the first of those rows only (README, known limits). Every other
+*constraint (ranges, LIKE, other
 ** collations, the value column) is left to SQLite, which filters the rows of a scan.
 **
 ** An equality on key that is not usable in this call (it names a table not yet available) is not
@@ -753,9 +766,12 @@ static int mmkvEof(sqlite3_vtab_cursor *cursor)
 static int mmkvColumn(sqlite3_vtab_cursor *cursor, sqlite3_context *ctx, int column)
 {
     mmkv_cursor *cur = (mmkv_cursor *)cursor;
-    if (column == COLUMN_KEY) result_datum(ctx, &cur->row.key);
-    else if (column == COLUMN_VALUE) result_datum(ctx, &cur->row.value);
-    else sqlite3_result_null(ctx);
+    if (column == COLUMN_KEY)
+        result_datum(ctx, &cur->row.key);
+    else if (column == COLUMN_VALUE)
+        result_datum(ctx, &cur->row.value);
+    else
+        sqlite3_result_null(ctx);
     return SQLITE_OK;
 }
 

@@ -75,8 +75,7 @@ enum { W_INSERT, W_LOOKUP_TXN, W_LOOKUP_AUTO, W_SCAN, W_UPDATE, NWORK };
 static const char *const kind_names[NKINDS] = {"mmkv", "native", "native+mmap"};
 static const char *const kind_files[NKINDS] = {"mmkv", "native", "nativemmap"};
 static const char *const work_names[NWORK] = {"insert (1 txn)", "lookup (1 txn)",
-                                              "lookup (autocommit)", "full scan",
-                                              "update (1 txn)"};
+                                              "lookup (autocommit)", "full scan", "update (1 txn)"};
 
 struct options {
     size_t ns[MAX_NS];
@@ -91,19 +90,20 @@ struct options {
     int cache_set;
     uint64_t seed;
     int no_table, no_concurrent, no_commit_cost;
-    size_t concurrent_ops; /* lookups per measurement of the concurrent section: min(N, --ops, this) */
-    size_t commit_n;       /* table size of the commit-cost section */
-    size_t commit_txns;    /* timed transactions of 1 and 10 rows; a tenth of it of 1000 rows */
+    size_t
+        concurrent_ops; /* lookups per measurement of the concurrent section: min(N, --ops, this) */
+    size_t commit_n;    /* table size of the commit-cost section */
+    size_t commit_txns; /* timed transactions of 1 and 10 rows; a tenth of it of 1000 rows */
 };
 
 /* The data of one N: keys, value choice, the orders of the lookups and updates. */
 struct data {
     size_t n, m;
-    unsigned char *keys;     /* n * KEY_LEN */
-    uint32_t *perm[3];       /* m row numbers each: lookups in a txn, autocommit, updates */
-    unsigned char *updated;  /* n flags: row updated by the update workload */
-    uint64_t sum_before;     /* checksum of all rows before the updates */
-    uint64_t sum_after;      /* ... and after */
+    unsigned char *keys;    /* n * KEY_LEN */
+    uint32_t *perm[3];      /* m row numbers each: lookups in a txn, autocommit, updates */
+    unsigned char *updated; /* n flags: row updated by the update workload */
+    uint64_t sum_before;    /* checksum of all rows before the updates */
+    uint64_t sum_after;     /* ... and after */
 };
 
 struct stmts {
@@ -140,14 +140,12 @@ static long long g_mmap_eff = -1;
 static void remove_files(const char *name_prefix)
 {
     DIR *dir = opendir(g_dir);
-    if (!dir)
-        return;
+    if (!dir) return;
     size_t len = strlen(name_prefix);
     struct dirent *e;
     char path[PATH_MAX + 256];
     while ((e = readdir(dir)) != NULL) {
-        if (strncmp(e->d_name, name_prefix, len) != 0)
-            continue;
+        if (strncmp(e->d_name, name_prefix, len) != 0) continue;
         snprintf(path, sizeof path, "%s/%s", g_dir, e->d_name);
         if (unlink(path) != 0)
             fprintf(stderr, "bench: cannot remove %s: %s\n", path, strerror(errno));
@@ -158,19 +156,16 @@ static void remove_files(const char *name_prefix)
 static double allocated_mb(const char *name_prefix)
 {
     DIR *dir = opendir(g_dir);
-    if (!dir)
-        return 0;
+    if (!dir) return 0;
     size_t len = strlen(name_prefix);
     struct dirent *e;
     struct stat st;
     char path[PATH_MAX + 256];
     double total = 0;
     while ((e = readdir(dir)) != NULL) {
-        if (strncmp(e->d_name, name_prefix, len) != 0)
-            continue;
+        if (strncmp(e->d_name, name_prefix, len) != 0) continue;
         snprintf(path, sizeof path, "%s/%s", g_dir, e->d_name);
-        if (lstat(path, &st) == 0)
-            total += (double)st.st_blocks * 512.0;
+        if (lstat(path, &st) == 0) total += (double)st.st_blocks * 512.0;
     }
     closedir(dir);
     return total / (1024.0 * 1024.0);
@@ -178,15 +173,13 @@ static double allocated_mb(const char *name_prefix)
 
 static void cleanup(void)
 {
-    if (g_is_child)
-        return;
+    if (g_is_child) return;
     if (g_child > 0) {
         kill(g_child, SIGKILL);
         waitpid(g_child, NULL, 0);
         g_child = 0;
     }
-    if (!g_dir[0])
-        return;
+    if (!g_dir[0]) return;
     remove_files(g_prefix);
     if (g_made_dir && rmdir(g_dir) != 0)
         fprintf(stderr, "bench: cannot remove %s: %s\n", g_dir, strerror(errno));
@@ -196,15 +189,13 @@ static void cleanup(void)
 __attribute__((format(printf, 1, 2))) _Noreturn static void die(const char *fmt, ...)
 {
     va_list ap;
-    if (!g_is_child)
-        fflush(stdout);
+    if (!g_is_child) fflush(stdout);
     fprintf(stderr, g_is_child ? "bench (writer process): " : "bench: ");
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
     fprintf(stderr, "\n");
-    if (g_is_child)
-        _exit(2); /* the files and the stdout buffer belong to the parent */
+    if (g_is_child) _exit(2); /* the files and the stdout buffer belong to the parent */
     cleanup();
     exit(2);
 }
@@ -251,8 +242,7 @@ static uint64_t load64(const unsigned char *p)
 static void *xmalloc(size_t size)
 {
     void *p = malloc(size ? size : 1);
-    if (!p)
-        die("out of memory (%zu bytes)", size);
+    if (!p) die("out of memory (%zu bytes)", size);
     return p;
 }
 
@@ -322,8 +312,7 @@ static sqlite3_stmt *prepare(sqlite3 *db, const char *sql)
 static void step_done(sqlite3_stmt *st)
 {
     int rc = sqlite3_step(st);
-    if (rc != SQLITE_DONE)
-        die("%s: %s", sqlite3_sql(st), sqlite3_errmsg(sqlite3_db_handle(st)));
+    if (rc != SQLITE_DONE) die("%s: %s", sqlite3_sql(st), sqlite3_errmsg(sqlite3_db_handle(st)));
     sqlite3_reset(st);
 }
 
@@ -348,8 +337,7 @@ static double run_lookups(const struct stmts *s, const struct data *d, const uin
 {
     size_t missing = 0, wrong = 0;
     uint64_t t0 = now_ns();
-    if (in_txn)
-        step_done(s->begin);
+    if (in_txn) step_done(s->begin);
     for (size_t j = 0; j < d->m; j++) {
         size_t i = perm[j];
         sqlite3_bind_blob(s->lookup, 1, key_of(d, i), KEY_LEN, SQLITE_STATIC);
@@ -357,8 +345,7 @@ static double run_lookups(const struct stmts *s, const struct data *d, const uin
         if (rc == SQLITE_ROW) {
             const void *v = sqlite3_column_blob(s->lookup, 0);
             int len = sqlite3_column_bytes(s->lookup, 0);
-            if (len != VALUE_LEN || memcmp(v, value_of(i, 0), VALUE_LEN) != 0)
-                wrong++;
+            if (len != VALUE_LEN || memcmp(v, value_of(i, 0), VALUE_LEN) != 0) wrong++;
         } else if (rc == SQLITE_DONE) {
             missing++;
         } else {
@@ -366,8 +353,7 @@ static double run_lookups(const struct stmts *s, const struct data *d, const uin
         }
         sqlite3_reset(s->lookup);
     }
-    if (in_txn)
-        step_done(s->commit);
+    if (in_txn) step_done(s->commit);
     uint64_t t1 = now_ns();
     if (missing || wrong)
         mismatch("%s: %zu of %zu keys not found, %zu wrong values", what, missing, d->m, wrong);
@@ -387,8 +373,7 @@ static double run_scan(const struct stmts *s, struct scan_result *r)
         rows++;
     }
     uint64_t t1 = now_ns();
-    if (rc != SQLITE_DONE)
-        die("scan: %s", sqlite3_errmsg(sqlite3_db_handle(s->scan)));
+    if (rc != SQLITE_DONE) die("scan: %s", sqlite3_errmsg(sqlite3_db_handle(s->scan)));
     sqlite3_reset(s->scan);
     r->rows = rows;
     r->bytes = bytes;
@@ -413,8 +398,7 @@ static void verify_scan(const struct stmts *s, const struct data *d, uint64_t ex
             bad++;
         rows++;
     }
-    if (rc != SQLITE_DONE)
-        die("scan: %s", sqlite3_errmsg(sqlite3_db_handle(s->scan)));
+    if (rc != SQLITE_DONE) die("scan: %s", sqlite3_errmsg(sqlite3_db_handle(s->scan)));
     sqlite3_reset(s->scan);
     if (rows != d->n || bad || sum != expect)
         mismatch("%s: %zu rows (expected %zu), %zu with wrong lengths, checksum %s", what, rows,
@@ -432,8 +416,7 @@ static double run_updates(const struct stmts *s, const struct data *d)
         sqlite3_bind_blob(s->update, 1, value_of(i, 1), VALUE_LEN, SQLITE_STATIC);
         sqlite3_bind_blob(s->update, 2, key_of(d, i), KEY_LEN, SQLITE_STATIC);
         step_done(s->update);
-        if (sqlite3_changes(db) != 1)
-            unchanged++;
+        if (sqlite3_changes(db) != 1) unchanged++;
     }
     step_done(s->commit);
     uint64_t t1 = now_ns();
@@ -445,8 +428,7 @@ static double run_updates(const struct stmts *s, const struct data *d)
 static void check_count(const struct stmts *s, const struct data *d, const char *what)
 {
     int rc = sqlite3_step(s->count);
-    if (rc != SQLITE_ROW)
-        die("count: %s", sqlite3_errmsg(sqlite3_db_handle(s->count)));
+    if (rc != SQLITE_ROW) die("count: %s", sqlite3_errmsg(sqlite3_db_handle(s->count)));
     sqlite3_int64 c = sqlite3_column_int64(s->count, 0);
     sqlite3_reset(s->count);
     if (c != (sqlite3_int64)d->n)
@@ -476,8 +458,7 @@ static void configure(sqlite3 *db, int kind, const struct options *o)
     query_text(db, "PRAGMA mmap_size", out, sizeof out);
     if (kind == KIND_NATIVE && strtoll(out, NULL, 10) != 0)
         die("PRAGMA mmap_size=0 did not take (%s)", out);
-    if (kind == KIND_NATIVE_MMAP)
-        g_mmap_eff = strtoll(out, NULL, 10);
+    if (kind == KIND_NATIVE_MMAP) g_mmap_eff = strtoll(out, NULL, 10);
     exec_sql(db, "CREATE TABLE kv(key PRIMARY KEY NOT NULL, value) WITHOUT ROWID");
 }
 
@@ -491,23 +472,20 @@ static void check_plan(sqlite3 *db, int kind, int print)
         const unsigned char *t = sqlite3_column_text(st, 3);
         int w = snprintf(plan + used, sizeof plan - used, "%s%s", used ? "; " : "",
                          t ? (const char *)t : "");
-        if (w > 0 && (size_t)w < sizeof plan - used)
-            used += (size_t)w;
+        if (w > 0 && (size_t)w < sizeof plan - used) used += (size_t)w;
     }
     sqlite3_finalize(st);
-    int ok = kind == KIND_MMKV ? strstr(plan, "INDEX 1") != NULL
-                               : strstr(plan, "PRIMARY KEY") != NULL;
+    int ok =
+        kind == KIND_MMKV ? strstr(plan, "INDEX 1") != NULL : strstr(plan, "PRIMARY KEY") != NULL;
     if (!ok)
         fprintf(stderr, "bench: warning: %s lookup plan does not use the key: %s\n",
                 kind_names[kind], plan);
-    if (print)
-        printf("  plan %-12s %s\n", kind_names[kind], plan);
+    if (print) printf("  plan %-12s %s\n", kind_names[kind], plan);
 }
 
 static void progress(const char *kind, size_t n, const char *what)
 {
-    if (isatty(2))
-        fprintf(stderr, "\r\033[K  N=%zu %s: %s", n, kind, what);
+    if (isatty(2)) fprintf(stderr, "\r\033[K  N=%zu %s: %s", n, kind, what);
 }
 
 static void run_kind(const struct options *o, int kind, const struct data *d, double ns[NWORK],
@@ -540,8 +518,7 @@ static void run_kind(const struct options *o, int kind, const struct data *d, do
     progress(k, d->n, "insert");
     ns[W_INSERT] = run_insert(&s, d);
     check_count(&s, d, "after insert");
-    if (wal)
-        exec_sql(db, "PRAGMA wal_checkpoint(TRUNCATE)");
+    if (wal) exec_sql(db, "PRAGMA wal_checkpoint(TRUNCATE)");
 
     progress(k, d->n, "lookups in a transaction");
     verify_scan(&s, d, d->sum_before, "scan after insert");
@@ -559,8 +536,7 @@ static void run_kind(const struct options *o, int kind, const struct data *d, do
 
     progress(k, d->n, "updates");
     ns[W_UPDATE] = run_updates(&s, d);
-    if (wal)
-        exec_sql(db, "PRAGMA wal_checkpoint(TRUNCATE)");
+    if (wal) exec_sql(db, "PRAGMA wal_checkpoint(TRUNCATE)");
     verify_scan(&s, d, d->sum_after, "scan after updates");
     check_count(&s, d, "after updates");
     progress(k, d->n, "done");
@@ -571,8 +547,7 @@ static void run_kind(const struct options *o, int kind, const struct data *d, do
         sqlite3_finalize(*all[i]);
         *all[i] = NULL;
     }
-    if (sqlite3_close(db) != SQLITE_OK)
-        die("close %s: %s", path, sqlite3_errmsg(db));
+    if (sqlite3_close(db) != SQLITE_OK) die("close %s: %s", path, sqlite3_errmsg(db));
     *disk_mb = allocated_mb(name);
     remove_files(name);
 }
@@ -605,8 +580,7 @@ static void make_data(struct data *d, size_t n, size_t max_ops, uint64_t seed)
     }
     free(idx);
     d->updated = calloc(n ? n : 1, 1);
-    if (!d->updated)
-        die("out of memory");
+    if (!d->updated) die("out of memory");
     for (size_t j = 0; j < d->m; j++)
         d->updated[d->perm[2][j]] = 1;
     d->sum_before = d->sum_after = 0;
@@ -680,18 +654,15 @@ static void finalize_stmts(struct stmts *s)
 
 static void close_db(sqlite3 *db, const char *path)
 {
-    if (sqlite3_close(db) != SQLITE_OK)
-        die("close %s: %s", path, sqlite3_errmsg(db));
+    if (sqlite3_close(db) != SQLITE_OK) die("close %s: %s", path, sqlite3_errmsg(db));
 }
 
 /* Untimed: write the directory's dirty pages out now (syncfs of its file system). */
 static void flush_dir(void)
 {
     int fd = open(g_dir, O_RDONLY | O_DIRECTORY);
-    if (fd < 0)
-        die("open %s: %s", g_dir, strerror(errno));
-    if (syncfs(fd) != 0)
-        die("syncfs %s: %s", g_dir, strerror(errno));
+    if (fd < 0) die("open %s: %s", g_dir, strerror(errno));
+    if (syncfs(fd) != 0) die("syncfs %s: %s", g_dir, strerror(errno));
     close(fd);
 }
 
@@ -711,12 +682,12 @@ static uint32_t quantile(const uint32_t *sorted, size_t m, double q)
 /* ---- lookups while another process writes ------------------------------------------------- */
 
 struct conc_stats {
-    double ns;                   /* mean ns per lookup, timing included */
-    uint32_t p50, p99;           /* ns */
-    uint64_t max;                /* ns */
-    size_t slow;                 /* lookups slower than SLOW_NS */
-    size_t fresh;                /* lookups that found the writer's value */
-    unsigned long long commits;  /* writer commits during the measurement */
+    double ns;                  /* mean ns per lookup, timing included */
+    uint32_t p50, p99;          /* ns */
+    uint64_t max;               /* ns */
+    size_t slow;                /* lookups slower than SLOW_NS */
+    size_t fresh;               /* lookups that found the writer's value */
+    unsigned long long commits; /* writer commits during the measurement */
     double seconds;
 };
 
@@ -729,16 +700,14 @@ _Noreturn static void writer_main(const char *path, int kind, const struct optio
     sqlite3_stmt *commit = prepare(db, "COMMIT");
     sqlite3_stmt *upsert = prepare(db, UPSERT_SQL);
     char c = 'r';
-    if (write(ready_fd, &c, 1) != 1)
-        die("cannot signal the parent: %s", strerror(errno));
+    if (write(ready_fd, &c, 1) != 1) die("cannot signal the parent: %s", strerror(errno));
     close(ready_fd);
     if (read(go_fd, &c, 1) == 1) { /* 0: the parent closed the pipe without starting us */
         uint64_t state = o->seed ^ 0x7772697465720000ull;
         struct pollfd pfd = {.fd = go_fd, .events = POLLIN};
         for (;;) {
             int r = poll(&pfd, 1, 0);
-            if (r > 0 || (r < 0 && errno != EINTR))
-                break; /* the parent closed the pipe: stop */
+            if (r > 0 || (r < 0 && errno != EINTR)) break; /* the parent closed the pipe: stop */
             step_done(begin);
             for (int k = 0; k < WRITER_ROWS; k++) {
                 size_t i = (size_t)(splitmix64(&state) % d->n);
@@ -756,8 +725,7 @@ _Noreturn static void writer_main(const char *path, int kind, const struct optio
     sqlite3_finalize(begin);
     sqlite3_finalize(commit);
     sqlite3_finalize(upsert);
-    if (sqlite3_close(db) != SQLITE_OK)
-        die("close: %s", sqlite3_errmsg(db));
+    if (sqlite3_close(db) != SQLITE_OK) die("close: %s", sqlite3_errmsg(db));
     _exit(0);
 }
 
@@ -773,8 +741,7 @@ static void conc_lookups(const struct stmts *s, const struct data *d, const uint
     uint64_t start = now_ns(), prev = start;
     for (size_t j = 0; j < m; j++) {
         size_t i = perm[j];
-        if (batch && j % batch == 0)
-            step_done(s->begin);
+        if (batch && j % batch == 0) step_done(s->begin);
         sqlite3_bind_blob(s->lookup, 1, key_of(d, i), KEY_LEN, SQLITE_STATIC);
         int rc = sqlite3_step(s->lookup);
         if (rc == SQLITE_ROW) {
@@ -792,15 +759,12 @@ static void conc_lookups(const struct stmts *s, const struct data *d, const uint
             die("%s: lookup: %s", what, sqlite3_errmsg(sqlite3_db_handle(s->lookup)));
         }
         sqlite3_reset(s->lookup);
-        if (batch && ((j + 1) % batch == 0 || j + 1 == m))
-            step_done(s->commit);
+        if (batch && ((j + 1) % batch == 0 || j + 1 == m)) step_done(s->commit);
         uint64_t t = now_ns(), dt = t - prev;
         prev = t;
         lat[j] = dt > UINT32_MAX ? UINT32_MAX : (uint32_t)dt;
-        if (dt > max)
-            max = dt;
-        if (dt > SLOW_NS)
-            slow++;
+        if (dt > max) max = dt;
+        if (dt > SLOW_NS) slow++;
     }
     unsigned long long c1 = atomic_load(&g_shared->commits);
     if (missing || wrong)
@@ -817,9 +781,8 @@ static void conc_lookups(const struct stmts *s, const struct data *d, const uint
 }
 
 /* stats[mode][writing]: mode 0 autocommit, 1 read transactions; writing 0 idle, 1 writer on. */
-static void run_concurrent_kind(const struct options *o, int kind, const struct data *d,
-                                size_t m, struct conc_stats stats[2][2],
-                                unsigned long long *writer_rows)
+static void run_concurrent_kind(const struct options *o, int kind, const struct data *d, size_t m,
+                                struct conc_stats stats[2][2], unsigned long long *writer_rows)
 {
     char name[128], path[PATH_MAX + 256], what[128];
     snprintf(name, sizeof name, "%sconc-%s.db", g_prefix, kind_files[kind]);
@@ -846,13 +809,11 @@ static void run_concurrent_kind(const struct options *o, int kind, const struct 
     atomic_store(&g_shared->commits, 0);
     atomic_store(&g_shared->rows, 0);
     int go[2], ready[2];
-    if (pipe(go) != 0 || pipe(ready) != 0)
-        die("pipe: %s", strerror(errno));
+    if (pipe(go) != 0 || pipe(ready) != 0) die("pipe: %s", strerror(errno));
     fflush(stdout);
     fflush(stderr);
     pid_t pid = fork();
-    if (pid < 0)
-        die("fork: %s", strerror(errno));
+    if (pid < 0) die("fork: %s", strerror(errno));
     if (pid == 0) {
         g_is_child = 1;
         close(go[1]);
@@ -863,8 +824,7 @@ static void run_concurrent_kind(const struct options *o, int kind, const struct 
     close(go[0]);
     close(ready[1]);
     char c;
-    if (read(ready[0], &c, 1) != 1)
-        die("concurrent %s: the writer process failed to start", k);
+    if (read(ready[0], &c, 1) != 1) die("concurrent %s: the writer process failed to start", k);
     close(ready[0]);
 
     /* The parent's own connection, opened after the fork. */
@@ -915,8 +875,7 @@ static void run_concurrent_kind(const struct options *o, int kind, const struct 
     /* Stop the writer: it sees the pipe close after its current transaction. */
     close(go[1]);
     int status;
-    if (waitpid(pid, &status, 0) != pid)
-        die("waitpid: %s", strerror(errno));
+    if (waitpid(pid, &status, 0) != pid) die("waitpid: %s", strerror(errno));
     g_child = 0;
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
         mismatch("concurrent %s: the writer process failed (status %d)", k, status);
@@ -937,8 +896,7 @@ static void run_concurrent(const struct options *o, size_t n)
     unsigned long long rows[2];
     for (int k = 0; k < 2; k++)
         run_concurrent_kind(o, kinds[k], &d, d.m, st[k], &rows[k]);
-    if (isatty(2))
-        fprintf(stderr, "\r\033[K");
+    if (isatty(2)) fprintf(stderr, "\r\033[K");
 
     printf("\nlookups while another process writes: N=%zu, %zu random lookups per row, "
            "journal_mode=wal, mmkv sync=%s, synchronous=%s\n",
@@ -950,9 +908,8 @@ static void run_concurrent(const struct options *o, size_t n)
     printf("each lookup timed on its own (clock included); blocked = slower than %llu ms; "
            "read txn = BEGIN; %d lookups; COMMIT\n",
            SLOW_NS / 1000000, CONC_BATCH);
-    printf("\n%-12s %-12s %-8s | %8s %8s %8s %9s %7s | %8s %9s %7s\n", "lookups", "table",
-           "writer", "ns/op", "p50 ns", "p99 ns", "max us", "blocked", "commits", "commits/s",
-           "new val");
+    printf("\n%-12s %-12s %-8s | %8s %8s %8s %9s %7s | %8s %9s %7s\n", "lookups", "table", "writer",
+           "ns/op", "p50 ns", "p99 ns", "max us", "blocked", "commits", "commits/s", "new val");
     printf("-------------------------------------------------------------------------------"
            "---------------------------\n");
     for (int mode = 0; mode < 2; mode++) {
@@ -961,8 +918,8 @@ static void run_concurrent(const struct options *o, size_t n)
                 const struct conc_stats *c = &st[k][mode][writing];
                 printf("%-12s %-12s %-8s | %8.1f %8" PRIu32 " %8" PRIu32 " %9.1f %7zu | ",
                        mode ? "read txn" : "autocommit", kind_names[kinds[k]],
-                       writing ? "writing" : "idle", c->ns, c->p50, c->p99,
-                       (double)c->max / 1000.0, c->slow);
+                       writing ? "writing" : "idle", c->ns, c->p50, c->p99, (double)c->max / 1000.0,
+                       c->slow);
                 if (writing)
                     printf("%8llu %9.0f %6.1f%%\n", c->commits,
                            c->seconds > 0 ? (double)c->commits / c->seconds : 0,
@@ -1036,8 +993,7 @@ static void run_commit_kind(const struct options *o, int kind, int level, const 
 
     /* Each upsert flips its row between the two versions; expect follows the checksum. */
     unsigned char *ver = calloc(d->n, 1);
-    if (!ver)
-        die("out of memory");
+    if (!ver) die("out of memory");
     uint64_t expect = d->sum_before;
     size_t unchanged = 0;
     for (int c = 0; c < 3; c++) {
@@ -1056,8 +1012,7 @@ static void run_commit_kind(const struct options *o, int kind, int level, const 
                 sqlite3_bind_blob(s.update, 1, key_of(d, i), KEY_LEN, SQLITE_STATIC);
                 sqlite3_bind_blob(s.update, 2, value_of(i, v), VALUE_LEN, SQLITE_STATIC);
                 step_done(s.update);
-                if (sqlite3_changes(db) != 1)
-                    unchanged++;
+                if (sqlite3_changes(db) != 1) unchanged++;
                 expect += row_hash(key_of(d, i), value_of(i, v));
                 expect -= row_hash(key_of(d, i), value_of(i, ver[i]));
                 ver[i] = (unsigned char)v;
@@ -1096,16 +1051,15 @@ static void run_commit_cost(const struct options *o)
         run_commit_kind(o, KIND_MMKV, level, &d, cells[level][0]);
         run_commit_kind(o, KIND_NATIVE_MMAP, level, &d, cells[level][1]);
     }
-    if (isatty(2))
-        fprintf(stderr, "\r\033[K");
+    if (isatty(2)) fprintf(stderr, "\r\033[K");
 
     printf("\ncommit cost: N=%zu, journal_mode=wal, transactions of INSERT OR REPLACE of random "
            "existing keys, BEGIN to COMMIT\n",
            o->commit_n);
     printf("mmkv sync=L in a database with synchronous=L; native+mmap with synchronous=L; "
            "a few untimed transactions first\n");
-    printf("\n%-7s %8s %6s | %12s %12s | %12s %12s | %11s\n", "sync", "rows/txn", "txns",
-           "mmkv", "mmkv", "native+mmap", "native+mmap", "native/mmkv");
+    printf("\n%-7s %8s %6s | %12s %12s | %12s %12s | %11s\n", "sync", "rows/txn", "txns", "mmkv",
+           "mmkv", "native+mmap", "native+mmap", "native/mmkv");
     printf("%-7s %8s %6s | %12s %12s | %12s %12s | %11s\n", "", "", "", "us/txn", "p50 us",
            "us/txn", "p50 us", "(us/txn)");
     printf("-------------------------------------------------------------------------------"
@@ -1113,9 +1067,9 @@ static void run_commit_cost(const struct options *o)
     for (int level = 0; level < 3; level++)
         for (int c = 0; c < 3; c++) {
             const struct commit_cell *m = &cells[level][0][c], *n = &cells[level][1][c];
-            printf("%-7s %8zu %6zu | %12.1f %12.1f | %12.1f %12.1f | %10.2fx\n",
-                   sync_levels[level], commit_rows[c], m->txns, m->mean_us, m->p50_us,
-                   n->mean_us, n->p50_us, m->mean_us > 0 ? n->mean_us / m->mean_us : 0);
+            printf("%-7s %8zu %6zu | %12.1f %12.1f | %12.1f %12.1f | %10.2fx\n", sync_levels[level],
+                   commit_rows[c], m->txns, m->mean_us, m->p50_us, n->mean_us, n->p50_us,
+                   m->mean_us > 0 ? n->mean_us / m->mean_us : 0);
         }
     fflush(stdout);
     free_data(&d);
@@ -1153,8 +1107,7 @@ static unsigned long long parse_count(const char *s, const char *opt)
     char *end;
     errno = 0;
     unsigned long long v = strtoull(s, &end, 10);
-    if (end == s || errno || *s == '-')
-        die("%s: bad number '%s'", opt, s);
+    if (end == s || errno || *s == '-') die("%s: bad number '%s'", opt, s);
     if (*end == 'k' || *end == 'K') {
         v *= 1000;
         end++;
@@ -1162,16 +1115,14 @@ static unsigned long long parse_count(const char *s, const char *opt)
         v *= 1000000;
         end++;
     }
-    if (*end)
-        die("%s: bad number '%s'", opt, s);
+    if (*end) die("%s: bad number '%s'", opt, s);
     return v;
 }
 
 static const char *word_arg(const char *s, const char *opt)
 {
     size_t len = strlen(s);
-    if (len == 0 || len > 16)
-        die("%s: bad value '%s'", opt, s);
+    if (len == 0 || len > 16) die("%s: bad value '%s'", opt, s);
     for (size_t i = 0; i < len; i++)
         if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z')))
             die("%s: bad value '%s'", opt, s);
@@ -1185,14 +1136,11 @@ static void parse_ns(struct options *o, const char *list)
     o->nn = 0;
     for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
         unsigned long long n = parse_count(t, "--n");
-        if (n == 0 || n > UINT32_MAX)
-            die("--n: %llu out of range (1..%" PRIu32 ")", n, UINT32_MAX);
-        if (o->nn == MAX_NS)
-            die("--n: at most %d sizes", MAX_NS);
+        if (n == 0 || n > UINT32_MAX) die("--n: %llu out of range (1..%" PRIu32 ")", n, UINT32_MAX);
+        if (o->nn == MAX_NS) die("--n: at most %d sizes", MAX_NS);
         o->ns[o->nn++] = (size_t)n;
     }
-    if (o->nn == 0)
-        die("--n: empty list");
+    if (o->nn == 0) die("--n: empty list");
 }
 
 static void parse_options(struct options *o, int argc, char **argv)
@@ -1249,8 +1197,7 @@ static void parse_options(struct options *o, int argc, char **argv)
             parse_ns(o, v);
         else if (strcmp(opt, "--ops") == 0) {
             o->max_ops = (size_t)parse_count(v, opt);
-            if (o->max_ops == 0)
-                die("--ops: must be at least 1");
+            if (o->max_ops == 0) die("--ops: must be at least 1");
         } else if (strcmp(opt, "--sync") == 0)
             o->sync = word_arg(v, opt);
         else if (strcmp(opt, "--journal") == 0)
@@ -1263,8 +1210,7 @@ static void parse_options(struct options *o, int argc, char **argv)
             char *end;
             errno = 0;
             o->cache_size = strtoll(v, &end, 10);
-            if (end == v || *end || errno)
-                die("--cache-size: bad number '%s'", v);
+            if (end == v || *end || errno) die("--cache-size: bad number '%s'", v);
             o->cache_set = 1;
         } else if (strcmp(opt, "--dir") == 0)
             o->dir = v;
@@ -1272,8 +1218,7 @@ static void parse_options(struct options *o, int argc, char **argv)
             o->seed = parse_count(v, opt);
         else if (strcmp(opt, "--concurrent-ops") == 0) {
             o->concurrent_ops = (size_t)parse_count(v, opt);
-            if (o->concurrent_ops == 0)
-                die("--concurrent-ops: must be at least 1");
+            if (o->concurrent_ops == 0) die("--concurrent-ops: must be at least 1");
         } else if (strcmp(opt, "--commit-n") == 0) {
             unsigned long long n = parse_count(v, opt);
             if (n == 0 || n > UINT32_MAX)
@@ -1281,16 +1226,13 @@ static void parse_options(struct options *o, int argc, char **argv)
             o->commit_n = (size_t)n;
         } else if (strcmp(opt, "--commit-txns") == 0) {
             o->commit_txns = (size_t)parse_count(v, opt);
-            if (o->commit_txns == 0)
-                die("--commit-txns: must be at least 1");
-        }
-        else {
+            if (o->commit_txns == 0) die("--commit-txns: must be at least 1");
+        } else {
             usage(stderr);
             die("unknown option %s", a);
         }
     }
-    if (!o->synchronous)
-        o->synchronous = o->sync;
+    if (!o->synchronous) o->synchronous = o->sync;
 }
 
 /* ---- output ------------------------------------------------------------------------------- */
@@ -1299,8 +1241,7 @@ static void print_header(const struct options *o)
 {
     char version[64];
     sqlite3 *db;
-    if (sqlite3_open(":memory:", &db) != SQLITE_OK)
-        die("open :memory:");
+    if (sqlite3_open(":memory:", &db) != SQLITE_OK) die("open :memory:");
     query_text(db, "SELECT mmkv_version()", version, sizeof version);
     sqlite3_close(db);
 
@@ -1318,17 +1259,15 @@ static void print_settings(const struct options *o)
 {
     char cache[32];
     sqlite3 *db;
-    if (sqlite3_open(":memory:", &db) != SQLITE_OK)
-        die("open :memory:");
+    if (sqlite3_open(":memory:", &db) != SQLITE_OK) die("open :memory:");
     query_text(db, "PRAGMA cache_size", cache, sizeof cache);
     sqlite3_close(db);
-    if (o->cache_set)
-        snprintf(cache, sizeof cache, "%lld", o->cache_size);
+    if (o->cache_set) snprintf(cache, sizeof cache, "%lld", o->cache_size);
     printf("settings: mmkv sync=%s; journal_mode=%s (native), %s (mmkv's database); "
            "synchronous=%s; cache_size=%s\n",
            o->sync, g_journal_eff[KIND_NATIVE], g_journal_eff[KIND_MMKV], o->synchronous, cache);
-    printf("          native mmap_size=0; native+mmap mmap_size=%lld (asked %lld)%s\n",
-           g_mmap_eff, o->mmap_size,
+    printf("          native mmap_size=0; native+mmap mmap_size=%lld (asked %lld)%s\n", g_mmap_eff,
+           o->mmap_size,
            strcasecmp(g_journal_eff[KIND_NATIVE], "wal") == 0
                ? "; native: untimed wal_checkpoint(TRUNCATE) after insert and update"
                : "");
@@ -1336,10 +1275,10 @@ static void print_settings(const struct options *o)
 
 static void print_table_header(void)
 {
-    printf("\n%-20s %9s %8s | %10s %10s %12s | %11s %11s\n", "workload", "N", "ops",
-           "mmkv", "native", "native+mmap", "native/mmkv", "mmap/mmkv");
-    printf("%-20s %9s %8s | %10s %10s %12s | %11s %11s\n", "", "", "", "ns/op", "ns/op",
-           "ns/op", "", "");
+    printf("\n%-20s %9s %8s | %10s %10s %12s | %11s %11s\n", "workload", "N", "ops", "mmkv",
+           "native", "native+mmap", "native/mmkv", "mmap/mmkv");
+    printf("%-20s %9s %8s | %10s %10s %12s | %11s %11s\n", "", "", "", "ns/op", "ns/op", "ns/op",
+           "", "");
     printf("--------------------------------------------------------------------------------"
            "--------------------\n");
 }
@@ -1365,10 +1304,8 @@ int main(int argc, char **argv)
 
     if (o.dir) {
         struct stat st;
-        if (stat(o.dir, &st) != 0 || !S_ISDIR(st.st_mode))
-            die("--dir %s: not a directory", o.dir);
-        if (!realpath(o.dir, g_dir))
-            die("--dir %s: %s", o.dir, strerror(errno));
+        if (stat(o.dir, &st) != 0 || !S_ISDIR(st.st_mode)) die("--dir %s: not a directory", o.dir);
+        if (!realpath(o.dir, g_dir)) die("--dir %s: %s", o.dir, strerror(errno));
     } else {
         snprintf(g_dir, sizeof g_dir, "/tmp/mmkv-bench-XXXXXX");
         if (!mkdtemp(g_dir)) {
@@ -1404,8 +1341,7 @@ int main(int argc, char **argv)
             for (int w = 0; w < NWORK; w++)
                 ns[w][kind] = per_kind[w];
         }
-        if (isatty(2))
-            fprintf(stderr, "\r\033[K");
+        if (isatty(2)) fprintf(stderr, "\r\033[K");
         if (!printed_settings) {
             print_settings(&o);
             print_table_header();
@@ -1430,22 +1366,19 @@ int main(int argc, char **argv)
                        o.ns[t], g_mmap_eff);
     }
     if (!o.no_concurrent || !o.no_commit_cost) {
-        void *mem = mmap(NULL, sizeof *g_shared, PROT_READ | PROT_WRITE,
-                         MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-        if (mem == MAP_FAILED)
-            die("mmap: %s", strerror(errno));
+        void *mem =
+            mmap(NULL, sizeof *g_shared, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (mem == MAP_FAILED) die("mmap: %s", strerror(errno));
         g_shared = mem;
         signal(SIGPIPE, SIG_IGN);
     }
     if (!o.no_concurrent) {
         size_t n = 0;
         for (int t = 0; t < o.nn; t++)
-            if (o.ns[t] > n)
-                n = o.ns[t];
+            if (o.ns[t] > n) n = o.ns[t];
         run_concurrent(&o, n);
     }
-    if (!o.no_commit_cost)
-        run_commit_cost(&o);
+    if (!o.no_commit_cost) run_commit_cost(&o);
 
     printf("%sratio > 1: mmkv is faster. total %.1f s. %s\n",
            o.no_concurrent && o.no_commit_cost ? "" : "\n", (double)(now_ns() - start) / 1e9,

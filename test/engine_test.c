@@ -22,7 +22,8 @@
 static void test_crc32c(void)
 {
     begin_test("crc32c known answer");
-    CHECK(mmkv_crc32c(0, "123456789", 9) == 0xe3069283u, "got %08x", mmkv_crc32c(0, "123456789", 9));
+    CHECK(mmkv_crc32c(0, "123456789", 9) == 0xe3069283u, "got %08x",
+          mmkv_crc32c(0, "123456789", 9));
     uint32_t split = mmkv_crc32c(mmkv_crc32c(0, "1234", 4), "56789", 5);
     CHECK(split == 0xe3069283u, "continued crc %08x", split);
     end_test();
@@ -35,12 +36,15 @@ static void test_key_rules(void)
     double r1, r2, r3, r4;
     mmkv_datum one = int_datum(&i1, 1), one_real = real_datum(&r1, 1.0);
     mmkv_datum zero = int_datum(&i2, 0), minus_zero = real_datum(&r2, -0.0);
-    mmkv_datum big = int_datum(&i3, 9007199254740993LL), big_real = real_datum(&r3, 9007199254740992.0);
+    mmkv_datum big = int_datum(&i3, 9007199254740993LL),
+               big_real = real_datum(&r3, 9007199254740992.0);
     mmkv_datum half = real_datum(&r4, 0.5);
     mmkv_datum text_one = text_datum("1"), text_a = text_datum("a"), blob_a = blob_datum("a", 1);
     mmkv_datum empty_text = text_datum(""), empty_blob = blob_datum("", 0);
-    CHECK(mmkv_key_equal(&one, &one_real) && mmkv_key_hash(&one) == mmkv_key_hash(&one_real), "1 = 1.0");
-    CHECK(mmkv_key_equal(&zero, &minus_zero) && mmkv_key_hash(&zero) == mmkv_key_hash(&minus_zero), "0 = -0.0");
+    CHECK(mmkv_key_equal(&one, &one_real) && mmkv_key_hash(&one) == mmkv_key_hash(&one_real),
+          "1 = 1.0");
+    CHECK(mmkv_key_equal(&zero, &minus_zero) && mmkv_key_hash(&zero) == mmkv_key_hash(&minus_zero),
+          "0 = -0.0");
     CHECK(!mmkv_key_equal(&big, &big_real), "2^53+1 <> 2^53 as real");
     CHECK(!mmkv_key_equal(&one, &text_one), "1 <> '1'");
     CHECK(!mmkv_key_equal(&text_a, &blob_a), "'a' <> x'61'");
@@ -55,9 +59,13 @@ static void test_basic_crud(void)
     begin_test("put, get, delete, commit, reopen");
     const char *path = path_of("crud.mmkv");
     mmkv_conn *c = open_or_die(path, MMKV_SYNC_FULL);
-    if (!c) { end_test(); return; }
+    if (!c) {
+        end_test();
+        return;
+    }
     CHECK(mmkv_txn_begin(c) == MMKV_OK, "begin");
-    for (int i = 0; i < 100; i++) CHECK(put_int(c, i, i * 10, MMKV_PUT_INSERT) == MMKV_OK, "put %d", i);
+    for (int i = 0; i < 100; i++)
+        CHECK(put_int(c, i, i * 10, MMKV_PUT_INSERT) == MMKV_OK, "put %d", i);
     CHECK(put_int(c, 5, 0, MMKV_PUT_INSERT) == MMKV_CONSTRAINT, "duplicate insert refused");
     CHECK(put_int(c, 5, 55, MMKV_PUT_REPLACE) == MMKV_OK, "replace");
     CHECK(del_int(c, 7) == MMKV_OK, "delete");
@@ -67,7 +75,10 @@ static void test_basic_crud(void)
     CHECK(count_rows(c) == 99, "scan count %d", count_rows(c));
     mmkv_close(c);
     c = open_or_die(path, MMKV_SYNC_FULL);
-    if (!c) { end_test(); return; }
+    if (!c) {
+        end_test();
+        return;
+    }
     CHECK(get_int(c, 5) == 55 && get_int(c, 7) == -1 && get_int(c, 99) == 990, "after reopen");
     CHECK(mmkv_live_count(c) == 99, "live count %llu", (unsigned long long)mmkv_live_count(c));
     mmkv_close(c);
@@ -78,7 +89,10 @@ static void test_savepoints(void)
 {
     begin_test("savepoints and rollback");
     mmkv_conn *c = open_or_die(path_of("sp.mmkv"), MMKV_SYNC_NORMAL);
-    if (!c) { end_test(); return; }
+    if (!c) {
+        end_test();
+        return;
+    }
     CHECK(mmkv_txn_begin(c) == MMKV_OK, "begin");
     put_int(c, 1, 1, MMKV_PUT_INSERT);
     mmkv_txn_savepoint(c, 0);
@@ -109,7 +123,10 @@ static void test_isolation_and_busy(void)
     begin_test("second connection: snapshot and busy");
     const char *path = path_of("iso.mmkv");
     mmkv_conn *a = open_or_die(path, MMKV_SYNC_OFF), *b = open_or_die(path, MMKV_SYNC_OFF);
-    if (!a || !b) { end_test(); return; }
+    if (!a || !b) {
+        end_test();
+        return;
+    }
     CHECK(mmkv_txn_begin(a) == MMKV_OK, "a begins");
     put_int(a, 1, 100, MMKV_PUT_INSERT);
     CHECK(get_int(b, 1) == -1, "b does not see uncommitted");
@@ -131,16 +148,21 @@ static void test_growth(void)
     begin_test("index grows incrementally to 300k keys");
     const char *path = path_of("grow.mmkv");
     mmkv_conn *c = open_or_die(path, MMKV_SYNC_OFF);
-    if (!c) { end_test(); return; }
+    if (!c) {
+        end_test();
+        return;
+    }
     const int n = 300000;
     CHECK(mmkv_txn_begin(c) == MMKV_OK, "begin");
     for (int i = 0; i < n && !current_failed; i++) {
         CHECK(put_int(c, (int64_t)i * 7919, i, MMKV_PUT_INSERT) == MMKV_OK, "put %d", i);
         if (i % 9973 == 0)
-            for (int j = 0; j <= i; j += 997) CHECK(get_int(c, (int64_t)j * 7919) == j, "get %d at %d", j, i);
+            for (int j = 0; j <= i; j += 997)
+                CHECK(get_int(c, (int64_t)j * 7919) == j, "get %d at %d", j, i);
     }
     CHECK(commit(c) == MMKV_OK, "commit");
-    for (int i = 0; i < n && !current_failed; i++) CHECK(get_int(c, (int64_t)i * 7919) == i, "get %d", i);
+    for (int i = 0; i < n && !current_failed; i++)
+        CHECK(get_int(c, (int64_t)i * 7919) == i, "get %d", i);
     CHECK(get_int(c, 1) == -1, "absent key");
     mmkv_close(c);
     /* The index is derived data: without it, the same rows come back. */
@@ -149,7 +171,8 @@ static void test_growth(void)
     CHECK(unlink(index_path) == 0, "unlink index");
     c = open_or_die(path, MMKV_SYNC_OFF);
     if (c) {
-        for (int i = 0; i < n && !current_failed; i += 13) CHECK(get_int(c, (int64_t)i * 7919) == i, "rebuilt get %d", i);
+        for (int i = 0; i < n && !current_failed; i += 13)
+            CHECK(get_int(c, (int64_t)i * 7919) == i, "rebuilt get %d", i);
         CHECK(count_rows(c) == n, "rows after rebuild %d", count_rows(c));
         mmkv_close(c);
     }
@@ -208,7 +231,10 @@ static void test_torn_meta_falls_back(void)
     begin_test("a torn newest meta slot leaves the previous commit");
     const char *path = path_of("torn.mmkv");
     mmkv_conn *c = open_or_die(path, MMKV_SYNC_FULL);
-    if (!c) { end_test(); return; }
+    if (!c) {
+        end_test();
+        return;
+    }
     mmkv_txn_begin(c);
     put_int(c, 1, 1, MMKV_PUT_INSERT);
     commit(c); /* txid 1 -> slot 1 */
@@ -236,16 +262,21 @@ static void test_writer_death(void)
     begin_test("a writer killed mid-transaction leaves nothing of itself");
     const char *path = path_of("death.mmkv");
     mmkv_conn *c = open_or_die(path, MMKV_SYNC_NORMAL);
-    if (!c) { end_test(); return; }
+    if (!c) {
+        end_test();
+        return;
+    }
     mmkv_txn_begin(c);
-    for (int i = 0; i < 1000; i++) put_int(c, i, i, MMKV_PUT_INSERT);
+    for (int i = 0; i < 1000; i++)
+        put_int(c, i, i, MMKV_PUT_INSERT);
     commit(c);
     pid_t pid = fork();
     if (pid == 0) {
         /* The child shares nothing of the parent's engine: it opens anew after fork in a real
         ** program; here it writes through the inherited one and dies without committing. */
         mmkv_txn_begin(c);
-        for (int i = 0; i < 5000; i++) put_int(c, i, -i - 1, MMKV_PUT_REPLACE);
+        for (int i = 0; i < 5000; i++)
+            put_int(c, i, -i - 1, MMKV_PUT_REPLACE);
         _exit(0);
     }
     int status;
@@ -254,7 +285,8 @@ static void test_writer_death(void)
     c = open_or_die(path, MMKV_SYNC_NORMAL);
     if (c) {
         int bad = 0;
-        for (int i = 0; i < 5000; i++) bad += get_int(c, i) != (i < 1000 ? i : -1);
+        for (int i = 0; i < 5000; i++)
+            bad += get_int(c, i) != (i < 1000 ? i : -1);
         CHECK(bad == 0, "%d wrong keys", bad);
         CHECK(mmkv_txn_begin(c) == MMKV_OK, "next writer");
         CHECK(put_int(c, 2000, 1, MMKV_PUT_INSERT) == MMKV_OK, "write");
@@ -268,11 +300,15 @@ static void test_values(void)
 {
     begin_test("values of every type round-trip");
     mmkv_conn *c = open_or_die(path_of("values.mmkv"), MMKV_SYNC_OFF);
-    if (!c) { end_test(); return; }
+    if (!c) {
+        end_test();
+        return;
+    }
     mmkv_txn_begin(c);
     size_t big_n = 1 << 20;
     unsigned char *big = malloc(big_n);
-    for (size_t i = 0; i < big_n; i++) big[i] = (unsigned char)(i * 31 + 7);
+    for (size_t i = 0; i < big_n; i++)
+        big[i] = (unsigned char)(i * 31 + 7);
     mmkv_datum key_big = text_datum("big"), value_big = blob_datum(big, (uint32_t)big_n);
     mmkv_datum key_nul = text_datum("nul"), value_nul = {MMKV_TEXT, 3, "a\0b"};
     mmkv_datum key_null = text_datum("null"), value_null = {MMKV_NULL, 0, NULL};
@@ -286,17 +322,19 @@ static void test_values(void)
     mmkv_row row;
     mmkv_snapshot_take(c, &s);
     CHECK(mmkv_get(c, &s, &key_big, &row) == MMKV_OK && row.value.type == MMKV_BLOB &&
-              row.value.len == big_n && memcmp(row.value.bytes, big, big_n) == 0, "big back");
+              row.value.len == big_n && memcmp(row.value.bytes, big, big_n) == 0,
+          "big back");
     CHECK(mmkv_get(c, &s, &key_nul, &row) == MMKV_OK && row.value.len == 3 &&
-              memcmp(row.value.bytes, "a\0b", 3) == 0, "nul back");
+              memcmp(row.value.bytes, "a\0b", 3) == 0,
+          "nul back");
     CHECK(mmkv_get(c, &s, &key_null, &row) == MMKV_OK && row.value.type == MMKV_NULL, "null back");
     CHECK(mmkv_get(c, &s, &key_empty, &row) == MMKV_OK && row.value.type == MMKV_TEXT &&
-              row.value.len == 0 && row.key.type == MMKV_BLOB, "empty back");
+              row.value.len == 0 && row.key.type == MMKV_BLOB,
+          "empty back");
     free(big);
     mmkv_close(c);
     end_test();
 }
-
 
 /* ---- threads: writers moving amounts between accounts, readers checking the total ---- */
 
@@ -358,8 +396,10 @@ static void *thread_main(void *arg)
             }
             /* Filler keys make the index grow and drain under the readers. */
             put_int(conn, ACCOUNTS + rand_r(&seed) % 100000, 1, MMKV_PUT_REPLACE);
-            if (rand_r(&seed) % 5 == 0) mmkv_txn_rollback(conn);
-            else if (commit(conn) == MMKV_OK) job->commits++;
+            if (rand_r(&seed) % 5 == 0)
+                mmkv_txn_rollback(conn);
+            else if (commit(conn) == MMKV_OK)
+                job->commits++;
         } else {
             mmkv_snapshot snap;
             if (mmkv_snapshot_take(conn, &snap) != MMKV_OK) job->error = "snapshot";
@@ -382,22 +422,30 @@ static void test_threads(void)
     begin_test("threads: two writers, two readers, totals never change");
     const char *path = path_of("threads.mmkv");
     mmkv_conn *c = open_or_die(path, MMKV_SYNC_OFF);
-    if (!c) { end_test(); return; }
+    if (!c) {
+        end_test();
+        return;
+    }
     mmkv_txn_begin(c);
-    for (int i = 0; i < ACCOUNTS; i++) put_int(c, i, ACCOUNT_START, MMKV_PUT_INSERT);
+    for (int i = 0; i < ACCOUNTS; i++)
+        put_int(c, i, ACCOUNT_START, MMKV_PUT_INSERT);
     commit(c);
-    thread_job jobs[4] = {{path, 1, 0, 0, NULL}, {path, 1, 0, 0, NULL},
-                          {path, 0, 0, 0, NULL}, {path, 0, 0, 0, NULL}};
+    thread_job jobs[4] = {
+        {path, 1, 0, 0, NULL}, {path, 1, 0, 0, NULL}, {path, 0, 0, 0, NULL}, {path, 0, 0, 0, NULL}};
     pthread_t threads[4];
-    for (int i = 0; i < 4; i++) pthread_create(&threads[i], NULL, thread_main, &jobs[i]);
-    for (int i = 0; i < 4; i++) pthread_join(threads[i], NULL);
-    for (int i = 0; i < 4; i++) CHECK(!jobs[i].error, "thread %d: %s", i, jobs[i].error);
+    for (int i = 0; i < 4; i++)
+        pthread_create(&threads[i], NULL, thread_main, &jobs[i]);
+    for (int i = 0; i < 4; i++)
+        pthread_join(threads[i], NULL);
+    for (int i = 0; i < 4; i++)
+        CHECK(!jobs[i].error, "thread %d: %s", i, jobs[i].error);
     CHECK(jobs[0].commits + jobs[1].commits > 10, "commits %ld", jobs[0].commits + jobs[1].commits);
     CHECK(jobs[2].reads + jobs[3].reads > 10, "reads %ld", jobs[2].reads + jobs[3].reads);
     mmkv_snapshot snap;
     mmkv_snapshot_take(c, &snap);
     int64_t total = 0;
-    for (int k = 0; k < ACCOUNTS; k++) total += get_in(c, &snap, k);
+    for (int k = 0; k < ACCOUNTS; k++)
+        total += get_in(c, &snap, k);
     CHECK(total == (int64_t)ACCOUNTS * ACCOUNT_START, "final total %lld", (long long)total);
     mmkv_close(c);
     end_test();
@@ -406,7 +454,8 @@ static void test_threads(void)
 /* ---- simulation: random operations against a model, checked after every step ---- */
 
 #define SIM_INTS 600
-#define SIM_KEYS (SIM_INTS * 2) /* key i < SIM_INTS is the integer i; key SIM_INTS + i is the text i */
+#define SIM_KEYS                                                                                   \
+    (SIM_INTS * 2) /* key i < SIM_INTS is the integer i; key SIM_INTS + i is the text i */
 #define SIM_SAVEPOINTS 4
 #define SIM_STEPS 40000
 
@@ -455,9 +504,13 @@ static void test_simulation(void)
     begin_test("simulation: 40000 random operations match a model");
     const char *path = path_of("sim.mmkv");
     mmkv_conn *c = open_or_die(path, MMKV_SYNC_OFF);
-    if (!c) { end_test(); return; }
+    if (!c) {
+        end_test();
+        return;
+    }
     static sim_model committed, work, saved[SIM_SAVEPOINTS];
-    for (int k = 0; k < SIM_KEYS; k++) committed.value[k] = -1;
+    for (int k = 0; k < SIM_KEYS; k++)
+        committed.value[k] = -1;
     work = committed;
     unsigned seed = 12345;
     int in_txn = 0, depth = 0;
@@ -547,7 +600,10 @@ static void test_owner_authority(void)
     int rc = mmkv_open(path, &options, &c, &err);
     CHECK(rc == MMKV_OK, "open owned: %s", err ? err : "");
     free(err);
-    if (!c) { end_test(); return; }
+    if (!c) {
+        end_test();
+        return;
+    }
     mmkv_commit before, after;
     CHECK(mmkv_committed(c, &before) == MMKV_OK, "committed");
     CHECK(mmkv_txn_begin_at(c, &before) == MMKV_OK, "begin 1");
@@ -567,7 +623,8 @@ static void test_owner_authority(void)
     CHECK(get_in(c, &snap, 1) == 10 && get_in(c, &snap, 2) == -1, "state of commit 1: %lld %lld",
           (long long)get_in(c, &snap, 1), (long long)get_in(c, &snap, 2));
     CHECK(mmkv_committed(c, &before) == MMKV_OK && before.txid == after.txid &&
-              before.tail == after.tail, "meta slots follow the record");
+              before.tail == after.tail,
+          "meta slots follow the record");
     /* The database recorded a commit whose meta write was lost: roll forward. */
     CHECK(mmkv_txn_begin_at(c, &after) == MMKV_OK, "begin 4");
     put_int(c, 3, 30, MMKV_PUT_INSERT);
@@ -581,7 +638,8 @@ static void test_owner_authority(void)
     CHECK(get_in(c, &snap, 3) == 30 && get_in(c, &snap, 1) == 10, "rolled forward: %lld",
           (long long)get_in(c, &snap, 3));
     mmkv_close(c);
-    mmkv_open_options other = {.sync = MMKV_SYNC_NORMAL, .owner_id = 43}, none = {.sync = MMKV_SYNC_NORMAL};
+    mmkv_open_options other = {.sync = MMKV_SYNC_NORMAL, .owner_id = 43},
+                      none = {.sync = MMKV_SYNC_NORMAL};
     rc = mmkv_open(path, &other, &c, &err);
     CHECK(rc != MMKV_OK && err && strstr(err, "another database"), "another owner: %d %s", rc,
           err ? err : "");
@@ -605,7 +663,8 @@ static void die_between_transactions(const char *path, int n)
         mmkv_conn *c = open_or_die(path, MMKV_SYNC_OFF);
         if (!c) _exit(1);
         mmkv_txn_begin(c);
-        for (int i = 0; i < n; i++) put_int(c, i, i * 3, MMKV_PUT_INSERT);
+        for (int i = 0; i < n; i++)
+            put_int(c, i, i * 3, MMKV_PUT_INSERT);
         _exit(commit(c) == MMKV_OK ? 0 : 1);
     }
     int status;
@@ -624,8 +683,11 @@ static void test_in_use_index_checked(void)
 {
     begin_test("an index left in use by a dead process is checked before it is trusted");
     /* 700 keys: the table grew at 640 and is still draining the old one. */
-    static const char *damage[] = {"none", "a slot zeroed", "an old slot zeroed",
-                                   "a slot pointed elsewhere", "the drain cursor moved on",
+    static const char *damage[] = {"none",
+                                   "a slot zeroed",
+                                   "an old slot zeroed",
+                                   "a slot pointed elsewhere",
+                                   "the drain cursor moved on",
                                    "the table size halved"};
     for (size_t d = 0; d < sizeof damage / sizeof *damage && !current_failed; d++) {
         char name[64];
@@ -663,7 +725,8 @@ static void test_in_use_index_checked(void)
         mmkv_conn *c = open_or_die(path, MMKV_SYNC_OFF);
         if (!c) break;
         int bad = 0;
-        for (int i = 0; i < 710; i++) bad += get_int(c, i) != (i < 700 ? i * 3 : -1);
+        for (int i = 0; i < 710; i++)
+            bad += get_int(c, i) != (i < 700 ? i * 3 : -1);
         CHECK(bad == 0, "%s: %d keys wrong", damage[d], bad);
         CHECK(count_rows(c) == 700, "%s: a scan finds %d", damage[d], count_rows(c));
         CHECK(mmkv_check(c, NULL) == MMKV_OK, "%s: %s", damage[d], mmkv_errmsg(c));
@@ -687,11 +750,17 @@ static void test_check_and_rebuild(void)
     begin_test("integrity check: a damaged index is found, rebuild-index repairs it");
     const char *path = path_of("check.mmkv");
     mmkv_conn *c = open_or_die(path, MMKV_SYNC_OFF);
-    if (!c) { end_test(); return; }
+    if (!c) {
+        end_test();
+        return;
+    }
     mmkv_txn_begin(c);
-    for (int i = 0; i < 500; i++) put_int(c, i, i, MMKV_PUT_INSERT);
-    for (int i = 0; i < 100; i++) put_int(c, i, -i, MMKV_PUT_REPLACE);
-    for (int i = 100; i < 150; i++) del_int(c, i);
+    for (int i = 0; i < 500; i++)
+        put_int(c, i, i, MMKV_PUT_INSERT);
+    for (int i = 0; i < 100; i++)
+        put_int(c, i, -i, MMKV_PUT_REPLACE);
+    for (int i = 100; i < 150; i++)
+        del_int(c, i);
     commit(c);
     CHECK(mmkv_check(c, NULL) == MMKV_OK, "clean: %s", mmkv_errmsg(c));
     /* Zero the index's tables behind the engine's back (the mapping is shared). */
@@ -708,7 +777,8 @@ static void test_check_and_rebuild(void)
     int rc = mmkv_check(c, NULL);
     CHECK(rc == MMKV_CORRUPT && strstr(mmkv_errmsg(c), "index") && strstr(mmkv_errmsg(c), path),
           "damaged: %d %s", rc, mmkv_errmsg(c));
-    CHECK(mmkv_txn_begin(c) == MMKV_OK && mmkv_rebuild(c) == MMKV_OK, "rebuild: %s", mmkv_errmsg(c));
+    CHECK(mmkv_txn_begin(c) == MMKV_OK && mmkv_rebuild(c) == MMKV_OK, "rebuild: %s",
+          mmkv_errmsg(c));
     commit(c);
     CHECK(mmkv_check(c, NULL) == MMKV_OK, "after rebuild: %s", mmkv_errmsg(c));
     CHECK(get_int(c, 5) == -5 && get_int(c, 120) == -1 && get_int(c, 300) == 300, "rows");
@@ -758,7 +828,8 @@ static int64_t salvage_model(int n, int64_t k)
 
 static void salvage_txn(mmkv_conn *c, int t)
 {
-    for (int i = 0; i < 10; i++) put_int(c, t * 100 + i, t, MMKV_PUT_INSERT);
+    for (int i = 0; i < 10; i++)
+        put_int(c, t * 100 + i, t, MMKV_PUT_INSERT);
     if (t > 1) {
         put_int(c, (t - 1) * 100, -t, MMKV_PUT_REPLACE);
         del_int(c, (t - 1) * 100 + 9);
@@ -768,7 +839,8 @@ static void salvage_txn(mmkv_conn *c, int t)
 static int salvage_state_is(mmkv_conn *c, const mmkv_snapshot *snap, int n)
 {
     int bad = 0;
-    for (int64_t k = 0; k < 700; k++) bad += get_in(c, snap, k) != salvage_model(n, k);
+    for (int64_t k = 0; k < 700; k++)
+        bad += get_in(c, snap, k) != salvage_model(n, k);
     return bad;
 }
 
@@ -810,8 +882,10 @@ static void test_salvage(void)
         const char *path = path_of(damage ? "salvage-meta.mmkv" : "salvage-record.mmkv");
         CHECK(commits_then_crash(path, MMKV_SYNC_OFF, 0).txid == 5, "the child's commits");
         mmkv_conn *c;
-        if (damage == 0) zero_bytes(path, first_record_of(path, 4) + 40, 8);
-        else zero_bytes(path, MMKV_META_OFFSET(0), 64), zero_bytes(path, MMKV_META_OFFSET(1), 64);
+        if (damage == 0)
+            zero_bytes(path, first_record_of(path, 4) + 40, 8);
+        else
+            zero_bytes(path, MMKV_META_OFFSET(0), 64), zero_bytes(path, MMKV_META_OFFSET(1), 64);
         unlink(index_of(path)); /* as after a power cut: the index is rebuilt */
         c = open_or_die(path, MMKV_SYNC_OFF);
         if (!c) break;
@@ -867,7 +941,10 @@ static void test_salvage(void)
     c = NULL;
     mmkv_open(owned, &options, &c, &err);
     free(err);
-    if (!c) { end_test(); return; }
+    if (!c) {
+        end_test();
+        return;
+    }
     mmkv_snapshot snap;
     CHECK(mmkv_snapshot_at(c, &record, &snap) == MMKV_OK && salvage_state_is(c, &snap, 3) == 0,
           "readers of the record see commit 3");
@@ -924,7 +1001,10 @@ static void test_reader_catches_up(void)
     char *err = NULL;
     CHECK(mmkv_open(path, &options, &c, &err) == MMKV_OK, "open: %s", err ? err : "");
     free(err);
-    if (!c) { end_test(); return; }
+    if (!c) {
+        end_test();
+        return;
+    }
     mmkv_snapshot snap;
     CHECK(mmkv_snapshot_at(c, &record, &snap) == MMKV_OK, "snapshot: %s", mmkv_errmsg(c));
     CHECK(salvage_state_is(c, &snap, 5) == 0, "%d keys differ from commit 5",

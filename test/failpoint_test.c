@@ -32,7 +32,8 @@ static mmkv_conn *fresh_table_synced(const char *name, mmkv_sync sync)
     mmkv_conn *c = open_or_die(path_of(name), sync);
     if (!c) return NULL;
     CHECK(mmkv_txn_begin(c) == MMKV_OK, "begin");
-    for (int i = 0; i < BASE_KEYS; i++) put_int(c, i, i * 3, MMKV_PUT_INSERT);
+    for (int i = 0; i < BASE_KEYS; i++)
+        put_int(c, i, i * 3, MMKV_PUT_INSERT);
     CHECK(commit(c) == MMKV_OK, "base commit");
     return c;
 }
@@ -50,10 +51,14 @@ static void test_failed_commit_not_salvaged(void)
     begin_test("failpoint before-data-sync, sync=off: salvage never brings the failed commit back");
     const char *file = "unmarked.mmkv";
     mmkv_conn *c = fresh_table_synced(file, MMKV_SYNC_OFF);
-    if (!c) { end_test(); return; }
+    if (!c) {
+        end_test();
+        return;
+    }
     mmkv_failpoint_arm("before-data-sync", 0);
     CHECK(mmkv_txn_begin(c) == MMKV_OK, "begin");
-    for (int i = 0; i < 10; i++) put_int(c, BASE_KEYS + 1 + i, i, MMKV_PUT_INSERT);
+    for (int i = 0; i < 10; i++)
+        put_int(c, BASE_KEYS + 1 + i, i, MMKV_PUT_INSERT);
     CHECK(mmkv_txn_prepare(c) == MMKV_IOERR, "the failing step reports MMKV_IOERR");
     mmkv_txn_rollback(c);
     mmkv_failpoint_arm(NULL, 0);
@@ -85,7 +90,10 @@ static void test_commit_step(const char *name, int keys)
     char file[64];
     snprintf(file, sizeof file, "%s.mmkv", name);
     mmkv_conn *c = fresh_table(file);
-    if (!c) { end_test(); return; }
+    if (!c) {
+        end_test();
+        return;
+    }
     mmkv_failpoint_arm(name, 0);
     CHECK(mmkv_txn_begin(c) == MMKV_OK, "begin");
     int rc = MMKV_OK;
@@ -115,7 +123,10 @@ static void test_growth_deferred(void)
 {
     begin_test("failpoint mid-index-growth: growth is deferred, the writes go on");
     mmkv_conn *c = fresh_table("growth.mmkv");
-    if (!c) { end_test(); return; }
+    if (!c) {
+        end_test();
+        return;
+    }
     mmkv_failpoint_arm("mid-index-growth", 0);
     CHECK(mmkv_txn_begin(c) == MMKV_OK, "begin");
     int rc = MMKV_OK;
@@ -141,11 +152,15 @@ static void test_recovery_step(void)
 {
     begin_test("failpoint mid-recovery: a failed index rebuild is retried by the next writer");
     mmkv_conn *c = fresh_table("recovery.mmkv");
-    if (!c) { end_test(); return; }
+    if (!c) {
+        end_test();
+        return;
+    }
     pid_t pid = fork();
     if (pid == 0) {
         mmkv_txn_begin(c); /* a writer that dies with slots published */
-        for (int i = 0; i < 50; i++) put_int(c, i, -5, MMKV_PUT_REPLACE);
+        for (int i = 0; i < 50; i++)
+            put_int(c, i, -5, MMKV_PUT_REPLACE);
         _exit(0);
     }
     int status;

@@ -62,7 +62,8 @@ static image copy(image im)
 
 static void put32(unsigned char *p, uint32_t v)
 {
-    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
+    for (int i = 0; i < 4; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
 }
 
 /* The script: a fixed pseudo-random sequence per seed, so that every seed drives every phase. */
@@ -79,8 +80,10 @@ static void make_script(unsigned char *script, size_t n, unsigned seed)
 static void emit(const char *name, unsigned flags, image data, image index)
 {
     size_t data_len = data.size, index_len = index.size;
-    while (data_len && !data.bytes[data_len - 1]) data_len--;
-    while (index_len && !index.bytes[index_len - 1]) index_len--;
+    while (data_len && !data.bytes[data_len - 1])
+        data_len--;
+    while (index_len && !index.bytes[index_len - 1])
+        index_len--;
     unsigned char header[FUZZ_HEADER_SIZE], script[96];
     make_script(script, sizeof script, (unsigned)made + 1);
     header[0] = (unsigned char)flags;
@@ -180,7 +183,8 @@ static void take(mmkv_conn *c, const char *name, image *data, image *index)
     if (data->size < MMKV_DATA_START || index->size < sizeof(mmkv_index_header)) die("short files");
     /* The same bytes at every run: a file id made from the name, no time, no boot id. */
     uint64_t id = 0xcbf29ce484222325ull;
-    for (const char *p = name; *p; p++) id = (id ^ (unsigned char)*p) * 0x100000001b3ull;
+    for (const char *p = name; *p; p++)
+        id = (id ^ (unsigned char)*p) * 0x100000001b3ull;
     mmkv_file_header *fh = (mmkv_file_header *)data->bytes;
     fh->file_id = id;
     fh->created_unix_ms = 0;
@@ -203,7 +207,8 @@ static void make_types(image *data, image *index)
     int64_t i1, i2, i3, i4;
     double r1, r2, r3, r4;
     unsigned char bytes[1024];
-    for (int i = 0; i < (int)sizeof bytes; i++) bytes[i] = (unsigned char)(i * 31 + 7);
+    for (int i = 0; i < (int)sizeof bytes; i++)
+        bytes[i] = (unsigned char)(i * 31 + 7);
     mmkv_datum text_nul = {MMKV_TEXT, 3, "a\0b"};
     begin(c);
     put(c, integer(&i1, 1), text("one"));
@@ -247,7 +252,8 @@ static void make_history(const char *name, image *data, image *index)
     char key[32];
     for (int round = 0; round < 4; round++) {
         begin(c);
-        for (int i = 0; i < 12; i++) put(c, integer(&ks, i), integer(&vs, round * 100 + i));
+        for (int i = 0; i < 12; i++)
+            put(c, integer(&ks, i), integer(&vs, round * 100 + i));
         snprintf(key, sizeof key, "%d", round);
         put(c, text(key), integer(&vs, round));
         if (round > 0) {
@@ -262,7 +268,8 @@ static void make_history(const char *name, image *data, image *index)
     }
     /* A transaction that never commits leaves its records past the committed tail. */
     begin(c);
-    for (int i = 0; i < 6; i++) put(c, integer(&ks, 500 + i), text("never committed"));
+    for (int i = 0; i < 6; i++)
+        put(c, integer(&ks, 500 + i), text("never committed"));
     mmkv_datum gone = integer(&ks, 1);
     if (mmkv_delete(c, &gone) != MMKV_OK) die("delete");
     mmkv_txn_rollback(c);
@@ -322,7 +329,7 @@ int main(int argc, char **argv)
     free(d.bytes);
 
     d = copy(hist_d);
-    d.bytes[MMKV_DATA_START + 3 * 48 + 40] ^= 1; /* a value byte of the fourth record */
+    d.bytes[MMKV_DATA_START + 3 * 48 + 40] ^= 1;            /* a value byte of the fourth record */
     emit("history-bad-record", FUZZ_DROP_INDEX, d, hist_i); /* found by reads, then by rebuild */
     free(d.bytes);
 

@@ -96,7 +96,8 @@ static const char *current_path = "";
 __attribute__((noreturn, format(printf, 1, 2))) static void fail(const char *format, ...)
 {
     va_list ap;
-    fprintf(stderr, "\nmmkv-fuzz: INVARIANT VIOLATED during %s (file %s):\n    ", stage, current_path);
+    fprintf(stderr, "\nmmkv-fuzz: INVARIANT VIOLATED during %s (file %s):\n    ", stage,
+            current_path);
     va_start(ap, format);
     vfprintf(stderr, format, ap);
     va_end(ap);
@@ -117,7 +118,6 @@ static void *xmalloc(size_t n)
 
 static char work_dir[512];
 static unsigned long iteration;
-
 
 static void remove_dir(const char *dir)
 {
@@ -198,7 +198,8 @@ static unsigned next(script *s)
 static uint64_t next64(script *s, int bytes)
 {
     uint64_t v = 0;
-    for (int i = 0; i < bytes; i++) v |= (uint64_t)next(s) << (8 * i);
+    for (int i = 0; i < bytes; i++)
+        v |= (uint64_t)next(s) << (8 * i);
     return v;
 }
 
@@ -366,9 +367,9 @@ static void check_row(const fuzz_ctx *ctx, const mmkv_row *row, uint64_t tail, c
     if (n && pread(ctx->data_fd, body, n, (off_t)(at + sizeof h)) != (ssize_t)n)
         fail("%s: short read of the record at %llu", what, (unsigned long long)at);
     uint64_t where = at;
-    uint32_t crc = mmkv_crc32c(mmkv_crc32c(0, &where, sizeof where),
-                               (const unsigned char *)&h + sizeof h.checksum,
-                               sizeof h - sizeof h.checksum);
+    uint32_t crc =
+        mmkv_crc32c(mmkv_crc32c(0, &where, sizeof where),
+                    (const unsigned char *)&h + sizeof h.checksum, sizeof h - sizeof h.checksum);
     crc = mmkv_crc32c(crc, body, n);
     if (crc != h.checksum)
         fail("%s: returned the record at %llu, whose checksum fails", what, (unsigned long long)at);
@@ -394,7 +395,8 @@ typedef struct scan_out {
 
 static void scan_free(scan_out *s)
 {
-    for (size_t i = 0; i < s->n; i++) disown(&s->rows[i].key);
+    for (size_t i = 0; i < s->n; i++)
+        disown(&s->rows[i].key);
     free(s->rows);
     memset(s, 0, sizeof *s);
 }
@@ -467,11 +469,11 @@ typedef struct oracle_key {
 } oracle_key;
 
 typedef struct oracle {
-    int enforce;          /* compare reads with it */
-    int errors_ok;        /* a read may fail (explained) instead of answering: the index may be
-                             damaged; otherwise, with an intact log, reads must answer */
-    int valid;            /* an intact meta slot and a tail inside the file */
-    int damaged;          /* a record below the tail does not parse or fails its checksum */
+    int enforce;   /* compare reads with it */
+    int errors_ok; /* a read may fail (explained) instead of answering: the index may be
+                      damaged; otherwise, with an intact log, reads must answer */
+    int valid;     /* an intact meta slot and a tail inside the file */
+    int damaged;   /* a record below the tail does not parse or fails its checksum */
     uint64_t damaged_at;
     uint64_t tail;
     unsigned char *image; /* the file up to the tail */
@@ -528,7 +530,8 @@ static void oracle_read(const fuzz_ctx *ctx, oracle *o)
     if (pread(ctx->data_fd, o->image, o->tail, 0) != (ssize_t)o->tail) fail("reading the log");
     size_t max_records = (o->tail - MMKV_DATA_START) / 32 + 1;
     o->keys = xmalloc(max_records * sizeof *o->keys);
-    for (o->table_slots = 16; o->table_slots < 2 * max_records;) o->table_slots *= 2;
+    for (o->table_slots = 16; o->table_slots < 2 * max_records;)
+        o->table_slots *= 2;
     o->table = xmalloc(o->table_slots * sizeof *o->table);
     memset(o->table, -1, o->table_slots * sizeof *o->table);
     for (uint64_t pos = MMKV_DATA_START; pos < o->tail;) {
@@ -538,7 +541,8 @@ static void oracle_read(const fuzz_ctx *ctx, oracle *o)
         ok = ok && h.key_type >= MMKV_INTEGER && h.key_type <= MMKV_BLOB &&
              h.value_type >= MMKV_INTEGER && h.value_type <= MMKV_NULL;
         ok = ok && ((h.key_type != MMKV_INTEGER && h.key_type != MMKV_FLOAT) || h.key_len == 8);
-        ok = ok && ((h.value_type != MMKV_INTEGER && h.value_type != MMKV_FLOAT) || h.value_len == 8);
+        ok = ok &&
+             ((h.value_type != MMKV_INTEGER && h.value_type != MMKV_FLOAT) || h.value_len == 8);
         ok = ok && (h.value_type != MMKV_NULL || h.value_len == 0);
         uint64_t used = sizeof h + (uint64_t)h.key_len + h.value_len;
         uint64_t rsize = (used + 7) & ~(uint64_t)7;
@@ -566,7 +570,8 @@ static void oracle_read(const fuzz_ctx *ctx, oracle *o)
             k->key = key;
             uint64_t mask = o->table_slots - 1;
             uint64_t i = mmkv_key_hash(&key) & mask;
-            while (o->table[i] >= 0) i = (i + 1) & mask;
+            while (o->table[i] >= 0)
+                i = (i + 1) & mask;
             o->table[i] = (int32_t)o->n_keys++;
         } else {
             o->n_live -= !k->tombstone;
@@ -601,7 +606,9 @@ static void oracle_check_scan(const oracle *o, const mmkv_snapshot *snap, const 
         if (!k || k->tombstone || k->offset != s->rows[i].offset)
             fail("%s: scan returned key %s at %llu; the log's newest version is %s at %llu", what,
                  show(&s->rows[i].key.d), (unsigned long long)s->rows[i].offset,
-                 !k ? "absent" : k->tombstone ? "a tombstone" : "live",
+                 !k             ? "absent"
+                 : k->tombstone ? "a tombstone"
+                                : "live",
                  k ? (unsigned long long)k->offset : 0ull);
     }
     if (s->n != o->n_live)
@@ -622,15 +629,29 @@ static void pool_add(pool *p, const mmkv_datum *key)
 
 static void pool_free(pool *p)
 {
-    for (size_t i = 0; i < p->n; i++) disown(&p->keys[i]);
+    for (size_t i = 0; i < p->n; i++)
+        disown(&p->keys[i]);
     p->n = 0;
 }
 
 static owned synth_key(script *s)
 {
-    static const double reals[] = {1.0, -0.0, 0.0, 0.5, 2.0, -1.0, 1e300, 9007199254740992.0,
-                                   9007199254740993.0, 1.0 / 0.0, -1.0 / 0.0, 123.0, 1e-300,
-                                   9223372036854775808.0, -9223372036854775808.0, 3.25};
+    static const double reals[] = {1.0,
+                                   -0.0,
+                                   0.0,
+                                   0.5,
+                                   2.0,
+                                   -1.0,
+                                   1e300,
+                                   9007199254740992.0,
+                                   9007199254740993.0,
+                                   1.0 / 0.0,
+                                   -1.0 / 0.0,
+                                   123.0,
+                                   1e-300,
+                                   9223372036854775808.0,
+                                   -9223372036854775808.0,
+                                   3.25};
     static const char *formats[] = {"%d", " %d", "%d.0", "%d ", "+%d", "%de0", "0%d", "%d.5"};
     unsigned t = next(s);
     unsigned char buf[16];
@@ -653,7 +674,8 @@ static owned synth_key(script *s)
     case 4:
     case 5: {
         uint32_t n = next(s) % 9;
-        for (uint32_t i = 0; i < n; i++) buf[i] = (unsigned char)next(s);
+        for (uint32_t i = 0; i < n; i++)
+            buf[i] = (unsigned char)next(s);
         return own_bytes(t % 8 == 4 ? MMKV_TEXT : MMKV_BLOB, buf, n);
     }
     case 6:
@@ -684,7 +706,8 @@ static owned synth_value(script *s)
         uint32_t n = (t >> 3) % 8 == 7 ? 1000 + next(s) * 16 : next(s) % 40;
         unsigned char *buf = xmalloc(n);
         unsigned fill = next(s);
-        for (uint32_t i = 0; i < n; i++) buf[i] = (unsigned char)(fill + i * 7);
+        for (uint32_t i = 0; i < n; i++)
+            buf[i] = (unsigned char)(fill + i * 7);
         owned o = own_bytes(t % 5 == 2 ? MMKV_TEXT : MMKV_BLOB, buf, n);
         free(buf);
         return o;
@@ -719,9 +742,10 @@ static int checked_get(const fuzz_ctx *ctx, mmkv_conn *conn, const mmkv_snapshot
     return rc;
 }
 
-/* Gets each pool key; each must agree with a complete scan of the same snapshot, and with the log. */
-static void get_pool(const fuzz_ctx *ctx, mmkv_conn *conn, const mmkv_snapshot *snap,
-                     const pool *p, const scan_out *s, const oracle *o, const char *what)
+/* Gets each pool key; each must agree with a complete scan of the same snapshot, and with the log.
+ */
+static void get_pool(const fuzz_ctx *ctx, mmkv_conn *conn, const mmkv_snapshot *snap, const pool *p,
+                     const scan_out *s, const oracle *o, const char *what)
 {
     for (size_t i = 0; i < p->n; i++) {
         const mmkv_datum *key = &p->keys[i].d;
@@ -813,7 +837,8 @@ static void check_similar(const fuzz_ctx *ctx, mmkv_conn *conn, const mmkv_snaps
         if (!similar(&s->rows[i].key.d, probe)) continue;
         expected++;
         size_t j = 0;
-        while (j < sc.n && sc.offsets[j] != s->rows[i].offset) j++;
+        while (j < sc.n && sc.offsets[j] != s->rows[i].offset)
+            j++;
         if (j == sc.n)
             fail("get_similar: probe %s missed key %s at %llu, which the scan returned",
                  show(probe), show(&s->rows[i].key.d), (unsigned long long)s->rows[i].offset);
@@ -964,11 +989,13 @@ static void run_transaction(const fuzz_ctx *ctx, mmkv_conn *conn, mmkv_conn *oth
                 rc = mmkv_txn_savepoint(conn, 0);
                 check_rc(ctx, conn, rc, "mmkv_txn_savepoint");
                 if (rc != MMKV_OK) break;
-                for (size_t i = 0; i < t->n; i++) state_copy(&t->keys[i].saved, &t->keys[i].now);
+                for (size_t i = 0; i < t->n; i++)
+                    state_copy(&t->keys[i].saved, &t->keys[i].now);
                 savepoint = 1;
             } else {
                 mmkv_txn_rollback_to(conn, 0);
-                for (size_t i = 0; i < t->n; i++) state_copy(&t->keys[i].now, &t->keys[i].saved);
+                for (size_t i = 0; i < t->n; i++)
+                    state_copy(&t->keys[i].now, &t->keys[i].saved);
             }
             continue;
         }
@@ -1048,8 +1075,8 @@ static void check_outcome(const fuzz_ctx *ctx, mmkv_conn *conn, const txn_log *t
 {
     if (t->outcome < 0) return;
     for (size_t i = 0; i < t->n; i++)
-        check_state(ctx, conn, &t->keys[i].key.d,
-                    t->outcome ? &t->keys[i].now : &t->keys[i].before, what);
+        check_state(ctx, conn, &t->keys[i].key.d, t->outcome ? &t->keys[i].now : &t->keys[i].before,
+                    what);
 }
 
 /* ---- files ---- */
@@ -1061,15 +1088,15 @@ static void fix_checksums(uint8_t flags, unsigned char *data, size_t data_size,
         for (uint64_t pos = MMKV_DATA_START; pos + sizeof(mmkv_record_header) <= data_size;) {
             mmkv_record_header h;
             memcpy(&h, data + pos, sizeof h);
-            if (h.key_type < MMKV_INTEGER || h.key_type > MMKV_NULL || h.value_type < MMKV_INTEGER ||
-                h.value_type > MMKV_NULL)
+            if (h.key_type < MMKV_INTEGER || h.key_type > MMKV_NULL ||
+                h.value_type < MMKV_INTEGER || h.value_type > MMKV_NULL)
                 break;
             uint64_t used = sizeof h + (uint64_t)h.key_len + h.value_len;
             uint64_t rsize = (used + 7) & ~(uint64_t)7;
             if (pos + rsize > data_size) break;
             uint64_t where = pos;
-            h.checksum = mmkv_crc32c(mmkv_crc32c(0, &where, sizeof where), data + pos + 4,
-                                     used - 4);
+            h.checksum =
+                mmkv_crc32c(mmkv_crc32c(0, &where, sizeof where), data + pos + 4, used - 4);
             memcpy(data + pos, &h.checksum, 4);
             pos += rsize;
         }
@@ -1184,7 +1211,8 @@ static int read_phase(const fuzz_ctx *ctx, mmkv_conn *conn, script *s, pool *p, 
     if (p) {
         /* The pool: keys the scan found (some by the script's choice), and keys made up. */
         size_t first = scan.n < 8 ? scan.n : 8;
-        for (size_t i = 0; i < first; i++) pool_add(p, &scan.rows[i].key.d);
+        for (size_t i = 0; i < first; i++)
+            pool_add(p, &scan.rows[i].key.d);
         unsigned extra = next(s) % (MAX_SCANNED_IN_POOL - 7);
         for (unsigned i = 0; i < extra && scan.n; i++)
             pool_add(p, &scan.rows[next64(s, 2) % scan.n].key.d);
@@ -1200,7 +1228,8 @@ static int read_phase(const fuzz_ctx *ctx, mmkv_conn *conn, script *s, pool *p, 
     } else {
         /* Every key the scan found must be found again by a get. */
         pool all = {.n = 0};
-        for (size_t i = 0; i < scan.n && i < MAX_POOL; i++) pool_add(&all, &scan.rows[i].key.d);
+        for (size_t i = 0; i < scan.n && i < MAX_POOL; i++)
+            pool_add(&all, &scan.rows[i].key.d);
         get_pool(ctx, conn, &snap, &all, &scan, &o, what);
         pool_free(&all);
     }

@@ -21,8 +21,10 @@ static char dir[] = "/tmp/mmkv-integrity-XXXXXX";
 
 static void check(int ok, const char *name, const char *detail)
 {
-    if (ok) printf("PASS: %s\n", name);
-    else printf("FAIL: %s: %s\n", name, detail ? detail : "");
+    if (ok)
+        printf("PASS: %s\n", name);
+    else
+        printf("FAIL: %s: %s\n", name, detail ? detail : "");
     failures += !ok;
 }
 
@@ -58,19 +60,21 @@ int main(void)
     snprintf(db_path, sizeof db_path, "%s/app.db", dir);
     snprintf(data_path, sizeof data_path, "%s-kv.mmkv", db_path);
     sqlite3_auto_extension((void (*)(void))sqlite3_mmkv_init);
-    int pragma_sees_mmkv = SQLITE_VERSION_NUMBER >= 3044000 && sqlite3_libversion_number() >= 3044000;
+    int pragma_sees_mmkv =
+        SQLITE_VERSION_NUMBER >= 3044000 && sqlite3_libversion_number() >= 3044000;
     printf("# SQLite %s (compiled against %s): PRAGMA integrity_check %s mmkv tables\n",
            sqlite3_libversion(), SQLITE_VERSION, pragma_sees_mmkv ? "checks" : "cannot check");
 
     sqlite3 *db = open_db(db_path);
     char *err = NULL;
-    int rc = sqlite3_exec(db,
-                          "CREATE TABLE native(a INTEGER PRIMARY KEY, b);"
-                          "CREATE VIRTUAL TABLE kv USING mmkv;"
-                          "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200)"
-                          "  INSERT INTO kv SELECT i, printf('value %d', i) FROM n;"
-                          "INSERT INTO native VALUES(1, 'x');",
-                          NULL, NULL, &err);
+    int rc =
+        sqlite3_exec(db,
+                     "CREATE TABLE native(a INTEGER PRIMARY KEY, b);"
+                     "CREATE VIRTUAL TABLE kv USING mmkv;"
+                     "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200)"
+                     "  INSERT INTO kv SELECT i, printf('value %d', i) FROM n;"
+                     "INSERT INTO native VALUES(1, 'x');",
+                     NULL, NULL, &err);
     check(rc == SQLITE_OK, "a table with 200 rows", err);
     sqlite3_free(err);
     char *got = rows_of(db, "PRAGMA integrity_check");
@@ -81,11 +85,13 @@ int main(void)
     sqlite3_free(got);
     sqlite3_close(db);
 
-    /* A byte of the first record's value (after its 32-byte header and 8-byte key), behind mmkv's back. */
+    /* A byte of the first record's value (after its 32-byte header and 8-byte key), behind mmkv's
+     * back. */
     int fd = open(data_path, O_RDWR);
     unsigned char byte = 0;
     off_t at = 4096 + 40;
-    int damaged = fd >= 0 && pread(fd, &byte, 1, at) == 1 && (byte ^= 0x20, pwrite(fd, &byte, 1, at) == 1);
+    int damaged =
+        fd >= 0 && pread(fd, &byte, 1, at) == 1 && (byte ^= 0x20, pwrite(fd, &byte, 1, at) == 1);
     if (fd >= 0) close(fd);
     check(damaged, "damage a record", data_path);
 

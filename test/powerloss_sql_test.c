@@ -986,11 +986,12 @@ static int judge(const scenario *sc, long point, long seed, int acknowledged, ou
         failed(&r, "state %d after acknowledged %d", s, acknowledged);
     if (!r.error[0] && sc->kv_may_lag && r.ledger_state != NO_SCHEMA &&
         (r.ledger_state < acknowledged || r.ledger_state > acknowledged + 1))
-        failed(&r, "the ledger holds state %d after acknowledged %d", r.ledger_state,
-               acknowledged);
+        failed(&r, "the ledger holds state %d after acknowledged %d", r.ledger_state, acknowledged);
     if (!r.error[0]) {
-        if (r.kv_state < r.ledger_state) off->kv_lags++;
-        else off->even++;
+        if (r.kv_state < r.ledger_state)
+            off->kv_lags++;
+        else
+            off->even++;
         return 1;
     }
     snprintf(failure, failure_size, "%s, crash point %ld, seed %ld (acknowledged %d): %s", sc->name,

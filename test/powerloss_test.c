@@ -33,7 +33,7 @@
 
 typedef struct tracked {
     ino_t ino;
-    int fd;             /* our own descriptor, kept to read the file at the crash */
+    int fd; /* our own descriptor, kept to read the file at the crash */
     unsigned char *durable;
     uint64_t durable_size;
 } tracked;
@@ -92,15 +92,23 @@ static void write_crash_images(void)
             int changed = at + n > t->durable_size || memcmp(now + at, t->durable + at, n) != 0;
             if (!changed) continue;
             switch (rand_r(&loss_seed) % 8) {
-            case 0: case 1: case 2: case 3: memcpy(image + at, now + at, n); break;
-            case 4: memcpy(image + at, now + at, n / 2); break; /* torn */
-            case 5: /* garbage where the write was (powersafe overwrite: bytes not written keep
-                    ** their value, as SQLite's own crash model assumes by default) */
+            case 0:
+            case 1:
+            case 2:
+            case 3:
+                memcpy(image + at, now + at, n);
+                break;
+            case 4:
+                memcpy(image + at, now + at, n / 2);
+                break; /* torn */
+            case 5:    /* garbage where the write was (powersafe overwrite: bytes not written keep
+                       ** their value, as SQLite's own crash model assumes by default) */
                 for (uint64_t i = 0; i < n; i++)
                     if (at + i >= t->durable_size || now[at + i] != t->durable[at + i])
                         image[at + i] = (unsigned char)rand_r(&loss_seed);
                 break;
-            default: break; /* lost */
+            default:
+                break; /* lost */
             }
         }
         const char *name = image_name(now, size);
@@ -177,7 +185,8 @@ static void workload(const char *path, mmkv_sync sync, int out)
     mmkv_close(c);
     int end = -1;
     long total = sync_count;
-    if (write(out, &end, sizeof end) != sizeof end || write(out, &total, sizeof total) != sizeof total)
+    if (write(out, &end, sizeof end) != sizeof end ||
+        write(out, &total, sizeof total) != sizeof total)
         _exit(2);
     _exit(0);
 }
@@ -243,7 +252,8 @@ static int run_child(const char *work, mmkv_sync sync, long crash_point, unsigne
     }
     close(pipefd[1]);
     int acknowledged = 0, t;
-    while (read(pipefd[0], &t, sizeof t) == sizeof t && t > 0) acknowledged = t;
+    while (read(pipefd[0], &t, sizeof t) == sizeof t && t > 0)
+        acknowledged = t;
     if (total && t == -1 && read(pipefd[0], total, sizeof *total) != sizeof *total) *total = 0;
     close(pipefd[0]);
     int status;
