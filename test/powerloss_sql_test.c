@@ -63,7 +63,8 @@
 #define VALUE_BYTES 100               /* so that each commit spans several pages */
 #define NO_SCHEMA (-1)                /* the state before the tables' creation committed */
 #define RUN_END (-2)         /* on the pipe: the run is over, the number of syncs follows */
-#define CHILD_FAILED INT_MIN /* the workload stopped on an error, not a power cut */
+#define CHILD_FAILED INT_MIN
+#define RECOVERY_DONE 5 /* the exit status of a recovery the power did not cut */ /* the workload stopped on an error, not a power cut */
 #define NOT_READ INT_MIN     /* a state the image gave no answer for */
 #define PAGE_BYTES 4096
 /* What a power cut does to a page written since the last sync, out of PAGE_FATES equal chances:
@@ -643,6 +644,44 @@ static void workload(const scenario *sc, int out)
     _exit(0);
 }
 
+/* The child of a second power cut: it opens an image as after a reboot, through the shim, and reads
+** both tables, which runs SQLite's recovery (a hot journal, the WAL) and mmkv's (index rebuild,
+** salvage, catching up with the database's record); the power fails at sync crash_at of that
+** recovery. Every file of the image is durable as it stands. Exits RECOVERY_DONE if the recovery
+** finished first. */
+static void recovery_workload(void)
+{
+    static const uint8_t boot[16] = {0x6b, 0x6b, 0x6b}; /* neither the workload's nor the check's */
+    real_vfs = sqlite3_vfs_find(NULL);
+    shim_vfs.szOsFile = (int)sizeof(shim_file) + real_vfs->szOsFile;
+    shim_vfs.mxPathname = real_vfs->mxPathname;
+    if (sqlite3_vfs_register(&shim_vfs, 1) != SQLITE_OK) _exit(2);
+    mmkv_file_set_sync_hook(on_mmkv_sync);
+    mmkv_file_set_boot_id(boot);
+    static const char *names[] = {DB_NAME, DB_NAME "-wal", DB_NAME "-journal", DATA_FILE_NAME,
+                                  INDEX_FILE_NAME};
+    char path[PATH_MAX];
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        snprintf(path, sizeof path, "%s/%s", work_dir, names[i]);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) continue;
+        make_durable(track(fd, names[i]));
+        close(fd);
+    }
+    snprintf(path, sizeof path, "%s/%s", work_dir, DB_NAME);
+    sqlite3 *db = NULL;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK ||
+        sqlite3_mmkv_init(db, NULL, NULL) != SQLITE_OK)
+        _exit(2);
+    /* Errors are the check's to judge, on the image this leaves. */
+    sqlite3_exec(db, "SELECT count(*) FROM sqlite_schema", NULL, NULL, NULL);
+    sqlite3_exec(db, "SELECT count(*) FROM ledger", NULL, NULL, NULL);
+    sqlite3_exec(db, "SELECT value FROM kv WHERE key = '" COUNTER_KEY "'", NULL, NULL, NULL);
+    sqlite3_exec(db, "SELECT count(*) FROM kv", NULL, NULL, NULL);
+    sqlite3_close(db);
+    _exit(RECOVERY_DONE);
+}
+
 /* ---- the parent: what the image holds ---- */
 
 typedef struct recovered {
@@ -970,7 +1009,7 @@ typedef struct outcome_counts {
 
 /* Judges the image of one crash point and seed: 0 if it fails, with why in failure. */
 static int judge(const scenario *sc, long point, long seed, int acknowledged, outcome_counts *off,
-                 char *failure, size_t failure_size)
+                 recovered *got, char *failure, size_t failure_size)
 {
     char dir[PATH_MAX], path[PATH_MAX + 16];
     image_dir(seed, dir, sizeof dir);
@@ -987,6 +1026,7 @@ static int judge(const scenario *sc, long point, long seed, int acknowledged, ou
     if (!r.error[0] && sc->kv_may_lag && r.ledger_state != NO_SCHEMA &&
         (r.ledger_state < acknowledged || r.ledger_state > acknowledged + 1))
         failed(&r, "the ledger holds state %d after acknowledged %d", r.ledger_state, acknowledged);
+    *got = r;
     if (!r.error[0]) {
         if (r.kv_state < r.ledger_state)
             off->kv_lags++;
@@ -997,6 +1037,52 @@ static int judge(const scenario *sc, long point, long seed, int acknowledged, ou
     snprintf(failure, failure_size, "%s, crash point %ld, seed %ld (acknowledged %d): %s", sc->name,
              point, seed, acknowledged, r.error);
     return 0;
+}
+
+/* A second power cut, during the recovery of the image in `pristine`: at each sync of it in turn.
+** Every image it leaves must recover to what the first recovery gave. Returns how many syncs the
+** recovery made, or -1 with failure set. */
+static int recovery_crashes(const scenario *sc, const char *pristine, const recovered *expected,
+                            long point, char *failure, size_t failure_size)
+{
+    char again[sizeof crash_dir], again_image[PATH_MAX];
+    snprintf(again, sizeof again, "%.*s-again", (int)sizeof again - 7, crash_dir);
+    snprintf(again_image, sizeof again_image, "%s/1", again);
+    for (long k = 1;; k++) {
+        if (!empty_dir(again) || !empty_dir(again_image)) return -1;
+        keep_image(pristine, work_dir);
+        fflush(stdout);
+        pid_t pid = fork();
+        if (pid < 0) return -1;
+        if (pid == 0) {
+            memcpy(crash_dir, again, sizeof crash_dir);
+            first_seed = last_seed = 1;
+            sync_count = 0;
+            crash_at = k;
+            recovery_workload();
+        }
+        int status;
+        waitpid(pid, &status, 0);
+        if (WIFEXITED(status) && WEXITSTATUS(status) == RECOVERY_DONE) return (int)(k - 1);
+        recovered r;
+        memset(&r, 0, sizeof r);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            failed(&r, "the recovering child failed (status %d)", status);
+        } else {
+            char path[PATH_MAX + 32];
+            snprintf(path, sizeof path, "%s/%s", again_image, DB_NAME);
+            check_image(path, sc->kv_may_lag, &r);
+            if (!r.error[0] &&
+                (r.kv_state != expected->kv_state || r.ledger_state != expected->ledger_state))
+                failed(&r, "kv state %d and ledger %d, where the first recovery gave %d and %d",
+                       r.kv_state, r.ledger_state, expected->kv_state, expected->ledger_state);
+        }
+        if (r.error[0]) {
+            snprintf(failure, failure_size, "%s, crash point %ld, then a power cut at sync %ld of "
+                     "its recovery: %s", sc->name, point, k, r.error);
+            return -1;
+        }
+    }
 }
 
 static void test_scenario(const scenario *sc)
@@ -1017,7 +1103,9 @@ static void test_scenario(const scenario *sc)
         snprintf(failure, sizeof failure, "%s: a whole run reached state %d in %ld syncs", sc->name,
                  whole_run, total);
     outcome_counts off = {0, 0};
-    int images = 0, failures_seen = 0;
+    int images = 0, failures_seen = 0, second_cuts = 0;
+    char pristine[PATH_MAX];
+    snprintf(pristine, sizeof pristine, "%s-pristine", crash_dir);
     for (long point = only_point ? only_point : 1; point <= total; point++) {
         if ((failure[0] && !keep_going) || (only_point && point != only_point)) break;
         int acknowledged = run_child(sc, point, NULL);
@@ -1027,9 +1115,20 @@ static void test_scenario(const scenario *sc)
             break;
         }
         for (long seed = first_seed; seed <= last_seed; seed++) {
-            char why[sizeof failure];
+            char why[sizeof failure], dir[PATH_MAX];
             images++;
-            if (judge(sc, point, seed, acknowledged, &off, why, sizeof why)) continue;
+            /* The first choice of lost pages also gets a second cut, during its recovery. */
+            int twice = seed == first_seed;
+            image_dir(seed, dir, sizeof dir);
+            if (twice) keep_image(dir, pristine);
+            recovered r;
+            int ok = judge(sc, point, seed, acknowledged, &off, &r, why, sizeof why);
+            if (ok && twice) {
+                int cuts = recovery_crashes(sc, pristine, &r, point, why, sizeof why);
+                ok = cuts >= 0;
+                if (ok) second_cuts += cuts;
+            }
+            if (ok) continue;
             if (failures_seen++ == 0) snprintf(failure, sizeof failure, "%s", why);
             if (keep_going)
                 printf("# %s\n", why);
@@ -1046,7 +1145,8 @@ static void test_scenario(const scenario *sc)
     begin_test(title);
     CHECK(!failure[0], "%s%s", failure,
           failures_seen > 1 ? " (and more: see the lines above)" : "");
-    printf("# %s: %ld crash points, %d images checked", sc->name, total, images);
+    printf("# %s: %ld crash points, %d images checked, %d more after a second cut during recovery",
+           sc->name, total, images, second_cuts);
     if (sc->kv_may_lag) printf(" (kv behind the native table in %d)", off.kv_lags);
     printf("\n");
     end_test();
@@ -1054,7 +1154,7 @@ static void test_scenario(const scenario *sc)
 
 int main(void)
 {
-    if (!start_tests()) return 1;
+    if (!start_tests_in_memory()) return 1;
     const char *only_case = getenv("MMKV_POWERLOSS_CASE");
     for (size_t i = 0; i < sizeof scenarios / sizeof scenarios[0]; i++)
         if (!only_case || strcmp(only_case, scenarios[i].name) == 0) test_scenario(&scenarios[i]);

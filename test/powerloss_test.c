@@ -306,7 +306,7 @@ static void test_power_loss(mmkv_sync sync, const char *name)
 
 int main(void)
 {
-    if (!start_tests()) return 1;
+    if (!start_tests_in_memory()) return 1;
     test_power_loss(MMKV_SYNC_FULL, "full");
     test_power_loss(MMKV_SYNC_NORMAL, "normal");
     test_power_loss(MMKV_SYNC_OFF, "off");
