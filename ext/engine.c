@@ -828,6 +828,9 @@ static int salvage(mmkv_engine *e, int unsynced, const mmkv_meta *found, mmkv_me
         *meta = *found;
         return MMKV_OK;
     }
+    /* The tail is cleared, durably, before the meta slots name the prefix: once they do, commits
+    ** follow it, and stale whole transactions left past them could pass for later ones in the
+    ** next salvage. */
     uint64_t size = 0;
     int rc = unsynced ? mmkv_file_size(e->log.map.fd, &size) : MMKV_OK;
     if (rc == MMKV_OK && size > s.tail)
