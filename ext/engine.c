@@ -6,8 +6,7 @@
 ** transaction in progress. A reader with snapshot S walks back along prev_offset to the newest
 ** version below S.tail: bytes below a committed tail are never rewritten, so what it finds there is
 ** stable. Versions at or past S.tail may be rewritten under it (after a rollback), so it checks
-*each
-** one's checksum and key before trusting its prev_offset, and looks again if one fails.
+** each one's checksum and key before trusting its prev_offset, and looks again if one fails.
 */
 #include "engine.h"
 #include "error.h"

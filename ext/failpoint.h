@@ -1,8 +1,7 @@
 /*
 ** Named failpoints, after bbolt's: in a build with MMKV_FAILPOINTS defined, a test can make the
-*step
-** of that name fail with MMKV_IOERR, to check that every step of the commit protocol fails cleanly.
-** In every other build they compile to nothing.
+** step of that name fail with MMKV_IOERR, to check that every step of the commit protocol fails
+** cleanly. In every other build they compile to nothing.
 **
 **   before-data-sync     prepare, before the transaction's records are synced
 **   before-meta-write    prepare, before the new meta slot is written

@@ -22,16 +22,15 @@
 ** that never committed), which no reader trusts.
 **
 ** A record is a header (mmkv_record_header), the key bytes, the value bytes, and zero padding to
-*the
-** next multiple of 8. A transaction's records are contiguous, carry its txid, and the last one is
-** flagged MMKV_RECORD_TXN_END. An update appends a new version whose prev_offset names the version
-** before it; a delete appends a tombstone (flag MMKV_RECORD_TOMBSTONE, no value). INTEGER and REAL
-** keys and values are stored as 8 bytes (int64 / IEEE double); TEXT as UTF-8; NULL has no bytes.
+** the next multiple of 8. A transaction's records are contiguous, carry its txid, and the last one
+** is flagged MMKV_RECORD_TXN_END. An update appends a new version whose prev_offset names the
+** version before it; a delete appends a tombstone (flag MMKV_RECORD_TOMBSTONE, no value). INTEGER
+** and REAL keys and values are stored as 8 bytes (int64 / IEEE double); TEXT as UTF-8; NULL has no
+** bytes.
 **
 ** SALVAGE. A commit made under sync=off syncs nothing, so a power cut may keep any part of it and
-*of
-** the commits before it: meta slots as well as records. Before the first such commit, the notice at
-** offset 2048 is written and synced. Recovery of a file that carries it (after a power cut, or
+** of the commits before it: meta slots as well as records. Before the first such commit, the notice
+** at offset 2048 is written and synced. Recovery of a file that carries it (after a power cut, or
 ** whenever the index must be rebuilt) keeps the longest prefix of the log made of whole
 ** transactions: records whose checksums hold, each transaction's txid above the one before, ending
 ** with its TXN_END record; but never shorter than the notice's durable_tail, below which every

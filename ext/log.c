@@ -106,8 +106,7 @@ int mmkv_log_open(mmkv_log *log, int fd, const char *path, char **errmsg)
     mmkv_meta meta;
     int slot;
     /* A file whose commits skipped their syncs, or whose database owns it (and which does not
-    ** sync its meta slots), may have lost both to a power cut: recovery rebuilds them (engine.c).
-   */
+    ** sync its meta slots), may have lost both to a power cut: recovery rebuilds them. */
     if (mmkv_log_meta(log, &meta, &slot, NULL) == MMKV_CORRUPT &&
         (log->owner_id != 0 || mmkv_log_notice(log, NULL)))
         return MMKV_OK;

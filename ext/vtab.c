@@ -444,8 +444,7 @@ static int mmkvDisconnect(sqlite3_vtab *vtab)
 ** The files live outside the database, so a ROLLBACK cannot bring back what a DROP deleted or a
 ** RENAME moved. A RENAME that moves files is refused inside an explicit transaction. A DROP there
 ** sets the data file aside as "<data file>-dropped" (a temporary table keeps its engine), and if
-*the
-** ROLLBACK brings the table back, xConnect puts the file back in place.
+** the ROLLBACK brings the table back, xConnect puts the file back in place.
 */
 static int refuse_inside_transaction(mmkv_vtab *vt, const char *what)
 {
@@ -524,8 +523,8 @@ static double planner_rows(mmkv_vtab *vt)
 ** to X (TEXT keys that read as the same number) does that give more than one row; the plan still
 ** claims one (SQLITE_INDEX_SCAN_UNIQUE), which keeps UPDATE and DELETE by key one-pass, at the
 ** price that they then act on the first of those rows only (README, known limits). Every other
-*constraint (ranges, LIKE, other
-** collations, the value column) is left to SQLite, which filters the rows of a scan.
+** constraint (ranges, LIKE, other collations, the value column) is left to SQLite, which filters
+** the rows of a scan.
 **
 ** An equality on key that is not usable in this call (it names a table not yet available) is not
 ** used; the full scan stays on offer, so that SQLite can always place kv, even outermost or in a

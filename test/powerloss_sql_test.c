@@ -63,8 +63,8 @@
 #define VALUE_BYTES 100               /* so that each commit spans several pages */
 #define NO_SCHEMA (-1)                /* the state before the tables' creation committed */
 #define RUN_END (-2)         /* on the pipe: the run is over, the number of syncs follows */
-#define CHILD_FAILED INT_MIN
-#define RECOVERY_DONE 5 /* the exit status of a recovery the power did not cut */ /* the workload stopped on an error, not a power cut */
+#define CHILD_FAILED INT_MIN /* the workload stopped on an error, not a power cut */
+#define RECOVERY_DONE 5      /* the exit status of a recovery the power did not cut */
 #define NOT_READ INT_MIN     /* a state the image gave no answer for */
 #define PAGE_BYTES 4096
 /* What a power cut does to a page written since the last sync, out of PAGE_FATES equal chances:
@@ -1078,8 +1078,10 @@ static int recovery_crashes(const scenario *sc, const char *pristine, const reco
                        r.kv_state, r.ledger_state, expected->kv_state, expected->ledger_state);
         }
         if (r.error[0]) {
-            snprintf(failure, failure_size, "%s, crash point %ld, then a power cut at sync %ld of "
-                     "its recovery: %s", sc->name, point, k, r.error);
+            snprintf(failure, failure_size,
+                     "%s, crash point %ld, then a power cut at sync %ld of "
+                     "its recovery: %s",
+                     sc->name, point, k, r.error);
             return -1;
         }
     }
