@@ -250,10 +250,24 @@ int mmkv_snapshot_at(mmkv_conn *conn, const mmkv_commit *committed, mmkv_snapsho
 {
     if (conn->engine->txn.owner == conn) return mmkv_snapshot_take(conn, snapshot);
     mmkv_commit state;
-    int behind;
-    effective_commit(conn->engine, committed, &state, &behind);
-    /* The meta slots, and so the index, lag the record: bring them up to it first. */
-    int rc = behind ? mmkv_txn_catch_up(conn, committed) : MMKV_OK;
+    int rc = MMKV_OK;
+    if (conn->have_seen && conn->seen_txid == committed->txid &&
+        conn->seen_tail == committed->tail) {
+        /* Every lookup of a read transaction comes here: no second look at the meta slots. Once
+        ** caught up, or salvaged short of the record, that stays so (a pad only adds garbage). */
+        state = conn->seen_effective;
+    } else {
+        int behind;
+        effective_commit(conn->engine, committed, &state, &behind);
+        /* The meta slots, and so the index, lag the record: bring them up to it first. */
+        if (behind) rc = mmkv_txn_catch_up(conn, committed);
+        if (rc == MMKV_OK) {
+            conn->have_seen = 1;
+            conn->seen_txid = committed->txid;
+            conn->seen_tail = committed->tail;
+            conn->seen_effective = state;
+        }
+    }
     if (rc == MMKV_OK) rc = mmkv_engine_cover(conn->engine, state.tail, &conn->errmsg);
     if (rc != MMKV_OK) return rc;
     snapshot->tail = state.tail;

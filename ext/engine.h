@@ -63,6 +63,11 @@ struct mmkv_conn {
     mmkv_sync sync;
     int external; /* an owning database records the commits; the meta slots only follow */
     char *errmsg;
+    /* The last record a read was taken at, and what it meant for the log (mmkv_snapshot_at): a
+    ** record's meaning cannot change, so reads at the same record skip the meta slots. */
+    int have_seen;
+    uint64_t seen_txid, seen_tail;
+    mmkv_commit seen_effective;
 };
 
 /* txn.c, for engine.c */
