@@ -575,15 +575,21 @@ static void report(int out, const void *what, size_t size)
     if (write(out, what, size) != (ssize_t)size) _exit(2);
 }
 
-/* The child: creates the tables (state 0) and commits TXNS transactions, reporting each
-** acknowledged state on fd out. */
-static void workload(const scenario *sc, int out)
+/* In a child: SQLite's files go through the shim, and mmkv's syncs through the hook. */
+static void watch_syncs(void)
 {
     real_vfs = sqlite3_vfs_find(NULL);
     shim_vfs.szOsFile = (int)sizeof(shim_file) + real_vfs->szOsFile;
     shim_vfs.mxPathname = real_vfs->mxPathname;
     if (sqlite3_vfs_register(&shim_vfs, 1) != SQLITE_OK) _exit(2);
     mmkv_file_set_sync_hook(on_mmkv_sync);
+}
+
+/* The child: creates the tables (state 0) and commits TXNS transactions, reporting each
+** acknowledged state on fd out. */
+static void workload(const scenario *sc, int out)
+{
+    watch_syncs();
 
     char path[PATH_MAX], sql[256];
     snprintf(path, sizeof path, "%s/%s", work_dir, DB_NAME);
@@ -652,11 +658,7 @@ static void workload(const scenario *sc, int out)
 static void recovery_workload(void)
 {
     static const uint8_t boot[16] = {0x6b, 0x6b, 0x6b}; /* neither the workload's nor the check's */
-    real_vfs = sqlite3_vfs_find(NULL);
-    shim_vfs.szOsFile = (int)sizeof(shim_file) + real_vfs->szOsFile;
-    shim_vfs.mxPathname = real_vfs->mxPathname;
-    if (sqlite3_vfs_register(&shim_vfs, 1) != SQLITE_OK) _exit(2);
-    mmkv_file_set_sync_hook(on_mmkv_sync);
+    watch_syncs();
     mmkv_file_set_boot_id(boot);
     static const char *names[] = {DB_NAME, DB_NAME "-wal", DB_NAME "-journal", DATA_FILE_NAME,
                                   INDEX_FILE_NAME};
