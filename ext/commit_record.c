@@ -9,11 +9,11 @@
 SQLITE_EXTENSION_INIT3
 
 #define RECORD_ROWID 1
-/* The state column: txid, tail, live count, record count, garbage bytes, as 8-byte little-endian
-** integers. One fixed-size BLOB, so that a commit can rewrite it in place with incremental blob
-** I/O, which (unlike an UPDATE) leaves sqlite3_changes() to the user's statements. */
-#define RECORD_FIELDS 5
-#define RECORD_BYTES (RECORD_FIELDS * 8)
+#define RECORD_V1_BYTES 40
+#define RECORD_V2_BYTES 96
+#define RECORD_V2_COMMIT_AT 8     /* where a version 2 record's commit fields begin */
+#define RECORD_COMMIT_FIELDS 6    /* txid, tail, live, records, garbage, generation */
+#define RECORD_V2_DISPLACED_AT 56 /* the displaced owner */
 
 static void put_u64(unsigned char *p, uint64_t v)
 {
@@ -29,22 +29,33 @@ static uint64_t get_u64(const unsigned char *p)
     return v;
 }
 
-static void encode_state(const mmkv_commit *state, unsigned char *blob)
+/* The commit fields, as both versions lay them out from their commit offset (version 1 has no
+** generation: its five fields are the first five). */
+static void encode_commit(const mmkv_commit *state, unsigned char *at)
 {
-    put_u64(blob, state->txid);
-    put_u64(blob + 8, state->tail);
-    put_u64(blob + 16, state->live_count);
-    put_u64(blob + 24, state->record_count);
-    put_u64(blob + 32, state->garbage_bytes);
+    put_u64(at, state->txid);
+    put_u64(at + 8, state->tail);
+    put_u64(at + 16, state->live_count);
+    put_u64(at + 24, state->record_count);
+    put_u64(at + 32, state->garbage_bytes);
+    put_u64(at + 40, 0); /* generation */
 }
 
-static void decode_state(const unsigned char *blob, mmkv_commit *state)
+static void decode_commit(const unsigned char *at, mmkv_commit *state)
 {
-    state->txid = get_u64(blob);
-    state->tail = get_u64(blob + 8);
-    state->live_count = get_u64(blob + 16);
-    state->record_count = get_u64(blob + 24);
-    state->garbage_bytes = get_u64(blob + 32);
+    state->txid = get_u64(at);
+    state->tail = get_u64(at + 8);
+    state->live_count = get_u64(at + 16);
+    state->record_count = get_u64(at + 24);
+    state->garbage_bytes = get_u64(at + 32);
+}
+
+/* The version of a state blob, or 0 if it is neither. */
+static int blob_version(const unsigned char *blob, int bytes)
+{
+    if (bytes == RECORD_V1_BYTES) return 1;
+    if (bytes == RECORD_V2_BYTES && get_u64(blob) == 2) return 2;
+    return 0;
 }
 
 static int fail(char **err, sqlite3 *db, const char *what)
@@ -81,15 +92,20 @@ static int prepare(mmkv_commit_record *rec, sqlite3_stmt **stmt, const char *for
 
 int mmkv_record_create(mmkv_commit_record *rec, sqlite3 *db, const char *schema,
                        const char *vtab_name, uint64_t owner_id, const mmkv_commit *state,
-                       char **err)
+                       uint64_t displaced_owner, char **err)
 {
     int rc = names_set(rec, db, schema, vtab_name);
     if (rc != SQLITE_OK) return rc;
     rec->owner_id = owner_id;
-    unsigned char blob[RECORD_BYTES];
-    encode_state(state, blob);
-    char hex[2 * RECORD_BYTES + 1];
-    for (int i = 0; i < RECORD_BYTES; i++)
+    rec->version = 2;
+    rec->displaced_owner = displaced_owner;
+    unsigned char blob[RECORD_V2_BYTES];
+    memset(blob, 0, sizeof blob);
+    put_u64(blob, 2);
+    encode_commit(state, blob + RECORD_V2_COMMIT_AT);
+    put_u64(blob + RECORD_V2_DISPLACED_AT, displaced_owner);
+    char hex[2 * RECORD_V2_BYTES + 1];
+    for (int i = 0; i < RECORD_V2_BYTES; i++)
         sqlite3_snprintf(3, hex + 2 * i, "%02x", blob[i]);
     /* CREATE TABLE ... AS SELECT: its one row (rowid 1) is written without touching changes(). */
     char *sql =
@@ -107,11 +123,26 @@ int mmkv_record_open(mmkv_commit_record *rec, sqlite3 *db, const char *schema,
     int rc = names_set(rec, db, schema, vtab_name);
     if (rc != SQLITE_OK) return rc;
     sqlite3_stmt *stmt = NULL;
-    rc = prepare(rec, &stmt, "SELECT owner FROM \"%w\".\"%w\" WHERE rowid = 1");
-    if (rc == SQLITE_OK && sqlite3_step(stmt) == SQLITE_ROW)
+    rc = prepare(rec, &stmt, "SELECT owner, state FROM \"%w\".\"%w\" WHERE rowid = 1");
+    if (rc != SQLITE_OK) {
+        /* No such table: the database has no record of this table (an in-memory one, or a file
+        ** whose table predates it). */
+        sqlite3_finalize(stmt);
+        return SQLITE_NOTFOUND;
+    }
+    if (sqlite3_step(stmt) == SQLITE_ROW) {
         rec->owner_id = (uint64_t)sqlite3_column_int64(stmt, 0);
-    else
+        const unsigned char *blob = sqlite3_column_blob(stmt, 1);
+        int bytes = sqlite3_column_bytes(stmt, 1);
+        rec->version = blob ? blob_version(blob, bytes) : 0;
+        if (rec->version == 2) rec->displaced_owner = get_u64(blob + RECORD_V2_DISPLACED_AT);
+        if (!rec->version) {
+            if (err) *err = sqlite3_mprintf("mmkv: the commit record \"%s\" is damaged", rec->table);
+            rc = SQLITE_CORRUPT_VTAB;
+        }
+    } else {
         rc = fail(err, db, "the table's commit record is missing");
+    }
     sqlite3_finalize(stmt);
     return rc;
 }
@@ -129,17 +160,18 @@ int mmkv_record_read(mmkv_commit_record *rec, mmkv_commit *state, char **err)
     int rc = prepare(rec, &rec->read, "SELECT state FROM \"%w\".\"%w\" WHERE rowid = 1");
     if (rc != SQLITE_OK) return fail(err, rec->db, "cannot read the commit record");
     rc = sqlite3_step(rec->read);
-    if (rc == SQLITE_ROW && sqlite3_column_bytes(rec->read, 0) == RECORD_BYTES &&
-        sqlite3_column_type(rec->read, 0) == SQLITE_BLOB) {
-        decode_state(sqlite3_column_blob(rec->read, 0), state);
-        rc = SQLITE_OK;
+    if (rc == SQLITE_ROW && sqlite3_column_type(rec->read, 0) == SQLITE_BLOB) {
+        const unsigned char *blob = sqlite3_column_blob(rec->read, 0);
+        int version = blob_version(blob, sqlite3_column_bytes(rec->read, 0));
+        if (version) decode_commit(version == 2 ? blob + RECORD_V2_COMMIT_AT : blob, state);
+        rc = version == rec->version ? SQLITE_OK : SQLITE_CORRUPT;
     } else if (rc == SQLITE_ROW || rc == SQLITE_DONE) {
         rc = SQLITE_CORRUPT;
     }
     sqlite3_reset(rec->read);
     if (rc == SQLITE_CORRUPT) {
         if (err) *err = sqlite3_mprintf("mmkv: the commit record \"%s\" is damaged", rec->table);
-        return rc;
+        return SQLITE_CORRUPT_VTAB;
     }
     if (rc != SQLITE_OK) return fail(err, rec->db, "cannot read the commit record");
     rec->cached = *state;
@@ -179,11 +211,13 @@ int mmkv_record_read_cached(mmkv_commit_record *rec, mmkv_commit *state, char **
 
 int mmkv_record_write(mmkv_commit_record *rec, const mmkv_commit *state, char **err)
 {
-    unsigned char blob[RECORD_BYTES];
-    encode_state(state, blob);
+    unsigned char fields[8 * RECORD_COMMIT_FIELDS];
+    encode_commit(state, fields);
+    int at = rec->version == 2 ? RECORD_V2_COMMIT_AT : 0;
+    int bytes = rec->version == 2 ? (int)sizeof fields : RECORD_V1_BYTES;
     sqlite3_blob *handle = NULL;
     int rc = sqlite3_blob_open(rec->db, rec->schema, rec->table, "state", RECORD_ROWID, 1, &handle);
-    if (rc == SQLITE_OK) rc = sqlite3_blob_write(handle, blob, RECORD_BYTES, 0);
+    if (rc == SQLITE_OK) rc = sqlite3_blob_write(handle, fields, bytes, at);
     int close_rc = handle ? sqlite3_blob_close(handle) : SQLITE_OK;
     if (rc == SQLITE_OK) rc = close_rc;
     rec->have_cached = 0;
@@ -191,22 +225,25 @@ int mmkv_record_write(mmkv_commit_record *rec, const mmkv_commit *state, char **
     return SQLITE_OK;
 }
 
-int mmkv_record_rename(mmkv_commit_record *rec, const char *new_vtab_name, char **err)
+int mmkv_record_renamed(mmkv_commit_record *rec, const char *vtab_name)
 {
-    char *table = sqlite3_mprintf("%s_%s", new_vtab_name, MMKV_COMMIT_SUFFIX);
+    char *table = sqlite3_mprintf("%s_%s", vtab_name, MMKV_COMMIT_SUFFIX);
     if (!table) return SQLITE_NOMEM;
-    char *sql = sqlite3_mprintf("ALTER TABLE \"%w\".\"%w\" RENAME TO \"%w\"", rec->schema,
-                                rec->table, table);
-    int rc = sql ? sqlite3_exec(rec->db, sql, NULL, NULL, NULL) : SQLITE_NOMEM;
-    sqlite3_free(sql);
-    if (rc != SQLITE_OK) {
-        sqlite3_free(table);
-        return fail(err, rec->db, "cannot rename the commit record");
-    }
     statements_finalize(rec);
     sqlite3_free(rec->table);
     rec->table = table;
+    rec->have_cached = 0;
     return SQLITE_OK;
+}
+
+int mmkv_record_rename(mmkv_commit_record *rec, const char *new_vtab_name, char **err)
+{
+    char *sql = sqlite3_mprintf("ALTER TABLE \"%w\".\"%w\" RENAME TO \"%w_%w\"", rec->schema,
+                                rec->table, new_vtab_name, MMKV_COMMIT_SUFFIX);
+    int rc = sql ? sqlite3_exec(rec->db, sql, NULL, NULL, NULL) : SQLITE_NOMEM;
+    sqlite3_free(sql);
+    if (rc != SQLITE_OK) return fail(err, rec->db, "cannot rename the commit record");
+    return mmkv_record_renamed(rec, new_vtab_name);
 }
 
 int mmkv_record_drop(mmkv_commit_record *rec, char **err)
@@ -216,4 +253,31 @@ int mmkv_record_drop(mmkv_commit_record *rec, char **err)
     int rc = sql ? sqlite3_exec(rec->db, sql, NULL, NULL, NULL) : SQLITE_NOMEM;
     sqlite3_free(sql);
     return rc == SQLITE_OK ? rc : fail(err, rec->db, "cannot drop the commit record");
+}
+
+int mmkv_record_find_owner(sqlite3 *db, const char *schema, uint64_t owner, char **vtab_name,
+                           char **err)
+{
+    *vtab_name = NULL;
+    char *sql = sqlite3_mprintf("SELECT substr(name, 1, length(name) - %d) FROM \"%w\".sqlite_schema "
+                                "WHERE type = 'table' AND name LIKE '%%\\_%q' ESCAPE '\\'",
+                                (int)sizeof(MMKV_COMMIT_SUFFIX), schema, MMKV_COMMIT_SUFFIX);
+    sqlite3_stmt *names = NULL;
+    int rc = sql ? sqlite3_prepare_v2(db, sql, -1, &names, NULL) : SQLITE_NOMEM;
+    sqlite3_free(sql);
+    if (rc != SQLITE_OK) return fail(err, db, "cannot read the schema");
+    int found = 0;
+    while (!found && (rc = sqlite3_step(names)) == SQLITE_ROW) {
+        const char *name = (const char *)sqlite3_column_text(names, 0);
+        mmkv_commit_record rec;
+        if (!name || mmkv_record_open(&rec, db, schema, name, NULL) != SQLITE_OK) continue;
+        if (rec.owner_id == owner) {
+            *vtab_name = sqlite3_mprintf("%s", name);
+            found = 1;
+        }
+        mmkv_record_close(&rec);
+    }
+    sqlite3_finalize(names);
+    if (found) return *vtab_name ? SQLITE_OK : SQLITE_NOMEM;
+    return rc == SQLITE_DONE ? SQLITE_NOTFOUND : fail(err, db, "cannot read the schema");
 }

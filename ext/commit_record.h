@@ -6,6 +6,22 @@
 ** transaction as everything else, so SQLite's own commit decides whether an mmkv transaction
 ** happened; and a reader takes its snapshot from the row inside SQLite's read transaction, so
 ** that it sees mmkv and native tables as of one moment.
+**
+** The row is (owner INTEGER, state BLOB). owner is the random id written into the data file's
+** header when the table was made, so that a file and a record that do not belong together are
+** told apart. state is little-endian 64-bit fields:
+**
+**   version 1 (mmkv 0.1), 40 bytes:  txid, tail, live count, record count, garbage bytes
+**   version 2, 96 bytes:             [0] version (2) and flags (0) as two 32-bit words,
+**                                    [8] txid, [16] tail, [24] live count, [32] record count,
+**                                    [40] garbage bytes, [48] generation (0 until a table can
+**                                    move to a new file), [56] displaced owner (the owner of a
+**                                    dropped table whose file this table's CREATE set aside in
+**                                    the same transaction: its leftover is deleted on sight),
+**                                    [64..95] zero
+**
+** A commit rewrites only the commit fields in place (incremental blob I/O, which unlike an UPDATE
+** leaves sqlite3_changes() to the user's statements); a version 1 record stays version 1.
 */
 #ifndef MMKV_COMMIT_RECORD_H
 #define MMKV_COMMIT_RECORD_H
@@ -20,17 +36,19 @@ typedef struct mmkv_commit_record {
     char *schema;
     char *table; /* the shadow table's name */
     uint64_t owner_id;
+    int version;              /* of the state blob: 1 or 2 */
+    uint64_t displaced_owner; /* version 2: see above; 0 if none */
     sqlite3_stmt *read;
     unsigned data_version; /* of the database when cached was read */
     int have_cached;
     mmkv_commit cached;
 } mmkv_commit_record;
 
-/* Creates the shadow table with its one row (xCreate). */
+/* Creates the shadow table with its one row (xCreate), as version 2. */
 int mmkv_record_create(mmkv_commit_record *rec, sqlite3 *db, const char *schema,
                        const char *vtab_name, uint64_t owner_id, const mmkv_commit *state,
-                       char **err);
-/* Opens an existing shadow table and reads the owner (xConnect). */
+                       uint64_t displaced_owner, char **err);
+/* Opens an existing shadow table and reads the owner (xConnect). NOTFOUND if it does not exist. */
 int mmkv_record_open(mmkv_commit_record *rec, sqlite3 *db, const char *schema,
                      const char *vtab_name, char **err);
 void mmkv_record_close(mmkv_commit_record *rec);
@@ -41,6 +59,13 @@ int mmkv_record_read(mmkv_commit_record *rec, mmkv_commit *state, char **err);
 int mmkv_record_read_cached(mmkv_commit_record *rec, mmkv_commit *state, char **err);
 int mmkv_record_write(mmkv_commit_record *rec, const mmkv_commit *state, char **err);
 int mmkv_record_rename(mmkv_commit_record *rec, const char *new_vtab_name, char **err);
+/* Follows a rename made (or undone) elsewhere: only the names it uses change. */
+int mmkv_record_renamed(mmkv_commit_record *rec, const char *vtab_name);
 int mmkv_record_drop(mmkv_commit_record *rec, char **err);
+
+/* The mmkv table of database `schema` whose commit record names owner: OK with its name in
+** *vtab_name (sqlite3_malloc'd), NOTFOUND if none does, or an error. */
+int mmkv_record_find_owner(sqlite3 *db, const char *schema, uint64_t owner, char **vtab_name,
+                           char **err);
 
 #endif

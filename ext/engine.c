@@ -9,6 +9,7 @@
 ** each one's checksum and key before trusting its prev_offset, and looks again if one fails.
 */
 #include "engine.h"
+#include "crc32c.h"
 #include "error.h"
 #include "failpoint.h"
 
@@ -898,6 +899,9 @@ static int recover_index(mmkv_engine *e, char **errmsg)
     ** cache, so it is whole, unless something else damaged it since; one pass checks that. */
     int trust = usable && h->state == MMKV_INDEX_IN_USE && !h->writer_active && same_boot(h) &&
                 mmkv_index_slots_verify(&e->index, meta.live_count, meta.record_count);
+    /* Clean and current: nothing to do, and nothing is written, so that a table only read leaves
+    ** its files as they were. The first writer marks the index in use (mmkv_index_begin_writes). */
+    if (replay && h->log_position == meta.committed_tail) return MMKV_OK;
     uint64_t from = replay ? h->log_position : 0; /* the header is only readable if usable */
     if (!replay && !trust && (notice || !have_meta) &&
         (rc = salvage(e, notice, have_meta ? &meta : NULL, &meta, errmsg)) != MMKV_OK)
@@ -930,10 +934,11 @@ static void engine_free(mmkv_engine *e)
     free(e->txn.savepoints);
     free(e->data_path);
     free(e->index_path);
+    free(e->user);
     free(e);
 }
 
-static int engine_new(const char *data_path, mmkv_engine **out)
+static int engine_new(const char *data_path, const char *user, mmkv_engine **out)
 {
     mmkv_engine *e = calloc(1, sizeof *e);
     if (!e) return MMKV_NOMEM;
@@ -941,9 +946,10 @@ static int engine_new(const char *data_path, mmkv_engine **out)
     e->index.map.fd = -1;
     pthread_mutex_init(&e->mutex, NULL);
     e->data_path = strdup(data_path);
+    e->user = strdup(user ? user : "a table");
     if (e->data_path && asprintf(&e->index_path, "%s%s", data_path, INDEX_SUFFIX) < 0)
         e->index_path = NULL;
-    if (!e->data_path || !e->index_path) {
+    if (!e->data_path || !e->index_path || !e->user) {
         engine_free(e);
         return MMKV_NOMEM;
     }
@@ -951,31 +957,65 @@ static int engine_new(const char *data_path, mmkv_engine **out)
     return MMKV_OK;
 }
 
-/* Opens (creating if absent) the data file, then the index, and brings the index up to date. */
-static int engine_open_files(mmkv_engine *e, uint64_t owner_id, char **errmsg)
+/* A data file answers to one authority: the database that owns it, or (owner 0) its own meta
+** slots. Another database must not take it over, since the two would disagree on what is
+** committed. Checked before anything is written to the file. */
+static int check_owner(mmkv_engine *e, const mmkv_open_options *options, char **errmsg)
+{
+    uint64_t have = e->log.owner_id, want = options->owner_id;
+    if (have == want) return MMKV_OK;
+    mmkv_home home;
+    int known = have && mmkv_log_home(&e->log, &home) && home.path_len;
+    if (want == 0)
+        return mmkv_error(errmsg, MMKV_ERROR,
+                          "mmkv: data file '%s' belongs to %s%s%s: open it from that database's "
+                          "table",
+                          e->data_path, known ? "the database '" : "a database",
+                          known ? home.path : "", known ? "'" : "");
+    if (have == 0)
+        return mmkv_error(errmsg, MMKV_ERROR,
+                          "mmkv: data file '%s' belongs to no database (it is shared by in-memory "
+                          "databases); it cannot be used from this one",
+                          e->data_path);
+    return mmkv_error(errmsg, MMKV_ERROR,
+                      "mmkv: data file '%s' belongs to another table%s%s%s; it cannot be used "
+                      "from this one",
+                      e->data_path, known ? " (of the database '" : "", known ? home.path : "",
+                      known ? "')" : "");
+}
+
+/* Opens the data file (creating it if absent and asked to), checks whose it is, then opens the
+** index and brings it up to date. Nothing is written before the owner is checked. */
+static int engine_open_files(mmkv_engine *e, const mmkv_open_options *options, char **errmsg)
 {
     int fd;
     int rc = mmkv_file_open(e->data_path, MMKV_OPEN_EXISTING, &fd);
-    if (rc == MMKV_NOTFOUND) {
+    if (rc == MMKV_NOTFOUND && (!options->must_exist || e->temporary)) {
         /* Made durable whatever the sync mode (but for a temporary table's): a file that a power
         ** cut could leave without its header could never be opened again. */
-        rc = mmkv_log_create(e->data_path, e->temporary ? MMKV_SYNC_OFF : MMKV_SYNC_FULL, owner_id,
-                             errmsg);
+        mmkv_log_identity identity = {options->owner_id, options->text_encoding, options->home};
+        if (!identity.text_encoding) identity.text_encoding = MMKV_TEXT_UTF8;
+        rc = mmkv_log_create(e->data_path, &identity,
+                             e->temporary ? MMKV_SYNC_OFF : MMKV_SYNC_FULL, errmsg);
         if (rc == MMKV_BUSY) rc = MMKV_OK; /* created by someone else meanwhile */
         if (rc != MMKV_OK) return rc;
         rc = mmkv_file_open(e->data_path, MMKV_OPEN_EXISTING, &fd);
     }
+    if (rc == MMKV_NOTFOUND)
+        return mmkv_error(errmsg, MMKV_CANTOPEN, "mmkv: data file '%s' is missing", e->data_path);
     if (rc != MMKV_OK)
         return mmkv_error(errmsg, rc, "mmkv: cannot open data file '%s': %s", e->data_path,
                           strerror(errno));
     e->log.map.fd = fd;
     struct stat st;
     if (fstat(fd, &st) != 0)
-        return mmkv_error(errmsg, MMKV_IOERR, "mmkv: cannot stat '%s'", e->data_path);
+        return mmkv_error(errmsg, MMKV_IOERR, "mmkv: cannot stat '%s': %s", e->data_path,
+                          strerror(errno));
     e->dev = st.st_dev;
     e->ino = st.st_ino;
     rc = mmkv_log_open(&e->log, fd, e->data_path, errmsg);
     e->log.map.fd = fd;
+    if (rc == MMKV_OK && !e->temporary) rc = check_owner(e, options, errmsg);
     if (rc != MMKV_OK) return rc;
 
     int index_fd;
@@ -989,7 +1029,8 @@ static int engine_open_files(mmkv_engine *e, uint64_t owner_id, char **errmsg)
     ** it and share what they made. */
     int alone = mmkv_lock_try(fd, MMKV_LOCK_OPEN, 1) == MMKV_OK;
     if (!alone && (rc = mmkv_lock_wait(fd, MMKV_LOCK_OPEN, 0)) != MMKV_OK)
-        return mmkv_error(errmsg, rc, "mmkv: cannot lock '%s'", e->data_path);
+        return mmkv_error(errmsg, rc, "mmkv: cannot lock '%s': %s", e->data_path,
+                          strerror(errno));
     rc = mmkv_index_map(&e->index, index_fd, e->index_path);
     if (rc != MMKV_OK) return mmkv_error(errmsg, rc, "mmkv: cannot map '%s'", e->index_path);
     if (alone) {
@@ -1021,8 +1062,9 @@ static void engine_close(mmkv_engine *e)
         /* The last user anywhere: leave the index clean for the next open. */
         mmkv_meta meta;
         int slot;
-        if (mmkv_log_meta(&e->log, &meta, &slot, NULL) == MMKV_OK &&
-            !mmkv_index_header_of(&e->index)->writer_active && log_made_durable(e, &meta))
+        mmkv_index_header *h = mmkv_index_header_of(&e->index);
+        if (h->state == MMKV_INDEX_IN_USE && mmkv_log_meta(&e->log, &meta, &slot, NULL) == MMKV_OK &&
+            !h->writer_active && log_made_durable(e, &meta))
             mmkv_index_mark_clean(&e->index, meta.committed_tail);
     }
     engine_free(e);
@@ -1037,39 +1079,22 @@ static int temporary_path(char **out)
     return asprintf(out, "%s/mmkv-temp-%ld-%u", dir, (long)getpid(), n) < 0 ? MMKV_NOMEM : MMKV_OK;
 }
 
-/* A data file answers to one authority: the database that owns it, or (owner 0) its own meta
-** slots. Another database must not take it over, since the two would disagree on what is
-** committed. */
-/* A data file that no commit ever reached and that no other process has open: what a CREATE
-** VIRTUAL TABLE leaves when its transaction rolls back, or a power cut takes it. (In this process,
-** the rolled-back table may not be disconnected yet: it keeps the unlinked file to itself.) */
-static int never_committed(mmkv_engine *e)
+static void registry_remove(mmkv_engine *e)
 {
-    mmkv_meta meta;
-    int slot;
-    return mmkv_log_meta(&e->log, &meta, &slot, NULL) == MMKV_OK && meta.txid == 0 &&
-           meta.committed_tail == MMKV_DATA_START &&
-           mmkv_lock_try(e->log.map.fd, MMKV_LOCK_OPEN, 1) == MMKV_OK;
+    mmkv_engine **p = &registry;
+    while (*p && *p != e)
+        p = &(*p)->next;
+    if (*p) *p = e->next;
 }
 
-static int check_owner(mmkv_engine *e, const mmkv_open_options *options, char **errmsg)
+/* The engine this process has open on the file at path, if any; registry_mutex held. */
+static mmkv_engine *registry_find(const char *path)
 {
-    uint64_t have = e->log.owner_id, want = options->owner_id;
-    if (have == want) return MMKV_OK;
-    if (want == 0)
-        return mmkv_error(errmsg, MMKV_ERROR,
-                          "mmkv: data file '%s' belongs to a database: open it from that "
-                          "database's table",
-                          e->data_path);
-    /* Creating a table: the file may be an orphan whose database lost the table (a power cut
-    ** under synchronous=NORMAL can take a CREATE that mmkv's own commits outlived). */
-    return mmkv_error(
-        errmsg, MMKV_ERROR, "mmkv: data file '%s' belongs to %s; it cannot be used from this one%s",
-        e->data_path,
-        have ? "another database" : "no database (it was shared by in-memory databases)",
-        options->claim_unused ? " (if no table uses it, delete it and its -index "
-                                "file, or name another with file=)"
-                              : "");
+    struct stat st;
+    if (stat(path, &st) != 0) return NULL;
+    for (mmkv_engine *e = registry; e; e = e->next)
+        if (e->dev == st.st_dev && e->ino == st.st_ino) return e;
+    return NULL;
 }
 
 int mmkv_open(const char *data_path, const mmkv_open_options *options, mmkv_conn **out,
@@ -1080,17 +1105,16 @@ int mmkv_open(const char *data_path, const mmkv_open_options *options, mmkv_conn
     if (!conn) return mmkv_error(errmsg, MMKV_NOMEM, "out of memory");
     conn->sync = options->sync;
     mmkv_engine *e = NULL;
-    mmkv_open_options retry;
     int rc;
     if (options->temporary) {
         char *path = NULL;
         rc = temporary_path(&path);
-        if (rc == MMKV_OK) rc = engine_new(path, &e);
+        if (rc == MMKV_OK) rc = engine_new(path, options->user, &e);
         if (rc == MMKV_OK) {
             conn->sync = MMKV_SYNC_OFF; /* files that vanish at close need no durability */
             e->temporary = 1;
             e->refcount = 1;
-            rc = engine_open_files(e, 0, errmsg);
+            rc = engine_open_files(e, options, errmsg);
             /* Nobody else may ever open them: the names go now, the files at close. */
             unlink(e->data_path);
             unlink(e->index_path);
@@ -1100,48 +1124,22 @@ int mmkv_open(const char *data_path, const mmkv_open_options *options, mmkv_conn
         free(path);
     } else {
         pthread_mutex_lock(&registry_mutex);
-    again:;
-        struct stat st;
-        if (stat(data_path, &st) == 0) {
-            for (e = registry; e; e = e->next)
-                if (e->dev == st.st_dev && e->ino == st.st_ino) break;
-        }
+        e = registry_find(data_path);
         if (e) {
-            e->refcount++;
-            rc = MMKV_OK;
+            rc = check_owner(e, options, errmsg);
+            if (rc == MMKV_OK) e->refcount++;
+            else
+                e = NULL;
         } else {
-            rc = engine_new(data_path, &e);
+            rc = engine_new(data_path, options->user, &e);
             if (rc == MMKV_OK)
-                rc = engine_open_files(e, options->owner_id, errmsg);
+                rc = engine_open_files(e, options, errmsg);
             else
                 mmkv_error(errmsg, rc, "out of memory");
             if (rc == MMKV_OK) {
                 e->refcount = 1;
                 e->next = registry;
                 registry = e;
-            }
-        }
-        if (rc == MMKV_OK && (rc = check_owner(e, options, errmsg)) != MMKV_OK) {
-            int claim = options->claim_unused && options->owner_id && never_committed(e);
-            e->refcount--;
-            if (e->refcount == 0) {
-                mmkv_engine **p = &registry;
-                while (*p != e)
-                    p = &(*p)->next;
-                *p = e->next;
-                engine_close(e);
-            }
-            e = NULL;
-            /* Left by a CREATE whose transaction never committed: no database knows it. */
-            if (claim && mmkv_remove_files(data_path, NULL) == MMKV_OK) {
-                if (errmsg) {
-                    free(*errmsg);
-                    *errmsg = NULL;
-                }
-                retry = *options;
-                retry.claim_unused = 0;
-                options = &retry;
-                goto again;
             }
         }
         pthread_mutex_unlock(&registry_mutex);
@@ -1157,6 +1155,81 @@ int mmkv_open(const char *data_path, const mmkv_open_options *options, mmkv_conn
     return MMKV_OK;
 }
 
+int mmkv_inspect(const char *data_path, mmkv_file_info *info, char **errmsg)
+{
+    memset(info, 0, sizeof *info);
+    struct stat st;
+    if (stat(data_path, &st) != 0)
+        return errno == ENOENT ? MMKV_NOTFOUND
+                               : mmkv_error(errmsg, MMKV_IOERR, "mmkv: cannot stat '%s': %s",
+                                            data_path, strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        return mmkv_error(errmsg, MMKV_CANTOPEN, "mmkv: '%s' is not a regular file", data_path);
+    info->links = (uint32_t)st.st_nlink;
+    unsigned char page[MMKV_DATA_START];
+    uint64_t first_record[sizeof(mmkv_record_header) / sizeof(uint64_t)] = {0};
+    pthread_mutex_lock(&registry_mutex);
+    mmkv_engine *open_here = NULL;
+    for (mmkv_engine *e = registry; e; e = e->next)
+        if (e->dev == st.st_dev && e->ino == st.st_ino) open_here = e;
+    int rc = MMKV_OK, fd = -1;
+    if (open_here) {
+        snprintf(info->open_by, sizeof info->open_by, "%s", open_here->user);
+        memcpy(page, mmkv_map_base(&open_here->log.map), sizeof page);
+        if (mmkv_map_mapped(&open_here->log.map) >= MMKV_DATA_START + sizeof first_record)
+            memcpy(first_record, mmkv_map_base(&open_here->log.map) + MMKV_DATA_START,
+                   sizeof first_record);
+    } else {
+        rc = mmkv_file_open(data_path, MMKV_OPEN_READONLY, &fd);
+        if (rc != MMKV_OK)
+            rc = mmkv_error(errmsg, rc, "mmkv: cannot open '%s': %s", data_path, strerror(errno));
+        memset(page, 0, sizeof page);
+        uint64_t size = 0;
+        if (rc == MMKV_OK && mmkv_file_size(fd, &size) == MMKV_OK && size >= sizeof page)
+            rc = mmkv_file_read(fd, page, sizeof page, 0);
+        if (rc == MMKV_OK && size >= MMKV_DATA_START + sizeof first_record)
+            rc = mmkv_file_read(fd, first_record, sizeof first_record, MMKV_DATA_START);
+        if (rc != MMKV_OK && fd >= 0)
+            rc = mmkv_error(errmsg, rc, "mmkv: cannot read '%s': %s", data_path, strerror(errno));
+        if (rc == MMKV_OK) info->open_elsewhere = mmkv_lock_held_elsewhere(fd, MMKV_LOCK_OPEN);
+    }
+    pthread_mutex_unlock(&registry_mutex);
+    if (fd >= 0) close(fd);
+    if (rc != MMKV_OK) return rc;
+    const mmkv_file_header *header = (const mmkv_file_header *)page;
+    if (memcmp(header->magic, MMKV_DATA_MAGIC, MMKV_MAGIC_SIZE) != 0 ||
+        header->checksum != mmkv_crc32c(0, header, offsetof(mmkv_file_header, checksum)))
+        return mmkv_error(errmsg, MMKV_NOTADB, "mmkv: '%s' is not an mmkv data file", data_path);
+    info->file_id = header->file_id;
+    info->owner_id = header->owner_id;
+    info->format_version = (int)header->format_version;
+    info->text_encoding = header->text_encoding ? (int)header->text_encoding : MMKV_TEXT_UTF8;
+    mmkv_home home;
+    if (mmkv_home_newest(page, &home) >= 0 && home.owner_id == header->owner_id) {
+        info->has_home = 1;
+        info->home_flags = home.flags;
+        memcpy(info->home, home.path, sizeof info->home);
+    }
+    /* Never committed: the meta slots name an empty log, and no record was ever written. */
+    int empty = 0, written = first_record[0] != 0;
+    for (int slot = 0; slot < 2; slot++) {
+        const mmkv_meta *m = (const mmkv_meta *)(page + MMKV_META_OFFSET(slot));
+        if (m->magic != MMKV_META_MAGIC ||
+            m->checksum != mmkv_crc32c(0, m, offsetof(mmkv_meta, checksum)))
+            continue;
+        if (m->txid == 0 && m->committed_tail == MMKV_DATA_START)
+            empty = 1;
+        else
+            written = 1;
+        if (m->txid > info->txid) {
+            info->txid = m->txid;
+            info->tail = m->committed_tail;
+        }
+    }
+    info->never_committed = empty && !written;
+    return MMKV_OK;
+}
+
 void mmkv_close(mmkv_conn *conn)
 {
     if (!conn) return;
@@ -1164,12 +1237,7 @@ void mmkv_close(mmkv_conn *conn)
     if (e->txn.owner == conn) mmkv_txn_rollback(conn);
     pthread_mutex_lock(&registry_mutex);
     int last = --e->refcount == 0;
-    if (last && !e->temporary) {
-        mmkv_engine **p = &registry;
-        while (*p != e)
-            p = &(*p)->next;
-        *p = e->next;
-    }
+    if (last && !e->temporary) registry_remove(e);
     if (last) engine_close(e);
     pthread_mutex_unlock(&registry_mutex);
     free(conn->errmsg);
@@ -1186,16 +1254,50 @@ const char *mmkv_data_path(mmkv_conn *conn)
     return conn->engine->data_path;
 }
 
+int mmkv_text_encoding(mmkv_conn *conn)
+{
+    return conn->engine->log.text_encoding;
+}
+
+/* ---- the files' names ---- */
+
 static int unlink_if_present(const char *path)
 {
     return unlink(path) == 0 || errno == ENOENT ? MMKV_OK : MMKV_IOERR;
 }
 
-int mmkv_remove_files(const char *data_path, char **errmsg)
+static char *index_path_of(const char *data_path)
 {
     char *index_path = NULL;
-    if (asprintf(&index_path, "%s%s", data_path, INDEX_SUFFIX) < 0)
-        return mmkv_error(errmsg, MMKV_NOMEM, "out of memory");
+    return asprintf(&index_path, "%s%s", data_path, INDEX_SUFFIX) < 0 ? NULL : index_path;
+}
+
+/* Engines opened under old_path now go by new_path, in messages and in later renames. */
+static void registry_rename(const char *old_path, const char *new_path)
+{
+    pthread_mutex_lock(&registry_mutex);
+    for (mmkv_engine *e = registry; e; e = e->next) {
+        if (strcmp(e->data_path, old_path) != 0) continue;
+        char *data = strdup(new_path), *index = index_path_of(new_path);
+        if (data && index) {
+            free(e->data_path);
+            free(e->index_path);
+            e->data_path = data;
+            e->index_path = index;
+            e->log.path = data;
+            e->index.path = index;
+        } else {
+            free(data);
+            free(index);
+        }
+    }
+    pthread_mutex_unlock(&registry_mutex);
+}
+
+int mmkv_remove_files(const char *data_path, char **errmsg)
+{
+    char *index_path = index_path_of(data_path);
+    if (!index_path) return mmkv_error(errmsg, MMKV_NOMEM, "out of memory");
     int rc = unlink_if_present(data_path);
     if (rc == MMKV_OK) rc = unlink_if_present(index_path);
     if (rc != MMKV_OK)
@@ -1204,41 +1306,54 @@ int mmkv_remove_files(const char *data_path, char **errmsg)
     return rc;
 }
 
-int mmkv_rename_files(const char *old_data_path, const char *new_data_path, char **errmsg)
+/* A second name for one file; an index already under the new name is stale and goes. */
+static int link_pair(const char *old_data, const char *old_index, const char *new_data,
+                     const char *new_index, char **errmsg)
 {
-    char *old_index = NULL, *new_index = NULL;
-    int rc = MMKV_OK;
-    if (asprintf(&old_index, "%s%s", old_data_path, INDEX_SUFFIX) < 0) old_index = NULL;
-    if (asprintf(&new_index, "%s%s", new_data_path, INDEX_SUFFIX) < 0) new_index = NULL;
-    if (!old_index || !new_index) {
-        rc = mmkv_error(errmsg, MMKV_NOMEM, "out of memory");
-    } else if (access(new_data_path, F_OK) == 0) {
-        rc = mmkv_error(errmsg, MMKV_ERROR, "mmkv: cannot rename to '%s': the file exists",
-                        new_data_path);
-    } else if (rename(old_data_path, new_data_path) != 0) {
-        rc = mmkv_error(errmsg, MMKV_IOERR, "mmkv: cannot rename '%s' to '%s': %s", old_data_path,
-                        new_data_path, strerror(errno));
-    } else {
-        rename(old_index, new_index); /* derived data: if it cannot follow, it is rebuilt */
-        pthread_mutex_lock(&registry_mutex);
-        for (mmkv_engine *e = registry; e; e = e->next) {
-            if (strcmp(e->data_path, old_data_path) != 0) continue;
-            char *data = strdup(new_data_path), *index = strdup(new_index);
-            if (data && index) {
-                free(e->data_path);
-                free(e->index_path);
-                e->data_path = data;
-                e->index_path = index;
-                e->log.path = data;
-                e->index.path = index;
-            } else {
-                free(data);
-                free(index);
-            }
-        }
-        pthread_mutex_unlock(&registry_mutex);
+    if (link(old_data, new_data) != 0) {
+        if (errno == EEXIST)
+            return mmkv_error(errmsg, MMKV_ERROR, "mmkv: cannot use the name '%s': a file of "
+                              "that name exists", new_data);
+        return mmkv_error(errmsg, MMKV_IOERR, "mmkv: cannot give '%s' the name '%s': %s",
+                          old_data, new_data, strerror(errno));
     }
+    unlink(new_index);
+    if (link(old_index, new_index) != 0 && errno != ENOENT) {
+        /* derived data: without it under the new name, the index is rebuilt there */
+    }
+    return MMKV_OK;
+}
+
+int mmkv_link_files(const char *data_path, const char *new_data_path, char **errmsg)
+{
+    char *old_index = index_path_of(data_path), *new_index = index_path_of(new_data_path);
+    int rc = old_index && new_index
+                 ? link_pair(data_path, old_index, new_data_path, new_index, errmsg)
+                 : mmkv_error(errmsg, MMKV_NOMEM, "out of memory");
     free(old_index);
     free(new_index);
+    return rc;
+}
+
+int mmkv_rename_files(const char *old_data_path, const char *new_data_path, char **errmsg)
+{
+    /* A link and an unlink rather than rename(2), which would replace a file of the new name. */
+    int rc = mmkv_link_files(old_data_path, new_data_path, errmsg);
+    if (rc != MMKV_OK) return rc;
+    rc = mmkv_remove_files(old_data_path, errmsg);
+    if (rc == MMKV_OK) registry_rename(old_data_path, new_data_path);
+    return rc;
+}
+
+int mmkv_drop_name(const char *data_path, const char *remaining_path, char **errmsg)
+{
+    struct stat a, b;
+    if (stat(data_path, &a) != 0) return MMKV_OK;
+    if (stat(remaining_path, &b) != 0 || a.st_dev != b.st_dev || a.st_ino != b.st_ino)
+        return mmkv_error(errmsg, MMKV_ERROR,
+                          "mmkv: '%s' is not another name of '%s'; it was left in place",
+                          data_path, remaining_path);
+    int rc = mmkv_remove_files(data_path, errmsg);
+    if (rc == MMKV_OK) registry_rename(data_path, remaining_path);
     return rc;
 }

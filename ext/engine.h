@@ -50,6 +50,7 @@ struct mmkv_engine {
     dev_t dev;
     ino_t ino;
     int temporary;
+    char *user; /* who first opened it ("main.kv of '/x/app.db'"), for messages */
     char *data_path;
     char *index_path;
     mmkv_log log;

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #define MAP_GRANULE ((uint64_t)1 << 20) /* map in steps of at least 1 MiB */
@@ -38,7 +39,7 @@ static int io_error(int err)
 
 int mmkv_file_open(const char *path, int how, int *fd_out)
 {
-    int flags = O_RDWR | O_CLOEXEC;
+    int flags = (how == MMKV_OPEN_READONLY ? O_RDONLY : O_RDWR) | O_CLOEXEC;
     if (how == MMKV_OPEN_CREATE_NEW) flags |= O_CREAT | O_EXCL;
     if (how == MMKV_OPEN_ALWAYS) flags |= O_CREAT;
     int fd;
@@ -48,7 +49,8 @@ int mmkv_file_open(const char *path, int how, int *fd_out)
     if (fd < 0) {
         *fd_out = -1;
         if (errno == EEXIST) return MMKV_BUSY; /* the caller decides what an existing file means */
-        if (errno == ENOENT && how == MMKV_OPEN_EXISTING) return MMKV_NOTFOUND;
+        if (errno == ENOENT && (how == MMKV_OPEN_EXISTING || how == MMKV_OPEN_READONLY))
+            return MMKV_NOTFOUND;
         return errno == EACCES || errno == EROFS ? MMKV_READONLY : MMKV_CANTOPEN;
     }
     *fd_out = fd;
@@ -182,6 +184,62 @@ static int lock_op(int fd, int64_t byte, short type, int command)
 int mmkv_lock_try(int fd, int64_t byte, int exclusive)
 {
     return lock_op(fd, byte, exclusive ? F_WRLCK : F_RDLCK, LOCK_SET);
+}
+
+int mmkv_lock_held_elsewhere(int fd, int64_t byte)
+{
+    struct flock fl;
+    memset(&fl, 0, sizeof fl);
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = (off_t)byte;
+    fl.l_len = 1;
+#ifdef F_OFD_GETLK
+    int command = F_OFD_GETLK;
+#else
+    int command = F_GETLK;
+#endif
+    if (fcntl(fd, command, &fl) != 0) return 0;
+    return fl.l_type != F_UNLCK;
+}
+
+int mmkv_file_locked_by_process(uint64_t dev, uint64_t ino)
+{
+    /* /proc/locks lines: "1: POSIX  ADVISORY  WRITE 1234 08:01:5678 0 EOF", device numbers in
+    ** hex. Open file description locks (mmkv's own) show as OFDLCK with no process. */
+    FILE *f = fopen("/proc/locks", "re");
+    if (!f) return 0;
+    char line[256];
+    long me = (long)getpid();
+    int held = 0;
+    unsigned maj = major((dev_t)dev), min = minor((dev_t)dev);
+    while (!held && fgets(line, sizeof line, f)) {
+        char kind[16];
+        long pid;
+        unsigned lmaj, lmin;
+        unsigned long long lino;
+        if (sscanf(line, "%*d: %15s %*s %*s %ld %x:%x:%llu", kind, &pid, &lmaj, &lmin, &lino) != 5)
+            continue;
+        held = strcmp(kind, "POSIX") == 0 && pid == me && lmaj == maj && lmin == min &&
+               lino == ino;
+    }
+    fclose(f);
+    return held;
+}
+
+int mmkv_path_identity(const char *path, uint64_t *dev, uint64_t *ino)
+{
+    struct stat st;
+    if (stat(path, &st) != 0) return 0;
+    *dev = (uint64_t)st.st_dev;
+    *ino = (uint64_t)st.st_ino;
+    return 1;
+}
+
+int mmkv_path_locked_by_process(const char *path)
+{
+    uint64_t dev, ino;
+    return mmkv_path_identity(path, &dev, &ino) && mmkv_file_locked_by_process(dev, ino);
 }
 
 int mmkv_lock_wait(int fd, int64_t byte, int exclusive)

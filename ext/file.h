@@ -28,6 +28,7 @@ typedef struct mmkv_map {
 #define MMKV_OPEN_EXISTING 0   /* NOTFOUND if absent */
 #define MMKV_OPEN_CREATE_NEW 1 /* BUSY if present */
 #define MMKV_OPEN_ALWAYS 2     /* open, creating if absent */
+#define MMKV_OPEN_READONLY 3   /* open for reading only; NOTFOUND if absent */
 int mmkv_file_open(const char *path, int how, int *fd_out);
 int mmkv_file_size(int fd, uint64_t *size);
 int mmkv_file_read(int fd, void *buf, size_t len, uint64_t offset); /* short read: IOERR */
@@ -38,6 +39,9 @@ int mmkv_file_allocate(int fd, uint64_t size);                /* FULL on ENOSPC 
 int mmkv_file_discard(int fd, uint64_t offset, uint64_t len); /* punch a hole (reads 0) */
 
 int mmkv_lock_try(int fd, int64_t byte, int exclusive); /* OK or BUSY, never waits */
+/* 1 if a lock that would conflict with an exclusive one is held on byte by another descriptor
+** (another process, or another open of the file): asks without taking anything. */
+int mmkv_lock_held_elsewhere(int fd, int64_t byte);
 int mmkv_lock_wait(int fd, int64_t byte, int exclusive);
 void mmkv_unlock(int fd, int64_t byte);
 
@@ -52,6 +56,16 @@ static inline uint64_t mmkv_map_mapped(const mmkv_map *map)
 {
     return __atomic_load_n(&map->mapped, __ATOMIC_ACQUIRE);
 }
+
+static inline unsigned char *mmkv_map_base(const mmkv_map *map)
+{
+    return __atomic_load_n(&map->base, __ATOMIC_ACQUIRE);
+}
+
+/* 1 if this process holds a classic POSIX lock on the file with that device and inode (as SQLite
+** does on its database, journal and WAL files): closing any descriptor on it would drop the lock,
+** so mmkv must never open such a file. 0 if not or if the system does not say. */
+int mmkv_file_locked_by_process(uint64_t dev, uint64_t ino);
 
 /* The current boot's identity, so that a file marked in use by a dead process of this boot can be
 ** told from one that survived a power loss. Zeros if the system does not say. */

@@ -11,6 +11,8 @@
 **     offset 1024   meta slot 1 (mmkv_meta)
 **     offset 2048   the unsynced-commits notice (mmkv_notice, two copies), once a commit skipped
 **                   its syncs
+**     offset 2560   the home note (mmkv_home, two copies, at 2560 and 3072): the database that
+**                   owns the file, by path (format version 2)
 **     offset 4096   records, each 8-byte aligned, up to the committed tail
 **
 ** The meta slot with the highest transaction id whose checksum holds is the committed state of a
@@ -26,7 +28,18 @@
 ** is flagged MMKV_RECORD_TXN_END. An update appends a new version whose prev_offset names the
 ** version before it; a delete appends a tombstone (flag MMKV_RECORD_TOMBSTONE, no value). INTEGER
 ** and REAL keys and values are stored as 8 bytes (int64 / IEEE double); TEXT as UTF-8; NULL has no
-** bytes.
+** bytes, TEXT in the text encoding the file header names (the encoding of the database that
+** created the file: UTF-8, UTF-16le or UTF-16be, so that text round-trips byte for byte).
+**
+** HOME. A file a database owns records which database that is (the home note: its owner id and
+** the database file's path), so that a copy of the database that names the same file (an absolute
+** file=, a backup, VACUUM INTO, a dump reloaded) is told from the owner and refused, and a file
+** whose database is gone is told from one in use. Two copies are written in turn, like the meta
+** slots, each with a sequence number and a checksum; the intact copy with the higher sequence
+** counts. The header itself is written once. A home note flagged MMKV_HOME_DROP_PENDING names a
+** file whose table a DROP TABLE removed in a transaction whose outcome was not yet known: if the
+** database no longer records the owner, the DROP committed and the file is deleted; if it does,
+** the flag is cleared. Files of format version 1 (mmkv 0.1) have no home note and hold UTF-8.
 **
 ** SALVAGE. A commit made under sync=off syncs nothing, so a power cut may keep any part of it and
 ** of the commits before it: meta slots as well as records. Before the first such commit, the notice
@@ -59,6 +72,8 @@
 #ifndef MMKV_FORMAT_H
 #define MMKV_FORMAT_H
 
+#include "mmkv.h" /* the datum types, text encodings and home flags are the public ones */
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -66,7 +81,9 @@
 #error "mmkv's file format is little-endian; this machine is not"
 #endif
 
-#define MMKV_FORMAT_VERSION 1
+#define MMKV_FORMAT_VERSION 2        /* of the data file: written by this build */
+#define MMKV_FORMAT_VERSION_OLDEST 1 /* the oldest data file version this build reads */
+#define MMKV_INDEX_FORMAT_VERSION 1
 #define MMKV_PAGE_SIZE 4096u
 #define MMKV_MAGIC_SIZE 16
 
@@ -80,14 +97,16 @@
 
 typedef struct mmkv_file_header {
     char magic[MMKV_MAGIC_SIZE]; /* MMKV_DATA_MAGIC */
-    uint32_t format_version;     /* MMKV_FORMAT_VERSION */
+    uint32_t format_version;     /* MMKV_FORMAT_VERSION_OLDEST to MMKV_FORMAT_VERSION */
     uint32_t page_size;          /* MMKV_PAGE_SIZE */
     uint64_t file_id;            /* random at creation; the index file records it */
     uint64_t created_unix_ms;    /* informational */
     uint64_t owner_id;           /* the database whose commit record decides; 0: the meta slots */
-    uint8_t reserved[460];       /* zero; room for later fields */
+    uint32_t text_encoding;      /* MMKV_TEXT_UTF8 (0 in version 1 files), _UTF16LE or _UTF16BE */
+    uint8_t reserved[456];       /* zero; room for later fields */
     uint32_t checksum;           /* CRC32C of every byte above */
 } mmkv_file_header;              /* 512 bytes */
+
 
 typedef struct mmkv_meta {
     uint64_t magic;          /* MMKV_META_MAGIC */
@@ -114,6 +133,23 @@ typedef struct mmkv_notice {
     uint32_t reserved;     /* zero */
     uint32_t checksum;     /* CRC32C of every byte above */
 } mmkv_notice;             /* 32 bytes */
+
+/* Two copies of the home note, written in turn: the intact one with the higher sequence counts. */
+#define MMKV_HOME_OFFSET(copy) (2560u + 512u * (copy))
+#define MMKV_HOME_MAGIC 0x656d6f68766b6d6dULL /* "mmkvhome" */
+#define MMKV_HOME_PATH_MAX 471                /* bytes of path; a longer path is not recorded */
+
+typedef struct mmkv_home {
+    uint64_t magic;                      /* MMKV_HOME_MAGIC */
+    uint64_t sequence;                   /* 1 for the first copy written, then one more each time */
+    uint64_t owner_id;                   /* the file header's owner id, repeated */
+    uint32_t flags;                      /* MMKV_HOME_DROP_PENDING */
+    uint32_t path_len;                   /* bytes of path; 0: not recorded (too long) */
+    char path[MMKV_HOME_PATH_MAX + 1];   /* the owning database file's path, NUL-terminated */
+    uint32_t reserved;                   /* zero */
+    uint32_t checksum;                   /* CRC32C of every byte above */
+} mmkv_home;                             /* 512 bytes */
+
 
 #define MMKV_RECORD_TOMBSTONE 0x01
 #define MMKV_RECORD_TXN_END 0x02 /* the last record of its transaction */
@@ -142,7 +178,7 @@ typedef struct mmkv_record_header {
 
 typedef struct mmkv_index_header {
     char magic[MMKV_MAGIC_SIZE]; /* MMKV_INDEX_MAGIC */
-    uint32_t format_version;     /* MMKV_FORMAT_VERSION */
+    uint32_t format_version;     /* MMKV_INDEX_FORMAT_VERSION */
     uint32_t state;              /* MMKV_INDEX_CLEAN or MMKV_INDEX_IN_USE */
     uint64_t data_file_id;       /* file_id of the data file this index belongs to */
     uint64_t log_position;       /* committed tail of the log that the tables reflect */
@@ -191,6 +227,9 @@ typedef uint64_t mmkv_slot;
 _Static_assert(sizeof(mmkv_file_header) == 512, "file header is one sector");
 _Static_assert(sizeof(mmkv_meta) == 64, "meta slot size");
 _Static_assert(sizeof(mmkv_notice) == 32, "notice size");
+_Static_assert(sizeof(mmkv_home) == 512, "home note size");
+_Static_assert(MMKV_HOME_PATH_MAX + 1 == MMKV_HOME_PATH_BYTES, "mmkv_file_info holds a home path");
+_Static_assert(MMKV_HOME_OFFSET(1) + sizeof(mmkv_home) <= MMKV_DATA_START, "home notes fit page 0");
 _Static_assert(sizeof(mmkv_record_header) == 32, "record header size");
 _Static_assert(sizeof(mmkv_index_header) == MMKV_PAGE_SIZE, "index header is one page");
 _Static_assert(offsetof(mmkv_index_header, slots_sum) / 64 >

@@ -99,7 +99,7 @@ int mmkv_index_header_usable(mmkv_index *index, uint64_t data_file_id, int need_
     if (size < MMKV_INDEX_TABLES_START) return 0;
     mmkv_index_header *h = mmkv_index_header_of(index);
     if (memcmp(h->magic, MMKV_INDEX_MAGIC, MMKV_MAGIC_SIZE) != 0 ||
-        h->format_version != MMKV_FORMAT_VERSION || h->data_file_id != data_file_id)
+        h->format_version != MMKV_INDEX_FORMAT_VERSION || h->data_file_id != data_file_id)
         return 0;
     if (h->state != MMKV_INDEX_CLEAN && (need_clean || h->state != MMKV_INDEX_IN_USE)) return 0;
     if (h->state == MMKV_INDEX_CLEAN && h->checksum != header_checksum(h)) return 0;
@@ -165,7 +165,7 @@ int mmkv_index_reset(mmkv_index *index, uint64_t data_file_id)
     mmkv_index_header *h = mmkv_index_header_of(index);
     memset(h, 0, sizeof *h);
     memcpy(h->magic, MMKV_INDEX_MAGIC, MMKV_MAGIC_SIZE);
-    h->format_version = MMKV_FORMAT_VERSION;
+    h->format_version = MMKV_INDEX_FORMAT_VERSION;
     h->state = MMKV_INDEX_IN_USE;
     h->data_file_id = data_file_id;
     h->log_position = 0;
@@ -195,6 +195,12 @@ int mmkv_index_mark_in_use(mmkv_index *index)
     h->checksum = 0;
     /* Durable before any slot changes: after a power loss, the index cannot pass for clean. */
     return mmkv_map_sync_range(&index->map, 0, sizeof *h);
+}
+
+int mmkv_index_begin_writes(mmkv_index *index)
+{
+    if (mmkv_index_header_of(index)->state == MMKV_INDEX_IN_USE) return MMKV_OK;
+    return mmkv_index_mark_in_use(index);
 }
 
 /* ---- reading ---- */

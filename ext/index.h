@@ -66,6 +66,9 @@ void mmkv_index_mark_clean(mmkv_index *index, uint64_t log_position);
 ** recounting used_slots): 1 if they are as the writers left them, 0 if damaged. */
 int mmkv_index_slots_verify(mmkv_index *index, uint64_t live_keys, uint64_t records);
 int mmkv_index_mark_in_use(mmkv_index *index);
+/* Before a writer changes any slot: an index still marked clean is marked in use, durably, so that
+** a crash can never leave changed slots under a clean header. */
+int mmkv_index_begin_writes(mmkv_index *index);
 
 /* Lock-free lookup: the offset stored for the key. OK, NOTFOUND, or an error. */
 int mmkv_index_find(mmkv_index *index, uint64_t hash, const mmkv_index_ops *ops, uint64_t *offset);

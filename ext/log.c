@@ -30,7 +30,63 @@ void mmkv_meta_seal(mmkv_meta *meta)
     meta->checksum = mmkv_crc32c(0, meta, offsetof(mmkv_meta, checksum));
 }
 
-int mmkv_log_create(const char *path, mmkv_sync sync, uint64_t owner_id, char **errmsg)
+static uint32_t home_checksum(const mmkv_home *home)
+{
+    return mmkv_crc32c(0, home, offsetof(mmkv_home, checksum));
+}
+
+/* Fills a home note naming the database at path (not recorded if it does not fit). */
+static void home_fill(mmkv_home *home, uint64_t sequence, uint64_t owner_id, const char *path,
+                      uint32_t flags)
+{
+    memset(home, 0, sizeof *home);
+    home->magic = MMKV_HOME_MAGIC;
+    home->sequence = sequence;
+    home->owner_id = owner_id;
+    home->flags = flags;
+    size_t len = path ? strlen(path) : 0;
+    if (len <= MMKV_HOME_PATH_MAX) {
+        home->path_len = (uint32_t)len;
+        if (len) memcpy(home->path, path, len);
+    }
+    home->checksum = home_checksum(home);
+}
+
+int mmkv_home_newest(const unsigned char *page, mmkv_home *out)
+{
+    int best = -1;
+    for (int copy = 0; copy < 2; copy++) {
+        mmkv_home h;
+        memcpy(&h, page + MMKV_HOME_OFFSET(copy), sizeof h);
+        if (h.magic == MMKV_HOME_MAGIC && h.checksum == home_checksum(&h) &&
+            h.path_len <= MMKV_HOME_PATH_MAX && h.path[h.path_len] == 0 &&
+            (best < 0 || h.sequence > out->sequence)) {
+            *out = h;
+            best = copy;
+        }
+    }
+    return best;
+}
+
+int mmkv_log_home(mmkv_log *log, mmkv_home *home)
+{
+    return mmkv_home_newest(mmkv_map_base(&log->map), home) >= 0;
+}
+
+int mmkv_log_write_home(mmkv_log *log, const char *path, uint32_t flags)
+{
+    mmkv_home old;
+    int copy = mmkv_home_newest(mmkv_map_base(&log->map), &old);
+    uint64_t sequence = copy < 0 ? 1 : old.sequence + 1;
+    copy = copy < 0 ? 0 : copy ^ 1;
+    mmkv_home h;
+    home_fill(&h, sequence, log->owner_id, path, flags);
+    memcpy(mmkv_map_base(&log->map) + MMKV_HOME_OFFSET(copy), &h, sizeof h);
+    return mmkv_map_sync_range(&log->map, MMKV_HOME_OFFSET(copy), sizeof h);
+}
+
+int mmkv_log_create(const char *path, const mmkv_log_identity *identity, mmkv_sync sync,
+                    char **errmsg)
 {
     unsigned char page[MMKV_PAGE_SIZE];
     memset(page, 0, sizeof page);
@@ -42,12 +98,16 @@ int mmkv_log_create(const char *path, mmkv_sync sync, uint64_t owner_id, char **
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     header->created_unix_ms = (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000;
-    header->owner_id = owner_id;
+    header->owner_id = identity->owner_id;
+    header->text_encoding = (uint32_t)identity->text_encoding;
     header->checksum = mmkv_crc32c(0, header, offsetof(mmkv_file_header, checksum));
     mmkv_meta *meta = (mmkv_meta *)(page + MMKV_META_OFFSET(0));
     meta->committed_tail = MMKV_DATA_START;
     meta->txn_start = MMKV_DATA_START;
     mmkv_meta_seal(meta);
+    if (identity->owner_id)
+        home_fill((mmkv_home *)(page + MMKV_HOME_OFFSET(0)), 1, identity->owner_id, identity->home,
+                  0);
 
     char *aside = NULL;
     if (asprintf(&aside, "%s-new-%llx", path, (unsigned long long)random_u64()) < 0)
@@ -87,10 +147,12 @@ int mmkv_log_open(mmkv_log *log, int fd, const char *path, char **errmsg)
     if (size < sizeof header || mmkv_file_read(fd, &header, sizeof header, 0) != MMKV_OK ||
         memcmp(header.magic, MMKV_DATA_MAGIC, MMKV_MAGIC_SIZE) != 0)
         return mmkv_error(errmsg, MMKV_NOTADB, "mmkv: '%s' is not an mmkv data file", path);
-    if (header.format_version != MMKV_FORMAT_VERSION)
+    if (header.format_version < MMKV_FORMAT_VERSION_OLDEST ||
+        header.format_version > MMKV_FORMAT_VERSION)
         return mmkv_error(errmsg, MMKV_NOTADB,
-                          "mmkv: '%s' has format version %u; this build reads version %u", path,
-                          header.format_version, MMKV_FORMAT_VERSION);
+                          "mmkv: '%s' has format version %u; this build reads versions %u to %u",
+                          path, header.format_version, MMKV_FORMAT_VERSION_OLDEST,
+                          MMKV_FORMAT_VERSION);
     if (header.checksum != mmkv_crc32c(0, &header, offsetof(mmkv_file_header, checksum)))
         return mmkv_error(errmsg, MMKV_CORRUPT,
                           "mmkv: '%s' is damaged: its file header fails its checksum", path);
@@ -98,6 +160,8 @@ int mmkv_log_open(mmkv_log *log, int fd, const char *path, char **errmsg)
         return mmkv_error(errmsg, MMKV_CORRUPT, "mmkv: '%s' is damaged: file is truncated", path);
     log->file_id = header.file_id;
     log->owner_id = header.owner_id;
+    log->format_version = header.format_version;
+    log->text_encoding = header.text_encoding ? (int)header.text_encoding : MMKV_TEXT_UTF8;
     rc = mmkv_map_init(&log->map, fd, MMKV_LOG_RESERVE);
     if (rc != MMKV_OK) {
         log->map.fd = -1;

@@ -18,11 +18,21 @@ typedef struct mmkv_log {
     const char *path; /* owned by the engine */
     uint64_t file_id;
     uint64_t owner_id;
+    uint32_t format_version;
+    int text_encoding; /* MMKV_TEXT_UTF8, _UTF16LE or _UTF16BE */
 } mmkv_log;
+
+/* What a new data file says about itself: who owns it and how its text is encoded. */
+typedef struct mmkv_log_identity {
+    uint64_t owner_id; /* 0: its meta slots decide */
+    int text_encoding;
+    const char *home; /* the owning database's path (owner_id set), for the home note */
+} mmkv_log_identity;
 
 /* Creates a new data file atomically (written aside, then linked into place). BUSY if a file of
 ** that name appeared meanwhile. */
-int mmkv_log_create(const char *path, mmkv_sync sync, uint64_t owner_id, char **errmsg);
+int mmkv_log_create(const char *path, const mmkv_log_identity *identity, mmkv_sync sync,
+                    char **errmsg);
 /* Opens the data file on fd and checks its header and meta slots. */
 int mmkv_log_open(mmkv_log *log, int fd, const char *path, char **errmsg);
 void mmkv_log_close(mmkv_log *log);
@@ -32,6 +42,12 @@ int mmkv_log_meta(mmkv_log *log, mmkv_meta *meta, int *slot, char **errmsg);
 /* Writes meta into the given slot; durable before returning if sync is set. */
 int mmkv_log_write_meta(mmkv_log *log, int slot, const mmkv_meta *meta, int sync);
 void mmkv_meta_seal(mmkv_meta *meta);
+
+/* The home note (format.h, HOME): the newest intact copy in a page-0 image (-1 if none, else the
+** copy), in the mapping (1 if present), and written durably into the other copy. */
+int mmkv_home_newest(const unsigned char *page, mmkv_home *out);
+int mmkv_log_home(mmkv_log *log, mmkv_home *home);
+int mmkv_log_write_home(mmkv_log *log, const char *path, uint32_t flags);
 
 /* The unsynced-commits notice (format.h, SALVAGE): 1 if present (and its durable tail), and
 ** written durably (the copy not holding the newest). */

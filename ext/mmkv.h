@@ -74,8 +74,45 @@ typedef struct mmkv_open_options {
     mmkv_sync sync;
     int temporary;     /* create an anonymous file set that vanishes at close */
     uint64_t owner_id; /* the database that decides what is committed; 0: the files decide */
-    int claim_unused;  /* a data file of another owner that no commit reached is replaced */
+    int must_exist;    /* MMKV_CANTOPEN if the data file is absent, rather than making it */
+    int text_encoding; /* of a new file's text: MMKV_TEXT_UTF8 (also 0), _UTF16LE or _UTF16BE */
+    const char *home;  /* a new owned file's database path, for its home note (format.h) */
+    const char *user;  /* who opens it, named in other users' messages ("main.kv of 'x.db'") */
 } mmkv_open_options;
+
+/* Text encodings (SQLite's numbers). */
+#define MMKV_TEXT_UTF8 1
+#define MMKV_TEXT_UTF16LE 2
+#define MMKV_TEXT_UTF16BE 3
+
+/* What a data file says about itself, read without writing anything (mmkv_inspect). */
+#define MMKV_HOME_PATH_BYTES 472
+typedef struct mmkv_file_info {
+    uint64_t file_id;
+    uint64_t owner_id;     /* 0: shared by in-memory databases, its meta slots decide */
+    int format_version;
+    int text_encoding;
+    int has_home;          /* home is the owning database's path (format version 2 files) */
+    char home[MMKV_HOME_PATH_BYTES];
+    uint32_t home_flags;   /* MMKV_HOME_DROP_PENDING */
+    uint64_t txid, tail;   /* the newest commit its meta slots name */
+    int never_committed;   /* no record was ever written to it */
+    char open_by[256];     /* the user of the engine this process has open on it, or "" */
+    int open_elsewhere;    /* another process has it open */
+    uint32_t links;        /* its hard links */
+} mmkv_file_info;
+#define MMKV_HOME_DROP_PENDING 0x01
+
+/* Paths, for the SQL face's checks. mmkv_path_identity: 1 and the file's device and inode if it
+** exists. mmkv_path_locked_by_process: 1 if this process holds a POSIX lock on it (as SQLite does
+** on its files), so that opening and closing a descriptor on it would drop that lock. */
+int mmkv_path_identity(const char *path, uint64_t *dev, uint64_t *ino);
+int mmkv_path_locked_by_process(const char *path);
+
+/* Reads what the data file at path says about itself. Never writes, and never opens a descriptor
+** on a file this process already has open. OK, NOTFOUND, NOTADB (not an mmkv data file), or an
+** I/O error, with a message. Any thread. */
+int mmkv_inspect(const char *data_path, mmkv_file_info *info, char **errmsg);
 
 /* A committed state of the log: what an owning database records in its own transaction. */
 typedef struct mmkv_commit {
@@ -91,9 +128,23 @@ int mmkv_open(const char *data_path, const mmkv_open_options *options, mmkv_conn
               char **errmsg);
 void mmkv_close(mmkv_conn *conn);
 int mmkv_remove_files(const char *data_path, char **errmsg);
+/* Records in the file's home note the owning database's path and flags (MMKV_HOME_DROP_PENDING),
+** durably, under the writer's lock (waiting for a writer finishing up). */
+int mmkv_mark_home(mmkv_conn *conn, const char *home, uint32_t flags);
+/* The file's home note: 1 and its path and flags if it has one. */
+int mmkv_home_of(mmkv_conn *conn, char *path, size_t path_size, uint32_t *flags);
+/* Gives the files a second name (hard links): both names reach the same files until one goes.
+** ERROR if a file has the new name. */
+int mmkv_link_files(const char *data_path, const char *new_data_path, char **errmsg);
+/* Removes the name data_path (and its index's), which must be another name of the files at
+** remaining_path; engines opened under it go by remaining_path from then on. */
+int mmkv_drop_name(const char *data_path, const char *remaining_path, char **errmsg);
+/* Moves the files to a new name; ERROR if a file has it. */
 int mmkv_rename_files(const char *old_data_path, const char *new_data_path, char **errmsg);
 const char *mmkv_errmsg(mmkv_conn *conn);
 const char *mmkv_data_path(mmkv_conn *conn);
+/* The encoding of the file's TEXT (MMKV_TEXT_UTF8, _UTF16LE or _UTF16BE). */
+int mmkv_text_encoding(mmkv_conn *conn);
 
 /* The committed state as the data file's meta slots record it. */
 int mmkv_committed(mmkv_conn *conn, mmkv_commit *commit);

@@ -32,6 +32,8 @@
 #include "error.h"
 #include "failpoint.h"
 
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -180,6 +182,8 @@ static int begin_from(mmkv_conn *conn, const mmkv_commit *authority)
         if (authority) state = *authority;
         if (authority && (meta.flags & MMKV_META_SALVAGED)) rc = pad_to_record(conn, &meta, &state);
     }
+    if (rc == MMKV_OK && (rc = mmkv_index_begin_writes(&e->index)) != MMKV_OK)
+        mmkv_error(&conn->errmsg, rc, "mmkv: cannot write to '%s'", e->index_path);
     if (rc == MMKV_OK) {
         mmkv_index_header *h = mmkv_index_header_of(&e->index);
         /* writer_active still set: the last writer died with slots published for records that
@@ -219,7 +223,8 @@ int mmkv_txn_catch_up(mmkv_conn *conn, const mmkv_commit *committed)
     if (rc != MMKV_OK) return rc;
     mmkv_meta meta;
     rc = mmkv_log_meta(&e->log, &meta, &txn->committed_slot, &conn->errmsg);
-    if (rc == MMKV_OK && meta.txid < committed->txid && !(meta.flags & MMKV_META_SALVAGED)) {
+    if (rc == MMKV_OK && meta.txid < committed->txid && !(meta.flags & MMKV_META_SALVAGED) &&
+        (rc = mmkv_index_begin_writes(&e->index)) == MMKV_OK) {
         mmkv_index_header *h = mmkv_index_header_of(&e->index);
         h->writer_active = 1; /* a crash in the middle leaves an index that is rebuilt */
         rc = repair_to(conn, &meta, committed);
@@ -228,6 +233,34 @@ int mmkv_txn_catch_up(mmkv_conn *conn, const mmkv_commit *committed)
     mmkv_unlock(e->log.map.fd, MMKV_LOCK_WRITER);
     pthread_mutex_unlock(&e->mutex);
     return rc;
+}
+
+int mmkv_mark_home(mmkv_conn *conn, const char *home, uint32_t flags)
+{
+    mmkv_engine *e = conn->engine;
+    if (e->temporary) return MMKV_OK;
+    int own = e->txn.owner == conn;
+    int rc = own ? MMKV_OK : take_writer(conn, 1);
+    if (rc != MMKV_OK) return rc;
+    rc = mmkv_log_write_home(&e->log, home, flags);
+    if (!own) {
+        mmkv_unlock(e->log.map.fd, MMKV_LOCK_WRITER);
+        pthread_mutex_unlock(&e->mutex);
+    }
+    if (rc != MMKV_OK)
+        return mmkv_error(&conn->errmsg, rc, "mmkv: cannot write to '%s': %s", e->data_path,
+                          strerror(errno));
+    return MMKV_OK;
+}
+
+int mmkv_home_of(mmkv_conn *conn, char *path, size_t path_size, uint32_t *flags)
+{
+    mmkv_home home;
+    if (!mmkv_log_home(&conn->engine->log, &home) || home.owner_id != conn->engine->log.owner_id)
+        return 0;
+    snprintf(path, path_size, "%s", home.path);
+    if (flags) *flags = home.flags;
+    return 1;
 }
 
 int mmkv_txn_begin(mmkv_conn *conn)

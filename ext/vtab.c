@@ -14,16 +14,20 @@
 ** The table behaves as CREATE TABLE kv(key PRIMARY KEY NOT NULL, value) WITHOUT ROWID would, plus a
 ** hidden column named after the table that takes commands (INSERT INTO kv(kv) VALUES('...')).
 ** This file is the SQL face only: it turns SQLite's calls into engine calls (mmkv.h) and never
-** touches files or mappings itself.
+** touches files or mappings itself. A table's state lives in tables.c (shared by every vtab SQLite
+** makes for it), where its files go and whose they are in placement.c, and what DDL leaves for
+** SQLite's commit to decide in pending.c.
 */
 #include "vtab.h"
 #include "args.h"
 #include "commit_record.h"
 #include "mmkv.h"
+#include "pending.h"
+#include "placement.h"
+#include "tables.h"
 
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 SQLITE_EXTENSION_INIT3
 
@@ -36,44 +40,19 @@ SQLITE_EXTENSION_INIT3
 #define PLAN_KEY_EQ 1
 #define PLAN_KEY_IN 2
 
-#define DATA_SUFFIX ".mmkv"
-#define DROPPED_SUFFIX "-dropped" /* a data file set aside by a DROP inside a transaction */
 #define FULL_SCAN_ROW_COST 2.0    /* per row: walking the log and checking each version */
 #define LOOKUP_COST 1.0
 /* The size SQLite's planner assumes for a table it has no statistics for (LogEst 200). */
 #define UNANALYZED_TABLE_ROWS 1048576.0
 #define IN_LOOKUPS_GUESS 10.0
 
-/* Tables of :memory: and temporary databases keep their engine open from xCreate to xDestroy or
-** until the connection closes, like TEMP tables: a disconnect and reconnect must not lose them. */
-typedef struct mmkv_temp_table mmkv_temp_table;
-struct mmkv_temp_table {
-    mmkv_temp_table *next;
-    char *schema;
-    char *name;
-    mmkv_conn *conn;
-};
-
-typedef struct mmkv_module_state {
-    mmkv_temp_table *temp_tables;
-} mmkv_module_state;
 
 typedef struct mmkv_vtab mmkv_vtab;
 struct mmkv_vtab {
     sqlite3_vtab base;
     sqlite3 *db;
-    mmkv_module_state *state;
-    char *schema;          /* "main", "temp" or an attached name */
-    char *name;            /* the table's name */
-    char *data_path;       /* NULL for a temporary table */
-    int named_after_table; /* the files follow ALTER TABLE RENAME */
-    mmkv_conn *conn;
-    mmkv_temp_table *temp; /* non-NULL for a temporary table */
-    int owned;             /* the database records the commits: see commit_record.h */
-    mmkv_commit_record record;
-    int open_cursors; /* while any is open, reads share one snapshot (in-memory sharing) */
-    int have_snapshot;
-    mmkv_snapshot snapshot;
+    mmkv_connection *connection;
+    mmkv_table *table; /* holds a reference */
 };
 
 typedef struct mmkv_cursor mmkv_cursor;
@@ -134,13 +113,32 @@ static int set_error(sqlite3_vtab *vtab, int rc, const char *message)
     return rc;
 }
 
+/* Reports the table's engine error (or why it cannot be used) on the vtab. */
 static int engine_error(mmkv_vtab *vt, int rc)
 {
-    return set_error(&vt->base, rc == MMKV_NOTFOUND ? SQLITE_ERROR : rc, mmkv_errmsg(vt->conn));
+    return mmkv_table_error(vt->table, rc, &vt->base.zErrMsg);
 }
 
-/* The engine's view of an SQL value. Numbers are copied into *number, which must outlive datum. */
-static int datum_from_value(sqlite3_value *value, mmkv_datum *datum, sqlite3_int64 *number)
+static void clear_error(mmkv_vtab *vt)
+{
+    sqlite3_free(vt->base.zErrMsg);
+    vt->base.zErrMsg = NULL;
+}
+
+/* The table cannot be used (its files are missing, another's, or damaged): every use says why. */
+static int unusable(mmkv_vtab *vt)
+{
+    mmkv_table *t = vt->table;
+    if (t->conn) return SQLITE_OK;
+    set_error(&vt->base, t->broken ? t->broken_rc : SQLITE_ERROR,
+              t->broken ? t->broken : "mmkv: the table no longer exists");
+    return t->broken ? t->broken_rc : SQLITE_ERROR;
+}
+
+/* The engine's view of an SQL value, TEXT in the table's encoding. Numbers are copied into
+** *number, which must outlive datum. */
+static int datum_from_value(sqlite3_value *value, int encoding, mmkv_datum *datum,
+                            sqlite3_int64 *number)
 {
     datum->type = sqlite3_value_type(value);
     switch (datum->type) {
@@ -157,8 +155,16 @@ static int datum_from_value(sqlite3_value *value, mmkv_datum *datum, sqlite3_int
         return SQLITE_OK;
     }
     case SQLITE_TEXT:
-        datum->bytes = sqlite3_value_text(value);
-        datum->len = (uint32_t)sqlite3_value_bytes(value);
+        if (encoding == MMKV_TEXT_UTF16LE) {
+            datum->bytes = sqlite3_value_text16le(value);
+            datum->len = (uint32_t)sqlite3_value_bytes16(value);
+        } else if (encoding == MMKV_TEXT_UTF16BE) {
+            datum->bytes = sqlite3_value_text16be(value);
+            datum->len = (uint32_t)sqlite3_value_bytes16(value);
+        } else {
+            datum->bytes = sqlite3_value_text(value);
+            datum->len = (uint32_t)sqlite3_value_bytes(value);
+        }
         return datum->bytes || datum->len == 0 ? SQLITE_OK : SQLITE_NOMEM;
     case SQLITE_BLOB:
         datum->bytes = sqlite3_value_blob(value);
@@ -172,7 +178,7 @@ static int datum_from_value(sqlite3_value *value, mmkv_datum *datum, sqlite3_int
     }
 }
 
-static void result_datum(sqlite3_context *ctx, const mmkv_datum *d)
+static void result_datum(sqlite3_context *ctx, const mmkv_datum *d, int encoding)
 {
     switch (d->type) {
     case MMKV_INTEGER: {
@@ -187,9 +193,16 @@ static void result_datum(sqlite3_context *ctx, const mmkv_datum *d)
         sqlite3_result_double(ctx, r);
         break;
     }
-    case MMKV_TEXT:
-        sqlite3_result_text(ctx, d->len ? d->bytes : "", (int)d->len, SQLITE_TRANSIENT);
+    case MMKV_TEXT: {
+        const void *bytes = d->len ? d->bytes : "";
+        if (encoding == MMKV_TEXT_UTF16LE)
+            sqlite3_result_text16le(ctx, bytes, (int)d->len, SQLITE_TRANSIENT);
+        else if (encoding == MMKV_TEXT_UTF16BE)
+            sqlite3_result_text16be(ctx, bytes, (int)d->len, SQLITE_TRANSIENT);
+        else
+            sqlite3_result_text(ctx, bytes, (int)d->len, SQLITE_TRANSIENT);
         break;
+    }
     case MMKV_BLOB:
         if (d->len)
             sqlite3_result_blob(ctx, d->bytes, (int)d->len, SQLITE_TRANSIENT);
@@ -201,130 +214,76 @@ static void result_datum(sqlite3_context *ctx, const mmkv_datum *d)
     }
 }
 
-static int is_absolute(const char *path)
-{
-    return path[0] == '/';
-}
-
-/* Where the files of table `name` go: file= resolved against the database's directory, or
-** "<database file>-<name>.mmkv" beside it. *temporary is set when the database has no file. */
-static char *resolve_data_path(sqlite3 *db, const char *schema, const char *name, const char *file,
-                               int *temporary)
-{
-    const char *db_file = sqlite3_db_filename(db, schema);
-    int has_file = db_file && db_file[0];
-    *temporary = 0;
-    if (file) {
-        if (is_absolute(file) || !has_file) return sqlite3_mprintf("%s", file);
-        const char *slash = strrchr(db_file, '/');
-        if (!slash) return sqlite3_mprintf("%s", file);
-        return sqlite3_mprintf("%.*s/%s", (int)(slash - db_file), db_file, file);
-    }
-    if (!has_file) {
-        *temporary = 1;
-        return NULL;
-    }
-    return sqlite3_mprintf("%s-%s%s", db_file, name, DATA_SUFFIX);
-}
-
-static char *dropped_path(const char *data_path)
-{
-    return sqlite3_mprintf("%s%s", data_path, DROPPED_SUFFIX);
-}
-
-static mmkv_temp_table *temp_table_find(mmkv_module_state *state, const char *schema,
-                                        const char *name)
-{
-    for (mmkv_temp_table *t = state->temp_tables; t; t = t->next)
-        if (sqlite3_stricmp(t->schema, schema) == 0 && sqlite3_stricmp(t->name, name) == 0)
-            return t;
-    return NULL;
-}
-
-static void temp_table_free(mmkv_module_state *state, mmkv_temp_table *table)
-{
-    mmkv_temp_table **p = &state->temp_tables;
-    while (*p && *p != table)
-        p = &(*p)->next;
-    if (*p) *p = table->next;
-    mmkv_close(table->conn);
-    sqlite3_free(table->schema);
-    sqlite3_free(table->name);
-    sqlite3_free(table);
-}
-
-static void module_state_free(void *p)
-{
-    mmkv_module_state *state = p;
-    while (state->temp_tables)
-        temp_table_free(state, state->temp_tables);
-    sqlite3_free(state);
-}
-
 /* ---- creating and connecting ---- */
 
-static int vtab_free(mmkv_vtab *vt)
+/* Who a table is, in other users' messages: "main.kv of '/x/app.db'". */
+static char *table_label(sqlite3 *db, const char *schema, const char *name)
 {
-    if (vt->conn && !vt->temp) mmkv_close(vt->conn);
-    mmkv_record_close(&vt->record);
-    sqlite3_free(vt->schema);
-    sqlite3_free(vt->name);
-    sqlite3_free(vt->data_path);
-    sqlite3_free(vt);
+    const char *file = sqlite3_db_filename(db, schema);
+    return file && file[0] ? sqlite3_mprintf("table %s.%s of '%s'", schema, name, file)
+                           : sqlite3_mprintf("table %s.%s of an in-memory database", schema, name);
+}
+
+/* The text encoding of the connection's databases (one for all: SQLite requires it). */
+static int database_encoding(sqlite3 *db)
+{
+    sqlite3_stmt *stmt = NULL;
+    int encoding = MMKV_TEXT_UTF8;
+    if (sqlite3_prepare_v2(db, "PRAGMA encoding", -1, &stmt, NULL) == SQLITE_OK &&
+        sqlite3_step(stmt) == SQLITE_ROW) {
+        const char *name = (const char *)sqlite3_column_text(stmt, 0);
+        if (name && sqlite3_stricmp(name, "UTF-16le") == 0) encoding = MMKV_TEXT_UTF16LE;
+        if (name && sqlite3_stricmp(name, "UTF-16be") == 0) encoding = MMKV_TEXT_UTF16BE;
+    }
+    sqlite3_finalize(stmt);
+    return encoding;
+}
+
+/* Whether mmkv may write to the table's files: its database is not read-only (mode=ro,
+** immutable=1, a read-only file) and the connection is not PRAGMA query_only. */
+static int database_writable(sqlite3 *db, const char *schema)
+{
+    if (sqlite3_db_readonly(db, schema) == 1) return 0;
+    sqlite3_stmt *stmt = NULL;
+    int query_only = 0;
+    if (sqlite3_prepare_v2(db, "PRAGMA query_only", -1, &stmt, NULL) == SQLITE_OK &&
+        sqlite3_step(stmt) == SQLITE_ROW)
+        query_only = sqlite3_column_int(stmt, 0);
+    sqlite3_finalize(stmt);
+    return !query_only;
+}
+
+static int declare(sqlite3 *db, const char *name)
+{
+    char *schema_sql = sqlite3_mprintf(
+        "CREATE TABLE x(key PRIMARY KEY NOT NULL, value, \"%w\" HIDDEN) WITHOUT ROWID", name);
+    int rc = schema_sql ? sqlite3_declare_vtab(db, schema_sql) : SQLITE_NOMEM;
+    sqlite3_free(schema_sql);
+    if (rc != SQLITE_OK) return rc;
+    sqlite3_vtab_config(db, SQLITE_VTAB_CONSTRAINT_SUPPORT, 1);
+#if SQLITE_VERSION_NUMBER >= 3031000
+    if (sqlite3_libversion_number() >= 3031000) sqlite3_vtab_config(db, SQLITE_VTAB_DIRECTONLY);
+#endif
     return SQLITE_OK;
 }
 
-/*
-** Opens the files of a table in a database file, which owns them: xCreate makes the data file and
-** the commit record, xConnect reads the owner from the record. A table of a
-** database with no file (:memory:) given a shared file= leaves the deciding to the file itself.
-*/
-static int open_owned(mmkv_vtab *vt, mmkv_open_options *options, int creating, char **message,
-                      char **err)
+static int vtab_new(sqlite3 *db, mmkv_connection *c, mmkv_table *t, sqlite3_vtab **out)
 {
-    const char *db_file = sqlite3_db_filename(vt->db, vt->schema);
-    vt->owned = db_file && db_file[0];
-    if (vt->owned && !creating) {
-        int rc = mmkv_record_open(&vt->record, vt->db, vt->schema, vt->name, err);
-        if (rc != SQLITE_OK) return rc;
-        options->owner_id = vt->record.owner_id;
-    } else if (vt->owned) {
-        sqlite3_uint64 owner = 0;
-        while (owner == 0)
-            sqlite3_randomness(sizeof owner, &owner);
-        options->owner_id = owner;
-        /* A data file an earlier CREATE left when its transaction rolled back is no table's. */
-        options->claim_unused = 1;
-    }
-    int rc = mmkv_open(vt->data_path, options, &vt->conn, message);
-    if (rc != MMKV_OK || !vt->owned || !creating) return rc == MMKV_OK ? SQLITE_OK : rc;
-    mmkv_commit state;
-    rc = mmkv_committed(vt->conn, &state);
-    if (rc != MMKV_OK) {
-        *err = sqlite3_mprintf("%s", mmkv_errmsg(vt->conn));
-        return rc;
-    }
-    return mmkv_record_create(&vt->record, vt->db, vt->schema, vt->name, options->owner_id, &state,
-                              err);
+    mmkv_vtab *vt = sqlite3_malloc(sizeof *vt);
+    if (!vt) return SQLITE_NOMEM;
+    memset(vt, 0, sizeof *vt);
+    vt->db = db;
+    vt->connection = c;
+    vt->table = t;
+    *out = &vt->base;
+    return SQLITE_OK;
 }
 
-/*
-** xCreate and xConnect. argv[0] is the module name, argv[1] the schema, argv[2] the table name,
-** and argv[3..] the arguments. xCreate makes the files when they do not exist; xConnect insists
-** that they do, so that a table whose files went missing is an error, never silently empty.
-*/
-static int mmkvInit(sqlite3 *db, void *aux, int argc, const char *const *argv, sqlite3_vtab **out,
-                    char **err, int creating)
+/* Parses the arguments and checks the name; *err set on failure. */
+static int parse_arguments(int argc, const char *const *argv, mmkv_args *args, char **err)
 {
-    mmkv_module_state *state = aux;
-    mmkv_args args;
     char *message = NULL;
-    int temporary = 0;
-    mmkv_vtab *vt = NULL;
-    int rc;
-
-    *out = NULL;
-    if (mmkv_args_parse(argc - 3, argv + 3, &args, &message) != MMKV_OK) {
+    if (mmkv_args_parse(argc - 3, argv + 3, args, &message) != MMKV_OK) {
         *err = sqlite3_mprintf("%s", message);
         free(message);
         return SQLITE_ERROR;
@@ -334,161 +293,255 @@ static int mmkvInit(sqlite3 *db, void *aux, int argc, const char *const *argv, s
         *err = sqlite3_mprintf("mmkv: a table cannot be named \"%s\": its command column would "
                                "clash with the column of that name",
                                name);
-        rc = SQLITE_ERROR;
-        goto cleanup;
+        mmkv_args_free(args);
+        return SQLITE_ERROR;
     }
-    vt = sqlite3_malloc(sizeof *vt);
-    if (!vt) {
-        rc = SQLITE_NOMEM;
-        goto cleanup;
-    }
-    memset(vt, 0, sizeof *vt);
-    vt->db = db;
-    vt->state = state;
-    vt->schema = sqlite3_mprintf("%s", argv[1]);
-    vt->name = sqlite3_mprintf("%s", name);
-    vt->data_path = resolve_data_path(db, argv[1], name, args.file, &temporary);
-    vt->named_after_table = !args.file;
-    if (!vt->schema || !vt->name || (!temporary && !vt->data_path)) {
-        rc = SQLITE_NOMEM;
-        goto cleanup;
-    }
-
-    mmkv_open_options options = {.sync = args.sync, .temporary = temporary};
-    if (temporary) {
-        vt->temp = temp_table_find(state, argv[1], name);
-        if (vt->temp && creating) {
-            /* Left by a DROP inside a transaction that then committed: not this table's data. */
-            temp_table_free(state, vt->temp);
-            vt->temp = NULL;
-        }
-        if (!vt->temp) {
-            mmkv_temp_table *t = sqlite3_malloc(sizeof *t);
-            if (!t) {
-                rc = SQLITE_NOMEM;
-                goto cleanup;
-            }
-            memset(t, 0, sizeof *t);
-            t->schema = sqlite3_mprintf("%s", argv[1]);
-            t->name = sqlite3_mprintf("%s", name);
-            rc = t->schema && t->name ? mmkv_open("", &options, &t->conn, &message) : SQLITE_NOMEM;
-            if (rc != MMKV_OK) {
-                sqlite3_free(t->schema);
-                sqlite3_free(t->name);
-                sqlite3_free(t);
-                goto cleanup_message;
-            }
-            t->next = state->temp_tables;
-            state->temp_tables = t;
-            vt->temp = t;
-        }
-        vt->conn = vt->temp->conn;
-    } else {
-        if (!creating && access(vt->data_path, F_OK) != 0) {
-            /* A DROP inside a transaction set the file aside, and the transaction rolled back. */
-            char *aside = dropped_path(vt->data_path);
-            if (aside && access(aside, F_OK) == 0) mmkv_rename_files(aside, vt->data_path, NULL);
-            sqlite3_free(aside);
-        }
-        if (!creating && access(vt->data_path, F_OK) != 0) {
-            *err = sqlite3_mprintf("mmkv: data file '%s' of table \"%s\" is missing", vt->data_path,
-                                   name);
-            rc = SQLITE_CANTOPEN;
-            goto cleanup;
-        }
-        rc = open_owned(vt, &options, creating, &message, err);
-        if (rc != SQLITE_OK) goto cleanup_message;
-    }
-
-    char *schema_sql = sqlite3_mprintf(
-        "CREATE TABLE x(key PRIMARY KEY NOT NULL, value, \"%w\" HIDDEN) WITHOUT ROWID", name);
-    rc = schema_sql ? sqlite3_declare_vtab(db, schema_sql) : SQLITE_NOMEM;
-    sqlite3_free(schema_sql);
-    if (rc != SQLITE_OK) goto cleanup;
-    sqlite3_vtab_config(db, SQLITE_VTAB_CONSTRAINT_SUPPORT, 1);
-#if SQLITE_VERSION_NUMBER >= 3031000
-    if (sqlite3_libversion_number() >= 3031000) sqlite3_vtab_config(db, SQLITE_VTAB_DIRECTONLY);
-#endif
-    *out = &vt->base;
-    mmkv_args_free(&args);
     return SQLITE_OK;
-
-cleanup_message:
-    if (!*err)
-        *err = sqlite3_mprintf("%s", message ? message : "mmkv: cannot open the table's files");
-cleanup:
-    free(message);
-    mmkv_args_free(&args);
-    if (vt) vtab_free(vt);
-    return rc;
 }
 
+/* Opens t's engine connection; the message of a failure goes to *err. */
+static int open_engine(mmkv_table *t, mmkv_open_options *options, char **err)
+{
+    char *message = NULL;
+    char *label = table_label(t->connection->db, t->schema, t->name);
+    if (!label) return SQLITE_NOMEM;
+    options->user = label;
+    int rc = mmkv_open(t->temporary ? "" : t->data_path, options, &t->conn, &message);
+    sqlite3_free(label);
+    if (rc != MMKV_OK) {
+        sqlite3_free(*err);
+        *err = sqlite3_mprintf("%s", message ? message : "mmkv: cannot open the table's files");
+        free(message);
+        return mmkv_sqlite_rc(rc);
+    }
+    return SQLITE_OK;
+}
+
+/*
+** xCreate. argv[0] is the module name, argv[1] the schema, argv[2] the table name, and argv[3..]
+** the arguments. Makes new files (a path in use is refused or freed: placement.h) and, in a
+** database file, the commit record. If the CREATE is rolled back, pending.c removes the files.
+*/
 static int mmkvCreate(sqlite3 *db, void *aux, int argc, const char *const *argv, sqlite3_vtab **out,
                       char **err)
 {
-    return mmkvInit(db, aux, argc, argv, out, err, 1);
+    mmkv_connection *c = aux;
+    const char *schema = argv[1], *name = argv[2];
+    mmkv_args args;
+    *out = NULL;
+    int rc = parse_arguments(argc, argv, &args, err);
+    if (rc != SQLITE_OK) return rc;
+    mmkv_pending_settle(c);
+    mmkv_table *t = mmkv_table_new(c, schema, name), *displaced = NULL;
+    char *displaced_path = NULL;
+    if (!t) {
+        mmkv_args_free(&args);
+        return SQLITE_NOMEM;
+    }
+    const char *db_file = sqlite3_db_filename(db, schema);
+    t->data_path = mmkv_placement_path(db_file, name, args.file, &t->temporary);
+    t->named_after_table = !args.file;
+    t->owned = db_file && db_file[0];
+    t->text_encoding = database_encoding(db);
+    mmkv_open_options options = {.sync = args.sync,
+                                 .temporary = t->temporary,
+                                 .text_encoding = t->text_encoding,
+                                 .home = db_file};
+    rc = t->temporary || t->data_path ? SQLITE_OK : SQLITE_NOMEM;
+    if (rc == SQLITE_OK && !t->temporary)
+        rc = mmkv_placement_refuse_sqlite_file(db, t->data_path, err);
+    if (rc == SQLITE_OK && !t->temporary)
+        rc = mmkv_placement_claim(c, t, schema, name, t->owned, t->data_path, &displaced,
+                                  &displaced_path, err);
+    if (rc == SQLITE_OK && t->owned) {
+        while (options.owner_id == 0)
+            sqlite3_randomness(sizeof options.owner_id, &options.owner_id);
+    }
+    if (rc == SQLITE_OK) rc = open_engine(t, &options, err);
+    t->owns_files = rc == SQLITE_OK;
+    mmkv_commit state;
+    if (rc == SQLITE_OK && t->owned) {
+        rc = mmkv_committed(t->conn, &state) == MMKV_OK ? SQLITE_OK
+                                                         : mmkv_table_error(t, MMKV_CORRUPT, err);
+        if (rc == SQLITE_OK)
+            rc = mmkv_record_create(&t->record, db, schema, name, options.owner_id, &state,
+                                    displaced ? displaced->record.owner_id : 0, err);
+    }
+    if (rc == SQLITE_OK) rc = mmkv_pending_create(c, t, displaced, displaced_path);
+    if (rc == SQLITE_OK) rc = declare(db, name);
+    if (rc == SQLITE_OK) rc = vtab_new(db, c, t, out);
+    if (rc != SQLITE_OK && t->status == MMKV_TABLE_LIVE) {
+        /* Nothing of this CREATE may stay: its files go, a file it set aside comes back. */
+        t->status = MMKV_TABLE_DISCARDED;
+        mmkv_table_close(t);
+        if (t->owns_files && t->data_path) mmkv_remove_files(t->data_path, NULL);
+        if (displaced && mmkv_rename_files(displaced_path, t->data_path, NULL) == MMKV_OK) {
+            sqlite3_free(displaced->data_path);
+            displaced->data_path = sqlite3_mprintf("%s", t->data_path);
+        }
+    }
+    if (rc != SQLITE_OK) mmkv_table_unref(t);
+    sqlite3_free(displaced_path);
+    mmkv_args_free(&args);
+    return rc;
 }
 
+/*
+** xConnect: the table's state is shared with every other vtab SQLite made for it on this
+** connection (tables.h). Otherwise its files are found and checked (placement.h) and opened. A
+** table whose files cannot be used still connects, so that it can be dropped; every use reports
+** why it cannot be used.
+*/
 static int mmkvConnect(sqlite3 *db, void *aux, int argc, const char *const *argv,
                        sqlite3_vtab **out, char **err)
 {
-    return mmkvInit(db, aux, argc, argv, out, err, 0);
+    mmkv_connection *c = aux;
+    const char *schema = argv[1], *name = argv[2];
+    mmkv_args args;
+    *out = NULL;
+    int rc = parse_arguments(argc, argv, &args, err);
+    if (rc != SQLITE_OK) return rc;
+    mmkv_pending_settle(c);
+    mmkv_table *t = mmkv_table_find(c, schema, name);
+    if (t) {
+        mmkv_table_ref(t);
+    } else if ((t = mmkv_table_new(c, schema, name)) != NULL) {
+        const char *db_file = sqlite3_db_filename(db, schema);
+        t->data_path = mmkv_placement_path(db_file, name, args.file, &t->temporary);
+        t->named_after_table = !args.file;
+        t->owned = db_file && db_file[0];
+        int writable = database_writable(db, schema);
+        mmkv_open_options options = {.sync = args.sync, .temporary = t->temporary, .must_exist = 1};
+        char *why = NULL;
+        int failed = t->temporary || t->data_path ? SQLITE_OK : SQLITE_NOMEM;
+        if (failed == SQLITE_OK && t->owned) {
+            failed = mmkv_record_open(&t->record, db, schema, name, &why);
+            if (failed == SQLITE_NOTFOUND)
+                why = sqlite3_mprintf("mmkv: table \"%s\" has no commit record (%s_%s is "
+                                      "missing): its data cannot be trusted",
+                                      name, name, MMKV_COMMIT_SUFFIX);
+            options.owner_id = t->record.owner_id;
+        } else if (failed == SQLITE_OK && !t->owned &&
+                   mmkv_record_open(&t->record, db, schema, name, NULL) == SQLITE_OK) {
+            /* A database with no file holding a commit record: a copy (a backup or a
+            ** deserialize into memory, a dump reloaded there), whose data stayed behind. */
+            failed = SQLITE_CANTOPEN;
+            why = sqlite3_mprintf("mmkv: table \"%s\" is in a copy of a database (it has a commit "
+                                  "record but no database file), and its data did not come with "
+                                  "it; copies of a database keep their mmkv data only when made "
+                                  "with SELECT mmkv_backup('path')",
+                                  name);
+        }
+        if (failed == SQLITE_OK && t->owned)
+            failed = mmkv_placement_verify(t, args.file, writable, &why);
+        if (failed == SQLITE_OK) {
+            failed = open_engine(t, &options, &why);
+            if (failed == SQLITE_OK) t->text_encoding = mmkv_text_encoding(t->conn);
+        }
+        if (failed == SQLITE_OK && writable) mmkv_placement_settle_home(t);
+        if (failed == SQLITE_NOMEM) {
+            rc = SQLITE_NOMEM;
+        } else if (failed != SQLITE_OK) {
+            mmkv_table_break(t, failed, why ? why : "mmkv: the table's files cannot be used");
+            if (!t->broken) rc = SQLITE_NOMEM;
+        }
+        sqlite3_free(why);
+    } else {
+        rc = SQLITE_NOMEM;
+    }
+    if (rc == SQLITE_OK) rc = declare(db, name);
+    if (rc == SQLITE_OK) rc = vtab_new(db, c, t, out);
+    if (rc != SQLITE_OK && t) mmkv_table_unref(t);
+    mmkv_args_free(&args);
+    return rc;
 }
 
 static int mmkvDisconnect(sqlite3_vtab *vtab)
 {
-    return vtab_free((mmkv_vtab *)vtab);
+    mmkv_vtab *vt = (mmkv_vtab *)vtab;
+    mmkv_table_unref(vt->table);
+    sqlite3_free(vt);
+    return SQLITE_OK;
 }
 
-/*
-** The files live outside the database, so a ROLLBACK cannot bring back what a DROP deleted or a
-** RENAME moved. A RENAME that moves files is refused inside an explicit transaction. A DROP there
-** sets the data file aside as "<data file>-dropped" (a temporary table keeps its engine), and if
-** the ROLLBACK brings the table back, xConnect puts the file back in place.
-*/
-static int refuse_inside_transaction(mmkv_vtab *vt, const char *what)
-{
-    if (sqlite3_get_autocommit(vt->db)) return SQLITE_OK;
-    sqlite3_free(vt->base.zErrMsg);
-    vt->base.zErrMsg = sqlite3_mprintf("mmkv: cannot %s \"%s\" inside a transaction: its files "
-                                       "are outside the database and a ROLLBACK could not restore "
-                                       "them",
-                                       what, vt->name);
-    return SQLITE_ERROR;
-}
-
-/* DROP TABLE: the files go with the table. */
+/* DROP TABLE: the commit record goes with the statement; the files stay until SQLite commits the
+** DROP (pending.h), flagged in their home note in case this process dies before. */
 static int mmkvDestroy(sqlite3_vtab *vtab)
 {
     mmkv_vtab *vt = (mmkv_vtab *)vtab;
-    int in_transaction = !sqlite3_get_autocommit(vt->db);
-    if (vt->temp) {
-        if (!in_transaction) temp_table_free(vt->state, vt->temp);
-        vt->temp = NULL;
-        vt->conn = NULL;
-        return vtab_free(vt);
+    mmkv_table *t = vt->table;
+    clear_error(vt);
+    if (t->owned) {
+        int rc = mmkv_record_drop(&t->record, &vtab->zErrMsg);
+        if (rc != SQLITE_OK) return rc;
     }
-    char *message = NULL, *aside = NULL;
-    int rc;
-    if (vt->owned && (rc = mmkv_record_drop(&vt->record, &vt->base.zErrMsg)) != SQLITE_OK)
+    if (t->conn && t->owned && t->owns_files && sqlite3_db_readonly(vt->db, t->schema) != 1)
+        mmkv_mark_home(t->conn, sqlite3_db_filename(vt->db, t->schema), MMKV_HOME_DROP_PENDING);
+    t->status = MMKV_TABLE_DROPPED;
+    int rc = mmkv_pending_drop(vt->connection, t);
+    if (rc != SQLITE_OK) {
+        t->status = MMKV_TABLE_LIVE;
         return rc;
-    char *path = vt->data_path;
-    vt->data_path = NULL;
-    mmkv_close(vt->conn);
-    vt->conn = NULL;
-    if (in_transaction) {
-        aside = dropped_path(path);
-        rc = aside ? mmkv_remove_files(aside, &message) : SQLITE_NOMEM; /* an older one */
-        if (rc == MMKV_OK) rc = mmkv_rename_files(path, aside, &message);
-    } else {
-        rc = mmkv_remove_files(path, &message);
     }
-    if (rc != MMKV_OK && message) set_error(vtab, rc, message);
-    free(message);
-    sqlite3_free(aside);
-    sqlite3_free(path);
-    if (rc != MMKV_OK) return rc;
-    return vtab_free(vt);
+    return mmkvDisconnect(vtab);
+}
+
+/* ALTER TABLE RENAME: files named after the table get the new name beside the old one, and keep
+** only the one SQLite's commit decides (pending.h). */
+static int mmkvRename(sqlite3_vtab *vtab, const char *new_name)
+{
+    mmkv_vtab *vt = (mmkv_vtab *)vtab;
+    mmkv_table *t = vt->table;
+    clear_error(vt);
+    char *old_name = sqlite3_mprintf("%s", t->name), *new_table = sqlite3_mprintf("%s", new_name);
+    char *new_path = NULL, *old_path = NULL, *displaced_path = NULL;
+    mmkv_table *displaced = NULL;
+    int rc = old_name && new_table ? SQLITE_OK : SQLITE_NOMEM;
+    if (rc == SQLITE_OK && t->named_after_table && t->data_path && t->conn) {
+        int temporary;
+        new_path = mmkv_placement_path(sqlite3_db_filename(vt->db, t->schema), new_name, NULL,
+                                       &temporary);
+        rc = new_path ? mmkv_placement_refuse_sqlite_file(vt->db, new_path, &vtab->zErrMsg)
+                      : SQLITE_NOMEM;
+        if (rc == SQLITE_OK)
+            rc = mmkv_placement_claim(vt->connection, t, t->schema, new_name, t->owned, new_path,
+                                      &displaced, &displaced_path, &vtab->zErrMsg);
+        if (rc == SQLITE_OK) {
+            char *message = NULL;
+            int linked = mmkv_link_files(t->data_path, new_path, &message);
+            if (linked != MMKV_OK) {
+                sqlite3_free(vtab->zErrMsg);
+                vtab->zErrMsg = sqlite3_mprintf("%s", message);
+                rc = mmkv_sqlite_rc(linked);
+                if (displaced && mmkv_rename_files(displaced_path, new_path, NULL) == MMKV_OK) {
+                    sqlite3_free(displaced->data_path);
+                    displaced->data_path = sqlite3_mprintf("%s", new_path);
+                }
+                displaced = NULL;
+            }
+            free(message);
+        }
+    }
+    if (rc == SQLITE_OK && t->owned) rc = mmkv_record_rename(&t->record, new_name, &vtab->zErrMsg);
+    if (rc == SQLITE_OK && new_path) {
+        old_path = t->data_path;
+        t->data_path = new_path;
+        new_path = NULL;
+    }
+    if (rc == SQLITE_OK) {
+        sqlite3_free(t->name);
+        t->name = new_table;
+        new_table = NULL;
+        rc = mmkv_pending_rename(vt->connection, t, old_name, old_path, displaced, displaced_path);
+    } else if (new_path && t->data_path && strcmp(new_path, t->data_path) != 0) {
+        mmkv_drop_name(new_path, t->data_path, NULL);
+    }
+    sqlite3_free(old_name);
+    sqlite3_free(new_table);
+    sqlite3_free(new_path);
+    sqlite3_free(old_path);
+    sqlite3_free(displaced_path);
+    return rc;
 }
 
 /*
@@ -500,8 +553,8 @@ static int mmkvDestroy(sqlite3_vtab *vtab)
 */
 static double planner_rows(mmkv_vtab *vt)
 {
-    double live = (double)mmkv_live_count(vt->conn);
-    int analyzed = sqlite3_table_column_metadata(vt->db, vt->schema, "sqlite_stat1", NULL, NULL,
+    double live = vt->table->conn ? (double)mmkv_live_count(vt->table->conn) : 0;
+    int analyzed = sqlite3_table_column_metadata(vt->db, vt->table->schema, "sqlite_stat1", NULL, NULL,
                                                  NULL, NULL, NULL, NULL) == SQLITE_OK;
     return analyzed || live > UNANALYZED_TABLE_ROWS ? live : UNANALYZED_TABLE_ROWS;
 }
@@ -573,9 +626,12 @@ static int mmkvBestIndex(sqlite3_vtab *vtab, sqlite3_index_info *info)
 
 static int mmkvOpen(sqlite3_vtab *vtab, sqlite3_vtab_cursor **out)
 {
+    mmkv_vtab *vt = (mmkv_vtab *)vtab;
+    int rc = unusable(vt);
+    if (rc != SQLITE_OK) return rc;
     mmkv_cursor *cur = sqlite3_malloc(sizeof *cur);
     if (!cur) return SQLITE_NOMEM;
-    ((mmkv_vtab *)vtab)->open_cursors++;
+    vt->table->open_cursors++;
     memset(cur, 0, sizeof *cur);
     cur->eof = 1;
     *out = &cur->base;
@@ -598,7 +654,7 @@ static int mmkvClose(sqlite3_vtab_cursor *cursor)
 {
     mmkv_cursor *cur = (mmkv_cursor *)cursor;
     mmkv_vtab *vt = (mmkv_vtab *)cursor->pVtab;
-    if (--vt->open_cursors == 0) vt->have_snapshot = 0;
+    if (--vt->table->open_cursors == 0) vt->table->have_snapshot = 0;
     cursor_reset(cur);
     if (cur->found != cur->found_inline) sqlite3_free(cur->found);
     sqlite3_free(cur->emitted);
@@ -639,14 +695,14 @@ static int cursor_lookup(mmkv_cursor *cur, sqlite3_value *key_value)
     sqlite3_int64 number;
     cur->n_found = cur->next_found = 0;
     if (sqlite3_value_type(key_value) == SQLITE_NULL) return SQLITE_OK; /* key = NULL: no row */
-    int rc = datum_from_value(key_value, &key, &number);
+    int rc = datum_from_value(key_value, vt->table->text_encoding, &key, &number);
     if (rc != SQLITE_OK) return rc;
     if (key.type == MMKV_BLOB) {
         mmkv_row row;
-        rc = mmkv_get(vt->conn, &cur->snapshot, &key, &row);
+        rc = mmkv_get(vt->table->conn, &cur->snapshot, &key, &row);
         if (rc == MMKV_OK) rc = keep_found_row(cur, &row);
     } else {
-        rc = mmkv_get_similar(vt->conn, &cur->snapshot, &key, keep_found_row, cur);
+        rc = mmkv_get_similar(vt->table->conn, &cur->snapshot, &key, keep_found_row, cur);
     }
     if (rc == MMKV_NOTFOUND || rc == MMKV_OK) return SQLITE_OK;
     if (rc == MMKV_NOMEM) return SQLITE_NOMEM;
@@ -702,24 +758,25 @@ static int scan_advance(mmkv_cursor *cur)
 ** one state. A writer sees its own writes. */
 static int take_snapshot(mmkv_vtab *vt, mmkv_snapshot *snapshot)
 {
+    mmkv_table *t = vt->table;
     int rc;
-    if (mmkv_txn_active(vt->conn)) {
-        rc = mmkv_snapshot_take(vt->conn, snapshot);
-    } else if (vt->owned) {
+    if (!t->conn) return unusable(vt);
+    if (mmkv_txn_active(t->conn)) {
+        rc = mmkv_snapshot_take(t->conn, snapshot);
+    } else if (t->owned) {
         mmkv_commit state;
-        sqlite3_free(vt->base.zErrMsg);
-        vt->base.zErrMsg = NULL;
-        rc = mmkv_record_read_cached(&vt->record, &state, &vt->base.zErrMsg);
+        clear_error(vt);
+        rc = mmkv_record_read_cached(&t->record, &state, &vt->base.zErrMsg);
         if (rc != SQLITE_OK) return rc;
-        rc = mmkv_snapshot_at(vt->conn, &state, snapshot);
-    } else if (vt->have_snapshot) {
-        *snapshot = vt->snapshot;
+        rc = mmkv_snapshot_at(t->conn, &state, snapshot);
+    } else if (t->have_snapshot) {
+        *snapshot = t->snapshot;
         rc = MMKV_OK;
     } else {
-        rc = mmkv_snapshot_take(vt->conn, snapshot);
+        rc = mmkv_snapshot_take(t->conn, snapshot);
         if (rc == MMKV_OK) {
-            vt->snapshot = *snapshot;
-            vt->have_snapshot = 1;
+            t->snapshot = *snapshot;
+            t->have_snapshot = 1;
         }
     }
     return rc == MMKV_OK ? SQLITE_OK : engine_error(vt, rc);
@@ -745,7 +802,7 @@ static int mmkvFilter(sqlite3_vtab_cursor *cursor, int idxNum, const char *idxSt
         cur->in_list = argv[0];
         return lookup_advance(cur);
     default:
-        rc = mmkv_scan_open(vt->conn, &cur->snapshot, &cur->scan);
+        rc = mmkv_scan_open(vt->table->conn, &cur->snapshot, &cur->scan);
         if (rc != MMKV_OK) return SQLITE_NOMEM;
         return scan_advance(cur);
     }
@@ -765,10 +822,11 @@ static int mmkvEof(sqlite3_vtab_cursor *cursor)
 static int mmkvColumn(sqlite3_vtab_cursor *cursor, sqlite3_context *ctx, int column)
 {
     mmkv_cursor *cur = (mmkv_cursor *)cursor;
+    int encoding = ((mmkv_vtab *)cursor->pVtab)->table->text_encoding;
     if (column == COLUMN_KEY)
-        result_datum(ctx, &cur->row.key);
+        result_datum(ctx, &cur->row.key, encoding);
     else if (column == COLUMN_VALUE)
-        result_datum(ctx, &cur->row.value);
+        result_datum(ctx, &cur->row.value, encoding);
     else
         sqlite3_result_null(ctx);
     return SQLITE_OK;
@@ -786,7 +844,7 @@ static int mmkvRowid(sqlite3_vtab_cursor *cursor, sqlite3_int64 *rowid)
 static int constraint_error(mmkv_vtab *vt, int rc, const char *kind)
 {
     sqlite3_free(vt->base.zErrMsg);
-    vt->base.zErrMsg = sqlite3_mprintf("%s constraint failed: %s.key", kind, vt->name);
+    vt->base.zErrMsg = sqlite3_mprintf("%s constraint failed: %s.key", kind, vt->table->name);
     return rc;
 }
 
@@ -794,41 +852,41 @@ static int constraint_error(mmkv_vtab *vt, int rc, const char *kind)
 ** meta slots' (NULL). */
 static int check_state(mmkv_vtab *vt, mmkv_commit *state, const mmkv_commit **use)
 {
+    mmkv_table *t = vt->table;
     *use = NULL;
-    if (!vt->owned || mmkv_txn_active(vt->conn)) return SQLITE_OK;
-    sqlite3_free(vt->base.zErrMsg);
-    vt->base.zErrMsg = NULL;
-    int rc = mmkv_record_read(&vt->record, state, &vt->base.zErrMsg);
+    if (!t->owned || mmkv_txn_active(t->conn)) return SQLITE_OK;
+    clear_error(vt);
+    int rc = mmkv_record_read(&t->record, state, &vt->base.zErrMsg);
     if (rc == SQLITE_OK) *use = state;
     return rc;
 }
-
-/*
-** The hidden column: INSERT INTO kv(kv) VALUES('command').
-**   integrity-check   verify the log and the index (SQLITE_CORRUPT with what is wrong)
-**   rebuild-index     rebuild the derived index from the log
-*/
-static int mmkvBegin(sqlite3_vtab *vtab);
 
 /* SQLite calls xBegin when a statement first writes a table in a transaction, but a table created
 ** earlier in the same transaction already counts as in it and gets none: begin here instead. */
 static int ensure_writing(mmkv_vtab *vt)
 {
-    return mmkv_txn_active(vt->conn) ? SQLITE_OK : mmkvBegin(&vt->base);
+    clear_error(vt);
+    return mmkv_table_begin(vt->table, &vt->base.zErrMsg);
 }
 
+/*
+** The hidden column: INSERT INTO kv(kv) VALUES('command').
+**   integrity-check   verify the log and the index (SQLITE_CORRUPT_VTAB with what is wrong)
+**   rebuild-index     rebuild the derived index from the log
+*/
 static int run_command(mmkv_vtab *vt, sqlite3_value *command)
 {
     const char *text = (const char *)sqlite3_value_text(command);
+    mmkv_conn *conn = vt->table->conn;
     int rc;
     if (text && sqlite3_stricmp(text, "integrity-check") == 0) {
         mmkv_commit state;
         const mmkv_commit *use;
         if ((rc = check_state(vt, &state, &use)) != SQLITE_OK) return rc;
-        rc = mmkv_check(vt->conn, use);
+        rc = mmkv_check(conn, use);
     } else if (text && sqlite3_stricmp(text, "rebuild-index") == 0) {
         if ((rc = ensure_writing(vt)) != SQLITE_OK) return rc;
-        rc = mmkv_rebuild(vt->conn);
+        rc = mmkv_rebuild(conn);
     } else {
         sqlite3_free(vt->base.zErrMsg);
         vt->base.zErrMsg = sqlite3_mprintf("mmkv: unknown command \"%s\"", text ? text : "");
@@ -845,6 +903,10 @@ static int mmkvIntegrity(sqlite3_vtab *vtab, const char *schema, const char *tab
     mmkv_vtab *vt = (mmkv_vtab *)vtab;
     (void)schema;
     (void)flags;
+    if (unusable(vt) != SQLITE_OK) {
+        *report = sqlite3_mprintf("%s: %s", table, vtab->zErrMsg);
+        return SQLITE_OK;
+    }
     mmkv_commit state;
     const mmkv_commit *use;
     int rc = check_state(vt, &state, &use);
@@ -852,8 +914,8 @@ static int mmkvIntegrity(sqlite3_vtab *vtab, const char *schema, const char *tab
         *report = sqlite3_mprintf("%s", vtab->zErrMsg ? vtab->zErrMsg : "mmkv: cannot read");
         return SQLITE_OK;
     }
-    if (mmkv_check(vt->conn, use) != MMKV_OK)
-        *report = sqlite3_mprintf("%s: %s", table, mmkv_errmsg(vt->conn));
+    if (mmkv_check(vt->table->conn, use) != MMKV_OK)
+        *report = sqlite3_mprintf("%s: %s", table, mmkv_errmsg(vt->table->conn));
     return SQLITE_OK;
 }
 #endif
@@ -869,39 +931,44 @@ static int mmkvIntegrity(sqlite3_vtab *vtab, const char *schema, const char *tab
 static int mmkvUpdate(sqlite3_vtab *vtab, int argc, sqlite3_value **argv, sqlite3_int64 *rowid)
 {
     mmkv_vtab *vt = (mmkv_vtab *)vtab;
+    int encoding = vt->table->text_encoding;
     /* SQLite sets last_insert_rowid() from *rowid after an INSERT; a WITHOUT ROWID table leaves
     ** it as it was. */
     *rowid = sqlite3_last_insert_rowid(vt->db);
     mmkv_datum old_key, key, value;
     sqlite3_int64 old_number, number, value_number;
-    int rc;
+    int rc = unusable(vt);
+    if (rc != SQLITE_OK) return rc;
+    mmkv_conn *conn = vt->table->conn;
 
     if (argc == 1) {
-        if ((rc = datum_from_value(argv[0], &old_key, &old_number)) != SQLITE_OK) return rc;
+        if ((rc = datum_from_value(argv[0], encoding, &old_key, &old_number)) != SQLITE_OK)
+            return rc;
         if ((rc = ensure_writing(vt)) != SQLITE_OK) return rc;
-        rc = mmkv_delete(vt->conn, &old_key);
+        rc = mmkv_delete(conn, &old_key);
         return rc == MMKV_OK || rc == MMKV_NOTFOUND ? SQLITE_OK : engine_error(vt, rc);
     }
     int inserting = sqlite3_value_type(argv[0]) == SQLITE_NULL;
     if (inserting && sqlite3_value_type(argv[4]) != SQLITE_NULL) return run_command(vt, argv[4]);
     if (sqlite3_value_type(argv[2]) == SQLITE_NULL)
         return constraint_error(vt, SQLITE_CONSTRAINT_NOTNULL, "NOT NULL");
-    if ((rc = datum_from_value(argv[2], &key, &number)) != SQLITE_OK) return rc;
-    if ((rc = datum_from_value(argv[3], &value, &value_number)) != SQLITE_OK) return rc;
+    if ((rc = datum_from_value(argv[2], encoding, &key, &number)) != SQLITE_OK) return rc;
+    if ((rc = datum_from_value(argv[3], encoding, &value, &value_number)) != SQLITE_OK) return rc;
     int replace = sqlite3_vtab_on_conflict(vt->db) == SQLITE_REPLACE;
     if ((rc = ensure_writing(vt)) != SQLITE_OK) return rc;
 
     if (inserting) {
-        rc = mmkv_put(vt->conn, &key, &value, replace ? MMKV_PUT_REPLACE : MMKV_PUT_INSERT);
+        rc = mmkv_put(conn, &key, &value, replace ? MMKV_PUT_REPLACE : MMKV_PUT_INSERT);
     } else {
-        if ((rc = datum_from_value(argv[0], &old_key, &old_number)) != SQLITE_OK) return rc;
+        if ((rc = datum_from_value(argv[0], encoding, &old_key, &old_number)) != SQLITE_OK)
+            return rc;
         if (mmkv_key_equal(&old_key, &key)) {
-            rc = mmkv_put(vt->conn, &key, &value, MMKV_PUT_REPLACE);
+            rc = mmkv_put(conn, &key, &value, MMKV_PUT_REPLACE);
         } else {
             /* A new key: claim it first, so that a conflict fails before any change. */
-            rc = mmkv_put(vt->conn, &key, &value, replace ? MMKV_PUT_REPLACE : MMKV_PUT_INSERT);
+            rc = mmkv_put(conn, &key, &value, replace ? MMKV_PUT_REPLACE : MMKV_PUT_INSERT);
             if (rc == MMKV_OK) {
-                rc = mmkv_delete(vt->conn, &old_key);
+                rc = mmkv_delete(conn, &old_key);
                 if (rc == MMKV_NOTFOUND) rc = MMKV_OK;
             }
         }
@@ -912,148 +979,48 @@ static int mmkvUpdate(sqlite3_vtab *vtab, int argc, sqlite3_value **argv, sqlite
 
 /* ---- transactions: all durable work in xSync; xCommit and xRollback cannot fail ---- */
 
-/* The connection's busy timeout in milliseconds (PRAGMA busy_timeout; 0 if none is set). */
-static int busy_timeout_ms(sqlite3 *db)
-{
-    sqlite3_stmt *stmt = NULL;
-    int ms = 0;
-    if (sqlite3_prepare_v2(db, "PRAGMA busy_timeout", -1, &stmt, NULL) == SQLITE_OK &&
-        sqlite3_step(stmt) == SQLITE_ROW)
-        ms = sqlite3_column_int(stmt, 0);
-    sqlite3_finalize(stmt);
-    return ms;
-}
-
-/* Where no database lock serialises writers (the file is shared by in-memory databases), mmkv's
-** own file lock does, and a writer waits for it up to the connection's busy timeout, backing off
-** as SQLite's own busy handler does. */
-static int begin_waiting(mmkv_vtab *vt)
-{
-    static const int delays_ms[] = {1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100};
-    const int n_delays = (int)(sizeof delays_ms / sizeof delays_ms[0]);
-    int rc = mmkv_txn_begin(vt->conn);
-    if (rc != MMKV_BUSY) return rc;
-    int timeout = busy_timeout_ms(vt->db), waited = 0;
-    for (int i = 0; rc == MMKV_BUSY && waited < timeout; i++) {
-        int delay = delays_ms[i < n_delays ? i : n_delays - 1];
-        if (delay > timeout - waited) delay = timeout - waited;
-        sqlite3_sleep(delay);
-        waited += delay;
-        rc = mmkv_txn_begin(vt->conn);
-    }
-    return rc;
-}
-
-/* A table in a database file begins from the commit its database records. SQLite already holds
-** the database's write lock: a statement that writes a virtual table begins a write transaction
-** on the table's database first, so writers across processes queue on that lock, and the busy
-** timeout applies as usual. */
 static int mmkvBegin(sqlite3_vtab *vtab)
 {
     mmkv_vtab *vt = (mmkv_vtab *)vtab;
-    if (mmkv_txn_active(vt->conn)) return SQLITE_OK;
-    int rc;
-    if (vt->owned) {
-        mmkv_commit state;
-        sqlite3_free(vtab->zErrMsg);
-        vtab->zErrMsg = NULL;
-        if ((rc = mmkv_record_read(&vt->record, &state, &vtab->zErrMsg)) != SQLITE_OK) return rc;
-        rc = mmkv_txn_begin_at(vt->conn, &state);
-    } else {
-        rc = begin_waiting(vt);
-    }
-    return rc == MMKV_OK ? SQLITE_OK : engine_error(vt, rc);
+    clear_error(vt);
+    return mmkv_table_begin(vt->table, &vtab->zErrMsg);
 }
 
-/* The records are made durable, then the commit is recorded in the database, in the transaction
-** SQLite is about to commit: one commit for mmkv and native tables. */
 static int mmkvSync(sqlite3_vtab *vtab)
 {
     mmkv_vtab *vt = (mmkv_vtab *)vtab;
-    if (!mmkv_txn_active(vt->conn)) return SQLITE_OK;
-    int rc = mmkv_txn_prepare(vt->conn);
-    if (rc != MMKV_OK) return engine_error(vt, rc);
-    if (!vt->owned) return SQLITE_OK;
-    mmkv_commit before, after;
-    mmkv_txn_outcome(vt->conn, &after);
-    sqlite3_free(vtab->zErrMsg);
-    vtab->zErrMsg = NULL;
-    rc = mmkv_record_read(&vt->record, &before, &vtab->zErrMsg);
-    if (rc == SQLITE_OK && memcmp(&before, &after, sizeof after) != 0)
-        rc = mmkv_record_write(&vt->record, &after, &vtab->zErrMsg);
-    return rc;
+    clear_error(vt);
+    return mmkv_table_sync(vt->table, &vtab->zErrMsg);
 }
 
 static int mmkvCommit(sqlite3_vtab *vtab)
 {
-    mmkv_txn_commit(((mmkv_vtab *)vtab)->conn);
+    mmkv_table_commit(((mmkv_vtab *)vtab)->table);
     return SQLITE_OK;
 }
 
 static int mmkvRollback(sqlite3_vtab *vtab)
 {
-    mmkv_txn_rollback(((mmkv_vtab *)vtab)->conn);
+    mmkv_table_rollback(((mmkv_vtab *)vtab)->table);
     return SQLITE_OK;
 }
 
 static int mmkvSavepoint(sqlite3_vtab *vtab, int level)
 {
     mmkv_vtab *vt = (mmkv_vtab *)vtab;
-    int rc = mmkv_txn_savepoint(vt->conn, level);
-    return rc == MMKV_OK ? SQLITE_OK : engine_error(vt, rc);
+    clear_error(vt);
+    return mmkv_table_savepoint(vt->table, level, &vtab->zErrMsg);
 }
 
 static int mmkvRelease(sqlite3_vtab *vtab, int level)
 {
-    mmkv_txn_release(((mmkv_vtab *)vtab)->conn, level);
+    mmkv_table_release(((mmkv_vtab *)vtab)->table, level);
     return SQLITE_OK;
 }
 
 static int mmkvRollbackTo(sqlite3_vtab *vtab, int level)
 {
-    mmkv_txn_rollback_to(((mmkv_vtab *)vtab)->conn, level);
-    return SQLITE_OK;
-}
-
-/* ALTER TABLE RENAME: files named after the table take the new name. */
-static int mmkvRename(sqlite3_vtab *vtab, const char *new_name)
-{
-    mmkv_vtab *vt = (mmkv_vtab *)vtab;
-    if (vt->temp || vt->named_after_table) {
-        int rc = refuse_inside_transaction(vt, "rename");
-        if (rc != SQLITE_OK) return rc;
-    }
-    char *new_table = sqlite3_mprintf("%s", new_name);
-    if (!new_table) return SQLITE_NOMEM;
-    if (vt->owned) {
-        sqlite3_free(vt->base.zErrMsg);
-        vt->base.zErrMsg = NULL;
-        int rc = mmkv_record_rename(&vt->record, new_name, &vt->base.zErrMsg);
-        if (rc != SQLITE_OK) {
-            sqlite3_free(new_table);
-            return rc;
-        }
-    }
-    if (vt->temp) {
-        sqlite3_free(vt->temp->name);
-        vt->temp->name = sqlite3_mprintf("%s", new_name);
-    } else if (vt->named_after_table) {
-        int temporary;
-        char *new_path = resolve_data_path(vt->db, vt->schema, new_name, NULL, &temporary);
-        char *message = NULL;
-        int rc = new_path ? mmkv_rename_files(vt->data_path, new_path, &message) : SQLITE_NOMEM;
-        if (rc != MMKV_OK) {
-            if (message) set_error(vtab, rc, message);
-            free(message);
-            sqlite3_free(new_path);
-            sqlite3_free(new_table);
-            return rc;
-        }
-        sqlite3_free(vt->data_path);
-        vt->data_path = new_path;
-    }
-    sqlite3_free(vt->name);
-    vt->name = new_table;
+    mmkv_table_rollback_to(((mmkv_vtab *)vtab)->table, level);
     return SQLITE_OK;
 }
 
@@ -1094,10 +1061,17 @@ static const sqlite3_module mmkv_module = {
     .xShadowName = mmkvShadowName,
 };
 
+static void connection_release(void *c)
+{
+    mmkv_connection_unref(c);
+}
+
 int mmkv_vtab_register(sqlite3 *db)
 {
-    mmkv_module_state *state = sqlite3_malloc(sizeof *state);
-    if (!state) return SQLITE_NOMEM;
-    memset(state, 0, sizeof *state);
-    return sqlite3_create_module_v2(db, "mmkv", &mmkv_module, state, module_state_free);
+    mmkv_connection *c = mmkv_connection_new(db);
+    if (!c) return SQLITE_NOMEM;
+    c->refs = 1;
+    int rc = sqlite3_create_module_v2(db, "mmkv", &mmkv_module, c, connection_release);
+    if (rc == SQLITE_OK) rc = mmkv_pending_register(c);
+    return rc;
 }

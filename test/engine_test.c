@@ -641,7 +641,7 @@ static void test_owner_authority(void)
     mmkv_open_options other = {.sync = MMKV_SYNC_NORMAL, .owner_id = 43},
                       none = {.sync = MMKV_SYNC_NORMAL};
     rc = mmkv_open(path, &other, &c, &err);
-    CHECK(rc != MMKV_OK && err && strstr(err, "another database"), "another owner: %d %s", rc,
+    CHECK(rc != MMKV_OK && err && strstr(err, "belongs to another table"), "another owner: %d %s", rc,
           err ? err : "");
     free(err);
     err = NULL;

@@ -366,11 +366,15 @@ def test_drop_and_rename_in_transactions():
                         db.execute("SELECT count(*) FROM kv").fetchone(), (0,))
             db.execute("INSERT INTO kv VALUES(2, 'two')")
             db.execute("BEGIN")
-            check_error("%s: RENAME inside a transaction is refused, naming the reason" % where,
-                        lambda: db.execute("ALTER TABLE kv RENAME TO kv2"), "inside a transaction")
+            db.execute("ALTER TABLE kv RENAME TO kv2")
+            check_equal("%s: RENAME inside a transaction: the table reads under its new name" % where,
+                        db.execute("SELECT key, value FROM kv2").fetchall(), [(2, "two")])
             db.execute("ROLLBACK")
-            check_equal("%s: the refused RENAME left the table as it was" % where,
+            check_equal("%s: a rolled-back RENAME leaves the table as it was" % where,
                         db.execute("SELECT key, value FROM kv").fetchall(), [(2, "two")])
+            if where == "file":
+                check_equal("file: a rolled-back RENAME leaves the files under the old name",
+                            mmkv_files(d), ["app.db-kv.mmkv", "app.db-kv.mmkv-index"])
             db.close()
 
 
@@ -410,7 +414,7 @@ def test_create_in_transactions():
                 other = connect(os.path.join(d, "other.db"))
                 check_error("file: another database still cannot take a committed table's file",
                             lambda: other.execute("CREATE VIRTUAL TABLE kv USING mmkv(%s)" % shared),
-                            "belongs to another database")
+                            "belongs to table \"kv\" of the database '%s'" % os.path.join(d, "app.db"))
                 other.close()
 
 
@@ -913,7 +917,7 @@ def test_connections_shared_file():
         b = connect(os.path.join(d, "b.db"), timeout=0.2)
         check_error("shared file: a second database file cannot take another's data file",
                     lambda: b.execute("CREATE VIRTUAL TABLE kv USING mmkv(file='%s')" % shared),
-                    "belongs to another database")
+                    "is in use by table main.kv of '%s'" % os.path.join(d, "a.db"))
         check_equal("shared file: the refusal left no table behind",
                     b.execute("SELECT count(*) FROM sqlite_schema").fetchone(), (0,))
         m = connect(":memory:")
@@ -957,7 +961,8 @@ def test_connections_shared_file():
         f = connect(os.path.join(d, "c.db"))
         check_error("shared file (in memory): a database file cannot take it while others "
                     "share it", lambda: f.execute(
-                        "CREATE VIRTUAL TABLE kv USING mmkv(file='%s')" % free), "belongs to")
+                        "CREATE VIRTUAL TABLE kv USING mmkv(file='%s')" % free),
+                    "is in use by table main.kv of an in-memory database")
         a.close()
         b.close()
         f.close()
