@@ -236,6 +236,13 @@ int mmkv_path_identity(const char *path, uint64_t *dev, uint64_t *ino)
     return 1;
 }
 
+int mmkv_same_file(const char *a, const char *b)
+{
+    uint64_t da, ia, db, ib;
+    return mmkv_path_identity(a, &da, &ia) && mmkv_path_identity(b, &db, &ib) && da == db &&
+           ia == ib;
+}
+
 int mmkv_path_locked_by_process(const char *path)
 {
     uint64_t dev, ino;

@@ -108,6 +108,8 @@ typedef struct mmkv_file_info {
 ** on its files), so that opening and closing a descriptor on it would drop that lock. */
 int mmkv_path_identity(const char *path, uint64_t *dev, uint64_t *ino);
 int mmkv_path_locked_by_process(const char *path);
+/* 1 if both paths exist and name one file. */
+int mmkv_same_file(const char *a, const char *b);
 
 /* Reads what the data file at path says about itself. Never writes, and never opens a descriptor
 ** on a file this process already has open. OK, NOTFOUND, NOTADB (not an mmkv data file), or an

@@ -20,9 +20,11 @@ struct op {
     op_kind kind;
     mmkv_table *table; /* holds a reference */
     int level;         /* the innermost savepoint open when it was made; -1 if none */
-    /* OP_RENAME: the name before, and the name its files had (NULL if they keep theirs) */
+    /* OP_RENAME: the name before, and the name its files had (NULL if they keep theirs); linked:
+    ** the new name was made for it (not a name its files already had) */
     char *old_name;
     char *old_path;
+    int linked;
     /* OP_CREATE, OP_RENAME: a dropped table whose file was set aside at displaced_path to make
     ** room for t's new name */
     mmkv_table *displaced;
@@ -34,6 +36,7 @@ struct mmkv_pending {
     op *ops;            /* newest first */
     int in_transaction; /* the participant is in SQLite's transaction */
     int depth;          /* savepoints open in it (SQLite's numbering: levels 0 to depth - 1) */
+    int catching_up;    /* just joined: SQLite's next xSavepoint names a savepoint already open */
     int joining;        /* mmkv's own INSERT is running */
 };
 
@@ -85,7 +88,9 @@ static void op_commit(op *o)
         if (t->owns_files && t->data_path) mmkv_remove_files(t->data_path, NULL);
         break;
     case OP_RENAME:
-        if (o->old_path && t->data_path) mmkv_drop_name(o->old_path, t->data_path, NULL);
+        /* The old name goes, unless a later RENAME gave it back. */
+        if (o->old_path && t->data_path && strcmp(o->old_path, t->data_path) != 0)
+            mmkv_drop_name(o->old_path, t->data_path, NULL);
         break;
     case OP_CREATE:
         break;
@@ -119,8 +124,9 @@ static void op_cancel(op *o)
         if (t->conn && t->owned && t->owns_files) mmkv_mark_home(t->conn, database_path(t), 0);
         break;
     case OP_RENAME:
-        if (o->old_path && t->data_path && mmkv_drop_name(t->data_path, o->old_path, NULL) == MMKV_OK) {
-            restore_displaced(o, t->data_path);
+        if (o->old_path && t->data_path &&
+            (!o->linked || mmkv_drop_name(t->data_path, o->old_path, NULL) == MMKV_OK)) {
+            if (o->linked) restore_displaced(o, t->data_path);
             sqlite3_free(t->data_path);
             t->data_path = o->old_path;
             o->old_path = NULL;
@@ -239,10 +245,12 @@ int mmkv_pending_drop(mmkv_connection *c, mmkv_table *t)
 }
 
 int mmkv_pending_rename(mmkv_connection *c, mmkv_table *t, const char *old_name,
-                        const char *old_path, mmkv_table *displaced, const char *displaced_path)
+                        const char *old_path, int linked, mmkv_table *displaced,
+                        const char *displaced_path)
 {
     op *o = op_new(OP_RENAME, t);
     if (!o) return SQLITE_NOMEM;
+    o->linked = linked;
     o->old_name = sqlite3_mprintf("%s", old_name);
     o->old_path = old_path ? sqlite3_mprintf("%s", old_path) : NULL;
     if (!o->old_name || (old_path && !o->old_path) ||
@@ -432,6 +440,7 @@ static int participantUpdate(sqlite3_vtab *vtab, int argc, sqlite3_value **argv,
     (void)argv;
     (void)rowid;
     participant *v = (participant *)vtab;
+    v->pending->catching_up = 0;
     if (!v->pending->joining) {
         sqlite3_free(vtab->zErrMsg);
         vtab->zErrMsg = sqlite3_mprintf("%s is maintained by mmkv and cannot be written",
@@ -446,6 +455,7 @@ static int participantBegin(sqlite3_vtab *vtab)
     mmkv_pending *p = ((participant *)vtab)->pending;
     p->in_transaction = 1;
     p->depth = 0;
+    p->catching_up = 1;
     return SQLITE_OK;
 }
 
@@ -461,6 +471,7 @@ static int participantCommit(sqlite3_vtab *vtab)
     mmkv_tables_commit(p->connection);
     commit_all(p);
     p->in_transaction = 0;
+    mmkv_tables_sweep(p->connection);
     return SQLITE_OK;
 }
 
@@ -470,6 +481,7 @@ static int participantRollback(sqlite3_vtab *vtab)
     cancel_from(p, -1);
     mmkv_tables_rollback(p->connection);
     p->in_transaction = 0;
+    mmkv_tables_sweep(p->connection);
     return SQLITE_OK;
 }
 
@@ -477,6 +489,12 @@ static int participantSavepoint(sqlite3_vtab *vtab, int level)
 {
     mmkv_pending *p = ((participant *)vtab)->pending;
     p->depth = level + 1;
+    /* Joining late, SQLite names the innermost savepoint open: the tables marked it when it
+    ** began, and marking it again now would move it past their writes since. */
+    if (p->catching_up) {
+        p->catching_up = 0;
+        return SQLITE_OK;
+    }
     return mmkv_tables_savepoint(p->connection, level, &vtab->zErrMsg);
 }
 

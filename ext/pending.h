@@ -45,9 +45,11 @@ int mmkv_pending_create(mmkv_connection *c, mmkv_table *t, mmkv_table *displaced
 /* A DROP TABLE dropped t. */
 int mmkv_pending_drop(mmkv_connection *c, mmkv_table *t);
 /* An ALTER TABLE RENAME renamed t from old_name; old_path is the name its files had (NULL if
-** they keep theirs); displaced as for a CREATE, at the new name. */
+** they keep theirs), linked whether their new name was made for it (not one they still had from
+** an earlier RENAME in the transaction); displaced as for a CREATE, at the new name. */
 int mmkv_pending_rename(mmkv_connection *c, mmkv_table *t, const char *old_name,
-                        const char *old_path, mmkv_table *displaced, const char *displaced_path);
+                        const char *old_path, int linked, mmkv_table *displaced,
+                        const char *displaced_path);
 
 /* Settles what a transaction that has ended left pending, when the participant could not learn
 ** its outcome. Call with no transaction open. */

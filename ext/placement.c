@@ -39,12 +39,7 @@ static int set_error(char **err, int rc, char *message)
     return message ? rc : SQLITE_NOMEM;
 }
 
-static int same_file(const char *a, const char *b)
-{
-    uint64_t da, ia, db, ib;
-    return mmkv_path_identity(a, &da, &ia) && mmkv_path_identity(b, &db, &ib) && da == db &&
-           ia == ib;
-}
+#define same_file mmkv_same_file
 
 /* Two names of one database: the same path, or the same file. */
 static int same_database(const char *a, const char *b)

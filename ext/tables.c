@@ -82,11 +82,30 @@ void mmkv_table_ref(mmkv_table *t)
     t->refs++;
 }
 
+/* Whether a table nothing holds must stay: see mmkv_table_unref. */
+static int must_stay(mmkv_table *t)
+{
+    if (t->conn && mmkv_txn_active(t->conn)) return 1;
+    return t->temporary && t->status == MMKV_TABLE_LIVE;
+}
+
 void mmkv_table_unref(mmkv_table *t)
 {
-    if (--t->refs > 0) return;
-    if (t->temporary && t->status == MMKV_TABLE_LIVE) return; /* kept until DROP or close */
+    if (--t->refs > 0 || must_stay(t)) return;
     table_free(t);
+}
+
+void mmkv_tables_sweep(mmkv_connection *c)
+{
+    mmkv_table **p = &c->tables;
+    while (*p) {
+        mmkv_table *t = *p;
+        if (t->refs == 0 && !must_stay(t)) {
+            table_free(t); /* unlinks it: *p is the next one now */
+            continue;
+        }
+        p = &t->next;
+    }
 }
 
 void mmkv_table_break(mmkv_table *t, int rc, const char *message)
@@ -211,7 +230,8 @@ void mmkv_table_commit(mmkv_table *t)
 
 void mmkv_table_rollback(mmkv_table *t)
 {
-    if (t->conn) mmkv_txn_rollback(t->conn);
+    if (!t->conn) return;
+    mmkv_txn_rollback(t->conn);
 }
 
 int mmkv_table_savepoint(mmkv_table *t, int level, char **err)

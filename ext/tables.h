@@ -68,9 +68,13 @@ mmkv_table *mmkv_table_find(mmkv_connection *c, const char *schema, const char *
 /* A new LIVE table holding one reference (schema and name copied), or NULL if out of memory. */
 mmkv_table *mmkv_table_new(mmkv_connection *c, const char *schema, const char *name);
 void mmkv_table_ref(mmkv_table *t);
-/* Drops a reference; the last one closes the table, but a temporary table that is LIVE stays
-** open (its data lives only in its engine) until it is dropped or the connection closes. */
+/* Drops a reference; the last one closes the table, but a table in the middle of a transaction
+** stays until it ends (a dropped table brought back by ROLLBACK TO has no vtab until SQLite makes
+** one), and a temporary table that is LIVE stays open (its data lives only in its engine) until it
+** is dropped or the connection closes. */
 void mmkv_table_unref(mmkv_table *t);
+/* Closes the tables nothing holds any more, once their transaction has ended. */
+void mmkv_tables_sweep(mmkv_connection *c);
 /* Makes the table unusable with this error (the message is copied). */
 void mmkv_table_break(mmkv_table *t, int rc, const char *message);
 /* Closes its engine connection (a transaction in it rolls back). */

@@ -53,6 +53,7 @@ struct mmkv_vtab {
     sqlite3 *db;
     mmkv_connection *connection;
     mmkv_table *table; /* holds a reference */
+    int catching_up;   /* joined a transaction its table was already in: see mmkvSavepoint */
 };
 
 typedef struct mmkv_cursor mmkv_cursor;
@@ -496,23 +497,26 @@ static int mmkvRename(sqlite3_vtab *vtab, const char *new_name)
     char *old_name = sqlite3_mprintf("%s", t->name), *new_table = sqlite3_mprintf("%s", new_name);
     char *new_path = NULL, *old_path = NULL, *displaced_path = NULL;
     mmkv_table *displaced = NULL;
-    int rc = old_name && new_table ? SQLITE_OK : SQLITE_NOMEM;
+    int rc = old_name && new_table ? SQLITE_OK : SQLITE_NOMEM, linked = 0;
     if (rc == SQLITE_OK && t->named_after_table && t->data_path && t->conn) {
         int temporary;
         new_path = mmkv_placement_path(sqlite3_db_filename(vt->db, t->schema), new_name, NULL,
                                        &temporary);
         rc = new_path ? mmkv_placement_refuse_sqlite_file(vt->db, new_path, &vtab->zErrMsg)
                       : SQLITE_NOMEM;
-        if (rc == SQLITE_OK)
+        /* Back to a name its files still have (renamed and back in one transaction). */
+        int have_it = rc == SQLITE_OK && mmkv_same_file(new_path, t->data_path);
+        linked = rc == SQLITE_OK && !have_it;
+        if (linked)
             rc = mmkv_placement_claim(vt->connection, t, t->schema, new_name, t->owned, new_path,
                                       &displaced, &displaced_path, &vtab->zErrMsg);
-        if (rc == SQLITE_OK) {
+        if (linked && rc == SQLITE_OK) {
             char *message = NULL;
-            int linked = mmkv_link_files(t->data_path, new_path, &message);
-            if (linked != MMKV_OK) {
+            int link_rc = mmkv_link_files(t->data_path, new_path, &message);
+            if (link_rc != MMKV_OK) {
                 sqlite3_free(vtab->zErrMsg);
                 vtab->zErrMsg = sqlite3_mprintf("%s", message);
-                rc = mmkv_sqlite_rc(linked);
+                rc = mmkv_sqlite_rc(link_rc);
                 if (displaced && mmkv_rename_files(displaced_path, new_path, NULL) == MMKV_OK) {
                     sqlite3_free(displaced->data_path);
                     displaced->data_path = sqlite3_mprintf("%s", new_path);
@@ -532,8 +536,9 @@ static int mmkvRename(sqlite3_vtab *vtab, const char *new_name)
         sqlite3_free(t->name);
         t->name = new_table;
         new_table = NULL;
-        rc = mmkv_pending_rename(vt->connection, t, old_name, old_path, displaced, displaced_path);
-    } else if (new_path && t->data_path && strcmp(new_path, t->data_path) != 0) {
+        rc = mmkv_pending_rename(vt->connection, t, old_name, old_path, linked, displaced,
+                                 displaced_path);
+    } else if (linked && new_path && t->data_path) {
         mmkv_drop_name(new_path, t->data_path, NULL);
     }
     sqlite3_free(old_name);
@@ -627,6 +632,7 @@ static int mmkvBestIndex(sqlite3_vtab *vtab, sqlite3_index_info *info)
 static int mmkvOpen(sqlite3_vtab *vtab, sqlite3_vtab_cursor **out)
 {
     mmkv_vtab *vt = (mmkv_vtab *)vtab;
+    vt->catching_up = 0;
     int rc = unusable(vt);
     if (rc != SQLITE_OK) return rc;
     mmkv_cursor *cur = sqlite3_malloc(sizeof *cur);
@@ -931,6 +937,7 @@ static int mmkvIntegrity(sqlite3_vtab *vtab, const char *schema, const char *tab
 static int mmkvUpdate(sqlite3_vtab *vtab, int argc, sqlite3_value **argv, sqlite3_int64 *rowid)
 {
     mmkv_vtab *vt = (mmkv_vtab *)vtab;
+    vt->catching_up = 0;
     int encoding = vt->table->text_encoding;
     /* SQLite sets last_insert_rowid() from *rowid after an INSERT; a WITHOUT ROWID table leaves
     ** it as it was. */
@@ -983,43 +990,57 @@ static int mmkvBegin(sqlite3_vtab *vtab)
 {
     mmkv_vtab *vt = (mmkv_vtab *)vtab;
     clear_error(vt);
+    vt->catching_up = vt->table->conn && mmkv_txn_active(vt->table->conn);
     return mmkv_table_begin(vt->table, &vtab->zErrMsg);
 }
 
 static int mmkvSync(sqlite3_vtab *vtab)
 {
     mmkv_vtab *vt = (mmkv_vtab *)vtab;
+    vt->catching_up = 0;
     clear_error(vt);
     return mmkv_table_sync(vt->table, &vtab->zErrMsg);
 }
 
 static int mmkvCommit(sqlite3_vtab *vtab)
 {
+    ((mmkv_vtab *)vtab)->catching_up = 0;
     mmkv_table_commit(((mmkv_vtab *)vtab)->table);
     return SQLITE_OK;
 }
 
 static int mmkvRollback(sqlite3_vtab *vtab)
 {
+    ((mmkv_vtab *)vtab)->catching_up = 0;
     mmkv_table_rollback(((mmkv_vtab *)vtab)->table);
     return SQLITE_OK;
 }
 
+/* Joining a transaction late, SQLite first names the innermost savepoint already open. For a
+** table this vtab begins, that marks its start (txn.c); for a table already in the transaction
+** through another vtab (a schema reload made this one), the table marked it when it began, and
+** marking it again would move it past the writes since. */
 static int mmkvSavepoint(sqlite3_vtab *vtab, int level)
 {
     mmkv_vtab *vt = (mmkv_vtab *)vtab;
     clear_error(vt);
+    if (vt->catching_up) {
+        vt->catching_up = 0;
+        return SQLITE_OK;
+    }
     return mmkv_table_savepoint(vt->table, level, &vtab->zErrMsg);
 }
 
 static int mmkvRelease(sqlite3_vtab *vtab, int level)
 {
+    ((mmkv_vtab *)vtab)->catching_up = 0;
     mmkv_table_release(((mmkv_vtab *)vtab)->table, level);
     return SQLITE_OK;
 }
 
 static int mmkvRollbackTo(sqlite3_vtab *vtab, int level)
 {
+    ((mmkv_vtab *)vtab)->catching_up = 0;
     mmkv_table_rollback_to(((mmkv_vtab *)vtab)->table, level);
     return SQLITE_OK;
 }

@@ -1,0 +1,278 @@
+"""A table's life around the engine: DDL under every transaction shape and ending, and schema
+reloads inside a transaction, each run on an mmkv table and on a native WITHOUT ROWID table doing
+the same, which must end alike: the same step outcomes, the same rows in every table, after a
+reopen too; and the mmkv files on disk are exactly those of the tables that exist.
+
+The matrix: DDL (DROP, RENAME, CREATE, DROP then CREATE of the same name, CREATE then DROP, RENAME
+and back, RENAME then DROP) x shape (autocommit, BEGIN, a savepoint inside BEGIN, a savepoint as
+the transaction) x ending (COMMIT, ROLLBACK, ROLLBACK TO a savepoint taken before the DDL and
+COMMIT, a COMMIT that fails on a deferred foreign key and is retried or rolled back, a COMMIT that
+is busy behind a reader and is retried or rolled back), with writes to the table before the DDL
+in the same transaction and native writes beside them; in rollback-journal and WAL mode.
+
+Run one case: MMKV_TEST=ddl_matrix (and MMKV_CASE=<substring of a case name>).
+"""
+import os
+import sqlite3
+import sys
+
+import harness
+from harness import TempDir, check, check_equal, connect
+
+MMKV = "CREATE VIRTUAL TABLE {name} USING mmkv"
+NATIVE = "CREATE TABLE {name}(key PRIMARY KEY NOT NULL, value) WITHOUT ROWID"
+CASE_FILTER = os.environ.get("MMKV_CASE", "")
+
+SETUP = [
+    "PRAGMA foreign_keys = ON",
+    "CREATE TABLE parent(id INTEGER PRIMARY KEY)",
+    "CREATE TABLE child(p REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)",
+    "CREATE TABLE log(n)",
+    "{create:kv}",
+    "INSERT INTO kv VALUES(1, 'one'), (2, 'two')",
+    "INSERT INTO log VALUES(0)",
+]
+
+# The DDL under test, and the statements after it that use what it left.
+DDL = {
+    "drop": ["DROP TABLE kv"],
+    "rename": ["ALTER TABLE kv RENAME TO kv2", "INSERT INTO kv2 VALUES(20, 'after rename')"],
+    "create": ["{create:kv3}", "INSERT INTO kv3 VALUES(30, 'in new table')"],
+    "drop+create": ["DROP TABLE kv", "{create:kv}", "INSERT INTO kv VALUES(40, 'recreated')"],
+    "create+drop": ["{create:kv3}", "INSERT INTO kv3 VALUES(30, 'x')", "DROP TABLE kv3"],
+    "rename+back": ["ALTER TABLE kv RENAME TO kv2", "INSERT INTO kv2 VALUES(21, 'a')",
+                    "ALTER TABLE kv2 RENAME TO kv", "INSERT INTO kv VALUES(22, 'b')"],
+    "rename+drop": ["ALTER TABLE kv RENAME TO kv2", "DROP TABLE kv2"],
+    "drop+rename-into": ["{create:kv3}", "INSERT INTO kv3 VALUES(31, 'c')", "DROP TABLE kv3",
+                         "ALTER TABLE kv RENAME TO kv3", "INSERT INTO kv3 VALUES(32, 'd')"],
+}
+
+WRITE_BEFORE = ["INSERT INTO kv VALUES(10, 'before ddl')", "INSERT INTO log VALUES(10)"]
+WRITE_IN_SAVEPOINT = ["INSERT INTO kv VALUES(11, 'in savepoint')", "INSERT INTO log VALUES(11)"]
+PROBE = ["SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE '%\\_commit' "
+         "ESCAPE '\\' ORDER BY name",
+         "SELECT count(*) FROM log"]
+
+
+def shapes(ddl):
+    """(name, statements, ending-kind) for each transaction shape and ending."""
+    out = []
+    out.append(("autocommit", ddl, None))
+    for ending in ("COMMIT", "ROLLBACK"):
+        out.append(("BEGIN ... " + ending, ["BEGIN"] + WRITE_BEFORE + ddl + [ending], None))
+        out.append(("BEGIN, savepoint ... RELEASE, " + ending,
+                    ["BEGIN"] + WRITE_BEFORE + ["SAVEPOINT s"] + WRITE_IN_SAVEPOINT + ddl +
+                    ["RELEASE s", ending], None))
+        out.append(("SAVEPOINT as the transaction ... " +
+                    ("RELEASE" if ending == "COMMIT" else "ROLLBACK"),
+                    ["SAVEPOINT t"] + WRITE_BEFORE + ddl +
+                    (["RELEASE t"] if ending == "COMMIT" else ["ROLLBACK TO t", "RELEASE t"]),
+                    None))
+    out.append(("BEGIN, ROLLBACK TO a savepoint before the DDL, COMMIT",
+                ["BEGIN"] + WRITE_BEFORE + ["SAVEPOINT s"] + WRITE_IN_SAVEPOINT + ddl +
+                ["ROLLBACK TO s"] + PROBE + ["RELEASE s", "COMMIT"], None))
+    out.append(("nested savepoints, inner rolled back, outer kept",
+                ["BEGIN", "SAVEPOINT a"] + WRITE_BEFORE + ["SAVEPOINT b"] + ddl +
+                ["ROLLBACK TO b", "SAVEPOINT c"] + ddl + ["RELEASE c", "RELEASE a", "COMMIT"],
+                None))
+    out.append(("commit fails on a deferred foreign key, fixed, committed",
+                ["BEGIN"] + WRITE_BEFORE + ddl + ["INSERT INTO child VALUES(99)", "COMMIT",
+                                                  "INSERT INTO parent VALUES(99)", "COMMIT"],
+                None))
+    out.append(("commit fails on a deferred foreign key, rolled back",
+                ["BEGIN"] + WRITE_BEFORE + ddl + ["INSERT INTO child VALUES(99)", "COMMIT",
+                                                  "ROLLBACK"], None))
+    out.append(("commit busy behind a reader, retried", ["BEGIN"] + WRITE_BEFORE + ddl +
+                ["{reader:hold}", "COMMIT", "{reader:release}", "COMMIT"], "busy"))
+    out.append(("commit busy behind a reader, rolled back", ["BEGIN"] + WRITE_BEFORE + ddl +
+                ["{reader:hold}", "COMMIT", "{reader:release}", "ROLLBACK"], "busy"))
+    out.append(("autocommit DDL busy behind a reader", ["{reader:hold}"] + ddl[:1] +
+                ["{reader:release}"] + ddl[1:], "busy"))
+    return out
+
+
+class Side:
+    """One database running the scenario: mmkv or native."""
+
+    def __init__(self, d, kind, journal):
+        self.kind = kind
+        self.dir = os.path.join(d, kind)
+        os.mkdir(self.dir)
+        self.path = os.path.join(self.dir, "app.db")
+        self.db = connect(self.path, timeout=0)
+        self.db.execute("PRAGMA journal_mode = %s" % journal)
+        self.reader = None
+
+    def sql(self, text):
+        for name in ("kv", "kv2", "kv3"):
+            text = text.replace("{create:%s}" % name,
+                                (MMKV if self.kind == "mmkv" else NATIVE).format(name=name))
+        return text
+
+    def run(self, stmt):
+        if stmt == "{reader:hold}":
+            self.reader = sqlite3.connect(self.path, isolation_level=None, timeout=0)
+            self.reader.execute("BEGIN")
+            self.reader.execute("SELECT count(*) FROM log").fetchall()
+            return ("reader",)
+        if stmt == "{reader:release}":
+            self.reader.execute("COMMIT")
+            self.reader.close()
+            self.reader = None
+            return ("reader",)
+        try:
+            rows = self.db.execute(self.sql(stmt)).fetchall()
+            return ("ok", sorted(map(repr, rows)) if stmt.startswith("SELECT") else None)
+        except sqlite3.Error as e:
+            msg = str(e)
+            # Errors compare by kind; the words of a table-level error are SQLite's own.
+            kind = "no such table" if "no such table" in msg else type(e).__name__
+            if "locked" in msg or "busy" in msg.lower():
+                kind = "busy"
+            if "FOREIGN KEY" in msg:
+                kind = "foreign key"
+            return ("error", kind)
+
+    def state(self):
+        tables = [r[0] for r in self.db.execute(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite%' "
+            "AND name NOT LIKE '%\\_commit' ESCAPE '\\' ORDER BY name")]
+        return {t: sorted(map(repr, self.db.execute('SELECT * FROM "%s"' % t).fetchall()))
+                for t in tables}
+
+    def mmkv_tables(self):
+        return sorted(r[0] for r in self.db.execute(
+            "SELECT name FROM sqlite_schema WHERE sql LIKE 'CREATE VIRTUAL TABLE%mmkv%'"))
+
+    def files(self):
+        return sorted(f for f in os.listdir(self.dir) if ".mmkv" in f)
+
+    def reopen(self):
+        self.db.close()
+        self.db = connect(self.path, timeout=0)
+
+    def close(self):
+        if self.reader:
+            self.reader.close()
+        self.db.close()
+
+
+def expected_files(tables):
+    out = []
+    for t in tables:
+        out += ["app.db-%s.mmkv" % t, "app.db-%s.mmkv-index" % t]
+    return sorted(out)
+
+
+def run_scenario(label, statements, journal):
+    with TempDir() as d:
+        sides = [Side(d, "native", journal), Side(d, "mmkv", journal)]
+        for stmt in SETUP:
+            for s in sides:
+                s.run(stmt)
+        ok = True
+        for i, stmt in enumerate(statements):
+            native, mmkv = (s.run(stmt) for s in sides)
+            if native != mmkv:
+                check("%s: step %d %r" % (label, i, stmt), False,
+                      "native %r, mmkv %r" % (native, mmkv))
+                ok = False
+                break
+        for s in sides:
+            if s.reader:
+                s.run("{reader:release}")
+        if ok:
+            ok = check_equal("%s: every table as native" % label, sides[1].state(),
+                             sides[0].state())
+        m = sides[1]
+        if ok:
+            # Files are settled by the time the transaction has ended and the next statement runs.
+            m.db.execute("SELECT 1").fetchall()
+            check_equal("%s: the files are those of the tables that exist" % label, m.files(),
+                        expected_files(m.mmkv_tables()))
+            for t in m.mmkv_tables():
+                try:
+                    m.db.execute("INSERT INTO %s(%s) VALUES('integrity-check')" % (t, t))
+                except sqlite3.Error as e:
+                    check("%s: %s passes integrity-check" % (label, t), False, str(e))
+        for s in sides:
+            s.reopen()
+        if ok:
+            check_equal("%s: after a reopen, every table as native" % label, sides[1].state(),
+                        sides[0].state())
+            check_equal("%s: after a reopen, the files are the tables'" % label, m.files(),
+                        expected_files(m.mmkv_tables()))
+        for s in sides:
+            s.close()
+
+
+def test_ddl_matrix():
+    for journal in ("delete", "wal"):
+        for ddl_name, ddl in DDL.items():
+            for shape, statements, needs in shapes(ddl):
+                if needs == "busy" and journal == "wal":
+                    continue  # a WAL reader never blocks a commit
+                label = "%s/%s/%s" % (journal, ddl_name, shape)
+                if CASE_FILTER and CASE_FILTER not in label:
+                    continue
+                run_scenario(label, statements, journal)
+
+
+# ---------------------------------------------------------------------------------------------
+# schema reloads inside a transaction
+
+RELOADS = {
+    "ALTER TABLE ADD COLUMN": ["ALTER TABLE log ADD COLUMN z"],
+    "CREATE TABLE": ["CREATE TABLE t2(x)"],
+    "CREATE INDEX": ["CREATE INDEX log_n ON log(n)"],
+    "DROP TABLE of another": ["DROP TABLE child"],
+    "ALTER TABLE RENAME of another": ["ALTER TABLE log RENAME TO log2",
+                                      "ALTER TABLE log2 RENAME TO log"],
+    "a failed CREATE VIRTUAL TABLE": ["CREATE VIRTUAL TABLE bad USING mmkv(nonsense=1)"],
+    "a savepoint rolled back over CREATE TABLE": ["SAVEPOINT a", "CREATE TABLE t2(x)",
+                                                  "ROLLBACK TO a", "RELEASE a"],
+    "a CREATE VIRTUAL TABLE of another": ["{create:kv3}", "INSERT INTO kv3 VALUES(1, 1)"],
+}
+
+
+def test_schema_reloads():
+    for journal in ("delete", "wal"):
+        for name, reload in RELOADS.items():
+            for ending in ("COMMIT", "ROLLBACK"):
+                label = "%s/reload by %s/%s" % (journal, name, ending)
+                if CASE_FILTER and CASE_FILTER not in label:
+                    continue
+                statements = (["BEGIN", "INSERT INTO kv VALUES(3, 'three')",
+                               "INSERT INTO log VALUES(3)"] + reload +
+                              ["SELECT * FROM kv ORDER BY key",
+                               "SELECT value FROM kv WHERE key = 3",
+                               "INSERT INTO kv VALUES(4, 'four')",
+                               "UPDATE kv SET value = 'uno' WHERE key = 1",
+                               "SAVEPOINT b", "DELETE FROM kv WHERE key = 2", "ROLLBACK TO b",
+                               "RELEASE b",
+                               "SELECT * FROM kv ORDER BY key", ending])
+                run_scenario(label, statements, journal)
+
+
+def test_reload_does_not_stall():
+    """After a schema reload the next write goes on at once, in the same transaction."""
+    import time
+    with TempDir() as d:
+        db = connect(os.path.join(d, "app.db"))
+        db.execute("CREATE VIRTUAL TABLE kv USING mmkv")
+        db.execute("CREATE TABLE other(x)")
+        db.execute("BEGIN")
+        db.execute("INSERT INTO kv VALUES(1, 'a')")
+        db.execute("ALTER TABLE other ADD COLUMN z")
+        start = time.monotonic()
+        db.execute("INSERT INTO kv VALUES(2, 'b')")
+        took = time.monotonic() - start
+        check("a write after a schema reload does not wait (took %.3fs)" % took, took < 1.0)
+        db.execute("ROLLBACK")
+        check_equal("and the rollback takes both writes back",
+                    db.execute("SELECT count(*) FROM kv").fetchone(), (0,))
+        db.close()
+
+
+if __name__ == "__main__":
+    harness.main([test_ddl_matrix, test_schema_reloads, test_reload_does_not_stall])
