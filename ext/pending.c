@@ -33,7 +33,8 @@ struct op {
 
 struct mmkv_pending {
     mmkv_connection *connection;
-    op *ops;            /* newest first */
+    op *ops;            /* made while the participant was in the transaction: newest first */
+    op *later;          /* made while it was not, settled from the database: newest first */
     int in_transaction; /* the participant is in SQLite's transaction */
     int depth;          /* savepoints open in it (SQLite's numbering: levels 0 to depth - 1) */
     int catching_up;    /* just joined: SQLite's next xSavepoint names a savepoint already open */
@@ -60,13 +61,19 @@ static void op_free(op *o)
     sqlite3_free(o);
 }
 
-void mmkv_pending_free(mmkv_pending *p)
+static void ops_free(op **list)
 {
-    while (p->ops) {
-        op *o = p->ops;
-        p->ops = o->next;
+    while (*list) {
+        op *o = *list;
+        *list = o->next;
         op_free(o);
     }
+}
+
+void mmkv_pending_free(mmkv_pending *p)
+{
+    ops_free(&p->ops);
+    ops_free(&p->later);
     sqlite3_free(p);
 }
 
@@ -196,13 +203,33 @@ static int join(mmkv_pending *p)
     return p->in_transaction;
 }
 
-static int add(mmkv_connection *c, op *o)
+/* Whether joining costs the transaction nothing: the DDL is on the main database, or main is
+** written in it anyway, or main has no file to lock. Otherwise joining would make the commit take
+** main's write lock too, where native DDL would not (a reader of main would block it). */
+static int joining_is_free(mmkv_pending *p, const char *schema)
+{
+    sqlite3 *db = p->connection->db;
+    if (sqlite3_stricmp(schema, "main") == 0) return 1;
+    const char *main_file = sqlite3_db_filename(db, "main");
+    if (!main_file || !main_file[0]) return 1;
+#if SQLITE_VERSION_NUMBER >= 3034000
+    if (sqlite3_libversion_number() >= 3034000)
+        return sqlite3_txn_state(db, "main") == SQLITE_TXN_WRITE;
+#endif
+    return 0;
+}
+
+/* Records o; joins the transaction when that is free, or when o cannot be settled afterwards
+** from what the database shows (must_join: a dropped table's transaction in progress, which only
+** the participant can carry on if a ROLLBACK TO brings the table back). */
+static int add(mmkv_connection *c, op *o, int must_join)
 {
     mmkv_pending *p = c->pending;
-    join(p);
+    if (must_join || joining_is_free(p, o->table->schema)) join(p);
     o->level = p->in_transaction ? p->depth - 1 : -1;
-    o->next = p->ops;
-    p->ops = o;
+    op **list = p->in_transaction ? &p->ops : &p->later;
+    o->next = *list;
+    *list = o;
     return SQLITE_OK;
 }
 
@@ -235,13 +262,13 @@ int mmkv_pending_create(mmkv_connection *c, mmkv_table *t, mmkv_table *displaced
         op_free(o);
         return SQLITE_NOMEM;
     }
-    return add(c, o);
+    return add(c, o, 0);
 }
 
 int mmkv_pending_drop(mmkv_connection *c, mmkv_table *t)
 {
     op *o = op_new(OP_DROP, t);
-    return o ? add(c, o) : SQLITE_NOMEM;
+    return o ? add(c, o, t->conn && mmkv_txn_active(t->conn)) : SQLITE_NOMEM;
 }
 
 int mmkv_pending_rename(mmkv_connection *c, mmkv_table *t, const char *old_name,
@@ -258,7 +285,22 @@ int mmkv_pending_rename(mmkv_connection *c, mmkv_table *t, const char *old_name,
         op_free(o);
         return SQLITE_NOMEM;
     }
-    return add(c, o);
+    return add(c, o, 0);
+}
+
+int mmkv_pending_discard_created(mmkv_connection *c, mmkv_table *t)
+{
+    mmkv_pending *p = c->pending;
+    for (int list = 0; list < 2; list++)
+        for (op **at = list ? &p->later : &p->ops; *at; at = &(*at)->next) {
+            op *o = *at;
+            if (o->kind != OP_CREATE || o->table != t) continue;
+            *at = o->next;
+            op_cancel(o);
+            op_free(o);
+            return 1;
+        }
+    return 0;
 }
 
 /* ---- settling without the participant ---- */
@@ -286,23 +328,32 @@ static int table_there(mmkv_table *t)
     return there;
 }
 
+/* Whether the transaction that made o may still be open: its database is in a transaction. */
+static int maybe_open(mmkv_connection *c, op *o)
+{
+#if SQLITE_VERSION_NUMBER >= 3034000
+    if (sqlite3_libversion_number() >= 3034000)
+        return sqlite3_txn_state(c->db, o->table->schema) != SQLITE_TXN_NONE;
+#endif
+    (void)o;
+    return !sqlite3_get_autocommit(c->db);
+}
+
 void mmkv_pending_settle(mmkv_connection *c)
 {
     mmkv_pending *p = c->pending;
-    if (!p->ops || p->in_transaction) return;
-#if SQLITE_VERSION_NUMBER >= 3034000
-    if (sqlite3_libversion_number() >= 3034000 &&
-        sqlite3_txn_state(c->db, NULL) != SQLITE_TXN_NONE)
-        return;
-#endif
-    if (!sqlite3_get_autocommit(c->db)) return;
-    /* Each operation by what the database shows: a DROP happened if the table is gone; a CREATE
-    ** or a RENAME if the table is there (under its new name). Those that did not are undone, newest
-    ** first; those that did are finished, oldest first. */
-    op *happened = NULL; /* oldest first */
-    while (p->ops) {
-        op *o = p->ops;
-        p->ops = o->next;
+    if (!p->later || !sqlite3_get_autocommit(c->db)) return;
+    /* Each operation whose transaction has ended, by what the database shows: a DROP happened if
+    ** the table is gone; a CREATE or a RENAME if the table is there (under its new name). Those
+    ** that did not are undone, newest first; those that did are finished, oldest first. */
+    op *happened = NULL, **at = &p->later; /* happened: oldest first */
+    while (*at) {
+        op *o = *at;
+        if (maybe_open(c, o)) {
+            at = &o->next;
+            continue;
+        }
+        *at = o->next;
         int there = table_there(o->table);
         if (o->kind == OP_DROP ? !there : there) {
             o->next = happened;
@@ -318,6 +369,7 @@ void mmkv_pending_settle(mmkv_connection *c)
         op_commit(o);
         op_free(o);
     }
+    mmkv_tables_sweep(c);
 }
 
 /* ---- the participant: an eponymous virtual table ---- */
@@ -330,6 +382,7 @@ typedef struct participant {
 typedef struct participant_cursor {
     sqlite3_vtab_cursor base;
     op *at;
+    int in_later; /* at walks the later list */
     sqlite3_int64 row;
 } participant_cursor;
 
@@ -393,7 +446,10 @@ static int participantFilter(sqlite3_vtab_cursor *cursor, int idxNum, const char
     (void)argc;
     (void)argv;
     participant_cursor *cur = (participant_cursor *)cursor;
-    cur->at = ((participant *)cursor->pVtab)->pending->ops;
+    mmkv_pending *p = ((participant *)cursor->pVtab)->pending;
+    mmkv_pending_settle(p->connection); /* what has been decided is no longer pending */
+    cur->at = p->ops ? p->ops : p->later;
+    cur->in_later = !p->ops;
     cur->row = 1;
     return SQLITE_OK;
 }
@@ -402,6 +458,10 @@ static int participantNext(sqlite3_vtab_cursor *cursor)
 {
     participant_cursor *cur = (participant_cursor *)cursor;
     cur->at = cur->at->next;
+    if (!cur->at && !cur->in_later) {
+        cur->at = ((participant *)cursor->pVtab)->pending->later;
+        cur->in_later = 1;
+    }
     cur->row++;
     return SQLITE_OK;
 }

@@ -19,9 +19,13 @@
 ** transactions of tables whose own sqlite3_vtab SQLite no longer calls (one dropped and brought
 ** back by ROLLBACK TO). `SELECT * FROM mmkv_pending` lists what is pending.
 **
-** Where the participant cannot join (the main database is read-only while the DDL is on an
-** attached one), the outcome is read from the database itself once the transaction has ended (is
-** the table's commit record there?), at the next call into mmkv on the connection. A crash in
+** The participant is an eponymous table, so it lives in the main database, and writing it makes
+** the commit take main's write lock. So it joins only where that costs nothing (DDL on main, or a
+** transaction that writes main anyway, or a main database without a file) or where nothing else
+** can carry on (a dropped table with writes of its transaction in progress). Otherwise (DDL on
+** an attached database) the outcome is read from the database itself once the transaction has
+** ended (is the table's commit record there?), at the next call into mmkv on the connection
+** (connecting or planning a table, reading mmkv_pending, closing). A crash in
 ** between leaves the files for the next user: a dropped table's data file carries a drop-pending
 ** flag in its home note (format.h), and whoever next meets it asks the database whether the table
 ** is still there.
@@ -50,6 +54,10 @@ int mmkv_pending_drop(mmkv_connection *c, mmkv_table *t);
 int mmkv_pending_rename(mmkv_connection *c, mmkv_table *t, const char *old_name,
                         const char *old_path, int linked, mmkv_table *displaced,
                         const char *displaced_path);
+
+/* t's CREATE was rolled back by a savepoint that SQLite did not tell t about (the participant
+** did not join): undoes it now. 1 if t had a pending CREATE. */
+int mmkv_pending_discard_created(mmkv_connection *c, mmkv_table *t);
 
 /* Settles what a transaction that has ended left pending, when the participant could not learn
 ** its outcome. Call with no transaction open. */

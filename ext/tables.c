@@ -205,9 +205,29 @@ int mmkv_table_begin(mmkv_table *t, char **err)
 
 /* The records are made durable, then the commit is recorded in the database, in the transaction
 ** SQLite is about to commit: one commit for mmkv and native tables. */
+/* Whether the table is still in its database's schema (by its commit record, or for a table
+** without one, by name): a CREATE rolled back by a savepoint leaves a table SQLite still calls. */
+static int still_there(mmkv_table *t)
+{
+    sqlite3 *db = t->connection->db;
+    char *sql = t->owned ? sqlite3_mprintf("SELECT 1 FROM \"%w\".sqlite_schema WHERE type = "
+                                           "'table' AND name = '%q_%q'",
+                                           t->schema, t->name, MMKV_COMMIT_SUFFIX)
+                         : sqlite3_mprintf("SELECT 1 FROM \"%w\".sqlite_schema WHERE type = "
+                                           "'table' AND name = %Q",
+                                           t->schema, t->name);
+    sqlite3_stmt *stmt = NULL;
+    int there = !sql || sqlite3_prepare_v2(db, sql, -1, &stmt, NULL) != SQLITE_OK ||
+                sqlite3_step(stmt) == SQLITE_ROW;
+    sqlite3_finalize(stmt);
+    sqlite3_free(sql);
+    return there;
+}
+
 int mmkv_table_sync(mmkv_table *t, char **err)
 {
     if (t->status != MMKV_TABLE_LIVE || !t->conn || !mmkv_txn_active(t->conn)) return SQLITE_OK;
+    if (!still_there(t) && mmkv_pending_discard_created(t->connection, t)) return SQLITE_OK;
     int rc = mmkv_txn_prepare(t->conn);
     if (rc != MMKV_OK) return mmkv_table_error(t, rc, err);
     if (!t->owned) return SQLITE_OK;

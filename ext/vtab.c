@@ -461,6 +461,7 @@ static int mmkvDisconnect(sqlite3_vtab *vtab)
 {
     mmkv_vtab *vt = (mmkv_vtab *)vtab;
     mmkv_table_unref(vt->table);
+    mmkv_pending_settle(vt->connection);
     sqlite3_free(vt);
     return SQLITE_OK;
 }
@@ -592,6 +593,7 @@ static double planner_rows(mmkv_vtab *vt)
 static int mmkvBestIndex(sqlite3_vtab *vtab, sqlite3_index_info *info)
 {
     mmkv_vtab *vt = (mmkv_vtab *)vtab;
+    mmkv_pending_settle(vt->connection);
     int eq = -1;
     for (int i = 0; i < info->nConstraint; i++) {
         const struct sqlite3_index_constraint *c = &info->aConstraint[i];

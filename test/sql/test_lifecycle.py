@@ -92,21 +92,31 @@ def shapes(ddl):
 
 
 class Side:
-    """One database running the scenario: mmkv or native."""
+    """One database running the scenario: mmkv or native. where: "file" (the tables in the main
+    database file), "attached" (in an attached database file, the native ones in main: unqualified
+    names find them there) or "memory" (an in-memory database, whose mmkv tables are temporary)."""
 
-    def __init__(self, d, kind, journal):
+    def __init__(self, d, kind, journal, where):
         self.kind = kind
+        self.where = where
         self.dir = os.path.join(d, kind)
         os.mkdir(self.dir)
-        self.path = os.path.join(self.dir, "app.db")
-        self.db = connect(self.path, timeout=0)
-        self.db.execute("PRAGMA journal_mode = %s" % journal)
+        self.path = ":memory:" if where == "memory" else os.path.join(self.dir, "app.db")
+        self.prefix = "aux." if where == "attached" else ""
         self.reader = None
+        self.open()
+        for schema in ("main", "aux") if where == "attached" else ("main",):
+            self.db.execute("PRAGMA %s.journal_mode = %s" % (schema, journal))
+
+    def open(self):
+        self.db = connect(self.path, timeout=0)
+        if self.where == "attached":
+            self.db.execute("ATTACH '%s' AS aux" % os.path.join(self.dir, "aux.db"))
 
     def sql(self, text):
         for name in ("kv", "kv2", "kv3"):
-            text = text.replace("{create:%s}" % name,
-                                (MMKV if self.kind == "mmkv" else NATIVE).format(name=name))
+            text = text.replace("{create:%s}" % name, (MMKV if self.kind == "mmkv" else NATIVE)
+                                .format(name=self.prefix + name))
         return text
 
     def run(self, stmt):
@@ -133,23 +143,41 @@ class Side:
                 kind = "foreign key"
             return ("error", kind)
 
+    def schemas(self):
+        return ("main", "aux") if self.where == "attached" else ("main",)
+
     def state(self):
-        tables = [r[0] for r in self.db.execute(
-            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite%' "
-            "AND name NOT LIKE '%\\_commit' ESCAPE '\\' ORDER BY name")]
-        return {t: sorted(map(repr, self.db.execute('SELECT * FROM "%s"' % t).fetchall()))
-                for t in tables}
+        out = {}
+        for schema in self.schemas():
+            tables = [r[0] for r in self.db.execute(
+                "SELECT name FROM %s.sqlite_schema WHERE type = 'table' AND name NOT LIKE "
+                "'sqlite%%' AND name NOT LIKE '%%\\_commit' ESCAPE '\\' ORDER BY name" % schema)]
+            for t in tables:
+                out[t] = sorted(map(repr, self.db.execute(
+                    'SELECT * FROM %s."%s"' % (schema, t)).fetchall()))
+        return out
 
     def mmkv_tables(self):
+        schema = "aux" if self.where == "attached" else "main"
         return sorted(r[0] for r in self.db.execute(
-            "SELECT name FROM sqlite_schema WHERE sql LIKE 'CREATE VIRTUAL TABLE%mmkv%'"))
+            "SELECT name FROM %s.sqlite_schema WHERE sql LIKE 'CREATE VIRTUAL TABLE%%mmkv%%'"
+            % schema))
 
     def files(self):
         return sorted(f for f in os.listdir(self.dir) if ".mmkv" in f)
 
+    def expected_files(self):
+        if self.where == "memory":
+            return []
+        db = "aux.db" if self.where == "attached" else "app.db"
+        out = []
+        for t in self.mmkv_tables():
+            out += ["%s-%s.mmkv" % (db, t), "%s-%s.mmkv-index" % (db, t)]
+        return sorted(out)
+
     def reopen(self):
         self.db.close()
-        self.db = connect(self.path, timeout=0)
+        self.open()
 
     def close(self):
         if self.reader:
@@ -157,16 +185,16 @@ class Side:
         self.db.close()
 
 
-def expected_files(tables):
-    out = []
-    for t in tables:
-        out += ["app.db-%s.mmkv" % t, "app.db-%s.mmkv-index" % t]
-    return sorted(out)
+def run_scenario(label, statements, journal, where="file"):
+    try:
+        scenario(label, statements, journal, where)
+    except Exception as e:  # one scenario's failure must not hide the others
+        check("%s: runs" % label, False, "%s: %s" % (type(e).__name__, e))
 
 
-def run_scenario(label, statements, journal):
+def scenario(label, statements, journal, where):
     with TempDir() as d:
-        sides = [Side(d, "native", journal), Side(d, "mmkv", journal)]
+        sides = [Side(d, "native", journal, where), Side(d, "mmkv", journal, where)]
         for stmt in SETUP:
             for s in sides:
                 s.run(stmt)
@@ -186,36 +214,41 @@ def run_scenario(label, statements, journal):
                              sides[0].state())
         m = sides[1]
         if ok:
-            # Files are settled by the time the transaction has ended and the next statement runs.
-            m.db.execute("SELECT 1").fetchall()
+            # What the ended transaction decided is done by the next call into mmkv at the latest
+            # (at once where mmkv joined the transaction); reading mmkv_pending is one.
+            check_equal("%s: nothing left pending" % label,
+                        m.db.execute("SELECT * FROM mmkv_pending").fetchall(), [])
             check_equal("%s: the files are those of the tables that exist" % label, m.files(),
-                        expected_files(m.mmkv_tables()))
+                        m.expected_files())
             for t in m.mmkv_tables():
                 try:
                     m.db.execute("INSERT INTO %s(%s) VALUES('integrity-check')" % (t, t))
                 except sqlite3.Error as e:
                     check("%s: %s passes integrity-check" % (label, t), False, str(e))
-        for s in sides:
-            s.reopen()
-        if ok:
+        if where != "memory":
+            for s in sides:
+                s.reopen()
+        if ok and where != "memory":
             check_equal("%s: after a reopen, every table as native" % label, sides[1].state(),
                         sides[0].state())
             check_equal("%s: after a reopen, the files are the tables'" % label, m.files(),
-                        expected_files(m.mmkv_tables()))
+                        m.expected_files())
         for s in sides:
             s.close()
 
 
 def test_ddl_matrix():
-    for journal in ("delete", "wal"):
-        for ddl_name, ddl in DDL.items():
-            for shape, statements, needs in shapes(ddl):
-                if needs == "busy" and journal == "wal":
-                    continue  # a WAL reader never blocks a commit
-                label = "%s/%s/%s" % (journal, ddl_name, shape)
-                if CASE_FILTER and CASE_FILTER not in label:
-                    continue
-                run_scenario(label, statements, journal)
+    for where, journals in (("file", ("delete", "wal")), ("attached", ("delete", "wal")),
+                            ("memory", ("memory",))):
+        for journal in journals:
+            for ddl_name, ddl in DDL.items():
+                for shape, statements, needs in shapes(ddl):
+                    if needs == "busy" and journal != "delete":
+                        continue  # only a rollback-journal reader blocks a commit
+                    label = "%s/%s/%s/%s" % (where, journal, ddl_name, shape)
+                    if CASE_FILTER and CASE_FILTER not in label:
+                        continue
+                    run_scenario(label, statements, journal, where)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,10 +269,11 @@ RELOADS = {
 
 
 def test_schema_reloads():
-    for journal in ("delete", "wal"):
+    for where, journal in (("file", "delete"), ("file", "wal"), ("attached", "wal"),
+                           ("memory", "memory")):
         for name, reload in RELOADS.items():
             for ending in ("COMMIT", "ROLLBACK"):
-                label = "%s/reload by %s/%s" % (journal, name, ending)
+                label = "%s/%s/reload by %s/%s" % (where, journal, name, ending)
                 if CASE_FILTER and CASE_FILTER not in label:
                     continue
                 statements = (["BEGIN", "INSERT INTO kv VALUES(3, 'three')",
@@ -251,7 +285,7 @@ def test_schema_reloads():
                                "SAVEPOINT b", "DELETE FROM kv WHERE key = 2", "ROLLBACK TO b",
                                "RELEASE b",
                                "SELECT * FROM kv ORDER BY key", ending])
-                run_scenario(label, statements, journal)
+                run_scenario(label, statements, journal, where)
 
 
 def test_reload_does_not_stall():
