@@ -272,10 +272,11 @@ int mmkv_placement_claim(mmkv_connection *c, mmkv_table *self, const char *schem
         return rc;
     }
     if (rc != SQLITE_NOTFOUND) return rc;
-    /* No table of this database uses it. */
+    /* No table of this database uses it: it is an orphan if this database is its home, or its
+    ** home is gone, or its home holds no table that uses it. Even an empty file may be another
+    ** database's table, made and not yet written. */
     int ours = info.has_home && same_database(info.home, db_file);
-    if (info.never_committed || ours || (info.has_home && !exists(info.home)))
-        return set_aside(path, &info, err);
+    if (ours || (info.has_home && !exists(info.home))) return set_aside(path, &info, err);
     if (!info.has_home)
         return set_error(err, SQLITE_ERROR,
                          sqlite3_mprintf("mmkv: data file '%s' belongs to another database; it "
