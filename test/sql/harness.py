@@ -5,11 +5,16 @@ extensions) and prints one line per check: "PASS: name" or "FAIL: name: why". te
 counts them. The extension path comes from $MMKV_EXTENSION (set by test/run.sh), defaulting
 to build/mmkv next to this tree.
 """
+import json
 import os
+import select
 import shutil
+import signal
 import sqlite3
+import subprocess
 import sys
 import tempfile
+import time
 import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -63,13 +68,33 @@ passed = 0
 failed = 0
 
 
+def canon(rows):
+    """Rows (lists of enc() values) in an order-free form, to compare two results as sets."""
+    return sorted(json.dumps(r) for r in rows)
+
+
+def rows_diff(got, expected):
+    """'' if the two lists of encoded rows hold the same rows (in any order), else a summary."""
+    g, e = canon(got), canon(expected)
+    if g == e:
+        return ""
+    gs, es = set(g), set(e)
+    missing = [x[:200] for x in e if x not in gs][:3]
+    extra = [x[:200] for x in g if x not in es][:3]
+    return "%d rows, expected %d; missing %s; unexpected %s" % (len(g), len(e), missing, extra)
+
+
 def connect(path=":memory:", **kwargs):
-    """A connection with mmkv loaded; autocommit mode (isolation_level=None) unless asked."""
+    """A connection with mmkv loaded; autocommit mode (isolation_level=None) unless asked.
+    A path "memory:FILE" stands for an in-memory database whose table kv has its data in FILE."""
     kwargs.setdefault("isolation_level", None)
-    db = sqlite3.connect(path, **kwargs)
+    memory_file = path[len("memory:"):] if path.startswith("memory:") else None
+    db = sqlite3.connect(":memory:" if memory_file else path, **kwargs)
     db.enable_load_extension(True)
     db.load_extension(EXTENSION)
     db.enable_load_extension(False)
+    if memory_file:
+        db.execute("CREATE VIRTUAL TABLE kv USING mmkv(file='%s')" % memory_file)
     return db
 
 
@@ -109,6 +134,105 @@ def run_case(fn):
         fn()
     except Exception:
         check(fn.__name__, False, "unexpected exception:\n" + traceback.format_exc())
+
+
+# A child that executes one SQL statement per request line (JSON {"sql", "params"}) and answers
+# one JSON line: {"rows": [...]} or {"error": class name, "msg": ...}; {"exit": 1} ends it.
+# Parameters and values travel in enc()'s typed form, in full.
+PEER_SRC = ENC_SRC + r'''
+import json, os, sqlite3, sys
+# "memory:PATH": an in-memory database whose table kv shares the data file PATH.
+MEMORY = sys.argv[1].startswith("memory:")
+db = sqlite3.connect(":memory:" if MEMORY else sys.argv[1], isolation_level=None,
+                     timeout=float(sys.argv[2]))
+db.enable_load_extension(True)
+db.load_extension(os.environ["MMKV_EXTENSION"])
+if MEMORY:
+    db.execute("CREATE VIRTUAL TABLE kv USING mmkv(file='%s')" % sys.argv[1][len("memory:"):])
+print(json.dumps({"ready": 1}), flush=True)
+for line in sys.stdin:
+    req = json.loads(line)
+    if req.get("exit"):
+        db.close()
+        break
+    try:
+        rows = db.execute(req["sql"], [dec(p) for p in req.get("params", [])]).fetchall()
+        resp = {"rows": [[enc(v, True) for v in r] for r in rows]}
+    except sqlite3.Error as e:
+        resp = {"error": type(e).__name__, "msg": str(e)}
+    print(json.dumps(resp), flush=True)
+'''
+
+
+class Peer:
+    """Another process holding one connection to db_path (or "memory:FILE", see connect()), with
+    the given busy timeout in seconds. ask() sends a statement and waits for its answer; send()
+    and recv() split it, so that the caller can act while the peer waits for a lock. A hang or a
+    dead peer is answered {"timeout": seconds} (the peer is then killed) or {"died": status}."""
+
+    def __init__(self, db_path, busy_timeout=0.0):
+        self.proc = subprocess.Popen([PYTHON, "-c", PEER_SRC, db_path, str(busy_timeout)],
+                                     env=CHILD_ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+        self.buf = b""
+        first = self.recv(30)
+        if first != {"ready": 1}:
+            raise RuntimeError("peer did not start: %r %s" % (first, self.stderr()))
+
+    def send(self, sql, params=()):
+        try:
+            line = json.dumps({"sql": sql, "params": [enc(p, True) for p in params]}) + "\n"
+            self.proc.stdin.write(line.encode())
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # recv() reports the dead peer
+
+    def recv(self, timeout=20):
+        deadline = time.time() + timeout
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self.buf:
+            left = deadline - time.time()
+            ready = select.select([fd], [], [], left)[0] if left > 0 else []
+            if not ready:
+                self.kill()
+                return {"timeout": timeout}
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                return {"died": self.proc.wait()}
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        resp = json.loads(line)
+        if "rows" in resp:
+            resp["rows"] = [[dec(v) for v in r] for r in resp["rows"]]
+        return resp
+
+    def ask(self, sql, params=(), timeout=20):
+        self.send(sql, params)
+        return self.recv(timeout)
+
+    def stderr(self):
+        if self.proc.poll() is None:
+            return ""
+        return self.proc.stderr.read().decode(errors="replace")[-2000:]
+
+    def close(self):
+        """Ends the peer; returns its exit status."""
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(b'{"exit": 1}\n')
+                self.proc.stdin.flush()
+            except (BrokenPipeError, OSError):
+                pass
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
 
 
 class TempDir:

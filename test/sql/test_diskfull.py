@@ -35,7 +35,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from harness import CHILD_ENV, ENC_SRC, PYTHON, TempDir, check, check_equal, connect, enc  # noqa: E402
+from harness import (CHILD_ENV, ENC_SRC, PYTHON, TempDir, canon, check, check_equal,  # noqa: E402
+                     connect, enc, rows_diff)
 
 KB = 1024
 MB = 1024 * 1024
@@ -302,20 +303,6 @@ except sqlite3.Error as e:
     out["fatal"] = err_info(e)
 print("VERIFY " + json.dumps(out))
 '''
-
-
-def canon(rows):
-    return sorted(json.dumps(r) for r in rows)
-
-
-def rows_diff(got, expected):
-    g, e = canon(got), canon(expected)
-    if g == e:
-        return ""
-    gs, es = set(g), set(e)
-    missing = [x[:200] for x in e if x not in gs][:3]
-    extra = [x[:200] for x in g if x not in es][:3]
-    return "%d rows, expected %d; missing %s; unexpected %s" % (len(g), len(e), missing, extra)
 
 
 def signal_name(rc):

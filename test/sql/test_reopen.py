@@ -16,8 +16,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from harness import (CHILD_ENV, ENC_SRC, PYTHON, TempDir, check, check_equal, connect, dec,  # noqa: E402
-                     enc, enc_rows)
+from harness import (CHILD_ENV, ENC_SRC, PYTHON, TempDir, check, check_equal, connect,  # noqa: E402
+                     enc, enc_rows, rows_diff)
 
 
 
@@ -53,21 +53,6 @@ def child_query(db_path, queries, timeout=60):
         return json.loads(p.stdout), None
     except ValueError:
         return None, "child printed %r (stderr %r)" % (p.stdout[-500:], p.stderr[-500:])
-
-
-def canon(enc_rows_list):
-    return sorted(json.dumps(r) for r in enc_rows_list)
-
-
-def rows_diff(got, expected):
-    """'' if the two lists of encoded rows hold the same rows (in any order), else a summary."""
-    g, e = canon(got), canon(expected)
-    if g == e:
-        return ""
-    gs, es = set(g), set(e)
-    missing = [x for x in e if x not in gs][:3]
-    extra = [x for x in g if x not in es][:3]
-    return "%d rows, expected %d; missing %s; unexpected %s" % (len(g), len(e), missing, extra)
 
 
 def check_rows(name, got, expected):
