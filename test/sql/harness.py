@@ -5,6 +5,7 @@ extensions) and prints one line per check: "PASS: name" or "FAIL: name: why". te
 counts them. The extension path comes from $MMKV_EXTENSION (set by test/run.sh), defaulting
 to build/mmkv next to this tree.
 """
+import ctypes
 import json
 import os
 import select
@@ -96,6 +97,39 @@ def connect(path=":memory:", **kwargs):
     if memory_file:
         db.execute("CREATE VIRTUAL TABLE kv USING mmkv(file='%s')" % memory_file)
     return db
+
+
+SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION = 1005
+SQLITE_DBCONFIG_DEFENSIVE = 1010
+
+
+def exec_defensive(path, sql):
+    """Runs sql on a new connection to path, with mmkv loaded, under SQLITE_DBCONFIG_DEFENSIVE
+    (which this python3's sqlite3 module cannot set); returns SQLite's error message, or None.
+    The connection goes through the C API of the very library the sqlite3 module runs on."""
+    lib = ctypes.CDLL("libsqlite3.so.0")
+    lib.sqlite3_libversion.restype = ctypes.c_char_p
+    lib.sqlite3_errmsg.restype = ctypes.c_char_p
+    if lib.sqlite3_libversion().decode() != sqlite3.sqlite_version:
+        return "libsqlite3.so.0 is SQLite %s, the sqlite3 module's %s" % (
+            lib.sqlite3_libversion().decode(), sqlite3.sqlite_version)
+    db = ctypes.c_void_p()
+    err = ctypes.c_char_p()
+    try:
+        if lib.sqlite3_open(path.encode(), ctypes.byref(db)) != 0:
+            return "open: " + lib.sqlite3_errmsg(db).decode()
+        for op in (SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, SQLITE_DBCONFIG_DEFENSIVE):
+            if lib.sqlite3_db_config(db, op, ctypes.c_int(1), None) != 0:
+                return "sqlite3_db_config(%d): %s" % (op, lib.sqlite3_errmsg(db).decode())
+        if lib.sqlite3_load_extension(db, EXTENSION.encode(), None, ctypes.byref(err)) != 0:
+            return "load_extension: " + (err.value or b"?").decode()
+        if lib.sqlite3_exec(db, sql.encode(), None, None, ctypes.byref(err)) != 0:
+            return (err.value or lib.sqlite3_errmsg(db)).decode()
+        return None
+    finally:
+        if err.value:
+            lib.sqlite3_free(err)
+        lib.sqlite3_close(db)
 
 
 def check(name, condition, detail=""):
