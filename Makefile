@@ -2,6 +2,8 @@
 #
 #   make            build/mmkv.so (loadable) and build/libmmkv.a (static, for embedding)
 #   make test       every test; ends with "N passed, N failed"
+#   make test T=name        only the tests whose name contains name (test/run.sh says more);
+#                           MMKV_SEED=N make test ... replays the seed N (README, "Tests")
 #   make demo       sql/demo.sql in the sqlite3 shell
 #   make bench      the benchmark harness against native tables (BENCH_ARGS="--n 10000000")
 #   make SANITIZE=1 test   the same suite under AddressSanitizer and UBSan (in build/asan)
@@ -87,7 +89,8 @@ $(BUILD)/bench: test/bench.c $(BUILD)/libmmkv.a
 
 test: all $(BUILD)/test_engine $(BUILD)/test_failpoints $(BUILD)/test_powerloss \
       $(BUILD)/test_powerloss_sql $(BUILD)/test_integrity_pragma
-	@BUILD=$(BUILD) PYTHON=$(PYTHON) SANITIZE=$(SANITIZE) CC=$(CC) sh test/run.sh
+	@BUILD=$(BUILD) PYTHON=$(PYTHON) SANITIZE=$(SANITIZE) CC=$(CC) MMKV_TEST="$(or $(T),$(MMKV_TEST))" \
+	    sh test/run.sh
 
 demo: build/mmkv.so
 	@rm -f build/demo.db build/demo.db-kv.mmkv build/demo.db-kv.mmkv-index

@@ -21,7 +21,7 @@
 
 static void test_crc32c(void)
 {
-    begin_test("crc32c known answer");
+    if (!begin_test("crc32c known answer")) return;
     CHECK(mmkv_crc32c(0, "123456789", 9) == 0xe3069283u, "got %08x",
           mmkv_crc32c(0, "123456789", 9));
     uint32_t split = mmkv_crc32c(mmkv_crc32c(0, "1234", 4), "56789", 5);
@@ -31,7 +31,7 @@ static void test_crc32c(void)
 
 static void test_key_rules(void)
 {
-    begin_test("key equality follows SQLite");
+    if (!begin_test("key equality follows SQLite")) return;
     int64_t i1, i2, i3;
     double r1, r2, r3, r4;
     mmkv_datum one = int_datum(&i1, 1), one_real = real_datum(&r1, 1.0);
@@ -56,7 +56,7 @@ static void test_key_rules(void)
 
 static void test_basic_crud(void)
 {
-    begin_test("put, get, delete, commit, reopen");
+    if (!begin_test("put, get, delete, commit, reopen")) return;
     const char *path = path_of("crud.mmkv");
     mmkv_conn *c = open_or_die(path, MMKV_SYNC_FULL);
     if (!c) {
@@ -87,7 +87,7 @@ static void test_basic_crud(void)
 
 static void test_savepoints(void)
 {
-    begin_test("savepoints and rollback");
+    if (!begin_test("savepoints and rollback")) return;
     mmkv_conn *c = open_or_die(path_of("sp.mmkv"), MMKV_SYNC_NORMAL);
     if (!c) {
         end_test();
@@ -120,7 +120,7 @@ static void test_savepoints(void)
 
 static void test_isolation_and_busy(void)
 {
-    begin_test("second connection: snapshot and busy");
+    if (!begin_test("second connection: snapshot and busy")) return;
     const char *path = path_of("iso.mmkv");
     mmkv_conn *a = open_or_die(path, MMKV_SYNC_OFF), *b = open_or_die(path, MMKV_SYNC_OFF);
     if (!a || !b) {
@@ -145,7 +145,7 @@ static void test_isolation_and_busy(void)
 
 static void test_growth(void)
 {
-    begin_test("index grows incrementally to 300k keys");
+    if (!begin_test("index grows incrementally to 300k keys")) return;
     const char *path = path_of("grow.mmkv");
     mmkv_conn *c = open_or_die(path, MMKV_SYNC_OFF);
     if (!c) {
@@ -188,7 +188,7 @@ static void write_file(const char *path, const void *data, size_t n)
 
 static void test_foreign_file(void)
 {
-    begin_test("foreign and damaged files refused, untouched");
+    if (!begin_test("foreign and damaged files refused, untouched")) return;
     const char *path = path_of("foreign.txt");
     const char text[] = "this is not an mmkv file, and it must stay exactly like this\n";
     write_file(path, text, sizeof text);
@@ -228,7 +228,7 @@ static void test_foreign_file(void)
 
 static void test_torn_meta_falls_back(void)
 {
-    begin_test("a torn newest meta slot leaves the previous commit");
+    if (!begin_test("a torn newest meta slot leaves the previous commit")) return;
     const char *path = path_of("torn.mmkv");
     mmkv_conn *c = open_or_die(path, MMKV_SYNC_FULL);
     if (!c) {
@@ -259,7 +259,7 @@ static void test_torn_meta_falls_back(void)
 
 static void test_writer_death(void)
 {
-    begin_test("a writer killed mid-transaction leaves nothing of itself");
+    if (!begin_test("a writer killed mid-transaction leaves nothing of itself")) return;
     const char *path = path_of("death.mmkv");
     mmkv_conn *c = open_or_die(path, MMKV_SYNC_NORMAL);
     if (!c) {
@@ -298,7 +298,7 @@ static void test_writer_death(void)
 
 static void test_values(void)
 {
-    begin_test("values of every type round-trip");
+    if (!begin_test("values of every type round-trip")) return;
     mmkv_conn *c = open_or_die(path_of("values.mmkv"), MMKV_SYNC_OFF);
     if (!c) {
         end_test();
@@ -347,6 +347,7 @@ typedef struct thread_job {
     int writer;
     long commits, reads;
     const char *error;
+    unsigned seed; /* of the thread's choices; the interleaving is the scheduler's */
 } thread_job;
 
 static double seconds_now(void)
@@ -375,7 +376,7 @@ static void *thread_main(void *arg)
         job->error = "open";
         return NULL;
     }
-    unsigned seed = (unsigned)(uintptr_t)job;
+    unsigned seed = job->seed;
     double end = seconds_now() + THREAD_SECONDS;
     while (seconds_now() < end && !job->error) {
         if (job->writer) {
@@ -419,7 +420,7 @@ static void *thread_main(void *arg)
 
 static void test_threads(void)
 {
-    begin_test("threads: two writers, two readers, totals never change");
+    if (!begin_test("threads: two writers, two readers, totals never change")) return;
     const char *path = path_of("threads.mmkv");
     mmkv_conn *c = open_or_die(path, MMKV_SYNC_OFF);
     if (!c) {
@@ -430,8 +431,11 @@ static void test_threads(void)
     for (int i = 0; i < ACCOUNTS; i++)
         put_int(c, i, ACCOUNT_START, MMKV_PUT_INSERT);
     commit(c);
-    thread_job jobs[4] = {
-        {path, 1, 0, 0, NULL}, {path, 1, 0, 0, NULL}, {path, 0, 0, 0, NULL}, {path, 0, 0, 0, NULL}};
+    print_seed();
+    thread_job jobs[4] = {{path, 1, 0, 0, NULL, seed_for(1)},
+                          {path, 1, 0, 0, NULL, seed_for(2)},
+                          {path, 0, 0, 0, NULL, seed_for(3)},
+                          {path, 0, 0, 0, NULL, seed_for(4)}};
     pthread_t threads[4];
     for (int i = 0; i < 4; i++)
         pthread_create(&threads[i], NULL, thread_main, &jobs[i]);
@@ -501,7 +505,7 @@ static int sim_check_all(mmkv_conn *c, const sim_model *m, const char *when, int
 
 static void test_simulation(void)
 {
-    begin_test("simulation: 40000 random operations match a model");
+    if (!begin_test("simulation: 40000 random operations match a model")) return;
     const char *path = path_of("sim.mmkv");
     mmkv_conn *c = open_or_die(path, MMKV_SYNC_OFF);
     if (!c) {
@@ -512,7 +516,8 @@ static void test_simulation(void)
     for (int k = 0; k < SIM_KEYS; k++)
         committed.value[k] = -1;
     work = committed;
-    unsigned seed = 12345;
+    print_seed();
+    unsigned seed = seed_for(12345);
     int in_txn = 0, depth = 0;
     for (int step = 0; step < SIM_STEPS && !current_failed; step++) {
         int op = rand_r(&seed) % 100;
@@ -592,7 +597,7 @@ static void test_simulation(void)
 
 static void test_owner_authority(void)
 {
-    begin_test("owned file: the log rolls back and forward to the owner's record");
+    if (!begin_test("owned file: the log rolls back and forward to the owner's record")) return;
     const char *path = path_of("owned.mmkv");
     mmkv_open_options options = {.sync = MMKV_SYNC_NORMAL, .owner_id = 42};
     mmkv_conn *c = NULL;
@@ -681,7 +686,8 @@ static mmkv_index_header read_index_header(int fd)
 
 static void test_in_use_index_checked(void)
 {
-    begin_test("an index left in use by a dead process is checked before it is trusted");
+    if (!begin_test("an index left in use by a dead process is checked before it is trusted"))
+        return;
     /* 700 keys: the table grew at 640 and is still draining the old one. */
     static const char *damage[] = {"none",
                                    "a slot zeroed",
@@ -747,7 +753,7 @@ static void test_in_use_index_checked(void)
 
 static void test_check_and_rebuild(void)
 {
-    begin_test("integrity check: a damaged index is found, rebuild-index repairs it");
+    if (!begin_test("integrity check: a damaged index is found, rebuild-index repairs it")) return;
     const char *path = path_of("check.mmkv");
     mmkv_conn *c = open_or_die(path, MMKV_SYNC_OFF);
     if (!c) {
@@ -876,7 +882,9 @@ static mmkv_commit commits_then_crash(const char *path, mmkv_sync sync, uint64_t
 
 static void test_salvage(void)
 {
-    begin_test("sync=off: after lost writes, the longest whole prefix of transactions survives");
+    if (!begin_test(
+            "sync=off: after lost writes, the longest whole prefix of transactions survives"))
+        return;
     /* A file that is its own authority: lose a record of commit 4, or both meta slots. */
     for (int damage = 0; damage < 2 && !current_failed; damage++) {
         const char *path = path_of(damage ? "salvage-meta.mmkv" : "salvage-record.mmkv");
@@ -981,7 +989,9 @@ static void test_salvage(void)
 ** recovery rebuilt the index only as far as the meta slots go. */
 static void test_reader_catches_up(void)
 {
-    begin_test("owned file: a reader of a record ahead of the meta slots sees the whole commit");
+    if (!begin_test(
+            "owned file: a reader of a record ahead of the meta slots sees the whole commit"))
+        return;
     const char *path = path_of("catch-up.mmkv");
     mmkv_commit record = commits_then_crash(path, MMKV_SYNC_FULL, 91);
     CHECK(record.txid == 5, "the child's commits");

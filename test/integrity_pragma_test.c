@@ -6,6 +6,9 @@
 ** `make test-sqlite AMALGAMATION=dir`. Where the SQLite it runs on (or was compiled against) is
 ** older than 3.44, the pragma cannot see into mmkv tables: then only what holds everywhere is
 ** checked (an intact table reads "ok", and the command still finds the damage).
+**
+** Its checks are steps of one scenario, so MMKV_TEST (make test T=name) naming any of them runs
+** them all.
 */
 #include "sqlite3_mmkv.h"
 
@@ -19,8 +22,38 @@
 static int failures;
 static char dir[] = "/tmp/mmkv-integrity-XXXXXX";
 
+/* Every check's name: MMKV_TEST selects the scenario by any of them. */
+static const char *const check_names[] = {
+    "a table with 200 rows",
+    "PRAGMA integrity_check: an intact table is ok",
+    "PRAGMA quick_check: an intact table is ok",
+    "damage a record",
+    "the integrity-check command finds the damage",
+    "PRAGMA integrity_check reports the damage as the command does",
+    "PRAGMA quick_check reports the damage as the command does",
+    "PRAGMA main.integrity_check reports the damage as the command does",
+    "PRAGMA integrity_check(native) still checks only that table",
+};
+#define N_CHECKS (sizeof check_names / sizeof check_names[0])
+
+static int selected(void)
+{
+    const char *selection = getenv("MMKV_TEST");
+    if (!selection || !*selection) return 1;
+    for (size_t i = 0; i < N_CHECKS; i++)
+        if (strstr(check_names[i], selection)) return 1;
+    return 0;
+}
+
 static void check(int ok, const char *name, const char *detail)
 {
+    size_t i = 0;
+    while (i < N_CHECKS && strcmp(check_names[i], name) != 0)
+        i++;
+    if (i == N_CHECKS) {
+        printf("FAIL: %s: not in check_names (the test itself is wrong)\n", name);
+        failures++;
+    }
     if (ok)
         printf("PASS: %s\n", name);
     else
@@ -55,6 +88,7 @@ static sqlite3 *open_db(const char *path)
 
 int main(void)
 {
+    if (!selected()) return 0;
     if (!mkdtemp(dir)) return 1;
     char db_path[128], data_path[160];
     snprintf(db_path, sizeof db_path, "%s/app.db", dir);

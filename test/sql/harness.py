@@ -4,10 +4,16 @@ Every test file runs as a plain script under Debian's python3 (whose sqlite3 mod
 extensions) and prints one line per check: "PASS: name" or "FAIL: name: why". test/run.sh
 counts them. The extension path comes from $MMKV_EXTENSION (set by test/run.sh), defaulting
 to build/mmkv next to this tree.
+
+Environment (the same for the C tests; see README.md, "Tests"):
+    MMKV_TEST=name        run only the test functions whose name contains name
+    MMKV_SEED=N           every randomised test derives its seeds from N (unset or 0: each test's
+                          own fixed seeds; "random": a new N, printed)
 """
 import ctypes
 import json
 import os
+import random
 import select
 import shutil
 import signal
@@ -21,6 +27,25 @@ import traceback
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 EXTENSION = os.environ.get("MMKV_EXTENSION", os.path.join(ROOT, "build", "mmkv"))
+SEED_MAX = 2**32 - 1  # the C tests take an unsigned int: one MMKV_SEED is good for both
+
+
+def _seed_from_environment():
+    """MMKV_SEED as a number; "random" is drawn here once, and put back into the environment so
+    that every child process derives its seeds from the same number."""
+    value = os.environ.get("MMKV_SEED", "")
+    if value == "random":
+        value = str(random.SystemRandom().randrange(1, 2**31))
+        os.environ["MMKV_SEED"] = value
+    if not value:
+        return 0
+    if not value.isdigit() or int(value) > SEED_MAX:
+        sys.exit("MMKV_SEED=%s: expected a number from 0 to %d, or random" % (value, SEED_MAX))
+    return int(value)
+
+
+SEED = _seed_from_environment()
+SELECTED = os.environ.get("MMKV_TEST", "")
 
 PYTHON = sys.executable or "/usr/bin/python3"
 CHILD_ENV = dict(os.environ, MMKV_EXTENSION=EXTENSION)
@@ -67,6 +92,8 @@ enc, dec, enc_rows = _ns["enc"], _ns["dec"], _ns["enc_rows"]
 
 passed = 0
 failed = 0
+current_case = None  # the name of the test function running, for the replay hint
+_seed_printed_for = None
 
 
 def canon(rows):
@@ -83,6 +110,27 @@ def rows_diff(got, expected):
     missing = [x[:200] for x in e if x not in gs][:3]
     extra = [x[:200] for x in g if x not in es][:3]
     return "%d rows, expected %d; missing %s; unexpected %s" % (len(g), len(e), missing, extra)
+
+
+def seed_of(stream):
+    """The seed for one random stream of a test: the test's own fixed seed `stream` (an int or a
+    string), or under MMKV_SEED=N a string made of N and stream (each stream stays distinct).
+    Prints the seed once per test function, so that a failure can be replayed."""
+    global _seed_printed_for
+    if _seed_printed_for != current_case:
+        _seed_printed_for = current_case
+        name = current_case or os.path.basename(sys.argv[0])
+        if SEED:
+            print("# %s: MMKV_SEED=%d" % (name, SEED))
+        else:
+            print("# %s: MMKV_SEED unset: the test's fixed seeds" % name)
+        sys.stdout.flush()
+    return "%d/%s" % (SEED, stream) if SEED else stream
+
+
+def rng(stream):
+    """random.Random(seed_of(stream))."""
+    return random.Random(seed_of(stream))
 
 
 def connect(path=":memory:", **kwargs):
@@ -133,7 +181,8 @@ def exec_defensive(path, sql):
 
 
 def check(name, condition, detail=""):
-    """Records one check; returns the condition so callers can stop early."""
+    """Records one check; returns the condition so callers can stop early. The detail of a
+    failure says what was expected and what came."""
     global passed, failed
     if condition:
         passed += 1
@@ -141,6 +190,9 @@ def check(name, condition, detail=""):
     else:
         failed += 1
         print("FAIL: %s: %s" % (name, detail or "condition is false"))
+        if current_case:
+            print("# replay: %smake test T=%s" % ("MMKV_SEED=%d " % SEED if SEED else "",
+                                                 current_case))
     sys.stdout.flush()
     return bool(condition)
 
@@ -164,6 +216,8 @@ def check_error(name, fn, contains=None, error_type=sqlite3.Error):
 
 def run_case(fn):
     """Runs one test function; an unexpected exception is one failure, not an abort."""
+    global current_case
+    current_case = fn.__name__
     try:
         fn()
     except Exception:
@@ -280,8 +334,14 @@ class TempDir:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
+def selected(name):
+    """Whether the test function `name` runs: all do, unless MMKV_TEST names some."""
+    return SELECTED in name
+
+
 def main(cases):
-    """Runs every case; exits non-zero if any check failed."""
+    """Runs every case (or those MMKV_TEST selects); exits non-zero if any check failed."""
     for fn in cases:
-        run_case(fn)
+        if selected(fn.__name__):
+            run_case(fn)
     sys.exit(1 if failed else 0)

@@ -540,11 +540,11 @@ def run_transfers(mode):
         common = dict(path=path, n=N_ACCOUNTS, initial=INITIAL, timeout=5, hard_seconds=30)
         try:
             for i in range(WRITERS):
-                g.start("writer%d" % i, role="transfer_writer", seed=100 + i,
+                g.start("writer%d" % i, role="transfer_writer", seed=harness.seed_of(100 + i),
                         seconds=WRITE_SECONDS, max=100000, **common)
             for i in range(READERS):
                 # In the rollback journal a reader may meet a writer's exclusive lock: it retries.
-                g.start("reader%d" % i, role="transfer_reader", seed=200 + i,
+                g.start("reader%d" % i, role="transfer_reader", seed=harness.seed_of(200 + i),
                         locks_ok=(mode == "rollback"), **common)
             if not g.begin():
                 check(label + ": every process started", False,
@@ -785,7 +785,7 @@ def run_growth(mode):
             g.start("writer", role="growth_writer", path=path, timeout=5, hard_seconds=40,
                     **GROWTH)
             g.start("reader", role="growth_reader", path=path, timeout=5, hard_seconds=40,
-                    seed=7, locks_ok=(mode == "rollback"), **GROWTH)
+                    seed=harness.seed_of(7), locks_ok=(mode == "rollback"), **GROWTH)
             if not g.begin():
                 check(label + ": both processes started", False,
                       "%s" % g.finish(["writer", "reader"], 5))

@@ -98,7 +98,7 @@ db.load_extension(os.environ["MMKV_EXTENSION"])
 if MEMORY:
     db.execute("CREATE VIRTUAL TABLE kv USING mmkv(file='%s')" % sys.argv[1][len("memory:"):])
 batches, per, ready, seconds = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], float(sys.argv[5])
-rnd = random.Random(1)
+rnd = random.Random(json.loads(sys.argv[6]))
 bad, errors, states = [], [], set()
 reads = nerrors = 0
 error_stages = {}
@@ -172,7 +172,8 @@ def run_reader_writer(shared):
         db.executemany("INSERT INTO kv VALUES(?, 0)", ((i,) for i in range(100)))
         db.close()
         ready = os.path.join(d, "reader-ready")
-        reader = subprocess.Popen([PYTHON, "-c", READER, s.b, str(batches), str(per), ready, "25"],
+        reader = subprocess.Popen([PYTHON, "-c", READER, s.b, str(batches), str(per), ready, "25",
+                                   json.dumps(harness.seed_of(1))],
                                   env=CHILD_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         writer = subprocess.Popen([PYTHON, "-c", WRITER, s.a, str(batches), str(per), ready],
                                   env=CHILD_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

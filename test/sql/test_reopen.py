@@ -8,7 +8,6 @@ answer; rows are compared type for type and byte for byte (see enc()).
 """
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from harness import (CHILD_ENV, ENC_SRC, PYTHON, TempDir, check, check_equal, connect,  # noqa: E402
+from harness import (CHILD_ENV, ENC_SRC, PYTHON, TempDir, check, check_equal, connect, dec,  # noqa: E402
                      enc, enc_rows, rows_diff)
 
 
@@ -200,7 +199,7 @@ def test_many_keys():
                       ((many_key(i), many_value(i)) for i in range(start, start + 10000)))
             db.execute("COMMIT")
         db.close()
-        rnd = random.Random(7)
+        rnd = harness.rng(7)
         sample = [many_key(i) for i in rnd.sample(range(n), 500)] + [many_key(0), many_key(n - 1)]
         absent = [n, n + 1, "key%07d" % (n + 1), str(2), -1]
         verify("50k keys", path, sample, absent)
@@ -242,7 +241,7 @@ def test_updates_deletes_key_changes():
         both_many(db, "INSERT INTO {t} VALUES(?, ?)", ((i, "v%d" % i) for i in range(300)))
         db.execute("COMMIT")
         db.close()
-        rnd = random.Random(11)
+        rnd = harness.rng(11)
         for session in range(5):
             db = connect(path)
             db.execute("PRAGMA synchronous=OFF")
@@ -578,7 +577,7 @@ def test_sigkill():
             db.execute("CREATE VIRTUAL TABLE kv USING mmkv(sync=%s)" % mode)
             db.close()
             m = 0
-            rnd = random.Random(mode)
+            rnd = harness.rng(mode)
             for round_ in range(4):
                 park = round_ == 3
                 proc = subprocess.Popen(

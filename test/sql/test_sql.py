@@ -7,7 +7,6 @@ every outcome: rows (type for type, via repr), error class and message, changes(
 transaction is open. Run with Debian's python3: /usr/bin/python3 test/sql/test_sql.py
 """
 import os
-import random
 import signal
 import sqlite3
 import sys
@@ -475,7 +474,7 @@ def test_key_identity_named():
 
 
 def test_values_roundtrip():
-    rng = random.Random(7)
+    rng = harness.rng(7)
     big_text = "".join(rng.choices("abcxyz\u00e9\u65e5\U0001F600\x00 ", k=650000))
     big_text = big_text.encode("utf-8")[: 1 << 20].decode("utf-8", "ignore")
     big_blob = rng.randbytes(1 << 20)
@@ -1092,7 +1091,7 @@ def test_version():
 
 
 def test_mixed_workload():
-    rng = random.Random(2024)
+    rng = harness.rng(2024)
     pool = ([i for i in range(60)] + [i + 0.5 for i in range(20)] + [float(i) for i in range(10)]
             + [str(i) for i in range(20)] + [("k%d" % i).encode() for i in range(20)]
             + ["k%d" % i for i in range(20)])
