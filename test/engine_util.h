@@ -20,15 +20,69 @@ static char test_dir[64]; /* made by start_tests() */
 static const char *current;
 static int current_failed;
 
+/* A failed check prints what it expected (the condition) and, in its message, what came; only a
+** test's first failure is printed, since later ones tend to follow from it. */
 #define CHECK(cond, ...)                                                                           \
     do {                                                                                           \
         if (!(cond) && !current_failed) {                                                          \
             current_failed = 1;                                                                    \
-            printf("FAIL: %s: line %d: %s: ", current, __LINE__, #cond);                           \
+            printf("FAIL: %s: line %d: ", current, __LINE__);                                      \
+            if (strcmp(#cond, "0") != 0) printf("expected %s: ", #cond);                           \
             printf(__VA_ARGS__);                                                                   \
             printf("\n");                                                                          \
         }                                                                                          \
     } while (0)
+
+/* CHECK(got == expected), saying both values; got and expected are evaluated once. */
+#define CHECK_EQ(got, expected, ...)                                                               \
+    do {                                                                                           \
+        long long got_ = (long long)(got), expected_ = (long long)(expected);                      \
+        if (got_ != expected_ && !current_failed) {                                                \
+            current_failed = 1;                                                                    \
+            printf("FAIL: %s: line %d: expected %s == %s: got %lld, expected %lld: ", current,     \
+                   __LINE__, #got, #expected, got_, expected_);                                    \
+            printf(__VA_ARGS__);                                                                   \
+            printf("\n");                                                                          \
+        }                                                                                          \
+    } while (0)
+
+/* CHECK_EQ for result codes, by name. */
+#define CHECK_RC(got, expected, ...)                                                               \
+    do {                                                                                           \
+        int got_ = (got), expected_ = (expected);                                                  \
+        if (got_ != expected_ && !current_failed) {                                                \
+            current_failed = 1;                                                                    \
+            printf("FAIL: %s: line %d: expected %s == %s: got %s, expected %s: ", current,         \
+                   __LINE__, #got, #expected, rc_name(got_), rc_name(expected_));                  \
+            printf(__VA_ARGS__);                                                                   \
+            printf("\n");                                                                          \
+        }                                                                                          \
+    } while (0)
+
+static inline const char *rc_name(int rc)
+{
+    static const struct {
+        int rc;
+        const char *name;
+    } names[] = {{MMKV_OK, "MMKV_OK"},
+                 {MMKV_ERROR, "MMKV_ERROR"},
+                 {MMKV_BUSY, "MMKV_BUSY"},
+                 {MMKV_NOMEM, "MMKV_NOMEM"},
+                 {MMKV_READONLY, "MMKV_READONLY"},
+                 {MMKV_IOERR, "MMKV_IOERR"},
+                 {MMKV_CORRUPT, "MMKV_CORRUPT"},
+                 {MMKV_NOTFOUND, "MMKV_NOTFOUND"},
+                 {MMKV_FULL, "MMKV_FULL"},
+                 {MMKV_CANTOPEN, "MMKV_CANTOPEN"},
+                 {MMKV_CONSTRAINT, "MMKV_CONSTRAINT"},
+                 {MMKV_MISUSE, "MMKV_MISUSE"},
+                 {MMKV_NOTADB, "MMKV_NOTADB"}};
+    static char other[32];
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (names[i].rc == rc) return names[i].name;
+    snprintf(other, sizeof other, "result code %d", rc);
+    return other;
+}
 
 /* ---- which tests run, and on which seeds (test/run.sh; README, "Tests") ----
 **

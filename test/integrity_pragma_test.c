@@ -45,6 +45,7 @@ static int selected(void)
     return 0;
 }
 
+/* One check; a failure's detail says what was expected and what came. */
 static void check(int ok, const char *name, const char *detail)
 {
     size_t i = 0;
@@ -59,6 +60,14 @@ static void check(int ok, const char *name, const char *detail)
     else
         printf("FAIL: %s: %s\n", name, detail ? detail : "");
     failures += !ok;
+}
+
+/* check() of a query's rows against what they should be. */
+static void check_rows(const char *got, const char *expected, const char *name)
+{
+    char *detail = sqlite3_mprintf("expected '%s', got '%s'", expected, got);
+    check(strcmp(got, expected) == 0, name, detail);
+    sqlite3_free(detail);
 }
 
 /* The rows of a one-column query, joined by newlines, or the error. */
@@ -109,13 +118,13 @@ int main(void)
                      "  INSERT INTO kv SELECT i, printf('value %d', i) FROM n;"
                      "INSERT INTO native VALUES(1, 'x');",
                      NULL, NULL, &err);
-    check(rc == SQLITE_OK, "a table with 200 rows", err);
+    check(rc == SQLITE_OK, "a table with 200 rows", err ? err : "?");
     sqlite3_free(err);
     char *got = rows_of(db, "PRAGMA integrity_check");
-    check(strcmp(got, "ok") == 0, "PRAGMA integrity_check: an intact table is ok", got);
+    check_rows(got, "ok", "PRAGMA integrity_check: an intact table is ok");
     sqlite3_free(got);
     got = rows_of(db, "PRAGMA quick_check");
-    check(strcmp(got, "ok") == 0, "PRAGMA quick_check: an intact table is ok", got);
+    check_rows(got, "ok", "PRAGMA quick_check: an intact table is ok");
     sqlite3_free(got);
     sqlite3_close(db);
 
@@ -127,13 +136,19 @@ int main(void)
     int damaged =
         fd >= 0 && pread(fd, &byte, 1, at) == 1 && (byte ^= 0x20, pwrite(fd, &byte, 1, at) == 1);
     if (fd >= 0) close(fd);
-    check(damaged, "damage a record", data_path);
+    char *why =
+        sqlite3_mprintf("expected to flip a byte at offset %lld of %s", (long long)at, data_path);
+    check(damaged, "damage a record", why);
+    sqlite3_free(why);
 
     db = open_db(db_path);
     err = NULL;
     rc = sqlite3_exec(db, "INSERT INTO kv(kv) VALUES('integrity-check')", NULL, NULL, &err);
+    why = sqlite3_mprintf("expected SQLITE_CORRUPT or SQLITE_CORRUPT_VTAB, got %d: %s", rc,
+                          err ? err : "no error");
     check(rc == SQLITE_CORRUPT_VTAB || rc == SQLITE_CORRUPT,
-          "the integrity-check command finds the damage", err ? err : "no error");
+          "the integrity-check command finds the damage", why);
+    sqlite3_free(why);
     char *command_message = sqlite3_mprintf("%s", err ? err : "");
     sqlite3_free(err);
     if (pragma_sees_mmkv) {
@@ -144,14 +159,16 @@ int main(void)
             char name[96];
             snprintf(name, sizeof name, "%s reports the damage as the command does", pragmas[i]);
             /* One row: "kv: " and the command's message, naming the file and the offset. */
+            why = sqlite3_mprintf("expected 'kv: %s' naming %s, got '%s'", command_message,
+                                  data_path, got);
             check(strncmp(got, "kv: ", 4) == 0 && strstr(got, command_message) &&
                       strstr(got, data_path),
-                  name, got);
+                  name, why);
+            sqlite3_free(why);
             sqlite3_free(got);
         }
         got = rows_of(db, "PRAGMA integrity_check(native)");
-        check(strcmp(got, "ok") == 0, "PRAGMA integrity_check(native) still checks only that table",
-              got);
+        check_rows(got, "ok", "PRAGMA integrity_check(native) still checks only that table");
         sqlite3_free(got);
     }
     sqlite3_free(command_message);

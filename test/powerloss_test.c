@@ -272,8 +272,9 @@ static void test_power_loss(mmkv_sync sync, const char *name)
     snprintf(work, sizeof work, "%s/work-%s", test_dir, name);
     snprintf(crash_dir, sizeof crash_dir, "%s/crash-%s", test_dir, name);
     long total = 0;
-    CHECK(run_child(work, sync, LONG_MAX, 1, &total) == TXNS && total > TXNS,
-          "a whole run (syncs %ld)", total);
+    int whole_run = run_child(work, sync, LONG_MAX, 1, &total);
+    CHECK(whole_run == TXNS && total > TXNS,
+          "a whole run acknowledged %d of %d commits in %ld syncs", whole_run, TXNS, total);
     static const uint8_t other_boot[16] = {0x5a, 0x5a, 0x5a};
     int tried = 0;
     for (long point = 1; point <= total && !current_failed; point++) {

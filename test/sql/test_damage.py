@@ -609,7 +609,8 @@ def test_index_damage():
         odir = os.path.join(work, "otherdb")
         build_pristine(odir, nrows=160, seed=2)
         other_index = os.path.join(odir, INDEX)
-        if not check("index file exists", os.path.exists(os.path.join(pdir, INDEX))):
+        if not check("index file exists", os.path.exists(os.path.join(pdir, INDEX)),
+                     "expected %s in %s, found %s" % (INDEX, pdir, sorted(os.listdir(pdir)))):
             return
         cases = index_cases(pdir, other_index, harness.rng(3))
         steps = steps_for(lookups)
@@ -684,7 +685,9 @@ def test_foreign_files():
 
         # Sanity: the header checksum as computed here matches the real file's.
         check("foreign: header checksum computed as the extension does",
-              struct.unpack_from("<I", real, 508)[0] == crc32c(real[:508]))
+              struct.unpack_from("<I", real, 508)[0] == crc32c(real[:508]),
+              "the file has %08x, crc32c here gives %08x"
+              % (struct.unpack_from("<I", real, 508)[0], crc32c(real[:508])))
         put("version2.mmkv", with_version(2))
         put("version0.mmkv", with_version(0))
         put("versionmax.mmkv", with_version(0xFFFFFFFF))
@@ -780,7 +783,10 @@ def test_foreign_files():
                   all("error" in r for r in res), "got %r" % res)
             check("data file replaced by %s: error names the file" % label,
                   all(DATA in r.get("msg", "") for r in res), "got %r" % res)
-            check("data file replaced by %s: left untouched" % label, fstat(p) == b)
+            after = fstat(p)
+            check("data file replaced by %s: left untouched" % label, after == b,
+                  "expected %d bytes, mtime %d; got %d bytes%s, mtime %d"
+                  % (b[1], b[2], after[1], "" if after[0] == b[0] else " (changed)", after[2]))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from harness import (CHILD_ENV, ENC_SRC, PYTHON, TempDir, check, check_equal, connect, dec,  # noqa: E402
+from harness import (CHILD_ENV, ENC_SRC, PYTHON, TempDir, check, check_equal, connect,  # noqa: E402
                      enc, enc_rows, rows_diff)
 
 
@@ -161,7 +161,8 @@ def test_all_types():
         both_many(db, "INSERT INTO {t} VALUES(?, ?)", SAMPLE)
         check_rows("all types: before close", table_rows(db, "kv"), table_rows(db, "ref"))
         db.close()
-        check("all types: data file beside the database", os.path.exists(path + "-kv.mmkv"))
+        check("all types: data file beside the database", os.path.exists(path + "-kv.mmkv"),
+              "expected %s, found %s" % (path + "-kv.mmkv", sorted(os.listdir(d))))
         verify("all types", path, SAMPLE_KEYS, ABSENT_KEYS)
         # A second session that writes again, then a third that reads.
         db = connect(path)
@@ -429,7 +430,8 @@ def test_index_deleted():
         both(db, "DELETE FROM {t} WHERE key IN (SELECT key FROM ref LIMIT 100)")
         both(db, "UPDATE {t} SET value = 'updated' WHERE key IN (SELECT key FROM ref LIMIT 100)")
         db.close()
-        check("index file exists beside the data file", os.path.exists(index))
+        check("index file exists beside the data file", os.path.exists(index),
+              "expected %s, found %s" % (index, sorted(os.listdir(os.path.dirname(index)))))
         keys = [many_key(i) for i in range(0, 5000, 37)]
         for round_ in range(3):
             if os.path.exists(index):

@@ -877,7 +877,8 @@ def test_connections_shared_database():
         except sqlite3.Error as e:
             check("connections: second writer gets locked/busy", is_busy(e),
                   "%s: %s" % (type(e).__name__, e))
-        check("connections: failed writer is left in autocommit", not b.in_transaction)
+        check("connections: failed writer is left in autocommit", not b.in_transaction,
+              "expected no open transaction, got one")
         a.execute("COMMIT")
         check_equal("connections: commit becomes visible",
                     b.execute("SELECT key, value FROM kv ORDER BY key").fetchall(),
