@@ -8,7 +8,8 @@
 ** checked (an intact table reads "ok", and the command still finds the damage).
 **
 ** Its checks are steps of one scenario, so MMKV_TEST (make test T=name) naming any of them runs
-** them all.
+** them all. Under MMKV_EXPECT_SQLITE=V (make test-sqlite) it also checks that it runs on SQLite V,
+** compiled against V's headers.
 */
 #include "sqlite3_mmkv.h"
 
@@ -24,6 +25,7 @@ static char dir[] = "/tmp/mmkv-integrity-XXXXXX";
 
 /* Every check's name: MMKV_TEST selects the scenario by any of them. */
 static const char *const check_names[] = {
+    "runs on the SQLite expected",
     "a table with 200 rows",
     "PRAGMA integrity_check: an intact table is ok",
     "PRAGMA quick_check: an intact table is ok",
@@ -107,6 +109,15 @@ int main(void)
         SQLITE_VERSION_NUMBER >= 3044000 && sqlite3_libversion_number() >= 3044000;
     printf("# SQLite %s (compiled against %s): PRAGMA integrity_check %s mmkv tables\n",
            sqlite3_libversion(), SQLITE_VERSION, pragma_sees_mmkv ? "checks" : "cannot check");
+    const char *expected_version = getenv("MMKV_EXPECT_SQLITE");
+    if (expected_version) {
+        char *detail = sqlite3_mprintf("expected SQLite %s, got %s compiled against %s",
+                                       expected_version, sqlite3_libversion(), SQLITE_VERSION);
+        check(strcmp(sqlite3_libversion(), expected_version) == 0 &&
+                  strcmp(SQLITE_VERSION, expected_version) == 0,
+              "runs on the SQLite expected", detail);
+        sqlite3_free(detail);
+    }
 
     sqlite3 *db = open_db(db_path);
     char *err = NULL;

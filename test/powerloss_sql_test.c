@@ -1177,10 +1177,29 @@ static void test_scenario(const scenario *sc)
     end_test();
 }
 
+/* Under MMKV_EXPECT_SQLITE=V (make test-sqlite): this program runs on SQLite V, compiled against
+** V's headers, and not on a library found instead. */
+static void test_sqlite_version(void)
+{
+    const char *expected = getenv("MMKV_EXPECT_SQLITE");
+    printf("# SQLite %s (compiled against %s)\n", sqlite3_libversion(), SQLITE_VERSION);
+    if (!expected) return;
+    current = "runs on the SQLite expected (MMKV_EXPECT_SQLITE)";
+    current_failed = 0;
+    CHECK(strcmp(sqlite3_libversion(), expected) == 0 && strcmp(SQLITE_VERSION, expected) == 0,
+          "got SQLite %s compiled against %s, expected %s", sqlite3_libversion(), SQLITE_VERSION,
+          expected);
+    end_test();
+}
+
 int main(void)
 {
     if (!start_tests_in_memory()) return 1;
-    for (size_t i = 0; i < sizeof scenarios / sizeof scenarios[0]; i++)
-        if (scenario_selected(&scenarios[i])) test_scenario(&scenarios[i]);
+    int checked_version = 0;
+    for (size_t i = 0; i < sizeof scenarios / sizeof scenarios[0]; i++) {
+        if (!scenario_selected(&scenarios[i])) continue;
+        if (!checked_version++) test_sqlite_version();
+        test_scenario(&scenarios[i]);
+    }
     return finish_tests();
 }

@@ -11,6 +11,7 @@
 #                    Python file: test_sql or test/sql/test_sql.py). Fails if nothing matches.
 #   MMKV_SEED=N      every randomised test derives its seeds from N; unset or 0: each test's own
 #                    fixed seeds; random: a new N, drawn here and printed
+#   MMKV_EXPECT_SQLITE=V   (make test-sqlite) every program checks that it runs on SQLite V
 BUILD=${BUILD:-build}
 PYTHON=${PYTHON:-/usr/bin/python3}
 export MMKV_EXTENSION="$(pwd)/$BUILD/mmkv"
@@ -47,6 +48,7 @@ else
 fi
 selection=${MMKV_TEST:-}
 echo "# $seed_note${selection:+; tests matching T=$selection}"
+[ -z "${MMKV_EXPECT_SQLITE:-}" ] || echo "# every program must run on SQLite $MMKV_EXPECT_SQLITE"
 
 passed=0
 failed=0

@@ -9,6 +9,7 @@ Environment (the same for the C tests; see README.md, "Tests"):
     MMKV_TEST=name        run only the test functions whose name contains name
     MMKV_SEED=N           every randomised test derives its seeds from N (unset or 0: each test's
                           own fixed seeds; "random": a new N, printed)
+    MMKV_EXPECT_SQLITE=V  fail unless the sqlite3 module runs on SQLite V (make test-sqlite)
 """
 import ctypes
 import json
@@ -339,9 +340,25 @@ def selected(name):
     return SELECTED in name
 
 
+def check_sqlite_version():
+    """Under MMKV_EXPECT_SQLITE (make test-sqlite), that this process runs on that SQLite: a silent
+    fallback to the system's library must fail, not pass as a run on the newer one."""
+    expected = os.environ.get("MMKV_EXPECT_SQLITE")
+    print("# python3 %s, sqlite3 module on SQLite %s" % (sys.version.split()[0],
+                                                       sqlite3.sqlite_version))
+    if not expected:
+        return True
+    return check("python3's sqlite3 module runs on SQLite %s" % expected,
+                 sqlite3.sqlite_version == expected,
+                 "expected SQLite %s, got %s (is LD_LIBRARY_PATH set?)"
+                 % (expected, sqlite3.sqlite_version))
+
+
 def main(cases):
     """Runs every case (or those MMKV_TEST selects); exits non-zero if any check failed."""
-    for fn in cases:
-        if selected(fn.__name__):
-            run_case(fn)
+    chosen = [fn for fn in cases if selected(fn.__name__)]
+    if chosen and not check_sqlite_version():
+        sys.exit(1)
+    for fn in chosen:
+        run_case(fn)
     sys.exit(1 if failed else 0)
