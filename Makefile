@@ -2,6 +2,9 @@
 #
 #   make            build/mmkv.so (loadable) and build/libmmkv.a (static, for embedding)
 #   make test       every test; ends with "N passed, N failed"
+#   make test T=name        only the tests whose name contains name (test/run.sh says more);
+#                           MMKV_SEED=N make test ... replays the seed N (README, "Tests")
+#   make test-sqlite AMALGAMATION=dir   the suite on another SQLite (see below)
 #   make demo       sql/demo.sql in the sqlite3 shell
 #   make bench      the benchmark harness against native tables (BENCH_ARGS="--n 10000000")
 #   make SANITIZE=1 test   the same suite under AddressSanitizer and UBSan (in build/asan)
@@ -88,7 +91,8 @@ $(BUILD)/bench: test/bench.c $(BUILD)/libmmkv.a
 
 test: all $(BUILD)/test_engine $(BUILD)/test_failpoints $(BUILD)/test_powerloss \
       $(BUILD)/test_powerloss_sql $(BUILD)/test_integrity_pragma
-	@BUILD=$(BUILD) PYTHON=$(PYTHON) SANITIZE=$(SANITIZE) CC=$(CC) sh test/run.sh
+	@BUILD=$(BUILD) PYTHON=$(PYTHON) SANITIZE=$(SANITIZE) CC=$(CC) MMKV_TEST="$(or $(T),$(MMKV_TEST))" \
+	    sh test/run.sh
 
 demo: build/mmkv.so
 	@rm -f build/demo.db build/demo.db-kv.mmkv build/demo.db-kv.mmkv-index
@@ -97,18 +101,44 @@ demo: build/mmkv.so
 bench: $(BUILD)/bench
 	$(BUILD)/bench $(BENCH_ARGS)
 
-# The C tests that drive SQLite, built against another SQLite: its amalgamation (a directory with
-# sqlite3.c and sqlite3.h), e.g. to check PRAGMA integrity_check on SQLite 3.44 and later.
-#   make test-sqlite AMALGAMATION=path/to/sqlite-amalgamation
+# The whole suite on another SQLite: its amalgamation (a directory with sqlite3.c, sqlite3.h and
+# sqlite3ext.h, such as the one .ci/fetch-sqlite prints) is built into a shared libsqlite3.so.0, the
+# extension and the C tests are compiled against its headers (so that version-guarded code such as
+# xIntegrity for 3.44+ is in) into build/sqlite-VERSION, and test/run.sh runs with the library on
+# LD_LIBRARY_PATH, so that python3's sqlite3 module loads it too; run.sh checks that every program
+# really runs on that version (MMKV_EXPECT_SQLITE), so a fallback to the system's SQLite fails.
+#   make test-sqlite AMALGAMATION=path/to/sqlite-amalgamation [T=name]
+#   make test-sqlite AMALGAMATION="$$(.ci/fetch-sqlite)"
+AMALGAMATION_VERSION = $(shell sed -n 's/^\#define SQLITE_VERSION  *"\(.*\)"$$/\1/p' "$(AMALGAMATION)/sqlite3.h" 2>/dev/null)
+AMALGAMATION_NUMBER  = $(shell sed -n 's/^\#define SQLITE_VERSION_NUMBER  *\([0-9]*\)$$/\1/p' "$(AMALGAMATION)/sqlite3.h" 2>/dev/null)
+SQLITE_BUILD = build/sqlite-$(AMALGAMATION_VERSION)
+# What Debian's libsqlite3 enables, so that its python3 and anything else built for it find every
+# function they link to; DESERIALIZE is built in from 3.36 on, JSON1 from 3.38 on.
+SQLITE_OPTIONS = -DSQLITE_THREADSAFE=1 -DSQLITE_ENABLE_FTS3 -DSQLITE_ENABLE_FTS3_PARENTHESIS \
+                 -DSQLITE_ENABLE_FTS4 -DSQLITE_ENABLE_FTS5 -DSQLITE_ENABLE_JSON1 \
+                 -DSQLITE_ENABLE_RTREE -DSQLITE_ENABLE_COLUMN_METADATA -DSQLITE_ENABLE_DBSTAT_VTAB \
+                 -DSQLITE_ENABLE_MATH_FUNCTIONS -DSQLITE_ENABLE_PREUPDATE_HOOK \
+                 -DSQLITE_ENABLE_SESSION -DSQLITE_ENABLE_STMTVTAB -DSQLITE_ENABLE_UNLOCK_NOTIFY \
+                 -DSQLITE_ENABLE_UPDATE_DELETE_LIMIT -DSQLITE_SOUNDEX -DSQLITE_USE_URI=1 \
+                 $(if $(filter 1,$(shell test "0$(AMALGAMATION_NUMBER)" -lt 3036000 && echo 1)),-DSQLITE_ENABLE_DESERIALIZE)
+
+$(SQLITE_BUILD)/lib/libsqlite3.so.0: $(AMALGAMATION)/sqlite3.c $(AMALGAMATION)/sqlite3.h
+	@mkdir -p $(dir $@)
+	$(CC) -O2 -g -fPIC -shared -Wl,-soname,libsqlite3.so.0 $(SQLITE_OPTIONS) -o $@ \
+	    "$(AMALGAMATION)/sqlite3.c" -lpthread -ldl -lm
+	ln -sf libsqlite3.so.0 $(SQLITE_BUILD)/lib/libsqlite3.so
+
 test-sqlite:
-	@test -f "$(AMALGAMATION)/sqlite3.c" || { echo "make test-sqlite: set AMALGAMATION to a directory holding sqlite3.c and sqlite3.h" >&2; exit 1; }
-	@mkdir -p build/sqlite
-	$(CC) -O1 -DSQLITE_THREADSAFE=1 -c "$(AMALGAMATION)/sqlite3.c" -o build/sqlite/sqlite3.o
-	$(MAKE) BUILD=build/sqlite CFLAGS="-I$(abspath $(AMALGAMATION))" \
-	    SQLITE_LIB="build/sqlite/sqlite3.o -ldl -lm" \
-	    build/sqlite/test_integrity_pragma build/sqlite/test_powerloss_sql
-	build/sqlite/test_integrity_pragma
-	build/sqlite/test_powerloss_sql
+	@test -f "$(AMALGAMATION)/sqlite3.c" && test -f "$(AMALGAMATION)/sqlite3.h" && \
+	    test -f "$(AMALGAMATION)/sqlite3ext.h" && test -n "$(AMALGAMATION_VERSION)" || { \
+	    echo "make test-sqlite: set AMALGAMATION to a directory holding sqlite3.c, sqlite3.h and" \
+	         "sqlite3ext.h (.ci/fetch-sqlite fetches one)" >&2; exit 1; }
+	@echo "make test-sqlite: SQLite $(AMALGAMATION_VERSION) from $(AMALGAMATION), in $(SQLITE_BUILD)"
+	$(MAKE) --no-print-directory $(SQLITE_BUILD)/lib/libsqlite3.so.0
+	LD_LIBRARY_PATH="$(abspath $(SQLITE_BUILD)/lib)$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}" \
+	MMKV_EXPECT_SQLITE=$(AMALGAMATION_VERSION) \
+	$(MAKE) --no-print-directory BUILD=$(SQLITE_BUILD) CFLAGS="-I$(abspath $(AMALGAMATION)) $(CFLAGS)" \
+	    SQLITE_LIB="-L$(SQLITE_BUILD)/lib -Wl,-rpath,$(abspath $(SQLITE_BUILD)/lib) -lsqlite3" test
 
 format:
 	clang-format -i ext/*.c ext/*.h test/*.c

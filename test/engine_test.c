@@ -21,7 +21,7 @@
 
 static void test_crc32c(void)
 {
-    begin_test("crc32c known answer");
+    if (!begin_test("crc32c known answer")) return;
     CHECK(mmkv_crc32c(0, "123456789", 9) == 0xe3069283u, "got %08x",
           mmkv_crc32c(0, "123456789", 9));
     uint32_t split = mmkv_crc32c(mmkv_crc32c(0, "1234", 4), "56789", 5);
@@ -31,7 +31,7 @@ static void test_crc32c(void)
 
 static void test_key_rules(void)
 {
-    begin_test("key equality follows SQLite");
+    if (!begin_test("key equality follows SQLite")) return;
     int64_t i1, i2, i3;
     double r1, r2, r3, r4;
     mmkv_datum one = int_datum(&i1, 1), one_real = real_datum(&r1, 1.0);
@@ -56,44 +56,47 @@ static void test_key_rules(void)
 
 static void test_basic_crud(void)
 {
-    begin_test("put, get, delete, commit, reopen");
+    if (!begin_test("put, get, delete, commit, reopen")) return;
     const char *path = path_of("crud.mmkv");
     mmkv_conn *c = open_or_die(path, MMKV_SYNC_FULL);
     if (!c) {
         end_test();
         return;
     }
-    CHECK(mmkv_txn_begin(c) == MMKV_OK, "begin");
+    CHECK_RC(mmkv_txn_begin(c), MMKV_OK, "begin");
     for (int i = 0; i < 100; i++)
-        CHECK(put_int(c, i, i * 10, MMKV_PUT_INSERT) == MMKV_OK, "put %d", i);
-    CHECK(put_int(c, 5, 0, MMKV_PUT_INSERT) == MMKV_CONSTRAINT, "duplicate insert refused");
-    CHECK(put_int(c, 5, 55, MMKV_PUT_REPLACE) == MMKV_OK, "replace");
-    CHECK(del_int(c, 7) == MMKV_OK, "delete");
-    CHECK(del_int(c, 7) == MMKV_NOTFOUND, "delete again");
-    CHECK(get_int(c, 5) == 55 && get_int(c, 7) == -1, "own writes visible");
-    CHECK(commit(c) == MMKV_OK, "commit");
-    CHECK(count_rows(c) == 99, "scan count %d", count_rows(c));
+        CHECK_RC(put_int(c, i, i * 10, MMKV_PUT_INSERT), MMKV_OK, "put %d", i);
+    CHECK_RC(put_int(c, 5, 0, MMKV_PUT_INSERT), MMKV_CONSTRAINT, "duplicate insert refused");
+    CHECK_RC(put_int(c, 5, 55, MMKV_PUT_REPLACE), MMKV_OK, "replace");
+    CHECK_RC(del_int(c, 7), MMKV_OK, "delete");
+    CHECK_RC(del_int(c, 7), MMKV_NOTFOUND, "delete again");
+    CHECK_EQ(get_int(c, 5), 55, "own writes visible");
+    CHECK_EQ(get_int(c, 7), -1, "own writes visible");
+    CHECK_RC(commit(c), MMKV_OK, "commit");
+    CHECK_EQ(count_rows(c), 99, "scan count");
     mmkv_close(c);
     c = open_or_die(path, MMKV_SYNC_FULL);
     if (!c) {
         end_test();
         return;
     }
-    CHECK(get_int(c, 5) == 55 && get_int(c, 7) == -1 && get_int(c, 99) == 990, "after reopen");
-    CHECK(mmkv_live_count(c) == 99, "live count %llu", (unsigned long long)mmkv_live_count(c));
+    CHECK_EQ(get_int(c, 5), 55, "after reopen");
+    CHECK_EQ(get_int(c, 7), -1, "after reopen");
+    CHECK_EQ(get_int(c, 99), 990, "after reopen");
+    CHECK_EQ(mmkv_live_count(c), 99, "live count");
     mmkv_close(c);
     end_test();
 }
 
 static void test_savepoints(void)
 {
-    begin_test("savepoints and rollback");
+    if (!begin_test("savepoints and rollback")) return;
     mmkv_conn *c = open_or_die(path_of("sp.mmkv"), MMKV_SYNC_NORMAL);
     if (!c) {
         end_test();
         return;
     }
-    CHECK(mmkv_txn_begin(c) == MMKV_OK, "begin");
+    CHECK_RC(mmkv_txn_begin(c), MMKV_OK, "begin");
     put_int(c, 1, 1, MMKV_PUT_INSERT);
     mmkv_txn_savepoint(c, 0);
     put_int(c, 2, 2, MMKV_PUT_INSERT);
@@ -102,42 +105,50 @@ static void test_savepoints(void)
     del_int(c, 1);
     put_int(c, 3, 3, MMKV_PUT_INSERT);
     mmkv_txn_rollback_to(c, 1);
-    CHECK(get_int(c, 1) == 11 && get_int(c, 3) == -1 && get_int(c, 2) == 2, "rollback to 1");
+    CHECK_EQ(get_int(c, 1), 11, "rollback to 1");
+    CHECK_EQ(get_int(c, 3), -1, "rollback to 1");
+    CHECK_EQ(get_int(c, 2), 2, "rollback to 1");
     mmkv_txn_rollback_to(c, 0);
-    CHECK(get_int(c, 1) == 1 && get_int(c, 2) == -1, "rollback to 0");
+    CHECK_EQ(get_int(c, 1), 1, "rollback to 0");
+    CHECK_EQ(get_int(c, 2), -1, "rollback to 0");
     put_int(c, 4, 4, MMKV_PUT_INSERT);
     mmkv_txn_release(c, 0);
-    CHECK(commit(c) == MMKV_OK, "commit");
-    CHECK(get_int(c, 1) == 1 && get_int(c, 4) == 4 && count_rows(c) == 2, "committed state");
-    CHECK(mmkv_txn_begin(c) == MMKV_OK, "begin 2");
+    CHECK_RC(commit(c), MMKV_OK, "commit");
+    CHECK_EQ(get_int(c, 1), 1, "committed state");
+    CHECK_EQ(get_int(c, 4), 4, "committed state");
+    CHECK_EQ(count_rows(c), 2, "committed state");
+    CHECK_RC(mmkv_txn_begin(c), MMKV_OK, "begin 2");
     put_int(c, 9, 9, MMKV_PUT_INSERT);
     del_int(c, 1);
     mmkv_txn_rollback(c);
-    CHECK(get_int(c, 9) == -1 && get_int(c, 1) == 1 && count_rows(c) == 2, "full rollback");
+    CHECK_EQ(get_int(c, 9), -1, "full rollback");
+    CHECK_EQ(get_int(c, 1), 1, "full rollback");
+    CHECK_EQ(count_rows(c), 2, "full rollback");
     mmkv_close(c);
     end_test();
 }
 
 static void test_isolation_and_busy(void)
 {
-    begin_test("second connection: snapshot and busy");
+    if (!begin_test("second connection: snapshot and busy")) return;
     const char *path = path_of("iso.mmkv");
     mmkv_conn *a = open_or_die(path, MMKV_SYNC_OFF), *b = open_or_die(path, MMKV_SYNC_OFF);
     if (!a || !b) {
         end_test();
         return;
     }
-    CHECK(mmkv_txn_begin(a) == MMKV_OK, "a begins");
+    CHECK_RC(mmkv_txn_begin(a), MMKV_OK, "a begins");
     put_int(a, 1, 100, MMKV_PUT_INSERT);
-    CHECK(get_int(b, 1) == -1, "b does not see uncommitted");
-    CHECK(mmkv_txn_begin(b) == MMKV_BUSY, "b is busy");
-    CHECK(commit(a) == MMKV_OK, "a commits");
-    CHECK(get_int(b, 1) == 100, "b sees commit");
-    CHECK(mmkv_txn_begin(b) == MMKV_OK, "b may write now");
+    CHECK_EQ(get_int(b, 1), -1, "b does not see uncommitted");
+    CHECK_RC(mmkv_txn_begin(b), MMKV_BUSY, "b is busy");
+    CHECK_RC(commit(a), MMKV_OK, "a commits");
+    CHECK_EQ(get_int(b, 1), 100, "b sees commit");
+    CHECK_RC(mmkv_txn_begin(b), MMKV_OK, "b may write now");
     put_int(b, 1, 200, MMKV_PUT_REPLACE);
-    CHECK(get_int(a, 1) == 100, "a sees committed version during b's write");
+    CHECK_EQ(get_int(a, 1), 100, "a sees committed version during b's write");
     mmkv_txn_rollback(b);
-    CHECK(get_int(a, 1) == 100 && get_int(b, 1) == 100, "rollback restores");
+    CHECK_EQ(get_int(a, 1), 100, "rollback restores, for a");
+    CHECK_EQ(get_int(b, 1), 100, "rollback restores, for b");
     mmkv_close(a);
     mmkv_close(b);
     end_test();
@@ -145,7 +156,7 @@ static void test_isolation_and_busy(void)
 
 static void test_growth(void)
 {
-    begin_test("index grows incrementally to 300k keys");
+    if (!begin_test("index grows incrementally to 300k keys")) return;
     const char *path = path_of("grow.mmkv");
     mmkv_conn *c = open_or_die(path, MMKV_SYNC_OFF);
     if (!c) {
@@ -153,17 +164,17 @@ static void test_growth(void)
         return;
     }
     const int n = 300000;
-    CHECK(mmkv_txn_begin(c) == MMKV_OK, "begin");
+    CHECK_RC(mmkv_txn_begin(c), MMKV_OK, "begin");
     for (int i = 0; i < n && !current_failed; i++) {
-        CHECK(put_int(c, (int64_t)i * 7919, i, MMKV_PUT_INSERT) == MMKV_OK, "put %d", i);
+        CHECK_RC(put_int(c, (int64_t)i * 7919, i, MMKV_PUT_INSERT), MMKV_OK, "put %d", i);
         if (i % 9973 == 0)
             for (int j = 0; j <= i; j += 997)
-                CHECK(get_int(c, (int64_t)j * 7919) == j, "get %d at %d", j, i);
+                CHECK_EQ(get_int(c, (int64_t)j * 7919), j, "get %d at %d", j, i);
     }
-    CHECK(commit(c) == MMKV_OK, "commit");
+    CHECK_RC(commit(c), MMKV_OK, "commit");
     for (int i = 0; i < n && !current_failed; i++)
-        CHECK(get_int(c, (int64_t)i * 7919) == i, "get %d", i);
-    CHECK(get_int(c, 1) == -1, "absent key");
+        CHECK_EQ(get_int(c, (int64_t)i * 7919), i, "get %d", i);
+    CHECK_EQ(get_int(c, 1), -1, "absent key");
     mmkv_close(c);
     /* The index is derived data: without it, the same rows come back. */
     char index_path[600];
@@ -172,8 +183,8 @@ static void test_growth(void)
     c = open_or_die(path, MMKV_SYNC_OFF);
     if (c) {
         for (int i = 0; i < n && !current_failed; i += 13)
-            CHECK(get_int(c, (int64_t)i * 7919) == i, "rebuilt get %d", i);
-        CHECK(count_rows(c) == n, "rows after rebuild %d", count_rows(c));
+            CHECK_EQ(get_int(c, (int64_t)i * 7919), i, "rebuilt get %d", i);
+        CHECK_EQ(count_rows(c), n, "rows after rebuild");
         mmkv_close(c);
     }
     end_test();
@@ -188,7 +199,7 @@ static void write_file(const char *path, const void *data, size_t n)
 
 static void test_foreign_file(void)
 {
-    begin_test("foreign and damaged files refused, untouched");
+    if (!begin_test("foreign and damaged files refused, untouched")) return;
     const char *path = path_of("foreign.txt");
     const char text[] = "this is not an mmkv file, and it must stay exactly like this\n";
     write_file(path, text, sizeof text);
@@ -228,7 +239,7 @@ static void test_foreign_file(void)
 
 static void test_torn_meta_falls_back(void)
 {
-    begin_test("a torn newest meta slot leaves the previous commit");
+    if (!begin_test("a torn newest meta slot leaves the previous commit")) return;
     const char *path = path_of("torn.mmkv");
     mmkv_conn *c = open_or_die(path, MMKV_SYNC_FULL);
     if (!c) {
@@ -250,8 +261,8 @@ static void test_torn_meta_falls_back(void)
     close(fd);
     c = open_or_die(path, MMKV_SYNC_OFF);
     if (c) {
-        CHECK(get_int(c, 1) == 1 && get_int(c, 2) == -1, "state of txid 1: %lld %lld",
-              (long long)get_int(c, 1), (long long)get_int(c, 2));
+        CHECK_EQ(get_int(c, 1), 1, "state of txid 1");
+        CHECK_EQ(get_int(c, 2), -1, "state of txid 1");
         mmkv_close(c);
     }
     end_test();
@@ -259,7 +270,7 @@ static void test_torn_meta_falls_back(void)
 
 static void test_writer_death(void)
 {
-    begin_test("a writer killed mid-transaction leaves nothing of itself");
+    if (!begin_test("a writer killed mid-transaction leaves nothing of itself")) return;
     const char *path = path_of("death.mmkv");
     mmkv_conn *c = open_or_die(path, MMKV_SYNC_NORMAL);
     if (!c) {
@@ -288,9 +299,11 @@ static void test_writer_death(void)
         for (int i = 0; i < 5000; i++)
             bad += get_int(c, i) != (i < 1000 ? i : -1);
         CHECK(bad == 0, "%d wrong keys", bad);
-        CHECK(mmkv_txn_begin(c) == MMKV_OK, "next writer");
-        CHECK(put_int(c, 2000, 1, MMKV_PUT_INSERT) == MMKV_OK, "write");
-        CHECK(commit(c) == MMKV_OK && get_int(c, 2000) == 1 && get_int(c, 999) == 999, "commit");
+        CHECK_RC(mmkv_txn_begin(c), MMKV_OK, "next writer");
+        CHECK_RC(put_int(c, 2000, 1, MMKV_PUT_INSERT), MMKV_OK, "write");
+        CHECK_RC(commit(c), MMKV_OK, "commit: %s", mmkv_errmsg(c));
+        CHECK_EQ(get_int(c, 2000), 1, "after the commit");
+        CHECK_EQ(get_int(c, 999), 999, "after the commit");
         mmkv_close(c);
     }
     end_test();
@@ -298,7 +311,7 @@ static void test_writer_death(void)
 
 static void test_values(void)
 {
-    begin_test("values of every type round-trip");
+    if (!begin_test("values of every type round-trip")) return;
     mmkv_conn *c = open_or_die(path_of("values.mmkv"), MMKV_SYNC_OFF);
     if (!c) {
         end_test();
@@ -313,24 +326,33 @@ static void test_values(void)
     mmkv_datum key_nul = text_datum("nul"), value_nul = {MMKV_TEXT, 3, "a\0b"};
     mmkv_datum key_null = text_datum("null"), value_null = {MMKV_NULL, 0, NULL};
     mmkv_datum key_empty = blob_datum("", 0), value_empty = text_datum("");
-    CHECK(mmkv_put(c, &key_big, &value_big, MMKV_PUT_INSERT) == MMKV_OK, "big");
-    CHECK(mmkv_put(c, &key_nul, &value_nul, MMKV_PUT_INSERT) == MMKV_OK, "nul");
-    CHECK(mmkv_put(c, &key_null, &value_null, MMKV_PUT_INSERT) == MMKV_OK, "null");
-    CHECK(mmkv_put(c, &key_empty, &value_empty, MMKV_PUT_INSERT) == MMKV_OK, "empty");
-    CHECK(commit(c) == MMKV_OK, "commit");
+    CHECK_RC(mmkv_put(c, &key_big, &value_big, MMKV_PUT_INSERT), MMKV_OK, "big");
+    CHECK_RC(mmkv_put(c, &key_nul, &value_nul, MMKV_PUT_INSERT), MMKV_OK, "nul");
+    CHECK_RC(mmkv_put(c, &key_null, &value_null, MMKV_PUT_INSERT), MMKV_OK, "null");
+    CHECK_RC(mmkv_put(c, &key_empty, &value_empty, MMKV_PUT_INSERT), MMKV_OK, "empty");
+    CHECK_RC(commit(c), MMKV_OK, "commit");
     mmkv_snapshot s;
     mmkv_row row;
     mmkv_snapshot_take(c, &s);
-    CHECK(mmkv_get(c, &s, &key_big, &row) == MMKV_OK && row.value.type == MMKV_BLOB &&
-              row.value.len == big_n && memcmp(row.value.bytes, big, big_n) == 0,
-          "big back");
-    CHECK(mmkv_get(c, &s, &key_nul, &row) == MMKV_OK && row.value.len == 3 &&
-              memcmp(row.value.bytes, "a\0b", 3) == 0,
-          "nul back");
-    CHECK(mmkv_get(c, &s, &key_null, &row) == MMKV_OK && row.value.type == MMKV_NULL, "null back");
-    CHECK(mmkv_get(c, &s, &key_empty, &row) == MMKV_OK && row.value.type == MMKV_TEXT &&
-              row.value.len == 0 && row.key.type == MMKV_BLOB,
-          "empty back");
+    /* Each value is looked at only if it was found (the CHECK_RC has failed the test if not). */
+    int rc = mmkv_get(c, &s, &key_big, &row);
+    CHECK_RC(rc, MMKV_OK, "big back");
+    CHECK(rc != MMKV_OK || (row.value.type == MMKV_BLOB && row.value.len == big_n &&
+                            memcmp(row.value.bytes, big, big_n) == 0),
+          "big back: type %d, %u bytes", row.value.type, (unsigned)row.value.len);
+    rc = mmkv_get(c, &s, &key_nul, &row);
+    CHECK_RC(rc, MMKV_OK, "nul back");
+    CHECK(rc != MMKV_OK || (row.value.len == 3 && memcmp(row.value.bytes, "a\0b", 3) == 0),
+          "nul back: %u bytes", (unsigned)row.value.len);
+    rc = mmkv_get(c, &s, &key_null, &row);
+    CHECK_RC(rc, MMKV_OK, "null back");
+    CHECK(rc != MMKV_OK || row.value.type == MMKV_NULL, "null back: type %d", row.value.type);
+    rc = mmkv_get(c, &s, &key_empty, &row);
+    CHECK_RC(rc, MMKV_OK, "empty back");
+    CHECK(rc != MMKV_OK ||
+              (row.value.type == MMKV_TEXT && row.value.len == 0 && row.key.type == MMKV_BLOB),
+          "empty back: value type %d, %u bytes, key type %d", row.value.type,
+          (unsigned)row.value.len, row.key.type);
     free(big);
     mmkv_close(c);
     end_test();
@@ -347,6 +369,7 @@ typedef struct thread_job {
     int writer;
     long commits, reads;
     const char *error;
+    unsigned seed; /* of the thread's choices; the interleaving is the scheduler's */
 } thread_job;
 
 static double seconds_now(void)
@@ -375,7 +398,7 @@ static void *thread_main(void *arg)
         job->error = "open";
         return NULL;
     }
-    unsigned seed = (unsigned)(uintptr_t)job;
+    unsigned seed = job->seed;
     double end = seconds_now() + THREAD_SECONDS;
     while (seconds_now() < end && !job->error) {
         if (job->writer) {
@@ -419,7 +442,7 @@ static void *thread_main(void *arg)
 
 static void test_threads(void)
 {
-    begin_test("threads: two writers, two readers, totals never change");
+    if (!begin_test("threads: two writers, two readers, totals never change")) return;
     const char *path = path_of("threads.mmkv");
     mmkv_conn *c = open_or_die(path, MMKV_SYNC_OFF);
     if (!c) {
@@ -430,8 +453,11 @@ static void test_threads(void)
     for (int i = 0; i < ACCOUNTS; i++)
         put_int(c, i, ACCOUNT_START, MMKV_PUT_INSERT);
     commit(c);
-    thread_job jobs[4] = {
-        {path, 1, 0, 0, NULL}, {path, 1, 0, 0, NULL}, {path, 0, 0, 0, NULL}, {path, 0, 0, 0, NULL}};
+    print_seed();
+    thread_job jobs[4] = {{path, 1, 0, 0, NULL, seed_for(1)},
+                          {path, 1, 0, 0, NULL, seed_for(2)},
+                          {path, 0, 0, 0, NULL, seed_for(3)},
+                          {path, 0, 0, 0, NULL, seed_for(4)}};
     pthread_t threads[4];
     for (int i = 0; i < 4; i++)
         pthread_create(&threads[i], NULL, thread_main, &jobs[i]);
@@ -501,7 +527,7 @@ static int sim_check_all(mmkv_conn *c, const sim_model *m, const char *when, int
 
 static void test_simulation(void)
 {
-    begin_test("simulation: 40000 random operations match a model");
+    if (!begin_test("simulation: 40000 random operations match a model")) return;
     const char *path = path_of("sim.mmkv");
     mmkv_conn *c = open_or_die(path, MMKV_SYNC_OFF);
     if (!c) {
@@ -512,7 +538,8 @@ static void test_simulation(void)
     for (int k = 0; k < SIM_KEYS; k++)
         committed.value[k] = -1;
     work = committed;
-    unsigned seed = 12345;
+    print_seed();
+    unsigned seed = seed_for(12345);
     int in_txn = 0, depth = 0;
     for (int step = 0; step < SIM_STEPS && !current_failed; step++) {
         int op = rand_r(&seed) % 100;
@@ -529,7 +556,7 @@ static void test_simulation(void)
                 sim_check_all(c, &committed, "reopen", step);
                 continue;
             }
-            CHECK(mmkv_txn_begin(c) == MMKV_OK, "begin at %d", step);
+            CHECK_RC(mmkv_txn_begin(c), MMKV_OK, "begin at %d", step);
             in_txn = 1;
             depth = 0;
             continue;
@@ -564,7 +591,7 @@ static void test_simulation(void)
             mmkv_txn_release(c, level);
             depth = level;
         } else if (op < 92) {
-            CHECK(commit(c) == MMKV_OK, "commit at %d", step);
+            CHECK_RC(commit(c), MMKV_OK, "commit at %d", step);
             committed = work;
             in_txn = 0;
         } else if (op < 96) {
@@ -592,51 +619,51 @@ static void test_simulation(void)
 
 static void test_owner_authority(void)
 {
-    begin_test("owned file: the log rolls back and forward to the owner's record");
+    if (!begin_test("owned file: the log rolls back and forward to the owner's record")) return;
     const char *path = path_of("owned.mmkv");
     mmkv_open_options options = {.sync = MMKV_SYNC_NORMAL, .owner_id = 42};
     mmkv_conn *c = NULL;
     char *err = NULL;
     int rc = mmkv_open(path, &options, &c, &err);
-    CHECK(rc == MMKV_OK, "open owned: %s", err ? err : "");
+    CHECK_RC(rc, MMKV_OK, "open owned: %s", err ? err : "");
     free(err);
     if (!c) {
         end_test();
         return;
     }
     mmkv_commit before, after;
-    CHECK(mmkv_committed(c, &before) == MMKV_OK, "committed");
-    CHECK(mmkv_txn_begin_at(c, &before) == MMKV_OK, "begin 1");
+    CHECK_RC(mmkv_committed(c, &before), MMKV_OK, "committed");
+    CHECK_RC(mmkv_txn_begin_at(c, &before), MMKV_OK, "begin 1");
     put_int(c, 1, 10, MMKV_PUT_INSERT);
-    CHECK(commit(c) == MMKV_OK, "commit 1");
+    CHECK_RC(commit(c), MMKV_OK, "commit 1");
     mmkv_txn_outcome(c, &after);
     /* The database never recorded the next commit (it rolled back after mmkv's prepare): */
-    CHECK(mmkv_txn_begin_at(c, &after) == MMKV_OK, "begin 2");
+    CHECK_RC(mmkv_txn_begin_at(c, &after), MMKV_OK, "begin 2");
     put_int(c, 2, 20, MMKV_PUT_INSERT);
     put_int(c, 1, 11, MMKV_PUT_REPLACE);
-    CHECK(mmkv_txn_prepare(c) == MMKV_OK, "prepare 2");
+    CHECK_RC(mmkv_txn_prepare(c), MMKV_OK, "prepare 2");
     mmkv_txn_commit(c);
-    CHECK(mmkv_txn_begin_at(c, &after) == MMKV_OK, "begin 3 rolls back to commit 1");
+    CHECK_RC(mmkv_txn_begin_at(c, &after), MMKV_OK, "begin 3 rolls back to commit 1");
     mmkv_txn_rollback(c);
     mmkv_snapshot snap;
-    CHECK(mmkv_snapshot_at(c, &after, &snap) == MMKV_OK, "snapshot");
-    CHECK(get_in(c, &snap, 1) == 10 && get_in(c, &snap, 2) == -1, "state of commit 1: %lld %lld",
-          (long long)get_in(c, &snap, 1), (long long)get_in(c, &snap, 2));
-    CHECK(mmkv_committed(c, &before) == MMKV_OK && before.txid == after.txid &&
-              before.tail == after.tail,
-          "meta slots follow the record");
+    CHECK_RC(mmkv_snapshot_at(c, &after, &snap), MMKV_OK, "snapshot");
+    CHECK_EQ(get_in(c, &snap, 1), 10, "state of commit 1");
+    CHECK_EQ(get_in(c, &snap, 2), -1, "state of commit 1");
+    CHECK_RC(mmkv_committed(c, &before), MMKV_OK, "meta slots follow the record");
+    CHECK_EQ(before.txid, after.txid, "meta slots follow the record");
+    CHECK_EQ(before.tail, after.tail, "meta slots follow the record");
     /* The database recorded a commit whose meta write was lost: roll forward. */
-    CHECK(mmkv_txn_begin_at(c, &after) == MMKV_OK, "begin 4");
+    CHECK_RC(mmkv_txn_begin_at(c, &after), MMKV_OK, "begin 4");
     put_int(c, 3, 30, MMKV_PUT_INSERT);
-    CHECK(mmkv_txn_prepare(c) == MMKV_OK, "prepare 4");
+    CHECK_RC(mmkv_txn_prepare(c), MMKV_OK, "prepare 4");
     mmkv_commit recorded;
     mmkv_txn_outcome(c, &recorded);
     mmkv_txn_rollback(c); /* undoes the meta write, as a crash before it would have lost it */
-    CHECK(mmkv_txn_begin_at(c, &recorded) == MMKV_OK, "begin 5 rolls forward");
+    CHECK_RC(mmkv_txn_begin_at(c, &recorded), MMKV_OK, "begin 5 rolls forward");
     mmkv_txn_rollback(c);
-    CHECK(mmkv_snapshot_at(c, &recorded, &snap) == MMKV_OK, "snapshot 2");
-    CHECK(get_in(c, &snap, 3) == 30 && get_in(c, &snap, 1) == 10, "rolled forward: %lld",
-          (long long)get_in(c, &snap, 3));
+    CHECK_RC(mmkv_snapshot_at(c, &recorded, &snap), MMKV_OK, "snapshot 2");
+    CHECK_EQ(get_in(c, &snap, 3), 30, "rolled forward");
+    CHECK_EQ(get_in(c, &snap, 1), 10, "rolled forward");
     mmkv_close(c);
     mmkv_open_options other = {.sync = MMKV_SYNC_NORMAL, .owner_id = 43},
                       none = {.sync = MMKV_SYNC_NORMAL};
@@ -681,7 +708,8 @@ static mmkv_index_header read_index_header(int fd)
 
 static void test_in_use_index_checked(void)
 {
-    begin_test("an index left in use by a dead process is checked before it is trusted");
+    if (!begin_test("an index left in use by a dead process is checked before it is trusted"))
+        return;
     /* 700 keys: the table grew at 640 and is still draining the old one. */
     static const char *damage[] = {"none",
                                    "a slot zeroed",
@@ -728,8 +756,8 @@ static void test_in_use_index_checked(void)
         for (int i = 0; i < 710; i++)
             bad += get_int(c, i) != (i < 700 ? i * 3 : -1);
         CHECK(bad == 0, "%s: %d keys wrong", damage[d], bad);
-        CHECK(count_rows(c) == 700, "%s: a scan finds %d", damage[d], count_rows(c));
-        CHECK(mmkv_check(c, NULL) == MMKV_OK, "%s: %s", damage[d], mmkv_errmsg(c));
+        CHECK_EQ(count_rows(c), 700, "%s: rows a scan finds", damage[d]);
+        CHECK_RC(mmkv_check(c, NULL), MMKV_OK, "%s: %s", damage[d], mmkv_errmsg(c));
         fd = open(index_path, O_RDONLY);
         mmkv_index_header after = read_index_header(fd);
         close(fd);
@@ -739,7 +767,7 @@ static void test_in_use_index_checked(void)
               (unsigned long long)h.table_offset);
         CHECK(mmkv_txn_begin(c) == MMKV_OK && put_int(c, 5000, 1, MMKV_PUT_INSERT) == MMKV_OK &&
                   commit(c) == MMKV_OK && get_int(c, 5000) == 1 && get_int(c, 699) == 699 * 3,
-              "%s: a write after", damage[d]);
+              "%s: a write after: %s", damage[d], mmkv_errmsg(c));
         mmkv_close(c);
     }
     end_test();
@@ -747,7 +775,7 @@ static void test_in_use_index_checked(void)
 
 static void test_check_and_rebuild(void)
 {
-    begin_test("integrity check: a damaged index is found, rebuild-index repairs it");
+    if (!begin_test("integrity check: a damaged index is found, rebuild-index repairs it")) return;
     const char *path = path_of("check.mmkv");
     mmkv_conn *c = open_or_die(path, MMKV_SYNC_OFF);
     if (!c) {
@@ -762,7 +790,7 @@ static void test_check_and_rebuild(void)
     for (int i = 100; i < 150; i++)
         del_int(c, i);
     commit(c);
-    CHECK(mmkv_check(c, NULL) == MMKV_OK, "clean: %s", mmkv_errmsg(c));
+    CHECK_RC(mmkv_check(c, NULL), MMKV_OK, "clean: %s", mmkv_errmsg(c));
     /* Zero the index's tables behind the engine's back (the mapping is shared). */
     char index_path[600];
     snprintf(index_path, sizeof index_path, "%s-index", path);
@@ -780,8 +808,10 @@ static void test_check_and_rebuild(void)
     CHECK(mmkv_txn_begin(c) == MMKV_OK && mmkv_rebuild(c) == MMKV_OK, "rebuild: %s",
           mmkv_errmsg(c));
     commit(c);
-    CHECK(mmkv_check(c, NULL) == MMKV_OK, "after rebuild: %s", mmkv_errmsg(c));
-    CHECK(get_int(c, 5) == -5 && get_int(c, 120) == -1 && get_int(c, 300) == 300, "rows");
+    CHECK_RC(mmkv_check(c, NULL), MMKV_OK, "after rebuild: %s", mmkv_errmsg(c));
+    CHECK_EQ(get_int(c, 5), -5, "rows");
+    CHECK_EQ(get_int(c, 120), -1, "rows");
+    CHECK_EQ(get_int(c, 300), 300, "rows");
     mmkv_close(c);
     end_test();
 }
@@ -876,11 +906,13 @@ static mmkv_commit commits_then_crash(const char *path, mmkv_sync sync, uint64_t
 
 static void test_salvage(void)
 {
-    begin_test("sync=off: after lost writes, the longest whole prefix of transactions survives");
+    if (!begin_test(
+            "sync=off: after lost writes, the longest whole prefix of transactions survives"))
+        return;
     /* A file that is its own authority: lose a record of commit 4, or both meta slots. */
     for (int damage = 0; damage < 2 && !current_failed; damage++) {
         const char *path = path_of(damage ? "salvage-meta.mmkv" : "salvage-record.mmkv");
-        CHECK(commits_then_crash(path, MMKV_SYNC_OFF, 0).txid == 5, "the child's commits");
+        CHECK_EQ(commits_then_crash(path, MMKV_SYNC_OFF, 0).txid, 5, "the child's commits");
         mmkv_conn *c;
         if (damage == 0)
             zero_bytes(path, first_record_of(path, 4) + 40, 8);
@@ -892,19 +924,21 @@ static void test_salvage(void)
         int want = damage ? 5 : 3;
         mmkv_snapshot snap;
         mmkv_snapshot_take(c, &snap);
-        CHECK(salvage_state_is(c, &snap, want) == 0, "damage %d: %d keys differ from commit %d",
-              damage, salvage_state_is(c, &snap, want), want);
-        CHECK(mmkv_check(c, NULL) == MMKV_OK, "damage %d: %s", damage, mmkv_errmsg(c));
+        CHECK_EQ(salvage_state_is(c, &snap, want), 0, "damage %d: %d keys differ from commit %d",
+                 damage, salvage_state_is(c, &snap, want), want);
+        CHECK_RC(mmkv_check(c, NULL), MMKV_OK, "damage %d: %s", damage, mmkv_errmsg(c));
         mmkv_txn_begin(c);
         salvage_txn(c, want + 1);
-        CHECK(commit(c) == MMKV_OK, "a commit after salvage");
+        CHECK_RC(commit(c), MMKV_OK, "a commit after salvage");
         mmkv_close(c);
         unlink(index_of(path));
         c = open_or_die(path, MMKV_SYNC_OFF);
         if (!c) break;
         mmkv_snapshot_take(c, &snap);
-        CHECK(salvage_state_is(c, &snap, want + 1) == 0 && mmkv_check(c, NULL) == MMKV_OK,
-              "damage %d: after the next commit and a rebuild: %s", damage, mmkv_errmsg(c));
+        CHECK_EQ(salvage_state_is(c, &snap, want + 1), 0,
+                 "damage %d: keys differ from commit %d after the next commit", damage, want + 1);
+        CHECK_RC(mmkv_check(c, NULL), MMKV_OK, "damage %d: after the next commit and a rebuild: %s",
+                 damage, mmkv_errmsg(c));
         mmkv_close(c);
     }
     /* The same damage in a file whose commits were synced, or that was closed cleanly since (which
@@ -935,7 +969,7 @@ static void test_salvage(void)
     char *err = NULL;
     mmkv_conn *c = NULL;
     mmkv_commit record = commits_then_crash(owned, MMKV_SYNC_OFF, 77);
-    CHECK(record.txid == 5, "the child's commits");
+    CHECK_EQ(record.txid, 5, "the child's commits");
     zero_bytes(owned, first_record_of(owned, 4) + 40, 8);
     unlink(index_of(owned));
     c = NULL;
@@ -948,15 +982,15 @@ static void test_salvage(void)
     mmkv_snapshot snap;
     CHECK(mmkv_snapshot_at(c, &record, &snap) == MMKV_OK && salvage_state_is(c, &snap, 3) == 0,
           "readers of the record see commit 3");
-    CHECK(mmkv_check(c, &record) == MMKV_OK, "check before the pad: %s", mmkv_errmsg(c));
-    CHECK(mmkv_txn_begin_at(c, &record) == MMKV_OK, "begin at the record: %s", mmkv_errmsg(c));
+    CHECK_RC(mmkv_check(c, &record), MMKV_OK, "check before the pad: %s", mmkv_errmsg(c));
+    CHECK_RC(mmkv_txn_begin_at(c, &record), MMKV_OK, "begin at the record: %s", mmkv_errmsg(c));
     mmkv_txn_rollback(c);
     CHECK(mmkv_snapshot_at(c, &record, &snap) == MMKV_OK && salvage_state_is(c, &snap, 3) == 0,
           "padded: readers of the record still see commit 3");
-    CHECK(mmkv_check(c, &record) == MMKV_OK, "check after the pad: %s", mmkv_errmsg(c));
+    CHECK_RC(mmkv_check(c, &record), MMKV_OK, "check after the pad: %s", mmkv_errmsg(c));
     mmkv_txn_begin_at(c, &record);
     salvage_txn(c, 4);
-    CHECK(mmkv_txn_prepare(c) == MMKV_OK, "prepare after the pad");
+    CHECK_RC(mmkv_txn_prepare(c), MMKV_OK, "prepare after the pad");
     mmkv_txn_outcome(c, &record);
     mmkv_txn_commit(c);
     CHECK(mmkv_snapshot_at(c, &record, &snap) == MMKV_OK && salvage_state_is(c, &snap, 4) == 0 &&
@@ -981,17 +1015,19 @@ static void test_salvage(void)
 ** recovery rebuilt the index only as far as the meta slots go. */
 static void test_reader_catches_up(void)
 {
-    begin_test("owned file: a reader of a record ahead of the meta slots sees the whole commit");
+    if (!begin_test(
+            "owned file: a reader of a record ahead of the meta slots sees the whole commit"))
+        return;
     const char *path = path_of("catch-up.mmkv");
     mmkv_commit record = commits_then_crash(path, MMKV_SYNC_FULL, 91);
-    CHECK(record.txid == 5, "the child's commits");
+    CHECK_EQ(record.txid, 5, "the child's commits");
     int fd = open(path, O_RDWR);
     mmkv_meta m[2];
     CHECK(pread(fd, &m[0], sizeof m[0], MMKV_META_OFFSET(0)) == sizeof m[0] &&
               pread(fd, &m[1], sizeof m[1], MMKV_META_OFFSET(1)) == sizeof m[1],
           "read the meta slots");
     int newest = m[1].txid > m[0].txid;
-    CHECK(m[newest].txid == 5, "the newest meta slot is commit 5's");
+    CHECK_EQ(m[newest].txid, 5, "the newest meta slot is commit 5's");
     char zeros[sizeof(mmkv_meta)] = {0};
     CHECK(pwrite(fd, zeros, sizeof zeros, MMKV_META_OFFSET(newest)) == sizeof zeros, "lose it");
     close(fd);
@@ -999,20 +1035,21 @@ static void test_reader_catches_up(void)
     mmkv_open_options options = {.sync = MMKV_SYNC_FULL, .owner_id = 91};
     mmkv_conn *c = NULL;
     char *err = NULL;
-    CHECK(mmkv_open(path, &options, &c, &err) == MMKV_OK, "open: %s", err ? err : "");
+    CHECK_RC(mmkv_open(path, &options, &c, &err), MMKV_OK, "open: %s", err ? err : "");
     free(err);
     if (!c) {
         end_test();
         return;
     }
     mmkv_snapshot snap;
-    CHECK(mmkv_snapshot_at(c, &record, &snap) == MMKV_OK, "snapshot: %s", mmkv_errmsg(c));
-    CHECK(salvage_state_is(c, &snap, 5) == 0, "%d keys differ from commit 5",
-          salvage_state_is(c, &snap, 5));
-    CHECK(mmkv_check(c, &record) == MMKV_OK, "integrity check: %s", mmkv_errmsg(c));
+    CHECK_RC(mmkv_snapshot_at(c, &record, &snap), MMKV_OK, "snapshot: %s", mmkv_errmsg(c));
+    CHECK_EQ(salvage_state_is(c, &snap, 5), 0, "%d keys differ from commit 5",
+             salvage_state_is(c, &snap, 5));
+    CHECK_RC(mmkv_check(c, &record), MMKV_OK, "integrity check: %s", mmkv_errmsg(c));
     mmkv_commit meta;
-    CHECK(mmkv_committed(c, &meta) == MMKV_OK && meta.txid == 5 && meta.tail == record.tail,
-          "the meta slots caught up: txid %llu", (unsigned long long)meta.txid);
+    CHECK_RC(mmkv_committed(c, &meta), MMKV_OK, "the meta slots caught up");
+    CHECK_EQ(meta.txid, 5, "the meta slots caught up");
+    CHECK_EQ(meta.tail, record.tail, "the meta slots caught up");
     mmkv_close(c);
     end_test();
 }

@@ -22,8 +22,8 @@ static int committed_intact(mmkv_conn *c, const char *when)
             CHECK(0, "%s: key %d reads %lld", when, i, (long long)get_int(c, i));
             return 0;
         }
-    CHECK(get_int(c, BASE_KEYS + 1) == -1, "%s: an uncommitted key is visible", when);
-    CHECK(mmkv_check(c, NULL) == MMKV_OK, "%s: integrity check: %s", when, mmkv_errmsg(c));
+    CHECK_EQ(get_int(c, BASE_KEYS + 1), -1, "%s: an uncommitted key is visible", when);
+    CHECK_RC(mmkv_check(c, NULL), MMKV_OK, "%s: integrity check: %s", when, mmkv_errmsg(c));
     return !current_failed;
 }
 
@@ -31,10 +31,10 @@ static mmkv_conn *fresh_table_synced(const char *name, mmkv_sync sync)
 {
     mmkv_conn *c = open_or_die(path_of(name), sync);
     if (!c) return NULL;
-    CHECK(mmkv_txn_begin(c) == MMKV_OK, "begin");
+    CHECK_RC(mmkv_txn_begin(c), MMKV_OK, "begin");
     for (int i = 0; i < BASE_KEYS; i++)
         put_int(c, i, i * 3, MMKV_PUT_INSERT);
-    CHECK(commit(c) == MMKV_OK, "base commit");
+    CHECK_RC(commit(c), MMKV_OK, "base commit");
     return c;
 }
 
@@ -48,7 +48,9 @@ static mmkv_conn *fresh_table(const char *name)
 ** the failed transaction whole and bring it back. */
 static void test_failed_commit_not_salvaged(void)
 {
-    begin_test("failpoint before-data-sync, sync=off: salvage never brings the failed commit back");
+    if (!begin_test(
+            "failpoint before-data-sync, sync=off: salvage never brings the failed commit back"))
+        return;
     const char *file = "unmarked.mmkv";
     mmkv_conn *c = fresh_table_synced(file, MMKV_SYNC_OFF);
     if (!c) {
@@ -56,10 +58,10 @@ static void test_failed_commit_not_salvaged(void)
         return;
     }
     mmkv_failpoint_arm("before-data-sync", 0);
-    CHECK(mmkv_txn_begin(c) == MMKV_OK, "begin");
+    CHECK_RC(mmkv_txn_begin(c), MMKV_OK, "begin");
     for (int i = 0; i < 10; i++)
         put_int(c, BASE_KEYS + 1 + i, i, MMKV_PUT_INSERT);
-    CHECK(mmkv_txn_prepare(c) == MMKV_IOERR, "the failing step reports MMKV_IOERR");
+    CHECK_RC(mmkv_txn_prepare(c), MMKV_IOERR, "the failing step reports MMKV_IOERR");
     mmkv_txn_rollback(c);
     mmkv_failpoint_arm(NULL, 0);
     mmkv_close(c);
@@ -86,7 +88,7 @@ static void test_commit_step(const char *name, int keys)
 {
     char title[128];
     snprintf(title, sizeof title, "failpoint %s: the commit fails cleanly", name);
-    begin_test(title);
+    if (!begin_test(title)) return;
     char file[64];
     snprintf(file, sizeof file, "%s.mmkv", name);
     mmkv_conn *c = fresh_table(file);
@@ -95,18 +97,18 @@ static void test_commit_step(const char *name, int keys)
         return;
     }
     mmkv_failpoint_arm(name, 0);
-    CHECK(mmkv_txn_begin(c) == MMKV_OK, "begin");
+    CHECK_RC(mmkv_txn_begin(c), MMKV_OK, "begin");
     int rc = MMKV_OK;
     for (int i = 0; i < keys && rc == MMKV_OK; i++)
         rc = put_int(c, BASE_KEYS + 1 + i, i, MMKV_PUT_INSERT);
     put_int(c, 0, -1, MMKV_PUT_REPLACE);
     if (rc == MMKV_OK) rc = mmkv_txn_prepare(c);
-    CHECK(rc == MMKV_IOERR, "the failing step reports MMKV_IOERR, got %d", rc);
+    CHECK_RC(rc, MMKV_IOERR, "the failing step reports MMKV_IOERR, got %d", rc);
     mmkv_txn_rollback(c);
     mmkv_failpoint_arm(NULL, 0);
     committed_intact(c, "after the rollback");
-    CHECK(mmkv_txn_begin(c) == MMKV_OK, "the next writer begins");
-    CHECK(put_int(c, BASE_KEYS + 1, 7, MMKV_PUT_INSERT) == MMKV_OK, "write");
+    CHECK_RC(mmkv_txn_begin(c), MMKV_OK, "the next writer begins");
+    CHECK_RC(put_int(c, BASE_KEYS + 1, 7, MMKV_PUT_INSERT), MMKV_OK, "write");
     mmkv_txn_rollback(c);
     mmkv_close(c);
     c = open_or_die(path_of(file), MMKV_SYNC_FULL);
@@ -121,27 +123,28 @@ static void test_commit_step(const char *name, int keys)
 ** table grows at a later write that finds room. */
 static void test_growth_deferred(void)
 {
-    begin_test("failpoint mid-index-growth: growth is deferred, the writes go on");
+    if (!begin_test("failpoint mid-index-growth: growth is deferred, the writes go on")) return;
     mmkv_conn *c = fresh_table("growth.mmkv");
     if (!c) {
         end_test();
         return;
     }
     mmkv_failpoint_arm("mid-index-growth", 0);
-    CHECK(mmkv_txn_begin(c) == MMKV_OK, "begin");
+    CHECK_RC(mmkv_txn_begin(c), MMKV_OK, "begin");
     int rc = MMKV_OK;
     for (int i = 0; i < GROWTH_KEYS && rc == MMKV_OK; i++)
         rc = put_int(c, BASE_KEYS + 1000 + i, i, MMKV_PUT_INSERT);
-    CHECK(rc == MMKV_OK, "inserts while growth fails: %d %s", rc, mmkv_errmsg(c));
-    CHECK(commit(c) == MMKV_OK, "commit");
+    CHECK_RC(rc, MMKV_OK, "inserts while growth fails: %d %s", rc, mmkv_errmsg(c));
+    CHECK_RC(commit(c), MMKV_OK, "commit");
     mmkv_failpoint_arm(NULL, 0);
-    CHECK(mmkv_txn_begin(c) == MMKV_OK, "begin 2");
+    CHECK_RC(mmkv_txn_begin(c), MMKV_OK, "begin 2");
     for (int i = 0; i < GROWTH_KEYS && rc == MMKV_OK; i++)
         rc = put_int(c, BASE_KEYS + 100000 + i, i, MMKV_PUT_INSERT);
-    CHECK(rc == MMKV_OK && commit(c) == MMKV_OK, "inserts once growth works again");
+    CHECK_RC(rc, MMKV_OK, "inserts once growth works again: %s", mmkv_errmsg(c));
+    CHECK_RC(commit(c), MMKV_OK, "commit once growth works again: %s", mmkv_errmsg(c));
     committed_intact(c, "after deferred growth");
-    CHECK(get_int(c, BASE_KEYS + 1000 + 77) == 77 && get_int(c, BASE_KEYS + 100000 + 99) == 99,
-          "the new keys");
+    CHECK_EQ(get_int(c, BASE_KEYS + 1000 + 77), 77, "the new keys");
+    CHECK_EQ(get_int(c, BASE_KEYS + 100000 + 99), 99, "the new keys");
     mmkv_close(c);
     end_test();
 }
@@ -150,7 +153,8 @@ static void test_growth_deferred(void)
 ** writer gets the error, and the one after that rebuilds and goes on. */
 static void test_recovery_step(void)
 {
-    begin_test("failpoint mid-recovery: a failed index rebuild is retried by the next writer");
+    if (!begin_test("failpoint mid-recovery: a failed index rebuild is retried by the next writer"))
+        return;
     mmkv_conn *c = fresh_table("recovery.mmkv");
     if (!c) {
         end_test();
@@ -167,9 +171,10 @@ static void test_recovery_step(void)
     waitpid(pid, &status, 0);
     mmkv_failpoint_arm("mid-recovery", 0);
     int rc = mmkv_txn_begin(c);
-    CHECK(rc == MMKV_IOERR, "the writer that meets the failed rebuild gets MMKV_IOERR, got %d", rc);
+    CHECK_RC(rc, MMKV_IOERR, "the writer that meets the failed rebuild gets MMKV_IOERR, got %d",
+             rc);
     mmkv_failpoint_arm(NULL, 0);
-    CHECK(mmkv_txn_begin(c) == MMKV_OK, "the next writer rebuilds: %s", mmkv_errmsg(c));
+    CHECK_RC(mmkv_txn_begin(c), MMKV_OK, "the next writer rebuilds: %s", mmkv_errmsg(c));
     mmkv_txn_rollback(c);
     committed_intact(c, "after the rebuild");
     mmkv_close(c);

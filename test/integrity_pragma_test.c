@@ -6,6 +6,10 @@
 ** `make test-sqlite AMALGAMATION=dir`. Where the SQLite it runs on (or was compiled against) is
 ** older than 3.44, the pragma cannot see into mmkv tables: then only what holds everywhere is
 ** checked (an intact table reads "ok", and the command still finds the damage).
+**
+** Its checks are steps of one scenario, so MMKV_TEST (make test T=name) naming any of them runs
+** them all. Under MMKV_EXPECT_SQLITE=V (make test-sqlite) it also checks that it runs on SQLite V,
+** compiled against V's headers.
 */
 #include "sqlite3_mmkv.h"
 
@@ -19,13 +23,53 @@
 static int failures;
 static char dir[] = "/tmp/mmkv-integrity-XXXXXX";
 
+/* Every check's name: MMKV_TEST selects the scenario by any of them. */
+static const char *const check_names[] = {
+    "runs on the SQLite expected",
+    "a table with 200 rows",
+    "PRAGMA integrity_check: an intact table is ok",
+    "PRAGMA quick_check: an intact table is ok",
+    "damage a record",
+    "the integrity-check command finds the damage",
+    "PRAGMA integrity_check reports the damage as the command does",
+    "PRAGMA quick_check reports the damage as the command does",
+    "PRAGMA main.integrity_check reports the damage as the command does",
+    "PRAGMA integrity_check(native) still checks only that table",
+};
+#define N_CHECKS (sizeof check_names / sizeof check_names[0])
+
+static int selected(void)
+{
+    const char *selection = getenv("MMKV_TEST");
+    if (!selection || !*selection) return 1;
+    for (size_t i = 0; i < N_CHECKS; i++)
+        if (strstr(check_names[i], selection)) return 1;
+    return 0;
+}
+
+/* One check; a failure's detail says what was expected and what came. */
 static void check(int ok, const char *name, const char *detail)
 {
+    size_t i = 0;
+    while (i < N_CHECKS && strcmp(check_names[i], name) != 0)
+        i++;
+    if (i == N_CHECKS) {
+        printf("FAIL: %s: not in check_names (the test itself is wrong)\n", name);
+        failures++;
+    }
     if (ok)
         printf("PASS: %s\n", name);
     else
         printf("FAIL: %s: %s\n", name, detail ? detail : "");
     failures += !ok;
+}
+
+/* check() of a query's rows against what they should be. */
+static void check_rows(const char *got, const char *expected, const char *name)
+{
+    char *detail = sqlite3_mprintf("expected '%s', got '%s'", expected, got);
+    check(strcmp(got, expected) == 0, name, detail);
+    sqlite3_free(detail);
 }
 
 /* The rows of a one-column query, joined by newlines, or the error. */
@@ -55,6 +99,7 @@ static sqlite3 *open_db(const char *path)
 
 int main(void)
 {
+    if (!selected()) return 0;
     if (!mkdtemp(dir)) return 1;
     char db_path[128], data_path[160];
     snprintf(db_path, sizeof db_path, "%s/app.db", dir);
@@ -64,6 +109,15 @@ int main(void)
         SQLITE_VERSION_NUMBER >= 3044000 && sqlite3_libversion_number() >= 3044000;
     printf("# SQLite %s (compiled against %s): PRAGMA integrity_check %s mmkv tables\n",
            sqlite3_libversion(), SQLITE_VERSION, pragma_sees_mmkv ? "checks" : "cannot check");
+    const char *expected_version = getenv("MMKV_EXPECT_SQLITE");
+    if (expected_version) {
+        char *detail = sqlite3_mprintf("expected SQLite %s, got %s compiled against %s",
+                                       expected_version, sqlite3_libversion(), SQLITE_VERSION);
+        check(strcmp(sqlite3_libversion(), expected_version) == 0 &&
+                  strcmp(SQLITE_VERSION, expected_version) == 0,
+              "runs on the SQLite expected", detail);
+        sqlite3_free(detail);
+    }
 
     sqlite3 *db = open_db(db_path);
     char *err = NULL;
@@ -75,13 +129,13 @@ int main(void)
                      "  INSERT INTO kv SELECT i, printf('value %d', i) FROM n;"
                      "INSERT INTO native VALUES(1, 'x');",
                      NULL, NULL, &err);
-    check(rc == SQLITE_OK, "a table with 200 rows", err);
+    check(rc == SQLITE_OK, "a table with 200 rows", err ? err : "?");
     sqlite3_free(err);
     char *got = rows_of(db, "PRAGMA integrity_check");
-    check(strcmp(got, "ok") == 0, "PRAGMA integrity_check: an intact table is ok", got);
+    check_rows(got, "ok", "PRAGMA integrity_check: an intact table is ok");
     sqlite3_free(got);
     got = rows_of(db, "PRAGMA quick_check");
-    check(strcmp(got, "ok") == 0, "PRAGMA quick_check: an intact table is ok", got);
+    check_rows(got, "ok", "PRAGMA quick_check: an intact table is ok");
     sqlite3_free(got);
     sqlite3_close(db);
 
@@ -93,13 +147,19 @@ int main(void)
     int damaged =
         fd >= 0 && pread(fd, &byte, 1, at) == 1 && (byte ^= 0x20, pwrite(fd, &byte, 1, at) == 1);
     if (fd >= 0) close(fd);
-    check(damaged, "damage a record", data_path);
+    char *why =
+        sqlite3_mprintf("expected to flip a byte at offset %lld of %s", (long long)at, data_path);
+    check(damaged, "damage a record", why);
+    sqlite3_free(why);
 
     db = open_db(db_path);
     err = NULL;
     rc = sqlite3_exec(db, "INSERT INTO kv(kv) VALUES('integrity-check')", NULL, NULL, &err);
+    why = sqlite3_mprintf("expected SQLITE_CORRUPT or SQLITE_CORRUPT_VTAB, got %d: %s", rc,
+                          err ? err : "no error");
     check(rc == SQLITE_CORRUPT_VTAB || rc == SQLITE_CORRUPT,
-          "the integrity-check command finds the damage", err ? err : "no error");
+          "the integrity-check command finds the damage", why);
+    sqlite3_free(why);
     char *command_message = sqlite3_mprintf("%s", err ? err : "");
     sqlite3_free(err);
     if (pragma_sees_mmkv) {
@@ -110,14 +170,16 @@ int main(void)
             char name[96];
             snprintf(name, sizeof name, "%s reports the damage as the command does", pragmas[i]);
             /* One row: "kv: " and the command's message, naming the file and the offset. */
+            why = sqlite3_mprintf("expected 'kv: %s' naming %s, got '%s'", command_message,
+                                  data_path, got);
             check(strncmp(got, "kv: ", 4) == 0 && strstr(got, command_message) &&
                       strstr(got, data_path),
-                  name, got);
+                  name, why);
+            sqlite3_free(why);
             sqlite3_free(got);
         }
         got = rows_of(db, "PRAGMA integrity_check(native)");
-        check(strcmp(got, "ok") == 0, "PRAGMA integrity_check(native) still checks only that table",
-              got);
+        check_rows(got, "ok", "PRAGMA integrity_check(native) still checks only that table");
         sqlite3_free(got);
     }
     sqlite3_free(command_message);

@@ -34,6 +34,8 @@
 **     MMKV_POWERLOSS_SEED=N           one choice of lost pages only
 **     MMKV_POWERLOSS_KEEP=DIR         copy each image to DIR before it is opened (the last stays)
 **     MMKV_POWERLOSS_KEEP_GOING=1     go on past a failing image, printing each one
+**     MMKV_SEED=N                     lose other pages: N is mixed into every choice's seed
+**     MMKV_TEST=wal-full              (make test T=wal-full) the same as MMKV_POWERLOSS_CASE
 */
 #include "engine_util.h"
 #include "file.h"
@@ -240,7 +242,7 @@ static void image_dir(long seed, char *out, size_t size)
 /* The choice of lost pages `seed` makes at a crash point. */
 static unsigned loss_seed_of(long crash_point, long seed)
 {
-    return (unsigned)(seed * 7919 + crash_point);
+    return seed_for((unsigned)(seed * 7919 + crash_point));
 }
 
 /* Counts a sync about to happen, and at the chosen one cuts the power: one image for each choice
@@ -1089,8 +1091,34 @@ static int recovery_crashes(const scenario *sc, const char *pristine, const reco
     }
 }
 
+#define TITLE_BYTES 200
+
+static void scenario_title(const scenario *sc, char *title)
+{
+    snprintf(title, TITLE_BYTES,
+             "power loss at every sync, journal_mode=%s, synchronous=%s, sync=%s: %s",
+             sc->journal_mode, sc->synchronous, sc->mmkv_sync,
+             sc->kv_may_lag ? "kv keeps one whole commit, never past the native table's"
+                            : "kv and native tables keep one whole commit");
+}
+
+/* Whether the scenario runs: MMKV_POWERLOSS_CASE, or MMKV_TEST naming it (wal-full) or a part of
+** its title, selects it. */
+static int scenario_selected(const scenario *sc)
+{
+    const char *only_case = getenv("MMKV_POWERLOSS_CASE");
+    char title[TITLE_BYTES];
+    scenario_title(sc, title);
+    return (!only_case || strcmp(only_case, sc->name) == 0) &&
+           (test_selected(title) || test_selected(sc->name));
+}
+
 static void test_scenario(const scenario *sc)
 {
+    char title[TITLE_BYTES];
+    scenario_title(sc, title);
+    begin_test(title); /* main() chose the scenario */
+    print_seed();      /* the choices of lost pages derive from it */
     snprintf(work_dir, sizeof work_dir, "%s/work-%s", test_dir, sc->name);
     snprintf(crash_dir, sizeof crash_dir, "%s/crash-%s", test_dir, sc->name);
     long seeds = env_long("MMKV_POWERLOSS_SEEDS", DEFAULT_LOSS_SEEDS);
@@ -1140,13 +1168,6 @@ static void test_scenario(const scenario *sc)
                 break;
         }
     }
-    char title[200];
-    snprintf(title, sizeof title,
-             "power loss at every sync, journal_mode=%s, synchronous=%s, sync=%s: %s",
-             sc->journal_mode, sc->synchronous, sc->mmkv_sync,
-             sc->kv_may_lag ? "kv keeps one whole commit, never past the native table's"
-                            : "kv and native tables keep one whole commit");
-    begin_test(title);
     CHECK(!failure[0], "%s%s", failure,
           failures_seen > 1 ? " (and more: see the lines above)" : "");
     printf("# %s: %ld crash points, %d images checked, %d more after a second cut during recovery",
@@ -1156,11 +1177,29 @@ static void test_scenario(const scenario *sc)
     end_test();
 }
 
+/* Under MMKV_EXPECT_SQLITE=V (make test-sqlite): this program runs on SQLite V, compiled against
+** V's headers, and not on a library found instead. */
+static void test_sqlite_version(void)
+{
+    const char *expected = getenv("MMKV_EXPECT_SQLITE");
+    printf("# SQLite %s (compiled against %s)\n", sqlite3_libversion(), SQLITE_VERSION);
+    if (!expected) return;
+    current = "runs on the SQLite expected (MMKV_EXPECT_SQLITE)";
+    current_failed = 0;
+    CHECK(strcmp(sqlite3_libversion(), expected) == 0 && strcmp(SQLITE_VERSION, expected) == 0,
+          "got SQLite %s compiled against %s, expected %s", sqlite3_libversion(), SQLITE_VERSION,
+          expected);
+    end_test();
+}
+
 int main(void)
 {
     if (!start_tests_in_memory()) return 1;
-    const char *only_case = getenv("MMKV_POWERLOSS_CASE");
-    for (size_t i = 0; i < sizeof scenarios / sizeof scenarios[0]; i++)
-        if (!only_case || strcmp(only_case, scenarios[i].name) == 0) test_scenario(&scenarios[i]);
+    int checked_version = 0;
+    for (size_t i = 0; i < sizeof scenarios / sizeof scenarios[0]; i++) {
+        if (!scenario_selected(&scenarios[i])) continue;
+        if (!checked_version++) test_sqlite_version();
+        test_scenario(&scenarios[i]);
+    }
     return finish_tests();
 }

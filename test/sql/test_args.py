@@ -48,6 +48,9 @@ def clean(d):
             os.remove(os.path.join(d, f))
 
 
+WORKS_FAILED = "expected the row (1, 'one') back from the table, got another answer"
+
+
 def works(db, table="kv"):
     """A created table takes a row and gives it back."""
     db.execute('INSERT INTO "%s" VALUES(1, \'one\')' % table)
@@ -206,7 +209,7 @@ def test_table_named_like_a_column():
             if e is None:
                 ok = works(db, name)
                 x = db.execute('PRAGMA table_xinfo("%s")' % name).fetchall()
-                check("table named %s: works (%r)" % (name, [r[1] for r in x]), ok)
+                check("table named %s: works (%r)" % (name, [r[1] for r in x]), ok, WORKS_FAILED)
                 print("NOTE: table named %s: accepted, columns %r" % (name, [r[1] for r in x]))
             else:
                 check("table named %s: refused with a message" % name, str(e) != "",
@@ -243,7 +246,7 @@ def test_long_names():
         name = "m" * 250 + ".mmkv"
         e = create(db, "file='%s'" % name)
         if e is None:
-            check("file name of 255 bytes: works", works(db))
+            check("file name of 255 bytes: works", works(db), WORKS_FAILED)
             db.execute("DROP TABLE kv")
         else:
             check("file name of 255 bytes: refused cleanly (no table, no file left)",
@@ -256,7 +259,8 @@ def test_long_names():
             t = "t" * n
             e = create(db, None, table=t)
             if e is None:
-                check("table name of %d chars (default file names): works" % n, works(db, t))
+                check("table name of %d chars (default file names): works" % n, works(db, t),
+                      WORKS_FAILED)
                 db.execute("DROP TABLE %s" % t)
             else:
                 check("table name of %d chars: refused cleanly (message, no table, no file)" % n,

@@ -431,7 +431,7 @@ class CrossTable:
 
 def test_cross_table_atomicity():
     for journal in ("wal", "delete"):
-        seed = "atomic-%s-1" % journal
+        seed = harness.seed_of("atomic-%s-1" % journal)
         fails = Failures("cross-table, journal_mode=%s, seed %r" % (journal, seed), [
             "no unexpected error", "failing statement raises IntegrityError",
             "failing statement leaves the transaction open",
@@ -621,7 +621,7 @@ def read_until(proc, state, pred, deadline):
 
 
 def crash_config(journal, sync, rounds):
-    seed = "crash-%s-%s" % (journal, sync)
+    seed = harness.seed_of("crash-%s-%s" % (journal, sync))
     label = "crash, journal_mode=%s, sync=%s, seed %r" % (journal, sync, seed)
     fails = Failures(label, [
         "child ran", "database opens after SIGKILL",
@@ -864,7 +864,7 @@ def test_snapshot_wal():
         kvm, led = snap_setup(path, "wal")
         r = connect(path, timeout=5)
         w = connect(path, timeout=0.5)
-        rnd = random.Random("snapshot-wal")
+        rnd = harness.rng("snapshot-wal")
         fails = Failures("snapshot, WAL", [
             "writer commits while a read transaction is open",
             "read transaction keeps its snapshot of kv and ledger",
@@ -970,7 +970,7 @@ def test_snapshot_rollback_journal():
                 """W's transaction; returns the stage where it got an error, or None."""
                 stage = "BEGIN"
                 try:
-                    sub = random.Random("%d" % round_)
+                    sub = harness.rng("%d" % round_)
                     w.execute("BEGIN")
                     stage = "writes"
                     state["models"] = snap_write_open(w, sub, old_kvm, old_led, round_)

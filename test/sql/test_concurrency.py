@@ -16,7 +16,6 @@ Every process is a child (python3) bounded by a timeout; the parent never blocks
 """
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from harness import CHILD_ENV, PYTHON, TempDir, check, check_equal  # noqa: E402
+from harness import CHILD_ENV, PYTHON, Peer, TempDir, check, check_equal, connect  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # The child processes. One script; argv[1] is a JSON configuration whose "role" picks the work.
@@ -439,15 +438,6 @@ def growth_reader():
 '''
 
 
-def connect(path, **kwargs):
-    """harness.connect, and for "memory:FILE" an in-memory database with kv on FILE."""
-    if not path.startswith("memory:"):
-        return harness.connect(path, **kwargs)
-    db = harness.connect(":memory:", **kwargs)
-    db.execute("CREATE VIRTUAL TABLE kv USING mmkv(file='%s')" % path[len("memory:"):])
-    return db
-
-
 class Group:
     """Child processes started together: each connects, says it is ready, and waits for "go"."""
 
@@ -550,11 +540,11 @@ def run_transfers(mode):
         common = dict(path=path, n=N_ACCOUNTS, initial=INITIAL, timeout=5, hard_seconds=30)
         try:
             for i in range(WRITERS):
-                g.start("writer%d" % i, role="transfer_writer", seed=100 + i,
+                g.start("writer%d" % i, role="transfer_writer", seed=harness.seed_of(100 + i),
                         seconds=WRITE_SECONDS, max=100000, **common)
             for i in range(READERS):
                 # In the rollback journal a reader may meet a writer's exclusive lock: it retries.
-                g.start("reader%d" % i, role="transfer_reader", seed=200 + i,
+                g.start("reader%d" % i, role="transfer_reader", seed=harness.seed_of(200 + i),
                         locks_ok=(mode == "rollback"), **common)
             if not g.begin():
                 check(label + ": every process started", False,
@@ -681,87 +671,6 @@ def test_handover_rollback_journal():
 # ---------------------------------------------------------------------------------------------
 # 2. Busy behaviour
 
-PEER = r'''
-import json, os, sqlite3, sys
-MEMORY = sys.argv[1].startswith("memory:")
-db = sqlite3.connect(":memory:" if MEMORY else sys.argv[1], isolation_level=None,
-                     timeout=float(sys.argv[2]))
-db.enable_load_extension(True)
-db.load_extension(os.environ["MMKV_EXTENSION"])
-if MEMORY:
-    db.execute("CREATE VIRTUAL TABLE kv USING mmkv(file='%s')" % sys.argv[1][len("memory:"):])
-print(json.dumps({"ready": 1}), flush=True)
-for line in sys.stdin:
-    req = json.loads(line)
-    if req.get("exit"):
-        db.close()
-        break
-    try:
-        resp = {"rows": db.execute(req["sql"], req.get("params", [])).fetchall()}
-    except sqlite3.Error as e:
-        resp = {"error": type(e).__name__, "msg": str(e)}
-    print(json.dumps(resp), flush=True)
-'''
-
-
-class Peer:
-    """Another process holding one connection; send() and recv() may be split to overlap."""
-
-    def __init__(self, path, busy_timeout):
-        self.proc = subprocess.Popen([PYTHON, "-c", PEER, path, str(busy_timeout)],
-                                     env=CHILD_ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE)
-        self.buf = b""
-        first = self.recv(20)
-        if first != {"ready": 1}:
-            raise RuntimeError("peer did not start: %r" % first)
-
-    def send(self, sql, params=()):
-        try:
-            line = json.dumps({"sql": sql, "params": list(params)}) + "\n"
-            self.proc.stdin.write(line.encode())
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError):
-            pass
-
-    def recv(self, timeout=20):
-        deadline = time.time() + timeout
-        fd = self.proc.stdout.fileno()
-        while b"\n" not in self.buf:
-            left = deadline - time.time()
-            r = select.select([fd], [], [], left)[0] if left > 0 else []
-            if not r:
-                self.kill()
-                return {"timeout": timeout}
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                return {"died": self.proc.wait()}
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        return json.loads(line)
-
-    def ask(self, sql, params=(), timeout=20):
-        self.send(sql, params)
-        return self.recv(timeout)
-
-    def close(self):
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.write(b'{"exit": 1}\n')
-                self.proc.stdin.flush()
-            except (BrokenPipeError, OSError):
-                pass
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.proc.returncode
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
 
 def ok(name, resp, rows=None):
     if "rows" not in resp:
@@ -876,7 +785,7 @@ def run_growth(mode):
             g.start("writer", role="growth_writer", path=path, timeout=5, hard_seconds=40,
                     **GROWTH)
             g.start("reader", role="growth_reader", path=path, timeout=5, hard_seconds=40,
-                    seed=7, locks_ok=(mode == "rollback"), **GROWTH)
+                    seed=harness.seed_of(7), locks_ok=(mode == "rollback"), **GROWTH)
             if not g.begin():
                 check(label + ": both processes started", False,
                       "%s" % g.finish(["writer", "reader"], 5))

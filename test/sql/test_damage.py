@@ -217,7 +217,7 @@ def build_pristine(d, name="app.db", nrows=160, seed=1):
     db = connect(path)
     db.execute("CREATE VIRTUAL TABLE kv USING mmkv")
     db.execute("CREATE TABLE ref(key PRIMARY KEY NOT NULL, value) WITHOUT ROWID")
-    rnd = random.Random(seed)
+    rnd = harness.rng(seed)
     states = []
     index_after = []
 
@@ -388,7 +388,7 @@ def data_cases(pdir, work, states, lookups):
     """(name, damage ops, allow_previous) for the data file."""
     data, metas, newest, records = parse_data(os.path.join(pdir, DATA))
     tail, size = newest["tail"], len(data)
-    rnd = random.Random(5)
+    rnd = harness.rng(5)
     cases = []
 
     def flip(name, off, mask=0xFF, extra=(), allow_prev=False):
@@ -445,13 +445,15 @@ def data_cases(pdir, work, states, lookups):
         n = min(4096, tail - page)
         cases.append(("records page at %d zeroed" % page, [["write", DATA, page, bytes(n).hex()]],
                       False))
-    cases.append(("records page of garbage", [["garbage", DATA, 4096, min(4096, tail - 4096), 5]],
+    cases.append(("records page of garbage", [["garbage", DATA, 4096, min(4096, tail - 4096),
+                                                   harness.seed_of(5)]],
                   False))
     # Past the committed tail.
     for off in sorted({tail, tail + 1, tail + 31, tail + 100, size - 1}):
         if off < size:
             flip("past the tail", off, 0xFF)
-    cases.append(("garbage just past the tail", [["garbage", DATA, tail, 4096, 1]], False))
+    cases.append(("garbage just past the tail",
+                  [["garbage", DATA, tail, 4096, harness.seed_of(1)]], False))
     cases.append(("a fake record past the tail",
                   [["write", DATA, tail, data[records[-1]["off"]:tail].hex()]], False))
     # Truncations.
@@ -464,8 +466,10 @@ def data_cases(pdir, work, states, lookups):
             cases.append(("truncate to %d bytes (tail %d, size %d)" % (n, tail, size),
                           [["truncate", DATA, n]], False))
     # Appended garbage, zeros, growth.
-    cases.append(("append 100 random bytes", [["append", DATA, 100, 2]], False))
-    cases.append(("append 1 MB random bytes", [["append", DATA, 1 << 20, 3]], False))
+    cases.append(("append 100 random bytes", [["append", DATA, 100, harness.seed_of(2)]],
+                  False))
+    cases.append(("append 1 MB random bytes", [["append", DATA, 1 << 20, harness.seed_of(3)]],
+                  False))
     cases.append(("append 5000 zero bytes", [["append", DATA, 5000, None]], False))
     cases.append(("append 3 zero bytes", [["append", DATA, 3, None]], False))
     # Some of the above with the index deleted, so that the rebuild reads the damaged log.
@@ -575,12 +579,14 @@ def index_cases(pdir, other_index, rnd):
     for n in sorted({0, 1, 100, 4095, 4096, 4104, size // 2, size - 8, size - 1}):
         if n < size:
             cases.append(("truncate to %d bytes (of %d)" % (n, size), [["truncate", INDEX, n]]))
-    cases.append(("garbage of the same size", [["garbage", INDEX, 0, size, 7]]))
-    cases.append(("garbage after a valid header", [["garbage", INDEX, 4096, size - 4096, 8]]))
-    cases.append(("garbage header, tables kept", [["garbage", INDEX, 0, 4096, 9]]))
+    cases.append(("garbage of the same size", [["garbage", INDEX, 0, size, harness.seed_of(7)]]))
+    cases.append(("garbage after a valid header", [["garbage", INDEX, 4096, size - 4096,
+                                                            harness.seed_of(8)]]))
+    cases.append(("garbage header, tables kept",
+                  [["garbage", INDEX, 0, 4096, harness.seed_of(9)]]))
     cases.append(("replaced by 10 bytes of text", [["truncate", INDEX, 0],
                                                    ["write", INDEX, 0, b"not index\n".hex()]]))
-    cases.append(("appended garbage", [["append", INDEX, 10000, 10]]))
+    cases.append(("appended garbage", [["append", INDEX, 10000, harness.seed_of(10)]]))
     cases.append(("deleted", [["delete", INDEX]]))
     cases.append(("swapped with another table's index (same database)",
                   [["copy", INDEX, "app.db-other.mmkv-index"]]))
@@ -603,9 +609,10 @@ def test_index_damage():
         odir = os.path.join(work, "otherdb")
         build_pristine(odir, nrows=160, seed=2)
         other_index = os.path.join(odir, INDEX)
-        if not check("index file exists", os.path.exists(os.path.join(pdir, INDEX))):
+        if not check("index file exists", os.path.exists(os.path.join(pdir, INDEX)),
+                     "expected %s in %s, found %s" % (INDEX, pdir, sorted(os.listdir(pdir)))):
             return
-        cases = index_cases(pdir, other_index, random.Random(3))
+        cases = index_cases(pdir, other_index, harness.rng(3))
         steps = steps_for(lookups)
         # After the queries: a write, a reopen, the queries again (the index must be repaired).
         post = [["INSERT INTO kv VALUES('post', 'write')", []], "reopen"] + steps
@@ -678,7 +685,9 @@ def test_foreign_files():
 
         # Sanity: the header checksum as computed here matches the real file's.
         check("foreign: header checksum computed as the extension does",
-              struct.unpack_from("<I", real, 508)[0] == crc32c(real[:508]))
+              struct.unpack_from("<I", real, 508)[0] == crc32c(real[:508]),
+              "the file has %08x, crc32c here gives %08x"
+              % (struct.unpack_from("<I", real, 508)[0], crc32c(real[:508])))
         put("version2.mmkv", with_version(2))
         put("version0.mmkv", with_version(0))
         put("versionmax.mmkv", with_version(0xFFFFFFFF))
@@ -774,7 +783,10 @@ def test_foreign_files():
                   all("error" in r for r in res), "got %r" % res)
             check("data file replaced by %s: error names the file" % label,
                   all(DATA in r.get("msg", "") for r in res), "got %r" % res)
-            check("data file replaced by %s: left untouched" % label, fstat(p) == b)
+            after = fstat(p)
+            check("data file replaced by %s: left untouched" % label, after == b,
+                  "expected %d bytes, mtime %d; got %d bytes%s, mtime %d"
+                  % (b[1], b[2], after[1], "" if after[0] == b[0] else " (changed)", after[2]))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ errors (class, primary code, constraint kind), change counts and the transaction
 match, and after every write or transaction step the whole content of both tables must match.
 
 Environment:
-    MMKV_SEED=N           run only seed N (reproduce a failure); MMKV_SEED=random: a random one
+    MMKV_SEED=N           run only seed N (reproduce a failure); MMKV_SEED=random: a random one;
+                          unset or 0: the fixed seeds below
     MMKV_DIFF_STEPS=N     statements per sequence (default 1000, 400 when SANITIZE=1)
     MMKV_DIFF_TIMEOUT=S   the whole run is killed (non-zero exit) after S seconds (default 600)
     MMKV_DIFF_DB=memory|file   run only one kind of database
@@ -59,12 +60,8 @@ def default_steps():
 
 
 def seeds():
-    s = os.environ.get("MMKV_SEED", "")
-    if s == "random":
-        return [random.SystemRandom().randrange(1, 2**31)]
-    if s:
-        return [int(s)]
-    return [DEFAULT_SEED] + FIXED_SEEDS
+    """MMKV_SEED (harness.SEED, "random" already drawn), or the fixed seeds."""
+    return [harness.SEED] if harness.SEED else [DEFAULT_SEED] + FIXED_SEEDS
 
 
 def kinds():
@@ -847,7 +844,8 @@ class Sequence:
 
 def run_sequence(kind, seed, steps):
     name = "differential %s seed=%d" % (kind, seed)
-    repro = "(reproduce: MMKV_SEED=%d MMKV_DIFF_DB=%s MMKV_DIFF_STEPS=%d)" % (seed, kind, steps)
+    repro = ("(reproduce: MMKV_SEED=%d MMKV_DIFF_DB=%s MMKV_DIFF_STEPS=%d make test "
+             "T=test_differential)" % (seed, kind, steps))
     print("# %s: running %s" % (name, repro))  # names the sequence if the process crashes
     sys.stdout.flush()
     t0 = time.time()

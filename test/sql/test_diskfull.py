@@ -35,7 +35,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from harness import CHILD_ENV, ENC_SRC, PYTHON, TempDir, check, check_equal, connect, enc  # noqa: E402
+from harness import (CHILD_ENV, ENC_SRC, PYTHON, TempDir, canon, check, check_equal,  # noqa: E402
+                     connect, enc, rows_diff)
 
 KB = 1024
 MB = 1024 * 1024
@@ -236,6 +237,7 @@ emit()
 #                 statements of the failed transaction it tried)
 #   big_bytes     size of the final large transaction
 #   ballast_verify  a file to delete first (tmpfs runs), or null
+#   big_seed      the random seed of the large transaction's values
 # Prints "VERIFY <json>".
 VERIFY = ENC_SRC + r'''
 import json, os, random, sqlite3, sys
@@ -280,7 +282,7 @@ try:
         out["integrity"] = err_info(e)
     if cfg.get("ballast_verify"):
         os.remove(cfg["ballast_verify"])
-    rng = random.Random(5)
+    rng = random.Random(cfg["big_seed"])
     big = cfg["big_bytes"]
     n_big = max(1, big // (64 * 1024))
     try:
@@ -302,20 +304,6 @@ except sqlite3.Error as e:
     out["fatal"] = err_info(e)
 print("VERIFY " + json.dumps(out))
 '''
-
-
-def canon(rows):
-    return sorted(json.dumps(r) for r in rows)
-
-
-def rows_diff(got, expected):
-    g, e = canon(got), canon(expected)
-    if g == e:
-        return ""
-    gs, es = set(g), set(e)
-    missing = [x[:200] for x in e if x not in gs][:3]
-    extra = [x[:200] for x in g if x not in es][:3]
-    return "%d rows, expected %d; missing %s; unexpected %s" % (len(g), len(e), missing, extra)
 
 
 def signal_name(rc):
@@ -471,7 +459,7 @@ def check_run(name, cfg, fill_rc, fill_out, fill_err, verify_rc, verify_out, ver
 
 
 def fill_config(d, mode, kind, limit, seed, how="rlimit"):
-    cfg = {"mode": mode, "kind": kind, "limit": limit, "seed": seed, "how": how,
+    cfg = {"mode": mode, "kind": kind, "limit": limit, "seed": harness.seed_of(seed), "how": how,
            "cap": 200000 if kind == "index" else 3000, "ballast": None}
     if mode == "memory":
         cfg["db"] = ":memory:"
@@ -483,7 +471,8 @@ def fill_config(d, mode, kind, limit, seed, how="rlimit"):
 
 
 def verify_config(cfg, fill_out_path, big_bytes, ballast=None):
-    return dict(cfg, fill_out=fill_out_path, big_bytes=big_bytes, ballast_verify=ballast)
+    return dict(cfg, fill_out=fill_out_path, big_bytes=big_bytes, ballast_verify=ballast,
+                big_seed=harness.seed_of(5))
 
 
 def fkib(n):

@@ -9,127 +9,13 @@ same data file with file= (so only mmkv's own locking is between them).
 """
 import json
 import os
-import select
-import signal
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from harness import CHILD_ENV, PYTHON, TempDir, check, check_equal  # noqa: E402
-
-
-CONVERT_SRC = r'''
-import base64
-def enc(v):
-    if isinstance(v, bytes):
-        return {"b": base64.b64encode(v).decode()}
-    if isinstance(v, float):
-        return {"f": v.hex()}
-    return v
-def dec(v):
-    if isinstance(v, dict):
-        return base64.b64decode(v["b"]) if "b" in v else float.fromhex(v["f"])
-    return v
-'''
-_ns = {}
-exec(CONVERT_SRC, _ns)
-enc, dec = _ns["enc"], _ns["dec"]
-
-# A child that executes one SQL statement per request line (JSON {"sql", "params"}) and answers
-# one JSON line: {"rows": [...]} or {"error": class name, "msg": ...}; {"exit": 1} ends it.
-PEER = CONVERT_SRC + r'''
-import json, os, sqlite3, sys
-# "memory:PATH": an in-memory database whose table kv shares the data file PATH.
-MEMORY = sys.argv[1].startswith("memory:")
-db = sqlite3.connect(":memory:" if MEMORY else sys.argv[1], isolation_level=None,
-                     timeout=float(sys.argv[2]))
-db.enable_load_extension(True)
-db.load_extension(os.environ["MMKV_EXTENSION"])
-if MEMORY:
-    db.execute("CREATE VIRTUAL TABLE kv USING mmkv(file='%s')" % sys.argv[1][len("memory:"):])
-print(json.dumps({"ready": 1}), flush=True)
-for line in sys.stdin:
-    req = json.loads(line)
-    if req.get("exit"):
-        db.close()
-        break
-    try:
-        rows = db.execute(req["sql"], [dec(p) for p in req.get("params", [])]).fetchall()
-        resp = {"rows": [[enc(v) for v in r] for r in rows]}
-    except sqlite3.Error as e:
-        resp = {"error": type(e).__name__, "msg": str(e)}
-    print(json.dumps(resp), flush=True)
-'''
-
-
-class Peer:
-    """Another process holding one connection to db_path."""
-
-    def __init__(self, db_path, busy_timeout=0.0):
-        self.proc = subprocess.Popen([PYTHON, "-c", PEER, db_path, str(busy_timeout)],
-                                     env=CHILD_ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE)
-        self.buf = b""
-        first = self._read(30)
-        if first != {"ready": 1}:
-            raise RuntimeError("peer did not start: %r %s" % (first, self.stderr()))
-
-    def _read(self, timeout):
-        deadline = time.time() + timeout
-        fd = self.proc.stdout.fileno()
-        while b"\n" not in self.buf:
-            left = deadline - time.time()
-            if left <= 0:
-                return {"timeout": timeout}
-            r, _, _ = select.select([fd], [], [], left)
-            if not r:
-                return {"timeout": timeout}
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                return {"died": self.proc.wait()}
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        return json.loads(line)
-
-    def ask(self, sql, params=(), timeout=20):
-        """Returns the response dict; a hang or a dead peer is reported as {"timeout"|"died"}."""
-        try:
-            self.proc.stdin.write((json.dumps({"sql": sql, "params": [enc(p) for p in params]})
-                                   + "\n").encode())
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError):
-            return {"died": self.proc.wait()}
-        resp = self._read(timeout)
-        if "timeout" in resp:
-            self.kill()
-        elif "rows" in resp:
-            resp["rows"] = [[dec(v) for v in r] for r in resp["rows"]]
-        return resp
-
-    def stderr(self):
-        if self.proc.poll() is None:
-            return ""
-        return self.proc.stderr.read().decode(errors="replace")[-2000:]
-
-    def close(self):
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.write(b'{"exit": 1}\n')
-                self.proc.stdin.flush()
-            except (BrokenPipeError, OSError):
-                pass
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.proc.returncode
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
+from harness import CHILD_ENV, PYTHON, Peer, TempDir, check, check_equal, connect  # noqa: E402
 
 
 def is_ok(resp):
@@ -152,7 +38,7 @@ class Setup:
     ("same db"), or two in-memory databases whose tables name one data file with file=
     ("shared file", where mmkv's own meta slots and lock decide; a database file owns its data
     file and no other database may open it). A path "memory:FILE" stands for such an in-memory
-    database: the child scripts create its table, and connect() below does too."""
+    database: the child scripts create its table, and harness.connect() does too."""
 
     def __init__(self, d, shared, args=""):
         self.shared = shared
@@ -167,15 +53,6 @@ class Setup:
             self.a = self.b = "memory:" + self.data
             connect(self.a).close()
         self.label = "shared file" if shared else "same db"
-
-
-def connect(path, **kwargs):
-    """harness.connect, and for "memory:FILE" an in-memory database with kv on FILE."""
-    if not path.startswith("memory:"):
-        return harness.connect(path, **kwargs)
-    db = harness.connect(":memory:", **kwargs)
-    db.execute("CREATE VIRTUAL TABLE kv USING mmkv(file='%s')" % path[len("memory:"):])
-    return db
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,7 +98,7 @@ db.load_extension(os.environ["MMKV_EXTENSION"])
 if MEMORY:
     db.execute("CREATE VIRTUAL TABLE kv USING mmkv(file='%s')" % sys.argv[1][len("memory:"):])
 batches, per, ready, seconds = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], float(sys.argv[5])
-rnd = random.Random(1)
+rnd = random.Random(json.loads(sys.argv[6]))
 bad, errors, states = [], [], set()
 reads = nerrors = 0
 error_stages = {}
@@ -295,7 +172,8 @@ def run_reader_writer(shared):
         db.executemany("INSERT INTO kv VALUES(?, 0)", ((i,) for i in range(100)))
         db.close()
         ready = os.path.join(d, "reader-ready")
-        reader = subprocess.Popen([PYTHON, "-c", READER, s.b, str(batches), str(per), ready, "25"],
+        reader = subprocess.Popen([PYTHON, "-c", READER, s.b, str(batches), str(per), ready, "25",
+                                   json.dumps(harness.seed_of(1))],
                                   env=CHILD_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         writer = subprocess.Popen([PYTHON, "-c", WRITER, s.a, str(batches), str(per), ready],
                                   env=CHILD_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -8,7 +8,6 @@ answer; rows are compared type for type and byte for byte (see enc()).
 """
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -16,8 +15,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from harness import (CHILD_ENV, ENC_SRC, PYTHON, TempDir, check, check_equal, connect, dec,  # noqa: E402
-                     enc, enc_rows)
+from harness import (CHILD_ENV, ENC_SRC, PYTHON, TempDir, check, check_equal, connect,  # noqa: E402
+                     enc, enc_rows, rows_diff)
 
 
 
@@ -53,21 +52,6 @@ def child_query(db_path, queries, timeout=60):
         return json.loads(p.stdout), None
     except ValueError:
         return None, "child printed %r (stderr %r)" % (p.stdout[-500:], p.stderr[-500:])
-
-
-def canon(enc_rows_list):
-    return sorted(json.dumps(r) for r in enc_rows_list)
-
-
-def rows_diff(got, expected):
-    """'' if the two lists of encoded rows hold the same rows (in any order), else a summary."""
-    g, e = canon(got), canon(expected)
-    if g == e:
-        return ""
-    gs, es = set(g), set(e)
-    missing = [x for x in e if x not in gs][:3]
-    extra = [x for x in g if x not in es][:3]
-    return "%d rows, expected %d; missing %s; unexpected %s" % (len(g), len(e), missing, extra)
 
 
 def check_rows(name, got, expected):
@@ -177,7 +161,8 @@ def test_all_types():
         both_many(db, "INSERT INTO {t} VALUES(?, ?)", SAMPLE)
         check_rows("all types: before close", table_rows(db, "kv"), table_rows(db, "ref"))
         db.close()
-        check("all types: data file beside the database", os.path.exists(path + "-kv.mmkv"))
+        check("all types: data file beside the database", os.path.exists(path + "-kv.mmkv"),
+              "expected %s, found %s" % (path + "-kv.mmkv", sorted(os.listdir(d))))
         verify("all types", path, SAMPLE_KEYS, ABSENT_KEYS)
         # A second session that writes again, then a third that reads.
         db = connect(path)
@@ -215,7 +200,7 @@ def test_many_keys():
                       ((many_key(i), many_value(i)) for i in range(start, start + 10000)))
             db.execute("COMMIT")
         db.close()
-        rnd = random.Random(7)
+        rnd = harness.rng(7)
         sample = [many_key(i) for i in rnd.sample(range(n), 500)] + [many_key(0), many_key(n - 1)]
         absent = [n, n + 1, "key%07d" % (n + 1), str(2), -1]
         verify("50k keys", path, sample, absent)
@@ -257,7 +242,7 @@ def test_updates_deletes_key_changes():
         both_many(db, "INSERT INTO {t} VALUES(?, ?)", ((i, "v%d" % i) for i in range(300)))
         db.execute("COMMIT")
         db.close()
-        rnd = random.Random(11)
+        rnd = harness.rng(11)
         for session in range(5):
             db = connect(path)
             db.execute("PRAGMA synchronous=OFF")
@@ -445,7 +430,8 @@ def test_index_deleted():
         both(db, "DELETE FROM {t} WHERE key IN (SELECT key FROM ref LIMIT 100)")
         both(db, "UPDATE {t} SET value = 'updated' WHERE key IN (SELECT key FROM ref LIMIT 100)")
         db.close()
-        check("index file exists beside the data file", os.path.exists(index))
+        check("index file exists beside the data file", os.path.exists(index),
+              "expected %s, found %s" % (index, sorted(os.listdir(os.path.dirname(index)))))
         keys = [many_key(i) for i in range(0, 5000, 37)]
         for round_ in range(3):
             if os.path.exists(index):
@@ -593,7 +579,7 @@ def test_sigkill():
             db.execute("CREATE VIRTUAL TABLE kv USING mmkv(sync=%s)" % mode)
             db.close()
             m = 0
-            rnd = random.Random(mode)
+            rnd = harness.rng(mode)
             for round_ in range(4):
                 park = round_ == 3
                 proc = subprocess.Popen(
