@@ -47,7 +47,7 @@ static int probe_read(key_probe *p, uint64_t offset, mmkv_record *record)
     mmkv_log *log = &p->engine->log;
     if (offset < mmkv_map_mapped(&log->map)) {
         /* The header, key and a short value span a few cache lines: miss on them all at once. */
-        const unsigned char *at = log->map.base + offset;
+        const unsigned char *at = mmkv_map_base(&log->map) + offset;
         __builtin_prefetch(at + 64);
         __builtin_prefetch(at + 128);
     }
@@ -113,15 +113,9 @@ int mmkv_engine_corrupt_record(char **errmsg, mmkv_engine *e, uint64_t offset)
                       e->data_path, (unsigned long long)offset);
 }
 
-/* A write that could not grow a file: the disk is full, or the address range reserved for the
-** file's mapping is (see MMKV_LOG_RESERVE and MMKV_INDEX_RESERVE). */
-static int growth_error(char **errmsg, int rc, const char *path, const mmkv_map *map, uint64_t need)
+/* A write that could not grow a file: the disk is full (a mapping grows by new views, file.h). */
+static int growth_error(char **errmsg, int rc, const char *path)
 {
-    if (need > map->reserved)
-        return mmkv_error(errmsg, rc,
-                          "mmkv: '%s' cannot grow past the %llu MiB of address space reserved "
-                          "for its mapping",
-                          path, (unsigned long long)(map->reserved >> 20));
     return mmkv_error(errmsg, rc, "mmkv: no space left to grow '%s'", path);
 }
 
@@ -131,9 +125,7 @@ static int index_error(char **errmsg, mmkv_engine *e, int rc, key_probe *p)
         return mmkv_engine_corrupt_record(errmsg, e, p->corrupt_at);
     if (rc == MMKV_CORRUPT)
         return mmkv_error(errmsg, rc, "mmkv: index file '%s' is damaged", e->index_path);
-    if (rc == MMKV_FULL)
-        return growth_error(errmsg, rc, e->index_path, &e->index.map,
-                            mmkv_index_header_of(&e->index)->file_end * 2);
+    if (rc == MMKV_FULL) return growth_error(errmsg, rc, e->index_path);
     if (rc == MMKV_BUSY)
         return mmkv_error(errmsg, rc, "mmkv: '%s' kept changing during a read", e->data_path);
     return mmkv_error(errmsg, rc, "mmkv: I/O error on '%s'", e->index_path);
@@ -592,10 +584,7 @@ static int append_version(mmkv_conn *conn, const mmkv_slot_ref *ref, uint64_t ha
                                value ? 0 : MMKV_RECORD_TOMBSTONE, txn->txid, prev, &size);
     if (rc != MMKV_OK) {
         txn->n_written--;
-        if (rc == MMKV_FULL)
-            return growth_error(&conn->errmsg, rc, e->data_path, &e->log.map,
-                                txn->append_pos +
-                                    mmkv_record_size(key->len, value ? value->len : 0));
+        if (rc == MMKV_FULL) return growth_error(&conn->errmsg, rc, e->data_path);
         return mmkv_error(&conn->errmsg, rc, "mmkv: cannot write to '%s'", e->data_path);
     }
     mmkv_index_store(&e->index, ref, hash, txn->append_pos);
@@ -921,8 +910,8 @@ static int recover_index(mmkv_engine *e, char **errmsg)
 
 static void engine_free(mmkv_engine *e)
 {
-    if (e->index.map.base) mmkv_index_unmap(&e->index);
-    if (e->log.map.base) mmkv_log_close(&e->log);
+    if (mmkv_map_base(&e->index.map)) mmkv_index_unmap(&e->index);
+    if (mmkv_map_base(&e->log.map)) mmkv_log_close(&e->log);
     if (e->index.map.fd >= 0) close(e->index.map.fd);
     if (e->log.map.fd >= 0) close(e->log.map.fd);
     pthread_mutex_destroy(&e->mutex);
@@ -1016,7 +1005,7 @@ static int log_made_durable(mmkv_engine *e, const mmkv_meta *meta)
 
 static void engine_close(mmkv_engine *e)
 {
-    if (e->log.map.base && e->index.map.base && !e->temporary &&
+    if (mmkv_map_base(&e->log.map) && mmkv_map_base(&e->index.map) && !e->temporary &&
         mmkv_lock_try(e->log.map.fd, MMKV_LOCK_OPEN, 1) == MMKV_OK) {
         /* The last user anywhere: leave the index clean for the next open. */
         mmkv_meta meta;

@@ -14,8 +14,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define MAP_GRANULE ((uint64_t)1 << 20) /* map in steps of at least 1 MiB */
-#define MIN_RESERVE ((uint64_t)1 << 28) /* never reserve less than 256 MiB of address space */
+#define MAP_GRANULE ((uint64_t)1 << 20)    /* grow files and views in steps of at least 1 MiB */
+#define MAX_GROW_AHEAD ((uint64_t)1 << 30) /* grow a file ahead of need by at most 1 GiB a step */
 
 static uint64_t system_page_size(void)
 {
@@ -194,30 +194,67 @@ void mmkv_unlock(int fd, int64_t byte)
     lock_op(fd, byte, F_UNLCK, LOCK_SET);
 }
 
-int mmkv_map_init(mmkv_map *map, int fd, uint64_t reserve_bytes)
+/* ---- mappings ---- */
+
+/*
+** Reserves a new view for a file of `bytes` and maps all of it there, then publishes the view: the
+** base before `mapped`, so that a reader who sees the larger `mapped` sees this base or a later
+** one, and every offset below what it saw lies inside. The older views stay as they are. The
+** caller holds grow_lock (or is alone, in mmkv_map_init).
+*/
+static int map_new_view(mmkv_map *map, uint64_t bytes)
+{
+    if (map->n_views == MMKV_MAP_MAX_VIEWS) return MMKV_NOMEM;
+    uint64_t size =
+        bytes > map->min_reserve / MMKV_MAP_GROWTH ? bytes * MMKV_MAP_GROWTH : map->min_reserve;
+    size = round_up(size, MAP_GRANULE);
+    int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+    void *base = mmap(NULL, size, PROT_NONE, flags, -1, 0);
+    if (base == MAP_FAILED && bytes > 0 && round_up(bytes, MAP_GRANULE) < size) {
+        /* Address space is short (a 32-bit process, RLIMIT_AS): settle for what the file needs
+        ** now; its next growth then needs another view. */
+        size = round_up(bytes, MAP_GRANULE);
+        base = mmap(NULL, size, PROT_NONE, flags, -1, 0);
+    }
+    if (base == MAP_FAILED) return MMKV_NOMEM;
+    uint64_t length = round_up(bytes, system_page_size());
+    if (length > 0 && mmap(base, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, map->fd,
+                           0) == MAP_FAILED) {
+        int err = errno;
+        munmap(base, size);
+        return io_error(err);
+    }
+    map->views[map->n_views].base = base;
+    map->views[map->n_views].bytes = size;
+    __atomic_store_n(&map->n_views, map->n_views + 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&map->base, (unsigned char *)base, __ATOMIC_RELEASE);
+    map->reserved = size;
+    __atomic_store_n(&map->mapped, bytes, __ATOMIC_RELEASE);
+    return MMKV_OK;
+}
+
+int mmkv_map_init(mmkv_map *map, int fd, uint64_t min_reserve_bytes)
 {
     memset(map, 0, sizeof *map);
     map->fd = fd;
-    /* Where address space is scarce (a 32-bit process, a tool that tracks every mapping), settle
-    ** for less: the file then cannot grow past what was reserved, and says so (MMKV_FULL). */
-    void *base = MAP_FAILED;
-    for (; base == MAP_FAILED && reserve_bytes >= MIN_RESERVE; reserve_bytes /= 4)
-        base = mmap(NULL, reserve_bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1,
-                    0);
-    reserve_bytes *= 4;
-    if (base == MAP_FAILED) return MMKV_NOMEM;
-    map->base = base;
-    map->reserved = reserve_bytes;
+    map->min_reserve = min_reserve_bytes;
+    uint64_t size;
+    if (mmkv_file_size(fd, &size) != MMKV_OK) return MMKV_IOERR;
+    /* Even an empty file gets its view: the base never reads NULL once the map is made. */
+    int rc = map_new_view(map, size);
+    if (rc != MMKV_OK) return rc;
+    map->file_size = size;
     pthread_mutex_init(&map->grow_lock, NULL);
-    return mmkv_map_refresh(map);
+    return MMKV_OK;
 }
 
-/* Maps [mapped, bytes) of the file into the reserved range; the caller holds grow_lock. */
+/* Maps [mapped, bytes) of the file: into the newest view while it has room, else into a new one.
+** The caller holds grow_lock. */
 static int map_cover(mmkv_map *map, uint64_t bytes)
 {
-    uint64_t have = round_up(map->mapped, system_page_size());
     if (bytes <= map->mapped) return MMKV_OK;
-    if (bytes > map->reserved) return MMKV_FULL;
+    if (bytes > map->reserved) return map_new_view(map, bytes);
+    uint64_t have = round_up(map->mapped, system_page_size());
     uint64_t want = round_up(bytes, system_page_size());
     if (want > have) {
         void *at = mmap(map->base + have, want - have, PROT_READ | PROT_WRITE,
@@ -235,7 +272,6 @@ int mmkv_map_refresh(mmkv_map *map)
     int rc = mmkv_file_size(map->fd, &size);
     if (rc == MMKV_OK) {
         if (size > map->file_size) map->file_size = size;
-        if (size > map->reserved) size = map->reserved;
         rc = map_cover(map, size);
     }
     pthread_mutex_unlock(&map->grow_lock);
@@ -249,7 +285,8 @@ int mmkv_map_truncate(mmkv_map *map)
     pthread_mutex_lock(&map->grow_lock);
     int rc = ftruncate(map->fd, 0) == 0 ? MMKV_OK : io_error(errno);
     if (rc == MMKV_OK) {
-        /* The pages stay mapped but hold nothing: forget them, so growth maps them anew. */
+        /* The pages stay mapped but hold nothing: forget them, so growth maps them anew. The
+        ** newest view is kept; nobody else uses the map, so the older ones are never read. */
         __atomic_store_n(&map->mapped, 0, __ATOMIC_RELEASE);
         map->file_size = 0;
     }
@@ -269,15 +306,14 @@ int mmkv_map_extend(mmkv_map *map, uint64_t bytes)
 static int map_extend(mmkv_map *map, uint64_t bytes)
 {
     if (bytes <= map->mapped) return MMKV_OK;
-    if (bytes > map->reserved) return MMKV_FULL;
     if (bytes > map->file_size) {
-        /* Grow ahead so that appends rarely need the file system: double, capped per step. */
+        /* Grow ahead so that appends rarely need the file system: double, capped per step, and
+        ** within the newest view while the bytes needed fit there. */
         uint64_t target = map->file_size * 2;
-        if (target > map->file_size + ((uint64_t)1 << 30))
-            target = map->file_size + ((uint64_t)1 << 30);
+        if (target > map->file_size + MAX_GROW_AHEAD) target = map->file_size + MAX_GROW_AHEAD;
         if (target < bytes) target = bytes;
         target = round_up(target, MAP_GRANULE);
-        if (target > map->reserved) target = map->reserved;
+        if (bytes <= map->reserved && target > map->reserved) target = map->reserved;
         int rc = mmkv_file_allocate(map->fd, target);
         if (rc != MMKV_OK && target > bytes) {
             target = bytes; /* not enough room to grow ahead: take only what is needed */
@@ -294,22 +330,28 @@ int mmkv_map_sync_range(mmkv_map *map, uint64_t offset, uint64_t len)
     uint64_t page = system_page_size();
     uint64_t start = offset / page * page;
     uint64_t end = offset + len;
-    if (end > map->mapped) end = map->mapped;
+    uint64_t mapped = mmkv_map_mapped(map);
+    if (end > mapped) end = mapped;
     if (end <= start) return MMKV_OK;
     BEFORE_SYNC(map->fd, start, end - start);
+    /* The newest view maps the whole file: one msync there writes back the file's pages, however
+    ** they were dirtied (every view shares them). */
+    unsigned char *base = mmkv_map_base(map);
     int rc;
     do
-        rc = msync(map->base + start, end - start, MS_SYNC);
+        rc = msync(base + start, end - start, MS_SYNC);
     while (rc != 0 && errno == EINTR);
     return rc == 0 ? MMKV_OK : MMKV_IOERR;
 }
 
 void mmkv_map_release(mmkv_map *map)
 {
-    if (map->base) {
-        munmap(map->base, map->reserved);
+    if (map->n_views) {
+        for (unsigned i = 0; i < map->n_views; i++)
+            munmap(map->views[i].base, map->views[i].bytes);
         pthread_mutex_destroy(&map->grow_lock);
     }
+    map->n_views = 0;
     map->base = NULL;
     map->mapped = 0;
 }

@@ -98,7 +98,7 @@ int mmkv_log_open(mmkv_log *log, int fd, const char *path, char **errmsg)
         return mmkv_error(errmsg, MMKV_CORRUPT, "mmkv: '%s' is damaged: file is truncated", path);
     log->file_id = header.file_id;
     log->owner_id = header.owner_id;
-    rc = mmkv_map_init(&log->map, fd, MMKV_LOG_RESERVE);
+    rc = mmkv_map_init(&log->map, fd, MMKV_LOG_MIN_RESERVE);
     if (rc != MMKV_OK) {
         log->map.fd = -1;
         return mmkv_error(errmsg, rc, "mmkv: cannot map '%s'", path);
@@ -124,7 +124,7 @@ static int newest_notice(mmkv_log *log, mmkv_notice *out)
     int best = -1;
     for (int copy = 0; copy < 2; copy++) {
         mmkv_notice n;
-        memcpy(&n, log->map.base + MMKV_NOTICE_OFFSET(copy), sizeof n);
+        memcpy(&n, mmkv_map_base(&log->map) + MMKV_NOTICE_OFFSET(copy), sizeof n);
         if (n.magic == MMKV_NOTICE_MAGIC && n.checksum == notice_checksum(&n) &&
             (best < 0 || n.sequence > out->sequence)) {
             *out = n;
@@ -153,7 +153,7 @@ int mmkv_log_write_notice(mmkv_log *log, uint64_t durable_tail)
     n.sequence = sequence;
     n.durable_tail = durable_tail;
     n.checksum = notice_checksum(&n);
-    memcpy(log->map.base + MMKV_NOTICE_OFFSET(copy), &n, sizeof n);
+    memcpy(mmkv_map_base(&log->map) + MMKV_NOTICE_OFFSET(copy), &n, sizeof n);
     return mmkv_map_sync_range(&log->map, MMKV_NOTICE_OFFSET(copy), sizeof n);
 }
 
@@ -167,7 +167,7 @@ static void record_seal(unsigned char *p, uint64_t at)
 
 void mmkv_log_mark_txn_end(mmkv_log *log, uint64_t offset, int end)
 {
-    unsigned char *p = log->map.base + offset;
+    unsigned char *p = mmkv_map_base(&log->map) + offset; /* our own record: mapped */
     mmkv_record_header *record = (mmkv_record_header *)p;
     record->flags =
         (uint8_t)(end ? record->flags | MMKV_RECORD_TXN_END : record->flags & ~MMKV_RECORD_TXN_END);
@@ -178,13 +178,14 @@ int mmkv_log_write_pad(mmkv_log *log, uint64_t at, uint64_t end, uint64_t txid)
 {
     int rc = mmkv_map_extend(&log->map, end);
     if (rc != MMKV_OK) return rc;
+    unsigned char *base = mmkv_map_base(&log->map); /* after the extend: it covers end */
     while (at < end) {
         uint64_t n = end - at;
         if (n - sizeof(mmkv_record_header) > MMKV_MAX_PAD_VALUE) {
             n = sizeof(mmkv_record_header) + MMKV_MAX_PAD_VALUE;
             if (end - at - n < sizeof(mmkv_record_header)) n -= sizeof(mmkv_record_header);
         }
-        unsigned char *p = log->map.base + at;
+        unsigned char *p = base + at;
         memset(p, 0, n);
         mmkv_record_header *record = (mmkv_record_header *)p;
         record->key_type = MMKV_BLOB;
@@ -229,7 +230,7 @@ int mmkv_log_meta(mmkv_log *log, mmkv_meta *meta, int *slot, char **errmsg)
     for (int attempt = 0; attempt < META_READ_ATTEMPTS && best < 0; attempt++) {
         for (int i = 0; i < 2; i++) {
             /* Copy first: a writer may be filling the other slot right now. */
-            memcpy(&copies[i], log->map.base + MMKV_META_OFFSET(i), sizeof(mmkv_meta));
+            memcpy(&copies[i], mmkv_map_base(&log->map) + MMKV_META_OFFSET(i), sizeof(mmkv_meta));
             __atomic_thread_fence(__ATOMIC_ACQUIRE);
             if (meta_intact(&copies[i]) && (best < 0 || copies[i].txid > copies[best].txid))
                 best = i;
@@ -259,7 +260,7 @@ int mmkv_log_meta(mmkv_log *log, mmkv_meta *meta, int *slot, char **errmsg)
 
 int mmkv_log_write_meta(mmkv_log *log, int slot, const mmkv_meta *meta, int sync)
 {
-    unsigned char *at = log->map.base + MMKV_META_OFFSET(slot);
+    unsigned char *at = mmkv_map_base(&log->map) + MMKV_META_OFFSET(slot);
     __atomic_thread_fence(__ATOMIC_RELEASE);
     memcpy(at, meta, sizeof *meta);
     __atomic_thread_fence(__ATOMIC_RELEASE);
@@ -277,7 +278,7 @@ int mmkv_log_write_record(mmkv_log *log, uint64_t at, const mmkv_datum *key,
     if (at + size > MMKV_MAX_FILE_SIZE) return MMKV_FULL;
     int rc = mmkv_map_extend(&log->map, at + size);
     if (rc != MMKV_OK) return rc;
-    unsigned char *p = log->map.base + at;
+    unsigned char *p = mmkv_map_base(&log->map) + at; /* after the extend: it covers the record */
     mmkv_record_header *record = (mmkv_record_header *)p;
     record->key_type = (uint8_t)key->type;
     record->value_type = (uint8_t)value->type;
@@ -316,14 +317,16 @@ int mmkv_log_record(mmkv_log *log, uint64_t offset, uint64_t limit, mmkv_record 
     if (offset < MMKV_DATA_START || offset % MMKV_RECORD_ALIGN != 0 ||
         offset + sizeof(mmkv_record_header) > limit)
         return 0;
+    /* The base after `mapped`: the view it names holds every offset below what was read. */
+    const unsigned char *base = mmkv_map_base(&log->map);
     mmkv_record_header *h = &record->header;
-    memcpy(h, log->map.base + offset, sizeof *h);
+    memcpy(h, base + offset, sizeof *h);
     if (!valid_type(h->key_type, 0) || !valid_type(h->value_type, 1) ||
         !valid_length(h->key_type, h->key_len) || !valid_length(h->value_type, h->value_len) ||
         offset + mmkv_record_size(h->key_len, h->value_len) > limit)
         return 0;
     record->offset = offset;
-    record->bytes = log->map.base + offset;
+    record->bytes = base + offset;
     return 1;
 }
 

@@ -332,7 +332,8 @@ int mmkv_txn_prepare(mmkv_conn *conn)
     meta.txn_start = txn->start;
     mmkv_meta_seal(&meta);
     int slot = txn->committed_slot ^ 1;
-    memcpy(&txn->overwritten_meta, e->log.map.base + MMKV_META_OFFSET(slot), sizeof meta);
+    memcpy(&txn->overwritten_meta, mmkv_map_base(&e->log.map) + MMKV_META_OFFSET(slot),
+           sizeof meta);
     /* When a database owns the file, its own commit record decides: the meta slot only follows.
     ** Otherwise the slot is the commit, synced under full and normal alike: both meta slots share
     ** the file's first page, and a power cut can take an unsynced write of that page with both,
