@@ -113,22 +113,16 @@ int mmkv_engine_corrupt_record(char **errmsg, mmkv_engine *e, uint64_t offset)
                       e->data_path, (unsigned long long)offset);
 }
 
-/* A write that could not grow a file: the disk is full (a mapping grows by new views, file.h). */
-static int growth_error(char **errmsg, int rc, const char *path)
-{
-    return mmkv_error(errmsg, rc, "mmkv: no space left to grow '%s'", path);
-}
-
 static int index_error(char **errmsg, mmkv_engine *e, int rc, key_probe *p)
 {
     if (rc == MMKV_CORRUPT && p && p->corrupt_at)
         return mmkv_engine_corrupt_record(errmsg, e, p->corrupt_at);
     if (rc == MMKV_CORRUPT)
         return mmkv_error(errmsg, rc, "mmkv: index file '%s' is damaged", e->index_path);
-    if (rc == MMKV_FULL) return growth_error(errmsg, rc, e->index_path);
     if (rc == MMKV_BUSY)
         return mmkv_error(errmsg, rc, "mmkv: '%s' kept changing during a read", e->data_path);
-    return mmkv_error(errmsg, rc, "mmkv: I/O error on '%s'", e->index_path);
+    /* The rest come from growing or mapping the file: file.c says what it asked for and why. */
+    return mmkv_map_error(&e->index.map, errmsg, rc, "index file", e->index_path);
 }
 
 /* ---- reading ---- */
@@ -202,7 +196,7 @@ int mmkv_engine_cover(mmkv_engine *e, uint64_t tail, char **errmsg)
 {
     if (tail <= mmkv_map_mapped(&e->log.map)) return MMKV_OK;
     int rc = mmkv_map_refresh(&e->log.map);
-    if (rc != MMKV_OK) return mmkv_error(errmsg, rc, "mmkv: cannot map '%s'", e->data_path);
+    if (rc != MMKV_OK) return mmkv_map_error(&e->log.map, errmsg, rc, "data file", e->data_path);
     if (tail <= mmkv_map_mapped(&e->log.map)) return MMKV_OK;
     return mmkv_error(errmsg, MMKV_CORRUPT,
                       "mmkv: '%s' is damaged: its database records commits up to byte %llu, but "
@@ -584,8 +578,7 @@ static int append_version(mmkv_conn *conn, const mmkv_slot_ref *ref, uint64_t ha
                                value ? 0 : MMKV_RECORD_TOMBSTONE, txn->txid, prev, &size);
     if (rc != MMKV_OK) {
         txn->n_written--;
-        if (rc == MMKV_FULL) return growth_error(&conn->errmsg, rc, e->data_path);
-        return mmkv_error(&conn->errmsg, rc, "mmkv: cannot write to '%s'", e->data_path);
+        return mmkv_map_error(&e->log.map, &conn->errmsg, rc, "data file", e->data_path);
     }
     mmkv_index_store(&e->index, ref, hash, txn->append_pos);
     uint64_t offset = txn->append_pos;
@@ -980,7 +973,8 @@ static int engine_open_files(mmkv_engine *e, uint64_t owner_id, char **errmsg)
     if (!alone && (rc = mmkv_lock_wait(fd, MMKV_LOCK_OPEN, 0)) != MMKV_OK)
         return mmkv_error(errmsg, rc, "mmkv: cannot lock '%s'", e->data_path);
     rc = mmkv_index_map(&e->index, index_fd, e->index_path);
-    if (rc != MMKV_OK) return mmkv_error(errmsg, rc, "mmkv: cannot map '%s'", e->index_path);
+    if (rc != MMKV_OK)
+        return mmkv_map_error(&e->index.map, errmsg, rc, "index file", e->index_path);
     if (alone) {
         rc = recover_index(e, errmsg);
         if (rc == MMKV_OK) rc = mmkv_lock_try(fd, MMKV_LOCK_OPEN, 0); /* downgrade */

@@ -73,14 +73,24 @@ int mmkv_lock_try(int fd, int64_t byte, int exclusive); /* OK or BUSY, never wai
 int mmkv_lock_wait(int fd, int64_t byte, int exclusive);
 void mmkv_unlock(int fd, int64_t byte);
 
-/* Maps the file on fd: a first view of max(min_reserve_bytes, MMKV_MAP_GROWTH x its size) bytes.
-** Leaves nothing behind on error. */
+/*
+** Maps the file on fd: a first view of max(min_reserve_bytes, MMKV_MAP_GROWTH x its size) bytes.
+**
+** These calls fail with a result code; mmkv_map_error then says what failed and why. A failure
+** to reserve or map address space is MMKV_IOERR, as SQLite's own SQLITE_IOERR_MMAP is (SQLite
+** reports an MMKV_NOMEM as "out of memory" and drops the message). Leaves nothing behind on error.
+*/
 int mmkv_map_init(mmkv_map *map, int fd, uint64_t min_reserve_bytes);
 int mmkv_map_refresh(mmkv_map *map);                /* map whatever the file holds now */
 int mmkv_map_truncate(mmkv_map *map);               /* empty the file; nobody else may use it */
 int mmkv_map_extend(mmkv_map *map, uint64_t bytes); /* allocate the file to bytes and map it */
 int mmkv_map_sync_range(mmkv_map *map, uint64_t offset, uint64_t len); /* msync, then durable */
 void mmkv_map_release(mmkv_map *map); /* unmaps every view; only with no other user */
+
+/* Sets *errmsg to what the last failed map call of this thread on map did (rc being its result):
+** what it asked for, how much address space the map holds, and the system's reason, naming the
+** file as `what` (e.g. "data file") and path. Returns rc. */
+int mmkv_map_error(const mmkv_map *map, char **errmsg, int rc, const char *what, const char *path);
 
 static inline uint64_t mmkv_map_mapped(const mmkv_map *map)
 {

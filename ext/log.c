@@ -101,7 +101,7 @@ int mmkv_log_open(mmkv_log *log, int fd, const char *path, char **errmsg)
     rc = mmkv_map_init(&log->map, fd, MMKV_LOG_MIN_RESERVE);
     if (rc != MMKV_OK) {
         log->map.fd = -1;
-        return mmkv_error(errmsg, rc, "mmkv: cannot map '%s'", path);
+        return mmkv_map_error(&log->map, errmsg, rc, "data file", path);
     }
     mmkv_meta meta;
     int slot;
@@ -242,7 +242,7 @@ int mmkv_log_meta(mmkv_log *log, mmkv_meta *meta, int *slot, char **errmsg)
     if (copies[best].committed_tail > mmkv_map_mapped(&log->map)) {
         /* Another process may have grown the file past our mapping: look again. */
         int rc = mmkv_map_refresh(&log->map);
-        if (rc != MMKV_OK) return mmkv_error(errmsg, rc, "mmkv: cannot map '%s'", log->path);
+        if (rc != MMKV_OK) return mmkv_map_error(&log->map, errmsg, rc, "data file", log->path);
         if (copies[best].committed_tail > mmkv_map_mapped(&log->map)) {
             uint64_t size = 0;
             mmkv_file_size(log->map.fd, &size);

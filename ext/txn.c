@@ -101,7 +101,9 @@ static int pad_to_record(mmkv_conn *conn, mmkv_meta *meta, mmkv_commit *state)
                               (unsigned long long)state->tail);
         uint64_t from = meta->committed_tail;
         int rc = mmkv_log_write_pad(&e->log, from, state->tail, state->txid);
-        if (rc == MMKV_OK && conn->sync != MMKV_SYNC_OFF)
+        if (rc != MMKV_OK)
+            return mmkv_map_error(&e->log.map, &conn->errmsg, rc, "data file", e->data_path);
+        if (conn->sync != MMKV_SYNC_OFF)
             rc = mmkv_map_sync_range(&e->log.map, from, state->tail - from);
         mmkv_meta padded = *meta;
         padded.txid = state->txid;
