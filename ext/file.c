@@ -39,7 +39,7 @@ static int io_error(int err)
 
 int mmkv_file_open(const char *path, int how, int *fd_out)
 {
-    int flags = O_RDWR | O_CLOEXEC;
+    int flags = (how == MMKV_OPEN_READONLY ? O_RDONLY : O_RDWR) | O_CLOEXEC;
     if (how == MMKV_OPEN_CREATE_NEW) flags |= O_CREAT | O_EXCL;
     if (how == MMKV_OPEN_ALWAYS) flags |= O_CREAT;
     int fd;
@@ -49,8 +49,11 @@ int mmkv_file_open(const char *path, int how, int *fd_out)
     if (fd < 0) {
         *fd_out = -1;
         if (errno == EEXIST) return MMKV_BUSY; /* the caller decides what an existing file means */
-        if (errno == ENOENT && how == MMKV_OPEN_EXISTING) return MMKV_NOTFOUND;
-        return errno == EACCES || errno == EROFS ? MMKV_READONLY : MMKV_CANTOPEN;
+        if (errno == ENOENT && (how == MMKV_OPEN_EXISTING || how == MMKV_OPEN_READONLY))
+            return MMKV_NOTFOUND;
+        /* Refused for writing, it could perhaps be read; refused for reading, it cannot be used. */
+        if (how != MMKV_OPEN_READONLY && (errno == EACCES || errno == EROFS)) return MMKV_READONLY;
+        return MMKV_CANTOPEN;
     }
     *fd_out = fd;
     return MMKV_OK;
@@ -207,6 +210,7 @@ typedef enum map_step {
     STEP_RESERVE,  /* reserving `tried` (and then `fallback`) bytes of address space */
     STEP_MAP,      /* mapping `bytes` of the file at `offset` */
     STEP_VIEWS,    /* a new view was needed, and the map holds MMKV_MAP_MAX_VIEWS */
+    STEP_READONLY, /* growing or truncating a read-only map */
     STEP_TRUNCATE
 } map_step;
 
@@ -293,10 +297,19 @@ int mmkv_map_error(const mmkv_map *map, char **errmsg, int rc, const char *what,
                           "mmkv: cannot map %s '%s': its %llu bytes need a new view, and its "
                           "mapping holds the most views it can already%s",
                           what, path, bytes, held);
+    case STEP_READONLY:
+        return mmkv_error(errmsg, rc,
+                          "mmkv: %s '%s' is mapped read-only: it cannot grow to %llu bytes", what,
+                          path, bytes);
     case STEP_TRUNCATE:
         return mmkv_error(errmsg, rc, "mmkv: cannot empty %s '%s'%s%s", what, path, sep, reason);
     }
     return rc;
+}
+
+static int map_protection(const mmkv_map *map)
+{
+    return map->writable ? PROT_READ | PROT_WRITE : PROT_READ;
 }
 
 /*
@@ -330,8 +343,8 @@ static int map_new_view(mmkv_map *map, uint64_t bytes)
         return f->rc;
     }
     uint64_t length = round_up(bytes, system_page_size());
-    if (length > 0 && mmap(base, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, map->fd,
-                           0) == MAP_FAILED) {
+    if (length > 0 &&
+        mmap(base, length, map_protection(map), MAP_SHARED | MAP_FIXED, map->fd, 0) == MAP_FAILED) {
         err = errno;
         munmap(base, size);
         return map_fail(map, MMKV_IOERR, STEP_MAP, err, length)->rc;
@@ -345,10 +358,11 @@ static int map_new_view(mmkv_map *map, uint64_t bytes)
     return MMKV_OK;
 }
 
-int mmkv_map_init(mmkv_map *map, int fd, uint64_t min_reserve_bytes)
+int mmkv_map_init(mmkv_map *map, int fd, uint64_t min_reserve_bytes, int writable)
 {
     memset(map, 0, sizeof *map);
     map->fd = fd;
+    map->writable = writable;
     map->min_reserve = min_reserve_bytes;
     uint64_t size;
     if (mmkv_file_size(fd, &size) != MMKV_OK)
@@ -370,8 +384,8 @@ static int map_cover(mmkv_map *map, uint64_t bytes)
     uint64_t have = round_up(map->mapped, system_page_size());
     uint64_t want = round_up(bytes, system_page_size());
     if (want > have) {
-        void *at = mmap(map->base + have, want - have, PROT_READ | PROT_WRITE,
-                        MAP_SHARED | MAP_FIXED, map->fd, (off_t)have);
+        void *at = mmap(map->base + have, want - have, map_protection(map), MAP_SHARED | MAP_FIXED,
+                        map->fd, (off_t)have);
         if (at == MAP_FAILED) {
             map_failure *f = map_fail(map, MMKV_IOERR, STEP_MAP, errno, want - have);
             f->offset = have;
@@ -403,7 +417,9 @@ int mmkv_map_truncate(mmkv_map *map)
 {
     pthread_mutex_lock(&map->grow_lock);
     int rc = MMKV_OK;
-    if (ftruncate(map->fd, 0) != 0)
+    if (!map->writable)
+        rc = map_fail(map, MMKV_READONLY, STEP_READONLY, 0, 0)->rc;
+    else if (ftruncate(map->fd, 0) != 0)
         rc = map_fail(map, io_error(errno), STEP_TRUNCATE, errno, 0)->rc;
     if (rc == MMKV_OK) {
         /* The pages stay mapped but hold nothing: forget them, so growth maps them anew. The
@@ -427,6 +443,7 @@ int mmkv_map_extend(mmkv_map *map, uint64_t bytes)
 static int map_extend(mmkv_map *map, uint64_t bytes)
 {
     if (bytes <= map->mapped) return MMKV_OK;
+    if (!map->writable) return map_fail(map, MMKV_READONLY, STEP_READONLY, 0, bytes)->rc;
     if (bytes > map->file_size) {
         /* Grow ahead so that appends rarely need the file system: double, capped per step, and
         ** within the newest view while the bytes needed fit there. */

@@ -43,6 +43,7 @@ typedef struct mmkv_map_view {
 
 typedef struct mmkv_map {
     int fd;
+    int writable;         /* 0: mapped PROT_READ, and never grown by this process */
     unsigned char *base;  /* the newest view's start (read with mmkv_map_base) */
     uint64_t reserved;    /* bytes of address space in the newest view */
     uint64_t mapped;      /* bytes of the file mapped (read with mmkv_map_mapped) */
@@ -60,6 +61,7 @@ typedef struct mmkv_map {
 #define MMKV_OPEN_EXISTING 0   /* NOTFOUND if absent */
 #define MMKV_OPEN_CREATE_NEW 1 /* BUSY if present */
 #define MMKV_OPEN_ALWAYS 2     /* open, creating if absent */
+#define MMKV_OPEN_READONLY 3   /* open for reading only; NOTFOUND if absent */
 int mmkv_file_open(const char *path, int how, int *fd_out);
 int mmkv_file_size(int fd, uint64_t *size);
 int mmkv_file_read(int fd, void *buf, size_t len, uint64_t offset); /* short read: IOERR */
@@ -74,13 +76,15 @@ int mmkv_lock_wait(int fd, int64_t byte, int exclusive);
 void mmkv_unlock(int fd, int64_t byte);
 
 /*
-** Maps the file on fd: a first view of max(min_reserve_bytes, MMKV_MAP_GROWTH x its size) bytes.
+** Maps the file on fd: a first view of max(min_reserve_bytes, MMKV_MAP_GROWTH x its size) bytes,
+** mapped PROT_READ | PROT_WRITE, or PROT_READ only if writable is 0 (for a descriptor opened with
+** MMKV_OPEN_READONLY; such a map refuses to grow or truncate the file with MMKV_READONLY).
 **
 ** These calls fail with a result code; mmkv_map_error then says what failed and why. A failure
 ** to reserve or map address space is MMKV_IOERR, as SQLite's own SQLITE_IOERR_MMAP is (SQLite
 ** reports an MMKV_NOMEM as "out of memory" and drops the message). Leaves nothing behind on error.
 */
-int mmkv_map_init(mmkv_map *map, int fd, uint64_t min_reserve_bytes);
+int mmkv_map_init(mmkv_map *map, int fd, uint64_t min_reserve_bytes, int writable);
 int mmkv_map_refresh(mmkv_map *map);                /* map whatever the file holds now */
 int mmkv_map_truncate(mmkv_map *map);               /* empty the file; nobody else may use it */
 int mmkv_map_extend(mmkv_map *map, uint64_t bytes); /* allocate the file to bytes and map it */

@@ -73,7 +73,7 @@ int mmkv_index_map(mmkv_index *index, int fd, const char *path)
 {
     index->path = path;
     index->build_offset = 0;
-    return mmkv_map_init(&index->map, fd, MMKV_INDEX_MIN_RESERVE);
+    return mmkv_map_init(&index->map, fd, MMKV_INDEX_MIN_RESERVE, 1);
 }
 
 void mmkv_index_unmap(mmkv_index *index)

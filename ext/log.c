@@ -98,7 +98,7 @@ int mmkv_log_open(mmkv_log *log, int fd, const char *path, char **errmsg)
         return mmkv_error(errmsg, MMKV_CORRUPT, "mmkv: '%s' is damaged: file is truncated", path);
     log->file_id = header.file_id;
     log->owner_id = header.owner_id;
-    rc = mmkv_map_init(&log->map, fd, MMKV_LOG_MIN_RESERVE);
+    rc = mmkv_map_init(&log->map, fd, MMKV_LOG_MIN_RESERVE, 1);
     if (rc != MMKV_OK) {
         log->map.fd = -1;
         return mmkv_map_error(&log->map, errmsg, rc, "data file", path);

@@ -5,9 +5,11 @@
 #include "crc32c.h"
 #include "engine_util.h"
 #include "format.h"
+#include "log.h"
 #include "mmkv.h"
 
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <sched.h>
 #include <time.h>
@@ -1017,6 +1019,75 @@ static void test_reader_catches_up(void)
     end_test();
 }
 
+/* The permissions /proc/self/maps shows for the first view of the file at path ("rw-s"), or "". */
+static const char *view_permissions(const char *path)
+{
+    static char perms[8];
+    char real[PATH_MAX];
+    perms[0] = 0;
+    FILE *f = realpath(path, real) ? fopen("/proc/self/maps", "re") : NULL;
+    if (!f) return perms;
+    char line[PATH_MAX + 128];
+    while (fgets(line, sizeof line, f)) {
+        char p[8];
+        unsigned long long offset;
+        int name_at = 0;
+        if (sscanf(line, "%*s %7s %llx %*s %*s %n", p, &offset, &name_at) < 2 || !name_at) continue;
+        line[strcspn(line, "\n")] = 0;
+        if (offset == 0 && strcmp(line + name_at, real) == 0) {
+            snprintf(perms, sizeof perms, "%s", p);
+            break;
+        }
+    }
+    fclose(f);
+    return perms;
+}
+
+static void test_read_only_map(void)
+{
+    begin_test("a file opened read-only maps read-only and refuses to grow");
+    const char *path = path_of("readonly.mmkv");
+    int fd = -1;
+    CHECK(mmkv_file_open(path, MMKV_OPEN_READONLY, &fd) == MMKV_NOTFOUND && fd == -1,
+          "an absent file: fd %d", fd);
+    mmkv_conn *c = open_or_die(path, MMKV_SYNC_FULL);
+    if (!c) {
+        end_test();
+        return;
+    }
+    CHECK(mmkv_txn_begin(c) == MMKV_OK && put_int(c, 1, 42, MMKV_PUT_INSERT) == MMKV_OK &&
+              commit(c) == MMKV_OK,
+          "write: %s", mmkv_errmsg(c));
+    mmkv_close(c);
+    CHECK(mmkv_file_open(path, MMKV_OPEN_READONLY, &fd) == MMKV_OK, "open read-only");
+    CHECK(fcntl(fd, F_GETFL) >= 0 && (fcntl(fd, F_GETFL) & O_ACCMODE) == O_RDONLY, "O_RDONLY");
+    mmkv_map map;
+    int rc = mmkv_map_init(&map, fd, MMKV_LOG_MIN_RESERVE, 0);
+    char *err = NULL;
+    CHECK(rc == MMKV_OK, "map: %d", rc);
+    if (rc == MMKV_OK) {
+        uint64_t size = 0;
+        mmkv_file_size(fd, &size);
+        CHECK(mmkv_map_mapped(&map) == size, "mapped %llu of %llu",
+              (unsigned long long)mmkv_map_mapped(&map), (unsigned long long)size);
+        CHECK(memcmp(mmkv_map_base(&map), MMKV_DATA_MAGIC, MMKV_MAGIC_SIZE) == 0, "header");
+        CHECK(strcmp(view_permissions(path), "r--s") == 0, "mapped %s", view_permissions(path));
+        rc = mmkv_map_extend(&map, size + MMKV_PAGE_SIZE);
+        CHECK(rc == MMKV_READONLY, "extend: %d", rc);
+        mmkv_map_error(&map, &err, rc, "data file", path);
+        CHECK(err && strstr(err, path) && strstr(err, "read-only"), "message %s", err);
+        CHECK(mmkv_map_truncate(&map) == MMKV_READONLY, "truncate refused");
+        uint64_t after = 0;
+        mmkv_file_size(fd, &after);
+        CHECK(after == size, "the file changed size: %llu", (unsigned long long)after);
+        CHECK(mmkv_map_refresh(&map) == MMKV_OK, "refresh");
+        mmkv_map_release(&map);
+    }
+    free(err);
+    close(fd);
+    end_test();
+}
+
 int main(void)
 {
     if (!start_tests()) return 1;
@@ -1037,5 +1108,6 @@ int main(void)
     test_in_use_index_checked();
     test_salvage();
     test_reader_catches_up();
+    test_read_only_map();
     return finish_tests();
 }
