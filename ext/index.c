@@ -40,6 +40,24 @@ static int table_fits(uint64_t offset, uint64_t slots, uint64_t size)
            slots >= 1 && (slots & (slots - 1)) == 0 && slots <= (size - offset) / sizeof(mmkv_slot);
 }
 
+/* The writer's tables are mapped: another process's writer may have grown the file and moved the
+** tables past what this process has mapped, and a slot outside the mapping is outside every view.
+** CORRUPT if the file does not hold the tables the header names. */
+static int tables_mapped(mmkv_index *index)
+{
+    mmkv_index_header *h = mmkv_index_header_of(index);
+    uint64_t mapped = mmkv_map_mapped(&index->map);
+    if (h->file_end > mapped) {
+        int rc = mmkv_map_refresh(&index->map);
+        if (rc != MMKV_OK) return rc;
+        mapped = mmkv_map_mapped(&index->map);
+    }
+    if (!table_fits(h->table_offset, h->table_slots, mapped) ||
+        (h->old_offset && !table_fits(h->old_offset, h->old_slots, mapped)))
+        return MMKV_CORRUPT;
+    return MMKV_OK;
+}
+
 /* What a slot adds to the header's slots_sum: a mix of where it is (its offset in the file) and
 ** what it holds. Empty and moved slots add nothing, so a table appended zeroed, or drained to the
 ** end, counts nothing. */
@@ -181,6 +199,7 @@ int mmkv_index_reset(mmkv_index *index, uint64_t data_file_id)
 void mmkv_index_mark_clean(mmkv_index *index, uint64_t log_position)
 {
     mmkv_index_header *h = mmkv_index_header_of(index);
+    if (tables_mapped(index) != MMKV_OK) return; /* left in use: the next open checks it */
     mmkv_map_sync_range(&index->map, MMKV_INDEX_TABLES_START, h->file_end);
     h->log_position = log_position;
     h->writer_active = 0;
@@ -471,7 +490,8 @@ static int drain(mmkv_index *index, const mmkv_index_ops *ops, uint64_t count)
 int mmkv_index_make_room(mmkv_index *index, const mmkv_index_ops *ops)
 {
     mmkv_index_header *h = mmkv_index_header_of(index);
-    int rc;
+    int rc = tables_mapped(index);
+    if (rc != MMKV_OK) return rc;
     if (h->old_offset && (rc = drain(index, ops, MMKV_INDEX_DRAIN_STEP)) != MMKV_OK) return rc;
     if ((h->used_slots + 1) * MMKV_INDEX_LOAD_DEN <= h->table_slots * MMKV_INDEX_LOAD_NUM)
         return MMKV_OK;
@@ -505,7 +525,9 @@ int mmkv_index_locate(mmkv_index *index, uint64_t hash, const mmkv_index_ops *op
     mmkv_slot matched;
     ref->slot = NULL;
     ref->in_old = 0;
-    int rc = MMKV_NOTFOUND;
+    int rc = tables_mapped(index);
+    if (rc != MMKV_OK) return rc;
+    rc = MMKV_NOTFOUND;
     if (h->old_offset) {
         rc = probe(table_at(index, h->old_offset), h->old_slots, hash, ops, &ref->slot, &matched,
                    NULL);
