@@ -762,11 +762,13 @@ static int count_record(mmkv_log *log, const mmkv_record *r, mmkv_counts *c)
 
 /* Walks the log from its start while records hold their checksums and transactions follow one
 ** another whole (format.h, SALVAGE). Each record's checksum is checked once; reading a previous
-** version's header needs no check, as it lies in the part already walked. */
-static void salvage_walk(mmkv_engine *e, salvaged *out)
+** version's header needs no check, as it lies in the part already walked. Fails only if the
+** whole file cannot be mapped: what lies past the mapping must never be taken for lost. */
+static int salvage_walk(mmkv_engine *e, salvaged *out)
 {
     mmkv_log *log = &e->log;
-    mmkv_map_refresh(&log->map);
+    int rc = mmkv_map_refresh(&log->map);
+    if (rc != MMKV_OK) return rc;
     uint64_t end = mmkv_map_mapped(&log->map);
     memset(out, 0, sizeof *out);
     out->tail = out->txn_start = MMKV_DATA_START;
@@ -795,6 +797,7 @@ static void salvage_walk(mmkv_engine *e, salvaged *out)
         }
     }
     out->stopped = pos;
+    return MMKV_OK;
 }
 
 /* Brings a file that carries the unsynced-commits notice to the longest whole prefix of its log,
@@ -809,7 +812,8 @@ static int salvage(mmkv_engine *e, int unsynced, const mmkv_meta *found, mmkv_me
                    char **errmsg)
 {
     salvaged s;
-    salvage_walk(e, &s);
+    int rc = salvage_walk(e, &s);
+    if (rc != MMKV_OK) return mmkv_map_error(&e->log.map, errmsg, rc, "data file", e->data_path);
     uint64_t durable = 0;
     if (unsynced && mmkv_log_notice(&e->log, &durable) && s.tail < durable)
         return mmkv_error(errmsg, MMKV_CORRUPT,
@@ -827,7 +831,7 @@ static int salvage(mmkv_engine *e, int unsynced, const mmkv_meta *found, mmkv_me
     ** follow it, and stale whole transactions left past them could pass for later ones in the
     ** next salvage. */
     uint64_t size = 0;
-    int rc = unsynced ? mmkv_file_size(e->log.map.fd, &size) : MMKV_OK;
+    rc = unsynced ? mmkv_file_size(e->log.map.fd, &size) : MMKV_OK;
     if (rc == MMKV_OK && size > s.tail)
         rc = mmkv_file_discard(e->log.map.fd, s.tail, size - s.tail);
     if (rc == MMKV_OK && unsynced) rc = mmkv_file_sync(e->log.map.fd);
