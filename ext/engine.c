@@ -48,7 +48,7 @@ static int probe_read(key_probe *p, uint64_t offset, mmkv_record *record)
     mmkv_log *log = &p->engine->log;
     if (offset < mmkv_map_mapped(&log->map)) {
         /* The header, key and a short value span a few cache lines: miss on them all at once. */
-        const unsigned char *at = log->map.base + offset;
+        const unsigned char *at = mmkv_map_base(&log->map) + offset;
         __builtin_prefetch(at + 64);
         __builtin_prefetch(at + 128);
     }
@@ -114,30 +114,16 @@ int mmkv_engine_corrupt_record(char **errmsg, mmkv_engine *e, uint64_t offset)
                       e->data_path, (unsigned long long)offset);
 }
 
-/* A write that could not grow a file: the disk is full, or the address range reserved for the
-** file's mapping is (see MMKV_LOG_RESERVE and MMKV_INDEX_RESERVE). */
-static int growth_error(char **errmsg, int rc, const char *path, const mmkv_map *map, uint64_t need)
-{
-    if (need > map->reserved)
-        return mmkv_error(errmsg, rc,
-                          "mmkv: '%s' cannot grow past the %llu MiB of address space reserved "
-                          "for its mapping",
-                          path, (unsigned long long)(map->reserved >> 20));
-    return mmkv_error(errmsg, rc, "mmkv: no space left to grow '%s'", path);
-}
-
 static int index_error(char **errmsg, mmkv_engine *e, int rc, key_probe *p)
 {
     if (rc == MMKV_CORRUPT && p && p->corrupt_at)
         return mmkv_engine_corrupt_record(errmsg, e, p->corrupt_at);
     if (rc == MMKV_CORRUPT)
         return mmkv_error(errmsg, rc, "mmkv: index file '%s' is damaged", e->index_path);
-    if (rc == MMKV_FULL)
-        return growth_error(errmsg, rc, e->index_path, &e->index.map,
-                            mmkv_index_header_of(&e->index)->file_end * 2);
     if (rc == MMKV_BUSY)
         return mmkv_error(errmsg, rc, "mmkv: '%s' kept changing during a read", e->data_path);
-    return mmkv_error(errmsg, rc, "mmkv: I/O error on '%s'", e->index_path);
+    /* The rest come from growing or mapping the file: file.c says what it asked for and why. */
+    return mmkv_map_error(&e->index.map, errmsg, rc, "index file", e->index_path);
 }
 
 /* ---- reading ---- */
@@ -211,7 +197,7 @@ int mmkv_engine_cover(mmkv_engine *e, uint64_t tail, char **errmsg)
 {
     if (tail <= mmkv_map_mapped(&e->log.map)) return MMKV_OK;
     int rc = mmkv_map_refresh(&e->log.map);
-    if (rc != MMKV_OK) return mmkv_error(errmsg, rc, "mmkv: cannot map '%s'", e->data_path);
+    if (rc != MMKV_OK) return mmkv_map_error(&e->log.map, errmsg, rc, "data file", e->data_path);
     if (tail <= mmkv_map_mapped(&e->log.map)) return MMKV_OK;
     return mmkv_error(errmsg, MMKV_CORRUPT,
                       "mmkv: '%s' is damaged: its database records commits up to byte %llu, but "
@@ -593,11 +579,7 @@ static int append_version(mmkv_conn *conn, const mmkv_slot_ref *ref, uint64_t ha
                                value ? 0 : MMKV_RECORD_TOMBSTONE, txn->txid, prev, &size);
     if (rc != MMKV_OK) {
         txn->n_written--;
-        if (rc == MMKV_FULL)
-            return growth_error(&conn->errmsg, rc, e->data_path, &e->log.map,
-                                txn->append_pos +
-                                    mmkv_record_size(key->len, value ? value->len : 0));
-        return mmkv_error(&conn->errmsg, rc, "mmkv: cannot write to '%s'", e->data_path);
+        return mmkv_map_error(&e->log.map, &conn->errmsg, rc, "data file", e->data_path);
     }
     mmkv_index_store(&e->index, ref, hash, txn->append_pos);
     uint64_t offset = txn->append_pos;
@@ -781,11 +763,13 @@ static int count_record(mmkv_log *log, const mmkv_record *r, mmkv_counts *c)
 
 /* Walks the log from its start while records hold their checksums and transactions follow one
 ** another whole (format.h, SALVAGE). Each record's checksum is checked once; reading a previous
-** version's header needs no check, as it lies in the part already walked. */
-static void salvage_walk(mmkv_engine *e, salvaged *out)
+** version's header needs no check, as it lies in the part already walked. Fails only if the
+** whole file cannot be mapped: what lies past the mapping must never be taken for lost. */
+static int salvage_walk(mmkv_engine *e, salvaged *out)
 {
     mmkv_log *log = &e->log;
-    mmkv_map_refresh(&log->map);
+    int rc = mmkv_map_refresh(&log->map);
+    if (rc != MMKV_OK) return rc;
     uint64_t end = mmkv_map_mapped(&log->map);
     memset(out, 0, sizeof *out);
     out->tail = out->txn_start = MMKV_DATA_START;
@@ -814,6 +798,7 @@ static void salvage_walk(mmkv_engine *e, salvaged *out)
         }
     }
     out->stopped = pos;
+    return MMKV_OK;
 }
 
 /* Brings a file that carries the unsynced-commits notice to the longest whole prefix of its log,
@@ -828,7 +813,8 @@ static int salvage(mmkv_engine *e, int unsynced, const mmkv_meta *found, mmkv_me
                    char **errmsg)
 {
     salvaged s;
-    salvage_walk(e, &s);
+    int rc = salvage_walk(e, &s);
+    if (rc != MMKV_OK) return mmkv_map_error(&e->log.map, errmsg, rc, "data file", e->data_path);
     uint64_t durable = 0;
     if (unsynced && mmkv_log_notice(&e->log, &durable) && s.tail < durable)
         return mmkv_error(errmsg, MMKV_CORRUPT,
@@ -846,7 +832,7 @@ static int salvage(mmkv_engine *e, int unsynced, const mmkv_meta *found, mmkv_me
     ** follow it, and stale whole transactions left past them could pass for later ones in the
     ** next salvage. */
     uint64_t size = 0;
-    int rc = unsynced ? mmkv_file_size(e->log.map.fd, &size) : MMKV_OK;
+    rc = unsynced ? mmkv_file_size(e->log.map.fd, &size) : MMKV_OK;
     if (rc == MMKV_OK && size > s.tail)
         rc = mmkv_file_discard(e->log.map.fd, s.tail, size - s.tail);
     if (rc == MMKV_OK && unsynced) rc = mmkv_file_sync(e->log.map.fd);
@@ -925,8 +911,8 @@ static int recover_index(mmkv_engine *e, char **errmsg)
 
 static void engine_free(mmkv_engine *e)
 {
-    if (e->index.map.base) mmkv_index_unmap(&e->index);
-    if (e->log.map.base) mmkv_log_close(&e->log);
+    if (mmkv_map_base(&e->index.map)) mmkv_index_unmap(&e->index);
+    if (mmkv_map_base(&e->log.map)) mmkv_log_close(&e->log);
     if (e->index.map.fd >= 0) close(e->index.map.fd);
     if (e->log.map.fd >= 0) close(e->log.map.fd);
     pthread_mutex_destroy(&e->mutex);
@@ -1032,7 +1018,8 @@ static int engine_open_files(mmkv_engine *e, const mmkv_open_options *options, c
         return mmkv_error(errmsg, rc, "mmkv: cannot lock '%s': %s", e->data_path,
                           strerror(errno));
     rc = mmkv_index_map(&e->index, index_fd, e->index_path);
-    if (rc != MMKV_OK) return mmkv_error(errmsg, rc, "mmkv: cannot map '%s'", e->index_path);
+    if (rc != MMKV_OK)
+        return mmkv_map_error(&e->index.map, errmsg, rc, "index file", e->index_path);
     if (alone) {
         rc = recover_index(e, errmsg);
         if (rc == MMKV_OK) rc = mmkv_lock_try(fd, MMKV_LOCK_OPEN, 0); /* downgrade */
@@ -1057,7 +1044,7 @@ static int log_made_durable(mmkv_engine *e, const mmkv_meta *meta)
 
 static void engine_close(mmkv_engine *e)
 {
-    if (e->log.map.base && e->index.map.base && !e->temporary &&
+    if (mmkv_map_base(&e->log.map) && mmkv_map_base(&e->index.map) && !e->temporary &&
         mmkv_lock_try(e->log.map.fd, MMKV_LOCK_OPEN, 1) == MMKV_OK) {
         /* The last user anywhere: leave the index clean for the next open. */
         mmkv_meta meta;

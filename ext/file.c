@@ -2,6 +2,7 @@
 ** The operating-system seam: files, locks and mappings. See file.h.
 */
 #include "file.h"
+#include "error.h"
 #include "mmkv.h"
 
 #include <errno.h>
@@ -15,8 +16,8 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
-#define MAP_GRANULE ((uint64_t)1 << 20) /* map in steps of at least 1 MiB */
-#define MIN_RESERVE ((uint64_t)1 << 28) /* never reserve less than 256 MiB of address space */
+#define MAP_GRANULE ((uint64_t)1 << 20)    /* grow files and views in steps of at least 1 MiB */
+#define MAX_GROW_AHEAD ((uint64_t)1 << 30) /* grow a file ahead of need by at most 1 GiB a step */
 
 static uint64_t system_page_size(void)
 {
@@ -51,7 +52,9 @@ int mmkv_file_open(const char *path, int how, int *fd_out)
         if (errno == EEXIST) return MMKV_BUSY; /* the caller decides what an existing file means */
         if (errno == ENOENT && (how == MMKV_OPEN_EXISTING || how == MMKV_OPEN_READONLY))
             return MMKV_NOTFOUND;
-        return errno == EACCES || errno == EROFS ? MMKV_READONLY : MMKV_CANTOPEN;
+        /* Refused for writing, it could perhaps be read; refused for reading, it cannot be used. */
+        if (how != MMKV_OPEN_READONLY && (errno == EACCES || errno == EROFS)) return MMKV_READONLY;
+        return MMKV_CANTOPEN;
     }
     *fd_out = fd;
     return MMKV_OK;
@@ -142,7 +145,9 @@ int mmkv_file_allocate(int fd, uint64_t size)
 {
     int err = posix_fallocate(fd, 0, (off_t)size);
     if (err == EINTR) err = posix_fallocate(fd, 0, (off_t)size);
-    return err == 0 ? MMKV_OK : io_error(err);
+    if (err == 0) return MMKV_OK;
+    errno = err; /* posix_fallocate returns its error: keep it where a caller looks for it */
+    return io_error(err);
 }
 
 int mmkv_file_discard(int fd, uint64_t offset, uint64_t len)
@@ -259,35 +264,197 @@ void mmkv_unlock(int fd, int64_t byte)
     lock_op(fd, byte, F_UNLCK, LOCK_SET);
 }
 
-int mmkv_map_init(mmkv_map *map, int fd, uint64_t reserve_bytes)
+/* ---- mappings ---- */
+
+/* What the last failed map call of a thread was doing, for mmkv_map_error: per thread, as errno
+** is, so that a failure in one thread never describes another's. */
+typedef enum map_step {
+    STEP_STAT,     /* reading the file's size */
+    STEP_ALLOCATE, /* allocating the file to `bytes` */
+    STEP_RESERVE,  /* reserving `tried` (and then `fallback`) bytes of address space */
+    STEP_MAP,      /* mapping `bytes` of the file at `offset` */
+    STEP_VIEWS,    /* a new view was needed, and the map holds MMKV_MAP_MAX_VIEWS */
+    STEP_READONLY, /* growing or truncating a read-only map */
+    STEP_TRUNCATE
+} map_step;
+
+typedef struct map_failure {
+    const mmkv_map *map; /* NULL: nothing to say */
+    int rc;
+    int err; /* errno of the call that failed, 0 if none */
+    map_step step;
+    uint64_t bytes, offset, tried, fallback;
+    uint64_t reserved; /* address space the map held then, all views */
+    unsigned views;
+} map_failure;
+
+static _Thread_local map_failure last_failure;
+
+static uint64_t reserved_in_all(const mmkv_map *map)
+{
+    uint64_t sum = 0;
+    for (unsigned i = 0; i < map->n_views; i++)
+        sum += map->views[i].bytes;
+    return sum;
+}
+
+/* Records a failure of a call on map (the caller holds grow_lock, or is alone), for the caller to
+** add to and return ->rc. */
+static map_failure *map_fail(mmkv_map *map, int rc, map_step step, int err, uint64_t bytes)
+{
+    map_failure *f = &last_failure;
+    memset(f, 0, sizeof *f);
+    f->map = map;
+    f->rc = rc;
+    f->err = err;
+    f->step = step;
+    f->bytes = bytes;
+    f->reserved = reserved_in_all(map);
+    f->views = map->n_views;
+    return f;
+}
+
+int mmkv_map_error(const mmkv_map *map, char **errmsg, int rc, const char *what, const char *path)
+{
+    map_failure f = last_failure;
+    last_failure.map = NULL;
+    if (f.map != map || f.rc != rc) {
+        /* Not a failure of this map's (the caller's rc came from elsewhere). */
+        if (rc == MMKV_NOMEM) return mmkv_error(errmsg, rc, "out of memory");
+        if (rc == MMKV_FULL)
+            return mmkv_error(errmsg, rc, "mmkv: no space left to grow %s '%s'", what, path);
+        return mmkv_error(errmsg, rc, "mmkv: I/O error on %s '%s'", what, path);
+    }
+    const char *reason = f.err ? strerror(f.err) : "";
+    const char *sep = f.err ? ": " : "";
+    unsigned long long bytes = f.bytes;
+    char held[128] = ""; /* what the map holds already, if anything */
+    if (f.views)
+        snprintf(held, sizeof held, " (%llu bytes of address space are reserved for it in %u %s)",
+                 (unsigned long long)f.reserved, f.views, f.views == 1 ? "view" : "views");
+    switch (f.step) {
+    case STEP_STAT:
+        return mmkv_error(errmsg, rc, "mmkv: cannot read the size of %s '%s'%s%s", what, path, sep,
+                          reason);
+    case STEP_ALLOCATE:
+        return mmkv_error(errmsg, rc, "mmkv: %s %s '%s' to %llu bytes%s%s",
+                          rc == MMKV_FULL ? "no space left to grow" : "cannot grow", what, path,
+                          bytes, sep, reason);
+    case STEP_RESERVE:
+        if (f.fallback)
+            return mmkv_error(errmsg, rc,
+                              "mmkv: cannot map %s '%s': reserving %llu bytes of address space "
+                              "for its %llu bytes failed, and so did reserving %llu%s%s%s",
+                              what, path, (unsigned long long)f.tried, bytes,
+                              (unsigned long long)f.fallback, held, sep, reason);
+        return mmkv_error(errmsg, rc,
+                          "mmkv: cannot map %s '%s': reserving %llu bytes of address space for "
+                          "its %llu bytes failed%s%s%s",
+                          what, path, (unsigned long long)f.tried, bytes, held, sep, reason);
+    case STEP_MAP:
+        return mmkv_error(errmsg, rc,
+                          "mmkv: cannot map %s '%s': mapping %llu bytes of it at offset %llu "
+                          "failed%s%s%s",
+                          what, path, bytes, (unsigned long long)f.offset, held, sep, reason);
+    case STEP_VIEWS:
+        return mmkv_error(errmsg, rc,
+                          "mmkv: cannot map %s '%s': its %llu bytes need a new view, and its "
+                          "mapping holds the most views it can already%s",
+                          what, path, bytes, held);
+    case STEP_READONLY:
+        return mmkv_error(errmsg, rc,
+                          "mmkv: %s '%s' is mapped read-only: it cannot grow to %llu bytes", what,
+                          path, bytes);
+    case STEP_TRUNCATE:
+        return mmkv_error(errmsg, rc, "mmkv: cannot empty %s '%s'%s%s", what, path, sep, reason);
+    }
+    return rc;
+}
+
+static int map_protection(const mmkv_map *map)
+{
+    return map->writable ? PROT_READ | PROT_WRITE : PROT_READ;
+}
+
+/*
+** Reserves a new view for a file of `bytes` and maps all of it there, then publishes the view: the
+** base before `mapped`, so that a reader who sees the larger `mapped` sees this base or a later
+** one, and every offset below what it saw lies inside. The older views stay as they are. The
+** caller holds grow_lock (or is alone, in mmkv_map_init).
+*/
+static int map_new_view(mmkv_map *map, uint64_t bytes)
+{
+    if (map->n_views == MMKV_MAP_MAX_VIEWS)
+        return map_fail(map, MMKV_IOERR, STEP_VIEWS, 0, bytes)->rc;
+    uint64_t size =
+        bytes > map->min_reserve / MMKV_MAP_GROWTH ? bytes * MMKV_MAP_GROWTH : map->min_reserve;
+    size = round_up(size, MAP_GRANULE);
+    int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+    void *base = mmap(NULL, size, PROT_NONE, flags, -1, 0);
+    uint64_t tried = size, fallback = 0;
+    int err = errno;
+    if (base == MAP_FAILED && bytes > 0 && round_up(bytes, MAP_GRANULE) < size) {
+        /* Address space is short (a 32-bit process, RLIMIT_AS): settle for what the file needs
+        ** now; its next growth then needs another view. */
+        size = fallback = round_up(bytes, MAP_GRANULE);
+        base = mmap(NULL, size, PROT_NONE, flags, -1, 0);
+        err = errno;
+    }
+    if (base == MAP_FAILED) {
+        map_failure *f = map_fail(map, MMKV_IOERR, STEP_RESERVE, err, bytes);
+        f->tried = tried;
+        f->fallback = fallback;
+        return f->rc;
+    }
+    uint64_t length = round_up(bytes, system_page_size());
+    if (length > 0 &&
+        mmap(base, length, map_protection(map), MAP_SHARED | MAP_FIXED, map->fd, 0) == MAP_FAILED) {
+        err = errno;
+        munmap(base, size);
+        return map_fail(map, MMKV_IOERR, STEP_MAP, err, length)->rc;
+    }
+    map->views[map->n_views].base = base;
+    map->views[map->n_views].bytes = size;
+    __atomic_store_n(&map->n_views, map->n_views + 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&map->base, (unsigned char *)base, __ATOMIC_RELEASE);
+    map->reserved = size;
+    __atomic_store_n(&map->mapped, bytes, __ATOMIC_RELEASE);
+    return MMKV_OK;
+}
+
+int mmkv_map_init(mmkv_map *map, int fd, uint64_t min_reserve_bytes, int writable)
 {
     memset(map, 0, sizeof *map);
     map->fd = fd;
-    /* Where address space is scarce (a 32-bit process, a tool that tracks every mapping), settle
-    ** for less: the file then cannot grow past what was reserved, and says so (MMKV_FULL). */
-    void *base = MAP_FAILED;
-    for (; base == MAP_FAILED && reserve_bytes >= MIN_RESERVE; reserve_bytes /= 4)
-        base = mmap(NULL, reserve_bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1,
-                    0);
-    reserve_bytes *= 4;
-    if (base == MAP_FAILED) return MMKV_NOMEM;
-    map->base = base;
-    map->reserved = reserve_bytes;
+    map->writable = writable;
+    map->min_reserve = min_reserve_bytes;
+    uint64_t size;
+    if (mmkv_file_size(fd, &size) != MMKV_OK)
+        return map_fail(map, MMKV_IOERR, STEP_STAT, errno, 0)->rc;
+    /* Even an empty file gets its view: the base never reads NULL once the map is made. */
+    int rc = map_new_view(map, size);
+    if (rc != MMKV_OK) return rc;
+    map->file_size = size;
     pthread_mutex_init(&map->grow_lock, NULL);
-    return mmkv_map_refresh(map);
+    return MMKV_OK;
 }
 
-/* Maps [mapped, bytes) of the file into the reserved range; the caller holds grow_lock. */
+/* Maps [mapped, bytes) of the file: into the newest view while it has room, else into a new one.
+** The caller holds grow_lock. */
 static int map_cover(mmkv_map *map, uint64_t bytes)
 {
-    uint64_t have = round_up(map->mapped, system_page_size());
     if (bytes <= map->mapped) return MMKV_OK;
-    if (bytes > map->reserved) return MMKV_FULL;
+    if (bytes > map->reserved) return map_new_view(map, bytes);
+    uint64_t have = round_up(map->mapped, system_page_size());
     uint64_t want = round_up(bytes, system_page_size());
     if (want > have) {
-        void *at = mmap(map->base + have, want - have, PROT_READ | PROT_WRITE,
-                        MAP_SHARED | MAP_FIXED, map->fd, (off_t)have);
-        if (at == MAP_FAILED) return io_error(errno);
+        void *at = mmap(map->base + have, want - have, map_protection(map), MAP_SHARED | MAP_FIXED,
+                        map->fd, (off_t)have);
+        if (at == MAP_FAILED) {
+            map_failure *f = map_fail(map, MMKV_IOERR, STEP_MAP, errno, want - have);
+            f->offset = have;
+            return f->rc;
+        }
     }
     __atomic_store_n(&map->mapped, bytes, __ATOMIC_RELEASE);
     return MMKV_OK;
@@ -298,9 +465,10 @@ int mmkv_map_refresh(mmkv_map *map)
     uint64_t size;
     pthread_mutex_lock(&map->grow_lock);
     int rc = mmkv_file_size(map->fd, &size);
-    if (rc == MMKV_OK) {
+    if (rc != MMKV_OK) {
+        rc = map_fail(map, rc, STEP_STAT, errno, 0)->rc;
+    } else {
         if (size > map->file_size) map->file_size = size;
-        if (size > map->reserved) size = map->reserved;
         rc = map_cover(map, size);
     }
     pthread_mutex_unlock(&map->grow_lock);
@@ -312,9 +480,14 @@ static int map_extend(mmkv_map *map, uint64_t bytes);
 int mmkv_map_truncate(mmkv_map *map)
 {
     pthread_mutex_lock(&map->grow_lock);
-    int rc = ftruncate(map->fd, 0) == 0 ? MMKV_OK : io_error(errno);
+    int rc = MMKV_OK;
+    if (!map->writable)
+        rc = map_fail(map, MMKV_READONLY, STEP_READONLY, 0, 0)->rc;
+    else if (ftruncate(map->fd, 0) != 0)
+        rc = map_fail(map, io_error(errno), STEP_TRUNCATE, errno, 0)->rc;
     if (rc == MMKV_OK) {
-        /* The pages stay mapped but hold nothing: forget them, so growth maps them anew. */
+        /* The pages stay mapped but hold nothing: forget them, so growth maps them anew. The
+        ** newest view is kept; nobody else uses the map, so the older ones are never read. */
         __atomic_store_n(&map->mapped, 0, __ATOMIC_RELEASE);
         map->file_size = 0;
     }
@@ -334,21 +507,23 @@ int mmkv_map_extend(mmkv_map *map, uint64_t bytes)
 static int map_extend(mmkv_map *map, uint64_t bytes)
 {
     if (bytes <= map->mapped) return MMKV_OK;
-    if (bytes > map->reserved) return MMKV_FULL;
+    if (!map->writable) return map_fail(map, MMKV_READONLY, STEP_READONLY, 0, bytes)->rc;
     if (bytes > map->file_size) {
-        /* Grow ahead so that appends rarely need the file system: double, capped per step. */
+        /* Grow ahead so that appends rarely need the file system: double, capped per step, and
+        ** within the newest view while the bytes needed fit there. */
         uint64_t target = map->file_size * 2;
-        if (target > map->file_size + ((uint64_t)1 << 30))
-            target = map->file_size + ((uint64_t)1 << 30);
+        if (target > map->file_size + MAX_GROW_AHEAD) target = map->file_size + MAX_GROW_AHEAD;
         if (target < bytes) target = bytes;
         target = round_up(target, MAP_GRANULE);
-        if (target > map->reserved) target = map->reserved;
+        if (bytes <= map->reserved && target > map->reserved) target = map->reserved;
         int rc = mmkv_file_allocate(map->fd, target);
+        int err = rc == MMKV_OK ? 0 : errno;
         if (rc != MMKV_OK && target > bytes) {
             target = bytes; /* not enough room to grow ahead: take only what is needed */
             rc = mmkv_file_allocate(map->fd, target);
+            err = rc == MMKV_OK ? 0 : errno;
         }
-        if (rc != MMKV_OK) return rc;
+        if (rc != MMKV_OK) return map_fail(map, rc, STEP_ALLOCATE, err, target)->rc;
         map->file_size = target;
     }
     return map_cover(map, map->file_size);
@@ -359,22 +534,29 @@ int mmkv_map_sync_range(mmkv_map *map, uint64_t offset, uint64_t len)
     uint64_t page = system_page_size();
     uint64_t start = offset / page * page;
     uint64_t end = offset + len;
-    if (end > map->mapped) end = map->mapped;
+    uint64_t mapped = mmkv_map_mapped(map);
+    if (end > mapped) end = mapped;
     if (end <= start) return MMKV_OK;
     BEFORE_SYNC(map->fd, start, end - start);
+    /* The newest view maps the whole file: one msync there writes back the file's pages, however
+    ** they were dirtied (every view shares them). */
+    unsigned char *base = mmkv_map_base(map);
     int rc;
     do
-        rc = msync(map->base + start, end - start, MS_SYNC);
+        rc = msync(base + start, end - start, MS_SYNC);
     while (rc != 0 && errno == EINTR);
     return rc == 0 ? MMKV_OK : MMKV_IOERR;
 }
 
 void mmkv_map_release(mmkv_map *map)
 {
-    if (map->base) {
-        munmap(map->base, map->reserved);
+    if (last_failure.map == map) last_failure.map = NULL; /* a later map may take its place */
+    if (map->n_views) {
+        for (unsigned i = 0; i < map->n_views; i++)
+            munmap(map->views[i].base, map->views[i].bytes);
         pthread_mutex_destroy(&map->grow_lock);
     }
+    map->n_views = 0;
     map->base = NULL;
     map->mapped = 0;
 }

@@ -2,8 +2,18 @@
 ** file.h: every call mmkv makes to the operating system's file API goes through here: opening,
 ** allocating, syncing, locking, and mapping. One seam, so that tests can fail or stop any step.
 **
-** A mapping reserves a large address range once and maps the file into it piece by piece as the
-** file grows, so the base address never changes and a reader is never remapped under.
+** A mapping is a series of views. Each view is an address range reserved for the file, a few times
+** the file's size, into which the file is mapped piece by piece as it grows. When the file outgrows
+** the newest view, a new, larger range is reserved, the whole file is mapped into it, and it is
+** published as the base. Older views stay mapped (MAP_SHARED of the same file, so coherent with
+** the newest) until the map is released: a pointer taken from any view stays valid and current,
+** and nobody is ever remapped under. A process can so hold many mappings (one per open table)
+** without reserving more address space than a small multiple of their files' sizes.
+**
+** The rule for readers in other threads: load mmkv_map_mapped first, then mmkv_map_base; an offset
+** below the `mapped` seen is inside the view whose base is loaded after it (a writer publishes a
+** new view's base before it raises `mapped`, and every view maps the whole file it knew of). A
+** pointer made from a base loaded before `mapped` may lie in a view too small for the offset.
 */
 #ifndef MMKV_FILE_H
 #define MMKV_FILE_H
@@ -12,12 +22,35 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* A view is reserved at MMKV_MAP_GROWTH times the file it is made for (never less than the map's
+** minimum), so that the file can grow that much before the next view; and since each view is then
+** at least that many times the last, all the views of a map add up to at most
+** GROWTH / (GROWTH - 1) times the newest, which is at most GROWTH times the file: 16/3 times
+** the file's size in all (or the minimum, for a small file), in address space only (nothing is
+** reserved in memory or swap). Only where address space runs short is a view reserved at the bare
+** size needed, and then the next growth needs another. */
+#define MMKV_MAP_GROWTH 4
+
+/* Views one map may hold. Each new view is at least MMKV_MAP_GROWTH times the file it was made
+** for, so 12 take a map from 16 MiB past the largest file (MMKV_MAX_FILE_SIZE); the rest are slack
+** for views reserved at the bare size needed where address space was short. */
+#define MMKV_MAP_MAX_VIEWS 32
+
+typedef struct mmkv_map_view {
+    unsigned char *base;
+    uint64_t bytes; /* of address space reserved */
+} mmkv_map_view;
+
 typedef struct mmkv_map {
     int fd;
-    unsigned char *base;       /* start of the reserved range */
-    uint64_t reserved;         /* bytes of address space reserved */
-    uint64_t mapped;           /* bytes of the file mapped (read with mmkv_map_mapped) */
-    uint64_t file_size;        /* bytes the file is known to have */
+    int writable;         /* 0: mapped PROT_READ, and never grown by this process */
+    unsigned char *base;  /* the newest view's start (read with mmkv_map_base) */
+    uint64_t reserved;    /* bytes of address space in the newest view */
+    uint64_t mapped;      /* bytes of the file mapped (read with mmkv_map_mapped) */
+    uint64_t file_size;   /* bytes the file is known to have */
+    uint64_t min_reserve; /* the smallest view to reserve */
+    unsigned n_views;     /* views[0 .. n_views) are mapped, the newest last */
+    mmkv_map_view views[MMKV_MAP_MAX_VIEWS];
     pthread_mutex_t grow_lock; /* serialises growth of the mapping within the process */
 } mmkv_map;
 
@@ -45,18 +78,33 @@ int mmkv_lock_held_elsewhere(int fd, int64_t byte);
 int mmkv_lock_wait(int fd, int64_t byte, int exclusive);
 void mmkv_unlock(int fd, int64_t byte);
 
-int mmkv_map_init(mmkv_map *map, int fd, uint64_t reserve_bytes);
+/*
+** Maps the file on fd: a first view of max(min_reserve_bytes, MMKV_MAP_GROWTH x its size) bytes,
+** mapped PROT_READ | PROT_WRITE, or PROT_READ only if writable is 0 (for a descriptor opened with
+** MMKV_OPEN_READONLY; such a map refuses to grow or truncate the file with MMKV_READONLY).
+**
+** These calls fail with a result code; mmkv_map_error then says what failed and why. A failure
+** to reserve or map address space is MMKV_IOERR, as SQLite's own SQLITE_IOERR_MMAP is (SQLite
+** reports an MMKV_NOMEM as "out of memory" and drops the message). Leaves nothing behind on error.
+*/
+int mmkv_map_init(mmkv_map *map, int fd, uint64_t min_reserve_bytes, int writable);
 int mmkv_map_refresh(mmkv_map *map);                /* map whatever the file holds now */
 int mmkv_map_truncate(mmkv_map *map);               /* empty the file; nobody else may use it */
 int mmkv_map_extend(mmkv_map *map, uint64_t bytes); /* allocate the file to bytes and map it */
 int mmkv_map_sync_range(mmkv_map *map, uint64_t offset, uint64_t len); /* msync, then durable */
-void mmkv_map_release(mmkv_map *map);
+void mmkv_map_release(mmkv_map *map); /* unmaps every view; only with no other user */
+
+/* Sets *errmsg to what the last failed map call of this thread on map did (rc being its result):
+** what it asked for, how much address space the map holds, and the system's reason, naming the
+** file as `what` (e.g. "data file") and path. Returns rc. */
+int mmkv_map_error(const mmkv_map *map, char **errmsg, int rc, const char *what, const char *path);
 
 static inline uint64_t mmkv_map_mapped(const mmkv_map *map)
 {
     return __atomic_load_n(&map->mapped, __ATOMIC_ACQUIRE);
 }
 
+/* The newest view; valid for offsets below a mmkv_map_mapped loaded before it (see above). */
 static inline unsigned char *mmkv_map_base(const mmkv_map *map)
 {
     return __atomic_load_n(&map->base, __ATOMIC_ACQUIRE);
@@ -66,6 +114,17 @@ static inline unsigned char *mmkv_map_base(const mmkv_map *map)
 ** does on its database, journal and WAL files): closing any descriptor on it would drop the lock,
 ** so mmkv must never open such a file. 0 if not or if the system does not say. */
 int mmkv_file_locked_by_process(uint64_t dev, uint64_t ino);
+
+/* The file offset of p, a pointer into any of the map's views (UINT64_MAX if it is in none). */
+static inline uint64_t mmkv_map_offset_of(const mmkv_map *map, const void *p)
+{
+    uintptr_t at = (uintptr_t)p;
+    for (unsigned i = __atomic_load_n(&map->n_views, __ATOMIC_ACQUIRE); i-- > 0;) {
+        uintptr_t base = (uintptr_t)map->views[i].base;
+        if (at >= base && at - base < map->views[i].bytes) return (uint64_t)(at - base);
+    }
+    return UINT64_MAX;
+}
 
 /* The current boot's identity, so that a file marked in use by a dead process of this boot can be
 ** told from one that survived a power loss. Zeros if the system does not say. */

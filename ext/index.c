@@ -28,9 +28,10 @@ static void store64(uint64_t *p, uint64_t v)
     __atomic_store_n(p, v, __ATOMIC_RELEASE);
 }
 
+/* A table's slots, in the newest view; the caller has seen a `mapped` that covers the table. */
 static mmkv_slot *table_at(mmkv_index *index, uint64_t offset)
 {
-    return (mmkv_slot *)(index->map.base + offset);
+    return (mmkv_slot *)(mmkv_map_base(&index->map) + offset);
 }
 
 static int table_fits(uint64_t offset, uint64_t slots, uint64_t size)
@@ -39,13 +40,31 @@ static int table_fits(uint64_t offset, uint64_t slots, uint64_t size)
            slots >= 1 && (slots & (slots - 1)) == 0 && slots <= (size - offset) / sizeof(mmkv_slot);
 }
 
-/* What a slot adds to the header's slots_sum: a mix of where it is and what it holds. Empty and
-** moved slots add nothing, so a table appended zeroed, or drained to the end, counts nothing. */
-static uint64_t slot_weight(mmkv_index *index, const mmkv_slot *at, mmkv_slot value)
+/* The writer's tables are mapped: another process's writer may have grown the file and moved the
+** tables past what this process has mapped, and a slot outside the mapping is outside every view.
+** CORRUPT if the file does not hold the tables the header names. */
+static int tables_mapped(mmkv_index *index)
+{
+    mmkv_index_header *h = mmkv_index_header_of(index);
+    uint64_t mapped = mmkv_map_mapped(&index->map);
+    if (h->file_end > mapped) {
+        int rc = mmkv_map_refresh(&index->map);
+        if (rc != MMKV_OK) return rc;
+        mapped = mmkv_map_mapped(&index->map);
+    }
+    if (!table_fits(h->table_offset, h->table_slots, mapped) ||
+        (h->old_offset && !table_fits(h->old_offset, h->old_slots, mapped)))
+        return MMKV_CORRUPT;
+    return MMKV_OK;
+}
+
+/* What a slot adds to the header's slots_sum: a mix of where it is (its offset in the file) and
+** what it holds. Empty and moved slots add nothing, so a table appended zeroed, or drained to the
+** end, counts nothing. */
+static uint64_t slot_weight(uint64_t slot_offset, mmkv_slot value)
 {
     if (value == MMKV_SLOT_EMPTY || value == MMKV_SLOT_MOVED) return 0;
-    uint64_t x =
-        value ^ ((uint64_t)((const uint8_t *)at - index->map.base) * UINT64_C(0x9e3779b97f4a7c15));
+    uint64_t x = value ^ (slot_offset * UINT64_C(0x9e3779b97f4a7c15));
     x ^= x >> 30;
     x *= UINT64_C(0xbf58476d1ce4e5b9);
     x ^= x >> 27;
@@ -57,7 +76,9 @@ static uint64_t slot_weight(mmkv_index *index, const mmkv_slot *at, mmkv_slot va
 ** sum. Only the one writer writes slots, so the sum needs no atomic update. */
 static void slot_put(mmkv_index *index, uint64_t *sum, mmkv_slot *at, mmkv_slot value)
 {
-    *sum += slot_weight(index, at, value) - slot_weight(index, at, *at);
+    /* The slot may be in an older view than the newest (the map grew since it was found). */
+    uint64_t offset = mmkv_map_offset_of(&index->map, at);
+    *sum += slot_weight(offset, value) - slot_weight(offset, *at);
     store64(at, value);
 }
 
@@ -70,7 +91,7 @@ int mmkv_index_map(mmkv_index *index, int fd, const char *path)
 {
     index->path = path;
     index->build_offset = 0;
-    return mmkv_map_init(&index->map, fd, MMKV_INDEX_RESERVE);
+    return mmkv_map_init(&index->map, fd, MMKV_INDEX_MIN_RESERVE, 1);
 }
 
 void mmkv_index_unmap(mmkv_index *index)
@@ -128,7 +149,7 @@ static void tally_table(mmkv_index *index, uint64_t offset, uint64_t slots, uint
     for (uint64_t i = 0; i < slots; i++) {
         mmkv_slot s = table[i];
         if (s == MMKV_SLOT_EMPTY) continue;
-        t->sum += slot_weight(index, &table[i], s);
+        t->sum += slot_weight(offset + i * sizeof(mmkv_slot), s);
         t->used++;
         t->keys += mmkv_slot_is_entry(s) && !mmkv_slot_is_second(s);
         t->undrained += i < drained && s != MMKV_SLOT_MOVED;
@@ -178,6 +199,7 @@ int mmkv_index_reset(mmkv_index *index, uint64_t data_file_id)
 void mmkv_index_mark_clean(mmkv_index *index, uint64_t log_position)
 {
     mmkv_index_header *h = mmkv_index_header_of(index);
+    if (tables_mapped(index) != MMKV_OK) return; /* left in use: the next open checks it */
     mmkv_map_sync_range(&index->map, MMKV_INDEX_TABLES_START, h->file_end);
     h->log_position = log_position;
     h->writer_active = 0;
@@ -386,7 +408,7 @@ void mmkv_index_prefetch(mmkv_index *index, uint64_t hash)
     uint64_t slots = __atomic_load_n(&h->table_slots, __ATOMIC_RELAXED);
     uint64_t at = offset + (hash & (slots - 1)) * sizeof(mmkv_slot);
     if (slots && at + sizeof(mmkv_slot) <= mmkv_map_mapped(&index->map))
-        __builtin_prefetch(index->map.base + at);
+        __builtin_prefetch(mmkv_map_base(&index->map) + at);
 }
 
 /* ---- writing (one writer at a time) ---- */
@@ -474,7 +496,8 @@ static int drain(mmkv_index *index, const mmkv_index_ops *ops, uint64_t count)
 int mmkv_index_make_room(mmkv_index *index, const mmkv_index_ops *ops)
 {
     mmkv_index_header *h = mmkv_index_header_of(index);
-    int rc;
+    int rc = tables_mapped(index);
+    if (rc != MMKV_OK) return rc;
     if (h->old_offset && (rc = drain(index, ops, MMKV_INDEX_DRAIN_STEP)) != MMKV_OK) return rc;
     if ((h->used_slots + 1) * MMKV_INDEX_LOAD_DEN <= h->table_slots * MMKV_INDEX_LOAD_NUM)
         return MMKV_OK;
@@ -508,7 +531,9 @@ int mmkv_index_locate(mmkv_index *index, uint64_t hash, const mmkv_index_ops *op
     mmkv_slot matched;
     ref->slot = NULL;
     ref->in_old = 0;
-    int rc = MMKV_NOTFOUND;
+    int rc = tables_mapped(index);
+    if (rc != MMKV_OK) return rc;
+    rc = MMKV_NOTFOUND;
     if (h->old_offset) {
         rc = probe(table_at(index, h->old_offset), h->old_slots, hash, ops, &ref->slot, &matched,
                    NULL);
@@ -574,7 +599,7 @@ int mmkv_index_rebuild_add(mmkv_index *index, uint64_t hash, const mmkv_index_op
         /* More keys than the estimate: double into a fresh table and carry on there. */
         uint64_t slots = index->build_slots * 2, offset2;
         if ((rc = table_allocate(index, slots, &offset2)) != MMKV_OK) return rc;
-        table = table_at(index, index->build_offset); /* the base never moves, but be plain */
+        table = table_at(index, index->build_offset); /* in the newest view, as `bigger` is */
         mmkv_slot *bigger = table_at(index, offset2);
         index->build_sum = 0;
         for (uint64_t i = 0; i < index->build_slots; i++) {

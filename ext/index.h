@@ -16,7 +16,10 @@
 #include "file.h"
 #include "format.h"
 
-#define MMKV_INDEX_RESERVE ((uint64_t)1 << 38) /* address space reserved per index: 256 GiB */
+/* The smallest view of an index's mapping (file.h): a new index is 12 KiB, and 16 MiB holds the
+** tables of some 400,000 keys (8-byte slots at least 5/16 full, and the old table while it
+** drains); past that the index gets a new view, as a data file does past MMKV_LOG_MIN_RESERVE. */
+#define MMKV_INDEX_MIN_RESERVE ((uint64_t)16 << 20)
 #define MMKV_INDEX_MIN_SLOTS 1024u
 #define MMKV_INDEX_DRAIN_STEP 8u /* old slots moved per write while draining */
 /* Load limit of a table, 5/8: linear probing stays short, and draining finishes in time. */
@@ -52,7 +55,7 @@ typedef struct mmkv_slot_ref {
 
 static inline mmkv_index_header *mmkv_index_header_of(mmkv_index *index)
 {
-    return (mmkv_index_header *)index->map.base;
+    return (mmkv_index_header *)mmkv_map_base(&index->map); /* the header is in every view */
 }
 
 int mmkv_index_map(mmkv_index *index, int fd, const char *path);

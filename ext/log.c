@@ -162,10 +162,10 @@ int mmkv_log_open(mmkv_log *log, int fd, const char *path, char **errmsg)
     log->owner_id = header.owner_id;
     log->format_version = header.format_version;
     log->text_encoding = header.text_encoding ? (int)header.text_encoding : MMKV_TEXT_UTF8;
-    rc = mmkv_map_init(&log->map, fd, MMKV_LOG_RESERVE);
+    rc = mmkv_map_init(&log->map, fd, MMKV_LOG_MIN_RESERVE, 1);
     if (rc != MMKV_OK) {
         log->map.fd = -1;
-        return mmkv_error(errmsg, rc, "mmkv: cannot map '%s'", path);
+        return mmkv_map_error(&log->map, errmsg, rc, "data file", path);
     }
     mmkv_meta meta;
     int slot;
@@ -188,7 +188,7 @@ static int newest_notice(mmkv_log *log, mmkv_notice *out)
     int best = -1;
     for (int copy = 0; copy < 2; copy++) {
         mmkv_notice n;
-        memcpy(&n, log->map.base + MMKV_NOTICE_OFFSET(copy), sizeof n);
+        memcpy(&n, mmkv_map_base(&log->map) + MMKV_NOTICE_OFFSET(copy), sizeof n);
         if (n.magic == MMKV_NOTICE_MAGIC && n.checksum == notice_checksum(&n) &&
             (best < 0 || n.sequence > out->sequence)) {
             *out = n;
@@ -217,7 +217,7 @@ int mmkv_log_write_notice(mmkv_log *log, uint64_t durable_tail)
     n.sequence = sequence;
     n.durable_tail = durable_tail;
     n.checksum = notice_checksum(&n);
-    memcpy(log->map.base + MMKV_NOTICE_OFFSET(copy), &n, sizeof n);
+    memcpy(mmkv_map_base(&log->map) + MMKV_NOTICE_OFFSET(copy), &n, sizeof n);
     return mmkv_map_sync_range(&log->map, MMKV_NOTICE_OFFSET(copy), sizeof n);
 }
 
@@ -231,7 +231,7 @@ static void record_seal(unsigned char *p, uint64_t at)
 
 void mmkv_log_mark_txn_end(mmkv_log *log, uint64_t offset, int end)
 {
-    unsigned char *p = log->map.base + offset;
+    unsigned char *p = mmkv_map_base(&log->map) + offset; /* our own record: mapped */
     mmkv_record_header *record = (mmkv_record_header *)p;
     record->flags =
         (uint8_t)(end ? record->flags | MMKV_RECORD_TXN_END : record->flags & ~MMKV_RECORD_TXN_END);
@@ -242,13 +242,14 @@ int mmkv_log_write_pad(mmkv_log *log, uint64_t at, uint64_t end, uint64_t txid)
 {
     int rc = mmkv_map_extend(&log->map, end);
     if (rc != MMKV_OK) return rc;
+    unsigned char *base = mmkv_map_base(&log->map); /* after the extend: it covers end */
     while (at < end) {
         uint64_t n = end - at;
         if (n - sizeof(mmkv_record_header) > MMKV_MAX_PAD_VALUE) {
             n = sizeof(mmkv_record_header) + MMKV_MAX_PAD_VALUE;
             if (end - at - n < sizeof(mmkv_record_header)) n -= sizeof(mmkv_record_header);
         }
-        unsigned char *p = log->map.base + at;
+        unsigned char *p = base + at;
         memset(p, 0, n);
         mmkv_record_header *record = (mmkv_record_header *)p;
         record->key_type = MMKV_BLOB;
@@ -293,7 +294,7 @@ int mmkv_log_meta(mmkv_log *log, mmkv_meta *meta, int *slot, char **errmsg)
     for (int attempt = 0; attempt < META_READ_ATTEMPTS && best < 0; attempt++) {
         for (int i = 0; i < 2; i++) {
             /* Copy first: a writer may be filling the other slot right now. */
-            memcpy(&copies[i], log->map.base + MMKV_META_OFFSET(i), sizeof(mmkv_meta));
+            memcpy(&copies[i], mmkv_map_base(&log->map) + MMKV_META_OFFSET(i), sizeof(mmkv_meta));
             __atomic_thread_fence(__ATOMIC_ACQUIRE);
             if (meta_intact(&copies[i]) && (best < 0 || copies[i].txid > copies[best].txid))
                 best = i;
@@ -305,7 +306,7 @@ int mmkv_log_meta(mmkv_log *log, mmkv_meta *meta, int *slot, char **errmsg)
     if (copies[best].committed_tail > mmkv_map_mapped(&log->map)) {
         /* Another process may have grown the file past our mapping: look again. */
         int rc = mmkv_map_refresh(&log->map);
-        if (rc != MMKV_OK) return mmkv_error(errmsg, rc, "mmkv: cannot map '%s'", log->path);
+        if (rc != MMKV_OK) return mmkv_map_error(&log->map, errmsg, rc, "data file", log->path);
         if (copies[best].committed_tail > mmkv_map_mapped(&log->map)) {
             uint64_t size = 0;
             mmkv_file_size(log->map.fd, &size);
@@ -323,7 +324,7 @@ int mmkv_log_meta(mmkv_log *log, mmkv_meta *meta, int *slot, char **errmsg)
 
 int mmkv_log_write_meta(mmkv_log *log, int slot, const mmkv_meta *meta, int sync)
 {
-    unsigned char *at = log->map.base + MMKV_META_OFFSET(slot);
+    unsigned char *at = mmkv_map_base(&log->map) + MMKV_META_OFFSET(slot);
     __atomic_thread_fence(__ATOMIC_RELEASE);
     memcpy(at, meta, sizeof *meta);
     __atomic_thread_fence(__ATOMIC_RELEASE);
@@ -341,7 +342,7 @@ int mmkv_log_write_record(mmkv_log *log, uint64_t at, const mmkv_datum *key,
     if (at + size > MMKV_MAX_FILE_SIZE) return MMKV_FULL;
     int rc = mmkv_map_extend(&log->map, at + size);
     if (rc != MMKV_OK) return rc;
-    unsigned char *p = log->map.base + at;
+    unsigned char *p = mmkv_map_base(&log->map) + at; /* after the extend: it covers the record */
     mmkv_record_header *record = (mmkv_record_header *)p;
     record->key_type = (uint8_t)key->type;
     record->value_type = (uint8_t)value->type;
@@ -380,14 +381,16 @@ int mmkv_log_record(mmkv_log *log, uint64_t offset, uint64_t limit, mmkv_record 
     if (offset < MMKV_DATA_START || offset % MMKV_RECORD_ALIGN != 0 ||
         offset + sizeof(mmkv_record_header) > limit)
         return 0;
+    /* The base after `mapped`: the view it names holds every offset below what was read. */
+    const unsigned char *base = mmkv_map_base(&log->map);
     mmkv_record_header *h = &record->header;
-    memcpy(h, log->map.base + offset, sizeof *h);
+    memcpy(h, base + offset, sizeof *h);
     if (!valid_type(h->key_type, 0) || !valid_type(h->value_type, 1) ||
         !valid_length(h->key_type, h->key_len) || !valid_length(h->value_type, h->value_len) ||
         offset + mmkv_record_size(h->key_len, h->value_len) > limit)
         return 0;
     record->offset = offset;
-    record->bytes = log->map.base + offset;
+    record->bytes = base + offset;
     return 1;
 }
 

@@ -8,7 +8,10 @@
 #include "format.h"
 #include "mmkv.h"
 
-#define MMKV_LOG_RESERVE ((uint64_t)1 << 40) /* address space reserved per data file: 1 TiB */
+/* The smallest view of a data file's mapping (file.h): room for a new file (64 KiB) to grow a
+** thousandfold before it needs a second view, while a process with 1,000 tables open reserves
+** 64 GiB for their data files, a small part of a 64-bit address space. */
+#define MMKV_LOG_MIN_RESERVE ((uint64_t)64 << 20)
 #define MMKV_LOG_INITIAL_SIZE ((uint64_t)64 << 10)
 #define MMKV_MAX_KEY_BYTES 0x7fffffffu
 #define MMKV_MAX_VALUE_BYTES 0x7fffffffu

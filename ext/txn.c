@@ -103,7 +103,9 @@ static int pad_to_record(mmkv_conn *conn, mmkv_meta *meta, mmkv_commit *state)
                               (unsigned long long)state->tail);
         uint64_t from = meta->committed_tail;
         int rc = mmkv_log_write_pad(&e->log, from, state->tail, state->txid);
-        if (rc == MMKV_OK && conn->sync != MMKV_SYNC_OFF)
+        if (rc != MMKV_OK)
+            return mmkv_map_error(&e->log.map, &conn->errmsg, rc, "data file", e->data_path);
+        if (conn->sync != MMKV_SYNC_OFF)
             rc = mmkv_map_sync_range(&e->log.map, from, state->tail - from);
         mmkv_meta padded = *meta;
         padded.txid = state->txid;
@@ -365,7 +367,8 @@ int mmkv_txn_prepare(mmkv_conn *conn)
     meta.txn_start = txn->start;
     mmkv_meta_seal(&meta);
     int slot = txn->committed_slot ^ 1;
-    memcpy(&txn->overwritten_meta, e->log.map.base + MMKV_META_OFFSET(slot), sizeof meta);
+    memcpy(&txn->overwritten_meta, mmkv_map_base(&e->log.map) + MMKV_META_OFFSET(slot),
+           sizeof meta);
     /* When a database owns the file, its own commit record decides: the meta slot only follows.
     ** Otherwise the slot is the commit, synced under full and normal alike: both meta slots share
     ** the file's first page, and a power cut can take an unsynced write of that page with both,

@@ -5,9 +5,13 @@
 #include "crc32c.h"
 #include "engine_util.h"
 #include "format.h"
+#include "index.h"
+#include "log.h"
 #include "mmkv.h"
 
+#include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <sched.h>
 #include <time.h>
@@ -15,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -1054,6 +1059,357 @@ static void test_reader_catches_up(void)
     end_test();
 }
 
+/* ---- many tables in one process, and files growing through views under readers ---- */
+
+#define MANY_TABLES 1000
+#define DESCRIPTORS_PER_TABLE 2 /* the data file and the index */
+#define SPARE_DESCRIPTORS 64    /* stdio, the test directory, /proc reads */
+
+/* Raises the soft limit on descriptors (to the hard limit) if `need` exceed it; 0, with why set,
+** if even the hard limit is too low. */
+static int want_descriptors(rlim_t need, char *why, size_t why_size)
+{
+    struct rlimit lim;
+    if (getrlimit(RLIMIT_NOFILE, &lim) != 0) {
+        snprintf(why, why_size, "getrlimit(RLIMIT_NOFILE): %s", strerror(errno));
+        return 0;
+    }
+    if (lim.rlim_cur != RLIM_INFINITY && lim.rlim_cur < need) {
+        if (lim.rlim_max != RLIM_INFINITY && lim.rlim_max < need) {
+            snprintf(why, why_size,
+                     "%llu descriptors are needed, and the hard limit (ulimit -Hn) is %llu: raise "
+                     "it to run this test",
+                     (unsigned long long)need, (unsigned long long)lim.rlim_max);
+            return 0;
+        }
+        lim.rlim_cur = lim.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &lim) != 0) {
+            snprintf(why, why_size, "setrlimit(RLIMIT_NOFILE, %llu): %s",
+                     (unsigned long long)lim.rlim_cur, strerror(errno));
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* The process's address space (VmSize) in KiB, or -1. */
+static long vm_size_kib(void)
+{
+    FILE *f = fopen("/proc/self/status", "re");
+    if (!f) return -1;
+    char line[256];
+    long kib = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmSize: %ld kB", &kib) == 1) break;
+    fclose(f);
+    return kib;
+}
+
+/* How many views map the file at path: each maps the file from offset 0, so each has one line in
+** /proc/self/maps at offset 0 (the kernel merges the pieces a view maps as the file grows). */
+static int views_of(const char *path)
+{
+    char real[PATH_MAX];
+    if (!realpath(path, real)) return -1;
+    FILE *f = fopen("/proc/self/maps", "re");
+    if (!f) return -1;
+    char line[PATH_MAX + 128];
+    int views = 0;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long long offset;
+        int name_at = 0;
+        if (sscanf(line, "%*s %*s %llx %*s %*s %n", &offset, &name_at) < 1 || !name_at) continue;
+        char *name = line + name_at;
+        name[strcspn(name, "\n")] = 0;
+        views += offset == 0 && strcmp(name, real) == 0;
+    }
+    fclose(f);
+    return views;
+}
+
+/* The permissions /proc/self/maps shows for the first view of the file at path ("rw-s"), or "". */
+static const char *view_permissions(const char *path)
+{
+    static char perms[8];
+    char real[PATH_MAX];
+    perms[0] = 0;
+    FILE *f = realpath(path, real) ? fopen("/proc/self/maps", "re") : NULL;
+    if (!f) return perms;
+    char line[PATH_MAX + 128];
+    while (fgets(line, sizeof line, f)) {
+        char p[8];
+        unsigned long long offset;
+        int name_at = 0;
+        if (sscanf(line, "%*s %7s %llx %*s %*s %n", p, &offset, &name_at) < 2 || !name_at) continue;
+        line[strcspn(line, "\n")] = 0;
+        if (offset == 0 && strcmp(line + name_at, real) == 0) {
+            snprintf(perms, sizeof perms, "%s", p);
+            break;
+        }
+    }
+    fclose(f);
+    return perms;
+}
+
+static void test_read_only_map(void)
+{
+    begin_test("a file opened read-only maps read-only and refuses to grow");
+    const char *path = path_of("readonly.mmkv");
+    int fd = -1;
+    CHECK(mmkv_file_open(path, MMKV_OPEN_READONLY, &fd) == MMKV_NOTFOUND && fd == -1,
+          "an absent file: fd %d", fd);
+    mmkv_conn *c = open_or_die(path, MMKV_SYNC_FULL);
+    if (!c) {
+        end_test();
+        return;
+    }
+    CHECK(mmkv_txn_begin(c) == MMKV_OK && put_int(c, 1, 42, MMKV_PUT_INSERT) == MMKV_OK &&
+              commit(c) == MMKV_OK,
+          "write: %s", mmkv_errmsg(c));
+    mmkv_close(c);
+    CHECK(mmkv_file_open(path, MMKV_OPEN_READONLY, &fd) == MMKV_OK, "open read-only");
+    CHECK(fcntl(fd, F_GETFL) >= 0 && (fcntl(fd, F_GETFL) & O_ACCMODE) == O_RDONLY, "O_RDONLY");
+    mmkv_map map;
+    int rc = mmkv_map_init(&map, fd, MMKV_LOG_MIN_RESERVE, 0);
+    char *err = NULL;
+    CHECK(rc == MMKV_OK, "map: %d", rc);
+    if (rc == MMKV_OK) {
+        uint64_t size = 0;
+        mmkv_file_size(fd, &size);
+        CHECK(mmkv_map_mapped(&map) == size, "mapped %llu of %llu",
+              (unsigned long long)mmkv_map_mapped(&map), (unsigned long long)size);
+        CHECK(memcmp(mmkv_map_base(&map), MMKV_DATA_MAGIC, MMKV_MAGIC_SIZE) == 0, "header");
+        CHECK(strcmp(view_permissions(path), "r--s") == 0, "mapped %s", view_permissions(path));
+        rc = mmkv_map_extend(&map, size + MMKV_PAGE_SIZE);
+        CHECK(rc == MMKV_READONLY, "extend: %d", rc);
+        mmkv_map_error(&map, &err, rc, "data file", path);
+        CHECK(err && strstr(err, path) && strstr(err, "read-only"), "message %s", err);
+        CHECK(mmkv_map_truncate(&map) == MMKV_READONLY, "truncate refused");
+        uint64_t after = 0;
+        mmkv_file_size(fd, &after);
+        CHECK(after == size, "the file changed size: %llu", (unsigned long long)after);
+        CHECK(mmkv_map_refresh(&map) == MMKV_OK, "refresh");
+        mmkv_map_release(&map);
+    }
+    free(err);
+    close(fd);
+    end_test();
+}
+
+static void test_many_tables(void)
+{
+    begin_test("1,000 tables open at once in one process, each written and read");
+    char why[256];
+    int descriptors =
+        want_descriptors(MANY_TABLES * DESCRIPTORS_PER_TABLE + SPARE_DESCRIPTORS, why, sizeof why);
+    CHECK(descriptors, "%s", why);
+    if (!descriptors) {
+        end_test();
+        return;
+    }
+    /* Creating a table syncs its file and directory: in memory where there is a tmpfs, since what
+    ** reaches the disk does not matter here. */
+    char dir[64];
+    snprintf(dir, sizeof dir, "/dev/shm/mmkv-many-tables-XXXXXX");
+    if (access("/dev/shm", W_OK) != 0 || !mkdtemp(dir)) snprintf(dir, sizeof dir, "%s", test_dir);
+    mmkv_conn **conns = calloc(MANY_TABLES, sizeof *conns);
+    long before_kib = vm_size_kib();
+    int opened = 0;
+    for (int i = 0; i < MANY_TABLES && !current_failed; i++) {
+        char path[128];
+        snprintf(path, sizeof path, "%s/tenant-%d.mmkv", dir, i);
+        if (!(conns[i] = open_or_die(path, MMKV_SYNC_OFF))) break;
+        opened++;
+        CHECK(mmkv_txn_begin(conns[i]) == MMKV_OK, "begin %d: %s", i, mmkv_errmsg(conns[i]));
+        CHECK(put_int(conns[i], i, i * 3, MMKV_PUT_INSERT) == MMKV_OK, "put in table %d: %s", i,
+              mmkv_errmsg(conns[i]));
+        CHECK(commit(conns[i]) == MMKV_OK, "commit %d: %s", i, mmkv_errmsg(conns[i]));
+    }
+    long during_kib = vm_size_kib();
+    for (int i = 0; i < opened && !current_failed; i++)
+        CHECK(get_int(conns[i], i) == i * 3 && get_int(conns[i], i + 1) == -1,
+              "table %d reads %lld", i, (long long)get_int(conns[i], i));
+    if (opened == MANY_TABLES && before_kib > 0 && during_kib > 0) {
+        long per_table_kib = (during_kib - before_kib) / opened;
+        printf("  %d tables open: address space grew by %ld MiB, %ld MiB per table\n", opened,
+               (during_kib - before_kib) >> 10, per_table_kib >> 10);
+        /* A data file's first view and an index's, and the little else a table holds. */
+        long expected_kib = (long)((MMKV_LOG_MIN_RESERVE + MMKV_INDEX_MIN_RESERVE) >> 10);
+        CHECK(per_table_kib <= expected_kib * 5 / 4, "%ld KiB of address space per table",
+              per_table_kib);
+    }
+    for (int i = 0; i < opened; i++)
+        mmkv_close(conns[i]);
+    free(conns);
+    if (strcmp(dir, test_dir) != 0) {
+        char cmd[128];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+        if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+    }
+    end_test();
+}
+
+#define VIEW_VALUE_BYTES ((uint32_t)1 << 20)
+#define VIEW_SMALL_KEYS 100
+#define VIEW_SMALL_BYTES 1000u
+/* Past the data file's second view (a file of 64 MiB and more gets one of 4 x 128 MiB): a third. */
+#define VIEW_BIG_KEYS 544
+#define VIEW_KEYS_PER_TXN 32
+
+static unsigned char view_byte(int64_t key, uint32_t at)
+{
+    return (unsigned char)(key * 131 + at * 7 + (at >> 12));
+}
+
+static void view_fill(unsigned char *buf, int64_t key, uint32_t len)
+{
+    for (uint32_t i = 0; i < len; i++)
+        buf[i] = view_byte(key, i);
+}
+
+/* Is value the value written for key (every byte, or every 4093rd of a big one)? */
+static int view_value_ok(const mmkv_datum *value, int64_t key, uint32_t len)
+{
+    if (value->type != MMKV_BLOB || value->len != len) return 0;
+    const unsigned char *p = value->bytes;
+    uint32_t step = len > VIEW_SMALL_BYTES ? 4093 : 1;
+    for (uint32_t i = 0; i < len; i += step)
+        if (p[i] != view_byte(key, i)) return 0;
+    return p[len - 1] == view_byte(key, len - 1);
+}
+
+typedef struct view_reader {
+    const char *path;
+    int committed_big; /* big keys the writer has committed: VIEW_SMALL_KEYS up to this */
+    int stop;
+    long reads;
+    const char *error;
+} view_reader;
+
+/* Reads committed keys at random while the writer grows the file, holding one row across it. */
+static void *view_reader_main(void *arg)
+{
+    view_reader *job = arg;
+    mmkv_open_options options = {.sync = MMKV_SYNC_OFF};
+    mmkv_conn *conn = NULL;
+    if (mmkv_open(job->path, &options, &conn, NULL) != MMKV_OK) {
+        job->error = "open";
+        return NULL;
+    }
+    unsigned seed = 7;
+    mmkv_row held = {0};
+    int64_t held_key = -1;
+    while (!__atomic_load_n(&job->stop, __ATOMIC_ACQUIRE) && !job->error) {
+        int big = __atomic_load_n(&job->committed_big, __ATOMIC_ACQUIRE);
+        mmkv_snapshot snap;
+        if (mmkv_snapshot_take(conn, &snap) != MMKV_OK) {
+            job->error = "snapshot";
+            break;
+        }
+        int64_t k = rand_r(&seed) % (VIEW_SMALL_KEYS + big), ks;
+        uint32_t len = k < VIEW_SMALL_KEYS ? VIEW_SMALL_BYTES : VIEW_VALUE_BYTES;
+        mmkv_datum key = int_datum(&ks, k);
+        mmkv_row row;
+        if (mmkv_get(conn, &snap, &key, &row) != MMKV_OK || !view_value_ok(&row.value, k, len))
+            job->error = "a committed value read wrong";
+        if (held_key < 0) {
+            held = row;
+            held_key = k;
+        }
+        if (!view_value_ok(&held.value, held_key,
+                           held_key < VIEW_SMALL_KEYS ? VIEW_SMALL_BYTES : VIEW_VALUE_BYTES))
+            job->error = "a row held across growth changed";
+        job->reads++;
+    }
+    mmkv_close(conn);
+    return NULL;
+}
+
+static void test_growth_through_views(void)
+{
+    begin_test("a file grows through several views; rows read before it stay valid");
+    const char *path = path_of("views.mmkv");
+    mmkv_conn *w = open_or_die(path, MMKV_SYNC_OFF);
+    mmkv_conn *r = w ? open_or_die(path, MMKV_SYNC_OFF) : NULL;
+    unsigned char *buf = malloc(VIEW_VALUE_BYTES);
+    if (!w || !r || !buf) {
+        mmkv_close(w);
+        free(buf);
+        end_test();
+        return;
+    }
+    CHECK(mmkv_txn_begin(w) == MMKV_OK, "begin");
+    for (int64_t k = 0; k < VIEW_SMALL_KEYS; k++) {
+        int64_t ks;
+        view_fill(buf, k, VIEW_SMALL_BYTES);
+        mmkv_datum key = int_datum(&ks, k), value = blob_datum(buf, VIEW_SMALL_BYTES);
+        CHECK(mmkv_put(w, &key, &value, MMKV_PUT_INSERT) == MMKV_OK, "put %lld", (long long)k);
+    }
+    CHECK(commit(w) == MMKV_OK, "commit: %s", mmkv_errmsg(w));
+
+    /* Rows taken before the growth: their bytes point into the first view. */
+    mmkv_row held[VIEW_SMALL_KEYS];
+    mmkv_snapshot snap;
+    CHECK(mmkv_snapshot_take(r, &snap) == MMKV_OK, "snapshot");
+    for (int64_t k = 0; k < VIEW_SMALL_KEYS; k++) {
+        int64_t ks;
+        mmkv_datum key = int_datum(&ks, k);
+        CHECK(mmkv_get(r, &snap, &key, &held[k]) == MMKV_OK, "get %lld", (long long)k);
+    }
+    CHECK(views_of(path) == 1, "%d views before growth", views_of(path));
+
+    view_reader job = {path, 0, 0, 0, NULL};
+    pthread_t reader;
+    pthread_create(&reader, NULL, view_reader_main, &job);
+    int most_views = 1;
+    for (int64_t k = VIEW_SMALL_KEYS; k < VIEW_SMALL_KEYS + VIEW_BIG_KEYS && !current_failed;) {
+        CHECK(mmkv_txn_begin(w) == MMKV_OK, "begin at %lld", (long long)k);
+        for (int n = 0; n < VIEW_KEYS_PER_TXN && k < VIEW_SMALL_KEYS + VIEW_BIG_KEYS; n++, k++) {
+            int64_t ks;
+            view_fill(buf, k, VIEW_VALUE_BYTES);
+            mmkv_datum key = int_datum(&ks, k), value = blob_datum(buf, VIEW_VALUE_BYTES);
+            CHECK(mmkv_put(w, &key, &value, MMKV_PUT_INSERT) == MMKV_OK, "put %lld: %s",
+                  (long long)k, mmkv_errmsg(w));
+        }
+        CHECK(commit(w) == MMKV_OK, "commit at %lld: %s", (long long)k, mmkv_errmsg(w));
+        __atomic_store_n(&job.committed_big, (int)(k - VIEW_SMALL_KEYS), __ATOMIC_RELEASE);
+        int views = views_of(path);
+        if (views > most_views) most_views = views;
+        for (int64_t h = 0; h < VIEW_SMALL_KEYS; h++)
+            CHECK(view_value_ok(&held[h].value, h, VIEW_SMALL_BYTES),
+                  "row %lld held from the first view changed after growth to %d views",
+                  (long long)h, views);
+    }
+    __atomic_store_n(&job.stop, 1, __ATOMIC_RELEASE);
+    pthread_join(reader, NULL);
+    CHECK(!job.error, "reader thread: %s", job.error);
+    CHECK(job.reads > 0, "the reader thread read nothing");
+    CHECK(most_views >= 3, "the file was mapped in %d views only", most_views);
+
+    /* The new records, read through the newest view. */
+    CHECK(mmkv_snapshot_take(r, &snap) == MMKV_OK, "snapshot after");
+    for (int64_t k = 0; k < VIEW_SMALL_KEYS + VIEW_BIG_KEYS && !current_failed; k++) {
+        int64_t ks;
+        mmkv_datum key = int_datum(&ks, k);
+        mmkv_row row;
+        uint32_t len = k < VIEW_SMALL_KEYS ? VIEW_SMALL_BYTES : VIEW_VALUE_BYTES;
+        CHECK(mmkv_get(r, &snap, &key, &row) == MMKV_OK && view_value_ok(&row.value, k, len),
+              "key %lld after growth", (long long)k);
+        CHECK(mmkv_key_equal(&row.key, &key), "key %lld's key bytes", (long long)k);
+    }
+    CHECK(count_rows(r) == VIEW_SMALL_KEYS + VIEW_BIG_KEYS, "scan counts %d", count_rows(r));
+    for (int64_t h = 0; h < VIEW_SMALL_KEYS; h++) {
+        int64_t ks;
+        mmkv_datum key = int_datum(&ks, h);
+        CHECK(mmkv_key_equal(&held[h].key, &key), "held key %lld", (long long)h);
+    }
+    mmkv_close(r);
+    mmkv_close(w);
+    free(buf);
+    mmkv_remove_files(path, NULL); /* a gigabyte: not left until the end */
+    end_test();
+}
+
 int main(void)
 {
     if (!start_tests()) return 1;
@@ -1074,5 +1430,8 @@ int main(void)
     test_in_use_index_checked();
     test_salvage();
     test_reader_catches_up();
+    test_read_only_map();
+    test_many_tables();
+    test_growth_through_views();
     return finish_tests();
 }

@@ -325,10 +325,16 @@ class Peer:
 
 
 class TempDir:
-    """A temporary directory removed on exit: with TempDir() as d: os.path.join(d, ...)."""
+    """A temporary directory removed on exit: with TempDir() as d: os.path.join(d, ...).
+
+    in_memory: on /dev/shm where there is one, for tests that create and sync many files whose
+    durability does not matter (creating an mmkv table syncs its file and its directory)."""
+
+    def __init__(self, in_memory=False):
+        self.parent = "/dev/shm" if in_memory and os.access("/dev/shm", os.W_OK) else None
 
     def __enter__(self):
-        self.path = tempfile.mkdtemp(prefix="mmkv-test-")
+        self.path = tempfile.mkdtemp(prefix="mmkv-test-", dir=self.parent)
         return self.path
 
     def __exit__(self, *exc):

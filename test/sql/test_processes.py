@@ -373,12 +373,61 @@ def run_growth(shared):
             check_equal(label + ": B exits cleanly", b.close(), 0)
 
 
+def run_write_after_growth(shared):
+    """B maps the files while small; A grows the index far past B's mapping; B's next statement
+    is a write, and then B closes: each must first map the tables A moved (both used to touch
+    slots past B's mapping and crash the process)."""
+    with TempDir() as d:
+        s = Setup(d, shared)
+        label = "write after growth (%s)" % s.label
+        a, b = Peer(s.a), Peer(s.b)
+        try:
+            ok_rows(label + ": B reads the empty table", b.ask("SELECT count(*) FROM kv"), [[0]])
+            n = 200000
+            a.ask("BEGIN")
+            vals = ",".join("(%d, %d)" % (i, i) for i in range(n))
+            ok_rows(label + ": A inserts %d keys" % n, a.ask("INSERT INTO kv VALUES " + vals), [])
+            ok_rows(label + ": A commits", a.ask("COMMIT"), [])
+            ok_rows(label + ": B's first statement since is a write",
+                    b.ask("INSERT INTO kv VALUES('b', 1)"), [])
+            check_equal(label + ": B, the last to write, closes cleanly", b.close(), 0)
+            ok_rows(label + ": A reads B's row and its own",
+                    a.ask("SELECT key, value FROM kv WHERE key IN ('b', 7) ORDER BY key"),
+                    [[7, 7], ["b", 1]])
+            ok_rows(label + ": A counts", a.ask("SELECT count(*) FROM kv"), [[n + 1]])
+            # C maps the files, A grows the index again and closes: C, the last user, marks the
+            # index clean without having looked at it since.
+            c = Peer(s.b)
+            ok_rows(label + ": C counts", c.ask("SELECT count(*) FROM kv"), [[n + 1]])
+            vals = ",".join("(%d, %d)" % (i, i) for i in range(n, 3 * n))
+            ok_rows(label + ": A inserts %d more keys" % (2 * n),
+                    a.ask("INSERT INTO kv VALUES " + vals), [])
+            check_equal(label + ": A exits cleanly", a.close(), 0)
+            check_equal(label + ": C, the last user, exits cleanly", c.close(), 0)
+            d2 = Peer(s.a)
+            ok_rows(label + ": the next process finds every row",
+                    d2.ask("SELECT count(*) FROM kv WHERE key IN (0, 'b', %d, %d)" % (n, 3 * n - 1)),
+                    [[4]])
+            check_equal(label + ": it exits cleanly", d2.close(), 0)
+        finally:
+            a.close()
+            b.close()
+
+
 def test_growth_same_db():
     run_growth(False)
 
 
 def test_growth_shared_file():
     run_growth(True)
+
+
+def test_write_after_growth_same_db():
+    run_write_after_growth(False)
+
+
+def test_write_after_growth_shared_file():
+    run_write_after_growth(True)
 
 
 if __name__ == "__main__":
@@ -389,4 +438,6 @@ if __name__ == "__main__":
         test_second_writer_shared_file,
         test_growth_same_db,
         test_growth_shared_file,
+        test_write_after_growth_same_db,
+        test_write_after_growth_shared_file,
     ])
