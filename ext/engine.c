@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -128,6 +129,24 @@ static int index_error(char **errmsg, mmkv_engine *e, int rc, key_probe *p)
 
 /* ---- reading ---- */
 
+static int replay_log(mmkv_engine *e, uint64_t from, uint64_t to, int rebuilding, char **errmsg);
+
+/* A read-only engine with an index of its own brings it up to the log position a snapshot reads,
+** from the committed records (only ever committed ones: it never needs to undo). */
+static int private_reach(mmkv_engine *e, uint64_t tail, char **errmsg)
+{
+    if (!e->private_index || tail <= __atomic_load_n(&e->private_position, __ATOMIC_ACQUIRE))
+        return MMKV_OK;
+    pthread_mutex_lock(&e->mutex);
+    int rc = mmkv_engine_cover(e, tail, errmsg);
+    if (rc == MMKV_OK && tail > e->private_position)
+        rc = replay_log(e, e->private_position, tail, 0, errmsg);
+    if (rc == MMKV_OK && tail > e->private_position)
+        __atomic_store_n(&e->private_position, tail, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&e->mutex);
+    return rc;
+}
+
 int mmkv_snapshot_take(mmkv_conn *conn, mmkv_snapshot *snapshot)
 {
     mmkv_engine *e = conn->engine;
@@ -139,6 +158,7 @@ int mmkv_snapshot_take(mmkv_conn *conn, mmkv_snapshot *snapshot)
     mmkv_meta meta;
     int slot;
     int rc = mmkv_log_meta(&e->log, &meta, &slot, &conn->errmsg);
+    if (rc == MMKV_OK) rc = private_reach(e, meta.committed_tail, &conn->errmsg);
     if (rc != MMKV_OK) return rc;
     snapshot->tail = meta.committed_tail;
     snapshot->garbage_bytes = meta.garbage_bytes;
@@ -246,8 +266,9 @@ int mmkv_snapshot_at(mmkv_conn *conn, const mmkv_commit *committed, mmkv_snapsho
     } else {
         int behind;
         effective_commit(conn->engine, committed, &state, &behind);
-        /* The meta slots, and so the index, lag the record: bring them up to it first. */
-        if (behind) rc = mmkv_txn_catch_up(conn, committed);
+        /* The meta slots, and so the index, lag the record: bring them up to it first (a
+        ** read-only engine's own index follows the record already: private_reach). */
+        if (behind && !conn->engine->private_index) rc = mmkv_txn_catch_up(conn, committed);
         if (rc == MMKV_OK) {
             conn->have_seen = 1;
             conn->seen_txid = committed->txid;
@@ -256,6 +277,7 @@ int mmkv_snapshot_at(mmkv_conn *conn, const mmkv_commit *committed, mmkv_snapsho
         }
     }
     if (rc == MMKV_OK) rc = mmkv_engine_cover(conn->engine, state.tail, &conn->errmsg);
+    if (rc == MMKV_OK) rc = private_reach(conn->engine, state.tail, &conn->errmsg);
     if (rc != MMKV_OK) return rc;
     snapshot->tail = state.tail;
     snapshot->garbage_bytes = state.garbage_bytes;
@@ -970,13 +992,77 @@ static int check_owner(mmkv_engine *e, const mmkv_open_options *options, char **
                       known ? "')" : "");
 }
 
+/*
+** READ-ONLY. A read-only engine (a read-only database, PRAGMA query_only, or files the user cannot
+** write) opens its files O_RDONLY, maps them PROT_READ and writes nothing, ever. It uses the index
+** on disk if that is clean and reflects exactly the committed state it is told of (taking the
+** open lock shared, so that no writer's open rebuilds it under it; writers elsewhere keep it up to
+** date as they commit); otherwise it builds an index of its own in memory (a memfd) from the log,
+** takes no open lock (so the next writer's open repairs the one on disk), and brings it up to
+** each newer commit a reader asks for from the committed records (private_reach).
+*/
+static int open_private_index(mmkv_engine *e, uint64_t tail, uint64_t records, char **errmsg)
+{
+    int fd = memfd_create("mmkv-index", MFD_CLOEXEC);
+    if (fd < 0)
+        return mmkv_error(errmsg, MMKV_IOERR, "mmkv: cannot make an index in memory for '%s': %s",
+                          e->data_path, strerror(errno));
+    e->index.map.fd = fd;
+    int rc = mmkv_index_map(&e->index, fd, e->index_path, 1);
+    if (rc != MMKV_OK)
+        return mmkv_map_error(&e->index.map, errmsg, rc, "index in memory", e->data_path);
+    if ((rc = mmkv_index_reset(&e->index, e->log.file_id)) != MMKV_OK)
+        return index_error(errmsg, e, rc, NULL);
+    rc = mmkv_engine_rebuild_index(e, tail, records, errmsg);
+    if (rc != MMKV_OK) return rc;
+    e->private_index = 1;
+    e->private_position = tail;
+    return MMKV_OK;
+}
+
+static int open_readonly(mmkv_engine *e, int fd, const mmkv_open_options *options, char **errmsg)
+{
+    e->readonly = 1;
+    int rc = mmkv_log_open(&e->log, fd, e->data_path, 0, errmsg);
+    e->log.map.fd = fd;
+    if (rc == MMKV_OK && !e->temporary) rc = check_owner(e, options, errmsg);
+    if (rc != MMKV_OK) return rc;
+    mmkv_meta meta;
+    int slot;
+    if (mmkv_log_meta(&e->log, &meta, &slot, NULL) != MMKV_OK || mmkv_log_notice(&e->log, NULL))
+        return mmkv_error(errmsg, MMKV_READONLY,
+                          "mmkv: '%s' needs recovery after a crash or power loss, which a "
+                          "read-only connection cannot do: open it once from a connection that "
+                          "can write it",
+                          e->data_path);
+    uint64_t tail = options->committed ? options->committed->tail : meta.committed_tail;
+    uint64_t records = options->committed ? options->committed->record_count : meta.record_count;
+    int index_fd;
+    if (mmkv_file_open(e->index_path, MMKV_OPEN_READONLY, &index_fd) == MMKV_OK) {
+        e->index.map.fd = index_fd;
+        int usable = mmkv_lock_wait(fd, MMKV_LOCK_OPEN, 0) == MMKV_OK &&
+                     mmkv_index_map(&e->index, index_fd, e->index_path, 0) == MMKV_OK &&
+                     mmkv_index_header_usable(&e->index, e->log.file_id, 1) &&
+                     mmkv_index_header_of(&e->index)->log_position == tail;
+        if (usable) return MMKV_OK;
+        mmkv_unlock(fd, MMKV_LOCK_OPEN);
+        if (e->index.map.base) mmkv_index_unmap(&e->index);
+        close(index_fd);
+        e->index.map.fd = -1;
+    }
+    rc = mmkv_engine_cover(e, tail, errmsg);
+    return rc == MMKV_OK ? open_private_index(e, tail, records, errmsg) : rc;
+}
+
 /* Opens the data file (creating it if absent and asked to), checks whose it is, then opens the
-** index and brings it up to date. Nothing is written before the owner is checked. */
+** index and brings it up to date. Nothing is written before the owner is checked. A data file
+** that cannot be written is opened read-only. */
 static int engine_open_files(mmkv_engine *e, const mmkv_open_options *options, char **errmsg)
 {
     int fd;
-    int rc = mmkv_file_open(e->data_path, MMKV_OPEN_EXISTING, &fd);
-    if (rc == MMKV_NOTFOUND && (!options->must_exist || e->temporary)) {
+    int rc = mmkv_file_open(e->data_path,
+                           options->readonly ? MMKV_OPEN_READONLY : MMKV_OPEN_EXISTING, &fd);
+    if (rc == MMKV_NOTFOUND && !options->readonly && (!options->must_exist || e->temporary)) {
         /* Made durable whatever the sync mode (but for a temporary table's): a file that a power
         ** cut could leave without its header could never be opened again. */
         mmkv_log_identity identity = {options->owner_id, options->text_encoding, options->home};
@@ -987,9 +1073,12 @@ static int engine_open_files(mmkv_engine *e, const mmkv_open_options *options, c
         if (rc != MMKV_OK) return rc;
         rc = mmkv_file_open(e->data_path, MMKV_OPEN_EXISTING, &fd);
     }
+    if (rc == MMKV_READONLY && !options->readonly)
+        rc = mmkv_file_open(e->data_path, MMKV_OPEN_READONLY, &fd) == MMKV_OK ? MMKV_READONLY
+                                                                               : MMKV_CANTOPEN;
     if (rc == MMKV_NOTFOUND)
         return mmkv_error(errmsg, MMKV_CANTOPEN, "mmkv: data file '%s' is missing", e->data_path);
-    if (rc != MMKV_OK)
+    if (rc != MMKV_OK && rc != MMKV_READONLY)
         return mmkv_error(errmsg, rc, "mmkv: cannot open data file '%s': %s", e->data_path,
                           strerror(errno));
     e->log.map.fd = fd;
@@ -999,7 +1088,8 @@ static int engine_open_files(mmkv_engine *e, const mmkv_open_options *options, c
                           strerror(errno));
     e->dev = st.st_dev;
     e->ino = st.st_ino;
-    rc = mmkv_log_open(&e->log, fd, e->data_path, errmsg);
+    if (options->readonly || rc == MMKV_READONLY) return open_readonly(e, fd, options, errmsg);
+    rc = mmkv_log_open(&e->log, fd, e->data_path, 1, errmsg);
     e->log.map.fd = fd;
     if (rc == MMKV_OK && !e->temporary) rc = check_owner(e, options, errmsg);
     if (rc != MMKV_OK) return rc;
@@ -1017,7 +1107,7 @@ static int engine_open_files(mmkv_engine *e, const mmkv_open_options *options, c
     if (!alone && (rc = mmkv_lock_wait(fd, MMKV_LOCK_OPEN, 0)) != MMKV_OK)
         return mmkv_error(errmsg, rc, "mmkv: cannot lock '%s': %s", e->data_path,
                           strerror(errno));
-    rc = mmkv_index_map(&e->index, index_fd, e->index_path);
+    rc = mmkv_index_map(&e->index, index_fd, e->index_path, 1);
     if (rc != MMKV_OK)
         return mmkv_map_error(&e->index.map, errmsg, rc, "index file", e->index_path);
     if (alone) {
@@ -1074,13 +1164,14 @@ static void registry_remove(mmkv_engine *e)
     if (*p) *p = e->next;
 }
 
-/* The engine this process has open on the file at path, if any; registry_mutex held. */
-static mmkv_engine *registry_find(const char *path)
+/* The engine this process has open on the file at path for reading and writing (or, readonly,
+** for reading only), if any; registry_mutex held. */
+static mmkv_engine *registry_find(const char *path, int readonly)
 {
     struct stat st;
     if (stat(path, &st) != 0) return NULL;
     for (mmkv_engine *e = registry; e; e = e->next)
-        if (e->dev == st.st_dev && e->ino == st.st_ino) return e;
+        if (e->dev == st.st_dev && e->ino == st.st_ino && e->readonly == readonly) return e;
     return NULL;
 }
 
@@ -1111,7 +1202,7 @@ int mmkv_open(const char *data_path, const mmkv_open_options *options, mmkv_conn
         free(path);
     } else {
         pthread_mutex_lock(&registry_mutex);
-        e = registry_find(data_path);
+        e = registry_find(data_path, options->readonly);
         if (e) {
             rc = check_owner(e, options, errmsg);
             if (rc == MMKV_OK) e->refcount++;
@@ -1239,6 +1330,11 @@ const char *mmkv_errmsg(mmkv_conn *conn)
 const char *mmkv_data_path(mmkv_conn *conn)
 {
     return conn->engine->data_path;
+}
+
+int mmkv_readonly(mmkv_conn *conn)
+{
+    return conn->engine->readonly;
 }
 
 int mmkv_text_encoding(mmkv_conn *conn)

@@ -50,6 +50,9 @@ struct mmkv_engine {
     dev_t dev;
     ino_t ino;
     int temporary;
+    int readonly;       /* opened for reading only: never writes (engine.c, READ-ONLY) */
+    int private_index;  /* a read-only engine's index of its own, in memory */
+    uint64_t private_position; /* the log position that private index reflects */
     char *user; /* who first opened it ("main.kv of '/x/app.db'"), for messages */
     char *data_path;
     char *index_path;

@@ -87,11 +87,11 @@ static void slot_write(mmkv_index *index, mmkv_slot *at, mmkv_slot value)
     slot_put(index, &mmkv_index_header_of(index)->slots_sum, at, value);
 }
 
-int mmkv_index_map(mmkv_index *index, int fd, const char *path)
+int mmkv_index_map(mmkv_index *index, int fd, const char *path, int writable)
 {
     index->path = path;
     index->build_offset = 0;
-    return mmkv_map_init(&index->map, fd, MMKV_INDEX_MIN_RESERVE, 1);
+    return mmkv_map_init(&index->map, fd, MMKV_INDEX_MIN_RESERVE, writable);
 }
 
 void mmkv_index_unmap(mmkv_index *index)

@@ -58,7 +58,7 @@ static inline mmkv_index_header *mmkv_index_header_of(mmkv_index *index)
     return (mmkv_index_header *)mmkv_map_base(&index->map); /* the header is in every view */
 }
 
-int mmkv_index_map(mmkv_index *index, int fd, const char *path);
+int mmkv_index_map(mmkv_index *index, int fd, const char *path, int writable);
 void mmkv_index_unmap(mmkv_index *index);
 /* Empties the file and writes a fresh header with one empty table. Only with no other user. */
 int mmkv_index_reset(mmkv_index *index, uint64_t data_file_id);

@@ -135,7 +135,7 @@ int mmkv_log_create(const char *path, const mmkv_log_identity *identity, mmkv_sy
     return rc;
 }
 
-int mmkv_log_open(mmkv_log *log, int fd, const char *path, char **errmsg)
+int mmkv_log_open(mmkv_log *log, int fd, const char *path, int writable, char **errmsg)
 {
     memset(log, 0, sizeof *log);
     log->path = path;
@@ -162,7 +162,7 @@ int mmkv_log_open(mmkv_log *log, int fd, const char *path, char **errmsg)
     log->owner_id = header.owner_id;
     log->format_version = header.format_version;
     log->text_encoding = header.text_encoding ? (int)header.text_encoding : MMKV_TEXT_UTF8;
-    rc = mmkv_map_init(&log->map, fd, MMKV_LOG_MIN_RESERVE, 1);
+    rc = mmkv_map_init(&log->map, fd, MMKV_LOG_MIN_RESERVE, writable);
     if (rc != MMKV_OK) {
         log->map.fd = -1;
         return mmkv_map_error(&log->map, errmsg, rc, "data file", path);

@@ -36,8 +36,9 @@ typedef struct mmkv_log_identity {
 ** that name appeared meanwhile. */
 int mmkv_log_create(const char *path, const mmkv_log_identity *identity, mmkv_sync sync,
                     char **errmsg);
-/* Opens the data file on fd and checks its header and meta slots. */
-int mmkv_log_open(mmkv_log *log, int fd, const char *path, char **errmsg);
+/* Opens the data file on fd (mapped for reading only unless writable) and checks its header and
+** meta slots. */
+int mmkv_log_open(mmkv_log *log, int fd, const char *path, int writable, char **errmsg);
 void mmkv_log_close(mmkv_log *log);
 
 /* The newest valid meta slot, and which slot it is. CORRUPT (message set) if neither holds. */

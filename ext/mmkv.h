@@ -70,6 +70,15 @@ typedef struct mmkv_row {
 typedef struct mmkv_conn mmkv_conn;
 typedef struct mmkv_scan mmkv_scan;
 
+/* A committed state of the log: what an owning database records in its own transaction. */
+typedef struct mmkv_commit {
+    uint64_t txid;
+    uint64_t tail;
+    uint64_t live_count;
+    uint64_t record_count;
+    uint64_t garbage_bytes;
+} mmkv_commit;
+
 typedef struct mmkv_open_options {
     mmkv_sync sync;
     int temporary;     /* create an anonymous file set that vanishes at close */
@@ -78,6 +87,10 @@ typedef struct mmkv_open_options {
     int text_encoding; /* of a new file's text: MMKV_TEXT_UTF8 (also 0), _UTF16LE or _UTF16BE */
     const char *home;  /* a new owned file's database path, for its home note (format.h) */
     const char *user;  /* who opens it, named in other users' messages ("main.kv of 'x.db'") */
+    int readonly;      /* open for reading only: nothing is ever written to the files */
+    /* For a read-only open of an owned file: the state its database records, which an index on
+    ** disk must reflect exactly to be used (else the engine builds one of its own in memory). */
+    const mmkv_commit *committed;
 } mmkv_open_options;
 
 /* Text encodings (SQLite's numbers). */
@@ -116,14 +129,6 @@ int mmkv_same_file(const char *a, const char *b);
 ** I/O error, with a message. Any thread. */
 int mmkv_inspect(const char *data_path, mmkv_file_info *info, char **errmsg);
 
-/* A committed state of the log: what an owning database records in its own transaction. */
-typedef struct mmkv_commit {
-    uint64_t txid;
-    uint64_t tail;
-    uint64_t live_count;
-    uint64_t record_count;
-    uint64_t garbage_bytes;
-} mmkv_commit;
 
 /* Opening and closing. */
 int mmkv_open(const char *data_path, const mmkv_open_options *options, mmkv_conn **out,
@@ -145,6 +150,9 @@ int mmkv_drop_name(const char *data_path, const char *remaining_path, char **err
 int mmkv_rename_files(const char *old_data_path, const char *new_data_path, char **errmsg);
 const char *mmkv_errmsg(mmkv_conn *conn);
 const char *mmkv_data_path(mmkv_conn *conn);
+/* 1 if the connection is read-only: asked to be, or the data file cannot be written (then
+** every write fails with MMKV_READONLY). */
+int mmkv_readonly(mmkv_conn *conn);
 /* The encoding of the file's TEXT (MMKV_TEXT_UTF8, _UTF16LE or _UTF16BE). */
 int mmkv_text_encoding(mmkv_conn *conn);
 

@@ -4,6 +4,7 @@
 #include "tables.h"
 #include "pending.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 SQLITE_EXTENSION_INIT3
@@ -185,6 +186,27 @@ static int begin_waiting(mmkv_table *t)
 ** the database's write lock: a statement that writes a virtual table begins a write transaction
 ** on the table's database first, so writers across processes queue on that lock, and the busy
 ** timeout applies as usual. */
+/* A table opened read-only (its database was read-only or query_only then) that is to be written
+** now: its engine connection is opened again for writing, between statements' reads. */
+static int reopen_writable(mmkv_table *t, char **err)
+{
+    if (t->open_cursors || !t->data_path) return SQLITE_OK; /* the engine refuses the write */
+    mmkv_open_options options = {.sync = t->sync,
+                                 .must_exist = 1,
+                                 .owner_id = t->owned ? t->record.owner_id : 0};
+    mmkv_conn *conn = NULL;
+    char *message = NULL;
+    int rc = mmkv_open(t->data_path, &options, &conn, &message);
+    if (rc != MMKV_OK) {
+        set_message(err, message ? message : "mmkv: cannot open the table's files");
+        free(message);
+        return mmkv_sqlite_rc(rc);
+    }
+    mmkv_close(t->conn);
+    t->conn = conn;
+    return SQLITE_OK;
+}
+
 int mmkv_table_begin(mmkv_table *t, char **err)
 {
     if (!t->conn) {
@@ -193,6 +215,7 @@ int mmkv_table_begin(mmkv_table *t, char **err)
     }
     if (mmkv_txn_active(t->conn)) return SQLITE_OK;
     int rc;
+    if (mmkv_readonly(t->conn) && (rc = reopen_writable(t, err)) != SQLITE_OK) return rc;
     if (t->owned) {
         mmkv_commit state;
         if ((rc = mmkv_record_read(&t->record, &state, err)) != SQLITE_OK) return rc;

@@ -46,6 +46,7 @@ struct mmkv_table {
     int temporary;         /* a :memory: or temporary database's: anonymous files */
     int owned;             /* its database's commit record decides: see commit_record.h */
     int text_encoding;     /* of its text: MMKV_TEXT_UTF8, _UTF16LE or _UTF16BE */
+    mmkv_sync sync;        /* its sync= argument */
     mmkv_commit_record record;
     mmkv_conn *conn; /* NULL when it cannot be used (broken) or was discarded */
     int broken_rc;   /* why conn is NULL: the error every use reports */

@@ -165,11 +165,20 @@ static int take_writer(mmkv_conn *conn, int handover)
     }
 }
 
+static int readonly_error(mmkv_conn *conn)
+{
+    return mmkv_error(&conn->errmsg, MMKV_READONLY,
+                      "mmkv: '%s' is open read-only (the database is read-only or query_only, or "
+                      "the file cannot be written): it cannot be written",
+                      conn->engine->data_path);
+}
+
 static int begin_from(mmkv_conn *conn, const mmkv_commit *authority)
 {
     mmkv_engine *e = conn->engine;
     mmkv_txn *txn = &e->txn;
     if (txn->owner == conn) return MMKV_OK;
+    if (e->readonly) return readonly_error(conn);
     int rc = take_writer(conn, authority != NULL);
     if (rc != MMKV_OK) return rc;
     mmkv_meta meta;
@@ -221,6 +230,12 @@ int mmkv_txn_catch_up(mmkv_conn *conn, const mmkv_commit *committed)
 {
     mmkv_engine *e = conn->engine;
     mmkv_txn *txn = &e->txn;
+    if (e->readonly)
+        return mmkv_error(&conn->errmsg, MMKV_READONLY,
+                          "mmkv: '%s' needs its index brought up to its database's last commit, "
+                          "which a read-only connection cannot do: open it once from a "
+                          "connection that can write it",
+                          e->data_path);
     int rc = take_writer(conn, 1);
     if (rc != MMKV_OK) return rc;
     mmkv_meta meta;
@@ -241,6 +256,7 @@ int mmkv_mark_home(mmkv_conn *conn, const char *home, uint32_t flags)
 {
     mmkv_engine *e = conn->engine;
     if (e->temporary) return MMKV_OK;
+    if (e->readonly) return readonly_error(conn);
     int own = e->txn.owner == conn;
     int rc = own ? MMKV_OK : take_writer(conn, 1);
     if (rc != MMKV_OK) return rc;

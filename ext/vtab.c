@@ -344,6 +344,7 @@ static int mmkvCreate(sqlite3 *db, void *aux, int argc, const char *const *argv,
     t->named_after_table = !args.file;
     t->owned = db_file && db_file[0];
     t->text_encoding = database_encoding(db);
+    t->sync = args.sync;
     mmkv_open_options options = {.sync = args.sync,
                                  .temporary = t->temporary,
                                  .text_encoding = t->text_encoding,
@@ -412,7 +413,12 @@ static int mmkvConnect(sqlite3 *db, void *aux, int argc, const char *const *argv
         t->named_after_table = !args.file;
         t->owned = db_file && db_file[0];
         int writable = database_writable(db, schema);
-        mmkv_open_options options = {.sync = args.sync, .temporary = t->temporary, .must_exist = 1};
+        t->sync = args.sync;
+        mmkv_open_options options = {.sync = args.sync,
+                                     .temporary = t->temporary,
+                                     .must_exist = 1,
+                                     .readonly = !writable && !t->temporary};
+        mmkv_commit committed;
         char *why = NULL;
         int failed = t->temporary || t->data_path ? SQLITE_OK : SQLITE_NOMEM;
         if (failed == SQLITE_OK && t->owned) {
@@ -422,6 +428,9 @@ static int mmkvConnect(sqlite3 *db, void *aux, int argc, const char *const *argv
                                       "missing): its data cannot be trusted",
                                       name, name, MMKV_COMMIT_SUFFIX);
             options.owner_id = t->record.owner_id;
+            if (failed == SQLITE_OK && options.readonly &&
+                (failed = mmkv_record_read(&t->record, &committed, &why)) == SQLITE_OK)
+                options.committed = &committed;
         } else if (failed == SQLITE_OK && !t->owned &&
                    mmkv_record_open(&t->record, db, schema, name, NULL) == SQLITE_OK) {
             /* A database with no file holding a commit record: a copy (a backup or a
