@@ -36,6 +36,7 @@ static int check_prev(mmkv_conn *conn, const mmkv_record *record, uint64_t limit
 
 int mmkv_check(mmkv_conn *conn, const mmkv_commit *committed)
 {
+    mmkv_conn_clear_error(conn);
     mmkv_engine *e = conn->engine;
     mmkv_snapshot snapshot;
     mmkv_commit counts;
@@ -93,6 +94,7 @@ int mmkv_check(mmkv_conn *conn, const mmkv_commit *committed)
 
 int mmkv_rebuild(mmkv_conn *conn)
 {
+    mmkv_conn_clear_error(conn);
     mmkv_engine *e = conn->engine;
     if (!mmkv_txn_active(conn))
         return mmkv_error(&conn->errmsg, MMKV_MISUSE, "mmkv: rebuild outside a write transaction");

@@ -149,6 +149,7 @@ static int private_reach(mmkv_engine *e, uint64_t tail, char **errmsg)
 
 int mmkv_snapshot_take(mmkv_conn *conn, mmkv_snapshot *snapshot)
 {
+    mmkv_conn_clear_error(conn);
     mmkv_engine *e = conn->engine;
     if (e->txn.owner == conn) {
         snapshot->tail = e->txn.append_pos;
@@ -205,6 +206,7 @@ static void commit_from_meta(const mmkv_meta *meta, mmkv_commit *commit)
 
 int mmkv_committed(mmkv_conn *conn, mmkv_commit *commit)
 {
+    mmkv_conn_clear_error(conn);
     mmkv_meta meta;
     int slot;
     int rc = mmkv_log_meta(&conn->engine->log, &meta, &slot, &conn->errmsg);
@@ -255,6 +257,7 @@ void mmkv_engine_effective(mmkv_engine *e, const mmkv_commit *recorded, mmkv_com
 
 int mmkv_snapshot_at(mmkv_conn *conn, const mmkv_commit *committed, mmkv_snapshot *snapshot)
 {
+    mmkv_conn_clear_error(conn);
     if (conn->engine->txn.owner == conn) return mmkv_snapshot_take(conn, snapshot);
     mmkv_commit state;
     int rc = MMKV_OK;
@@ -329,6 +332,7 @@ static void row_from_record(const mmkv_record *record, mmkv_row *row)
 
 int mmkv_get(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mmkv_datum *key, mmkv_row *row)
 {
+    mmkv_conn_clear_error(conn);
     mmkv_record record;
     int rc = find_visible(conn, snapshot, key, mmkv_key_hash(key), 0, &record);
     if (rc == MMKV_OK) row_from_record(&record, row);
@@ -407,6 +411,7 @@ static int collect_visible(mmkv_conn *conn, const mmkv_snapshot *snapshot, const
 int mmkv_get_similar(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mmkv_datum *probe,
                      mmkv_emit_fn emit, void *ctx)
 {
+    mmkv_conn_clear_error(conn);
     mmkv_offsets visible;
     mmkv_offsets_init(&visible);
     mmkv_datum number;
@@ -484,6 +489,7 @@ static void prefetch_slots(mmkv_scan *scan, uint64_t end)
 int mmkv_scan_next(mmkv_scan *scan, mmkv_row *row)
 {
     mmkv_conn *conn = scan->conn;
+    mmkv_conn_clear_error(conn);
     mmkv_engine *e = conn->engine;
     uint64_t end = scan->snapshot.tail;
     if (e->txn.owner == conn && e->txn.append_pos < end) end = e->txn.append_pos; /* rolled back */
@@ -628,6 +634,7 @@ static int locate_for_write(mmkv_conn *conn, const mmkv_datum *key, uint64_t has
 
 int mmkv_put(mmkv_conn *conn, const mmkv_datum *key, const mmkv_datum *value, int mode)
 {
+    mmkv_conn_clear_error(conn);
     int rc = writer_check(conn);
     if (rc == MMKV_OK) rc = check_datum(conn, key, 1);
     if (rc == MMKV_OK) rc = check_datum(conn, value, 0);
@@ -651,6 +658,7 @@ int mmkv_put(mmkv_conn *conn, const mmkv_datum *key, const mmkv_datum *value, in
 
 int mmkv_delete(mmkv_conn *conn, const mmkv_datum *key)
 {
+    mmkv_conn_clear_error(conn);
     int rc = writer_check(conn);
     if (rc == MMKV_OK) rc = check_datum(conn, key, 1);
     if (rc != MMKV_OK) return rc;
@@ -858,7 +866,7 @@ static int salvage(mmkv_engine *e, int unsynced, const mmkv_meta *found, mmkv_me
     if (rc == MMKV_OK && size > s.tail)
         rc = mmkv_file_discard(e->log.map.fd, s.tail, size - s.tail);
     if (rc == MMKV_OK && unsynced) rc = mmkv_file_sync(e->log.map.fd);
-    if (rc != MMKV_OK) return mmkv_error(errmsg, rc, "mmkv: cannot salvage '%s'", e->data_path);
+    if (rc != MMKV_OK) return mmkv_error_os(errmsg, rc, "mmkv: cannot salvage '%s'", e->data_path);
     memset(meta, 0, sizeof *meta);
     meta->txid = s.txid;
     meta->committed_tail = s.tail;
@@ -870,7 +878,7 @@ static int salvage(mmkv_engine *e, int unsynced, const mmkv_meta *found, mmkv_me
     mmkv_meta_seal(meta);
     for (int slot = 0; slot < 2 && rc == MMKV_OK; slot++)
         rc = mmkv_log_write_meta(&e->log, slot, meta, 1);
-    if (rc != MMKV_OK) return mmkv_error(errmsg, rc, "mmkv: cannot salvage '%s'", e->data_path);
+    if (rc != MMKV_OK) return mmkv_error_os(errmsg, rc, "mmkv: cannot salvage '%s'", e->data_path);
     return MMKV_OK;
 }
 

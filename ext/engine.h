@@ -10,6 +10,7 @@
 #include "mmkv.h"
 
 #include <pthread.h>
+#include <stdlib.h>
 #include <sys/types.h>
 
 typedef struct mmkv_counts {
@@ -73,6 +74,16 @@ struct mmkv_conn {
     uint64_t seen_txid, seen_tail;
     mmkv_commit seen_effective;
 };
+
+/* Every public call that can fail starts afresh: a message left by an earlier failure must never
+** be read as this call's. */
+static inline void mmkv_conn_clear_error(mmkv_conn *conn)
+{
+    if (__builtin_expect(conn->errmsg != NULL, 0)) {
+        free(conn->errmsg);
+        conn->errmsg = NULL;
+    }
+}
 
 /* txn.c, for engine.c */
 int mmkv_txn_catch_up(mmkv_conn *conn, const mmkv_commit *committed);

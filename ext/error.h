@@ -6,4 +6,8 @@
 int mmkv_error(char **errmsg, int rc, const char *format, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* The same, with ": <why the last OS call failed>" appended (file.h, mmkv_os_reason). */
+int mmkv_error_os(char **errmsg, int rc, const char *format, ...)
+    __attribute__((format(printf, 3, 4)));
+
 #endif

@@ -1,5 +1,6 @@
 /* Named failpoints: see failpoint.h. Nothing here exists outside a MMKV_FAILPOINTS build. */
 #include "failpoint.h"
+#include "file.h"
 
 #ifdef MMKV_FAILPOINTS
 #include <string.h>
@@ -18,6 +19,7 @@ int mmkv_failpoint(const char *name)
     if (!armed || strcmp(armed, name) != 0) return MMKV_OK;
     if (countdown-- > 0) return MMKV_OK;
     armed = NULL;
+    mmkv_os_fail_injected();
     return MMKV_IOERR;
 }
 #else

@@ -38,6 +38,26 @@ static int io_error(int err)
     return MMKV_IOERR;
 }
 
+/* The errno of this thread's last failed call here, for messages (mmkv_os_reason). */
+static _Thread_local int last_os_errno;
+
+static int os_fail(int err)
+{
+    last_os_errno = err ? err : EIO;
+    return io_error(last_os_errno);
+}
+
+const char *mmkv_os_reason(void)
+{
+    if (last_os_errno == MMKV_INJECTED_FAILURE) return "a failure injected by a test";
+    return last_os_errno ? strerror(last_os_errno) : "unknown cause";
+}
+
+void mmkv_os_fail_injected(void)
+{
+    last_os_errno = MMKV_INJECTED_FAILURE;
+}
+
 int mmkv_file_open(const char *path, int how, int *fd_out)
 {
     int flags = (how == MMKV_OPEN_READONLY ? O_RDONLY : O_RDWR) | O_CLOEXEC;
@@ -63,7 +83,7 @@ int mmkv_file_open(const char *path, int how, int *fd_out)
 int mmkv_file_size(int fd, uint64_t *size)
 {
     struct stat st;
-    if (fstat(fd, &st) != 0) return MMKV_IOERR;
+    if (fstat(fd, &st) != 0) return os_fail(errno);
     *size = (uint64_t)st.st_size;
     return MMKV_OK;
 }
@@ -74,7 +94,8 @@ int mmkv_file_read(int fd, void *buf, size_t len, uint64_t offset)
     while (len > 0) {
         ssize_t n = pread(fd, p, len, (off_t)offset);
         if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return MMKV_IOERR;
+        if (n < 0) return os_fail(errno);
+        if (n == 0) return os_fail(EIO); /* the file ended early */
         p += n;
         len -= (size_t)n;
         offset += (uint64_t)n;
@@ -88,8 +109,8 @@ int mmkv_file_write(int fd, const void *buf, size_t len, uint64_t offset)
     while (len > 0) {
         ssize_t n = pwrite(fd, p, len, (off_t)offset);
         if (n < 0 && errno == EINTR) continue;
-        if (n < 0) return io_error(errno);
-        if (n == 0) return MMKV_IOERR;
+        if (n < 0) return os_fail(errno);
+        if (n == 0) return os_fail(EIO);
         p += n;
         len -= (size_t)n;
         offset += (uint64_t)n;
@@ -126,7 +147,7 @@ int mmkv_file_sync(int fd)
     do
         rc = fdatasync(fd);
     while (rc != 0 && errno == EINTR);
-    return rc == 0 ? MMKV_OK : MMKV_IOERR;
+    return rc == 0 ? MMKV_OK : os_fail(errno);
 }
 
 int mmkv_file_sync_dir(const char *path)
@@ -135,8 +156,8 @@ int mmkv_file_sync_dir(const char *path)
     if (!copy) return MMKV_NOMEM;
     int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     free(copy);
-    if (fd < 0) return MMKV_IOERR;
-    int rc = fsync(fd) == 0 || errno == EINVAL ? MMKV_OK : MMKV_IOERR;
+    if (fd < 0) return os_fail(errno);
+    int rc = fsync(fd) == 0 || errno == EINVAL ? MMKV_OK : os_fail(errno);
     close(fd);
     return rc;
 }
@@ -147,7 +168,7 @@ int mmkv_file_allocate(int fd, uint64_t size)
     if (err == EINTR) err = posix_fallocate(fd, 0, (off_t)size);
     if (err == 0) return MMKV_OK;
     errno = err; /* posix_fallocate returns its error: keep it where a caller looks for it */
-    return io_error(err);
+    return os_fail(err);
 }
 
 int mmkv_file_discard(int fd, uint64_t offset, uint64_t len)
@@ -155,10 +176,11 @@ int mmkv_file_discard(int fd, uint64_t offset, uint64_t len)
 #ifdef FALLOC_FL_PUNCH_HOLE
     if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)len) == 0)
         return MMKV_OK;
+    return os_fail(errno);
 #else
     (void)fd, (void)offset, (void)len;
+    return os_fail(EOPNOTSUPP);
 #endif
-    return MMKV_IOERR;
 }
 
 /* Open file description locks belong to the descriptor, not the process, where available. */
@@ -545,7 +567,7 @@ int mmkv_map_sync_range(mmkv_map *map, uint64_t offset, uint64_t len)
     do
         rc = msync(base + start, end - start, MS_SYNC);
     while (rc != 0 && errno == EINTR);
-    return rc == 0 ? MMKV_OK : MMKV_IOERR;
+    return rc == 0 ? MMKV_OK : os_fail(errno);
 }
 
 void mmkv_map_release(mmkv_map *map)

@@ -126,6 +126,12 @@ static inline uint64_t mmkv_map_offset_of(const mmkv_map *map, const void *p)
     return UINT64_MAX;
 }
 
+/* Why this thread's last failed call here failed (strerror of its errno), for messages. A failpoint
+** (failpoint.h) records itself as the reason with mmkv_os_fail_injected. */
+#define MMKV_INJECTED_FAILURE (-1)
+const char *mmkv_os_reason(void);
+void mmkv_os_fail_injected(void);
+
 /* The current boot's identity, so that a file marked in use by a dead process of this boot can be
 ** told from one that survived a power loss. Zeros if the system does not say. */
 void mmkv_boot_id(uint8_t out[16]);

@@ -6,6 +6,7 @@
 #include "error.h"
 #include "failpoint.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -115,7 +116,8 @@ int mmkv_log_create(const char *path, const mmkv_log_identity *identity, mmkv_sy
     int fd;
     int rc = mmkv_file_open(aside, MMKV_OPEN_CREATE_NEW, &fd);
     if (rc != MMKV_OK) {
-        rc = mmkv_error(errmsg, MMKV_CANTOPEN, "mmkv: cannot create data file '%s'", path);
+        rc = mmkv_error(errmsg, MMKV_CANTOPEN, "mmkv: cannot create data file '%s': %s", path,
+                        strerror(errno));
         free(aside);
         return rc;
     }
@@ -131,7 +133,7 @@ int mmkv_log_create(const char *path, const mmkv_log_identity *identity, mmkv_sy
     free(aside);
     if (rc == MMKV_OK && sync != MMKV_SYNC_OFF) rc = mmkv_file_sync_dir(path);
     if (rc != MMKV_OK && rc != MMKV_BUSY)
-        mmkv_error(errmsg, rc, "mmkv: cannot create data file '%s'", path);
+        mmkv_error_os(errmsg, rc, "mmkv: cannot create data file '%s'", path);
     return rc;
 }
 
@@ -143,7 +145,7 @@ int mmkv_log_open(mmkv_log *log, int fd, const char *path, int writable, char **
     uint64_t size;
     mmkv_file_header header;
     int rc = mmkv_file_size(fd, &size);
-    if (rc != MMKV_OK) return mmkv_error(errmsg, rc, "mmkv: cannot read '%s'", path);
+    if (rc != MMKV_OK) return mmkv_error_os(errmsg, rc, "mmkv: cannot read '%s'", path);
     if (size < sizeof header || mmkv_file_read(fd, &header, sizeof header, 0) != MMKV_OK ||
         memcmp(header.magic, MMKV_DATA_MAGIC, MMKV_MAGIC_SIZE) != 0)
         return mmkv_error(errmsg, MMKV_NOTADB, "mmkv: '%s' is not an mmkv data file", path);

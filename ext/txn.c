@@ -79,7 +79,7 @@ static int repair_to(mmkv_conn *conn, const mmkv_meta *meta, const mmkv_commit *
     rc = mmkv_log_write_meta(&e->log, slot, &fixed, conn->sync != MMKV_SYNC_OFF);
     if (rc == MMKV_OK && ahead)
         rc = mmkv_log_write_meta(&e->log, slot ^ 1, &fixed, conn->sync != MMKV_SYNC_OFF);
-    if (rc != MMKV_OK) return mmkv_error(&conn->errmsg, rc, "mmkv: cannot sync '%s'", e->data_path);
+    if (rc != MMKV_OK) return mmkv_error_os(&conn->errmsg, rc, "mmkv: cannot sync '%s'", e->data_path);
     txn->committed_slot = slot;
     return MMKV_OK;
 }
@@ -117,7 +117,7 @@ static int pad_to_record(mmkv_conn *conn, mmkv_meta *meta, mmkv_commit *state)
         if (rc == MMKV_OK)
             rc = mmkv_log_write_meta(&e->log, slot, &padded, conn->sync != MMKV_SYNC_OFF);
         if (rc != MMKV_OK)
-            return mmkv_error(&conn->errmsg, rc, "mmkv: cannot write to '%s'", e->data_path);
+            return mmkv_error_os(&conn->errmsg, rc, "mmkv: cannot write to '%s'", e->data_path);
         txn->committed_slot = slot;
         *meta = padded;
     }
@@ -194,7 +194,7 @@ static int begin_from(mmkv_conn *conn, const mmkv_commit *authority)
         if (authority && (meta.flags & MMKV_META_SALVAGED)) rc = pad_to_record(conn, &meta, &state);
     }
     if (rc == MMKV_OK && (rc = mmkv_index_begin_writes(&e->index)) != MMKV_OK)
-        mmkv_error(&conn->errmsg, rc, "mmkv: cannot write to '%s'", e->index_path);
+        mmkv_error_os(&conn->errmsg, rc, "mmkv: cannot write to '%s'", e->index_path);
     if (rc == MMKV_OK) {
         mmkv_index_header *h = mmkv_index_header_of(&e->index);
         /* writer_active still set: the last writer died with slots published for records that
@@ -254,6 +254,7 @@ int mmkv_txn_catch_up(mmkv_conn *conn, const mmkv_commit *committed)
 
 int mmkv_mark_home(mmkv_conn *conn, const char *home, uint32_t flags)
 {
+    mmkv_conn_clear_error(conn);
     mmkv_engine *e = conn->engine;
     if (e->temporary) return MMKV_OK;
     if (e->readonly) return readonly_error(conn);
@@ -266,8 +267,7 @@ int mmkv_mark_home(mmkv_conn *conn, const char *home, uint32_t flags)
         pthread_mutex_unlock(&e->mutex);
     }
     if (rc != MMKV_OK)
-        return mmkv_error(&conn->errmsg, rc, "mmkv: cannot write to '%s': %s", e->data_path,
-                          strerror(errno));
+        return mmkv_error_os(&conn->errmsg, rc, "mmkv: cannot write to '%s'", e->data_path);
     return MMKV_OK;
 }
 
@@ -283,16 +283,19 @@ int mmkv_home_of(mmkv_conn *conn, char *path, size_t path_size, uint32_t *flags)
 
 int mmkv_txn_begin(mmkv_conn *conn)
 {
+    mmkv_conn_clear_error(conn);
     return begin_from(conn, NULL);
 }
 
 int mmkv_txn_begin_at(mmkv_conn *conn, const mmkv_commit *committed)
 {
+    mmkv_conn_clear_error(conn);
     return begin_from(conn, committed);
 }
 
 int mmkv_txn_savepoint(mmkv_conn *conn, int level)
 {
+    mmkv_conn_clear_error(conn);
     mmkv_txn *txn = &conn->engine->txn;
     if (txn->owner != conn) return MMKV_OK;
     while (txn->n_savepoints && txn->savepoints[txn->n_savepoints - 1].level >= level)
@@ -354,6 +357,7 @@ void mmkv_txn_rollback_to(mmkv_conn *conn, int level)
 
 int mmkv_txn_prepare(mmkv_conn *conn)
 {
+    mmkv_conn_clear_error(conn);
     mmkv_engine *e = conn->engine;
     mmkv_txn *txn = &e->txn;
     if (txn->owner != conn || txn->prepared) return MMKV_OK;
@@ -372,7 +376,7 @@ int mmkv_txn_prepare(mmkv_conn *conn)
     if (rc == MMKV_OK && conn->sync != MMKV_SYNC_OFF)
         rc = mmkv_map_sync_range(&e->log.map, txn->start, txn->append_pos - txn->start);
     if (rc == MMKV_OK) rc = mmkv_failpoint("before-meta-write");
-    if (rc != MMKV_OK) return mmkv_error(&conn->errmsg, rc, "mmkv: cannot sync '%s'", e->data_path);
+    if (rc != MMKV_OK) return mmkv_error_os(&conn->errmsg, rc, "mmkv: cannot sync '%s'", e->data_path);
     mmkv_meta meta;
     memset(&meta, 0, sizeof meta);
     meta.txid = txn->txid;
@@ -393,7 +397,7 @@ int mmkv_txn_prepare(mmkv_conn *conn)
     rc = mmkv_log_write_meta(&e->log, slot, &meta, conn->sync != MMKV_SYNC_OFF && !conn->external);
     if (rc != MMKV_OK) {
         mmkv_log_write_meta(&e->log, slot, &txn->overwritten_meta, 0);
-        return mmkv_error(&conn->errmsg, rc, "mmkv: cannot sync '%s'", e->data_path);
+        return mmkv_error_os(&conn->errmsg, rc, "mmkv: cannot sync '%s'", e->data_path);
     }
     txn->prepared = 1;
     return MMKV_OK;

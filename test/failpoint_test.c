@@ -181,6 +181,35 @@ static void test_recovery_step(void)
     end_test();
 }
 
+/* A failed step's message says what failed and why, and the next call that succeeds leaves no
+** stale message behind. */
+static void test_messages(void)
+{
+    if (!begin_test("failpoint before-data-sync: the message names the file and the cause; a "
+                    "success clears it"))
+        return;
+    mmkv_conn *c = fresh_table("messages.mmkv");
+    if (!c) {
+        end_test();
+        return;
+    }
+    mmkv_failpoint_arm("before-data-sync", 0);
+    CHECK_RC(mmkv_txn_begin(c), MMKV_OK, "begin");
+    put_int(c, BASE_KEYS + 1, 1, MMKV_PUT_INSERT);
+    CHECK_RC(mmkv_txn_prepare(c), MMKV_IOERR, "the failing step reports MMKV_IOERR");
+    const char *m = mmkv_errmsg(c);
+    CHECK(strstr(m, "cannot sync") && strstr(m, path_of("messages.mmkv")) &&
+              strstr(m, ": a failure injected by a test"),
+          "expected \"cannot sync '<file>': a failure injected by a test\", got \"%s\"", m);
+    mmkv_txn_rollback(c);
+    mmkv_failpoint_arm(NULL, 0);
+    CHECK_EQ(get_int(c, 0), 0, "a read after the failure");
+    CHECK(strcmp(mmkv_errmsg(c), "mmkv: unknown error") == 0,
+          "expected no message after a success, got \"%s\"", mmkv_errmsg(c));
+    mmkv_close(c);
+    end_test();
+}
+
 int main(void)
 {
     if (!start_tests()) return 1;
@@ -190,5 +219,6 @@ int main(void)
     test_growth_deferred();
     test_recovery_step();
     test_failed_commit_not_salvaged();
+    test_messages();
     return finish_tests();
 }

@@ -789,8 +789,33 @@ def test_foreign_files():
                   % (b[1], b[2], after[1], "" if after[0] == b[0] else " (changed)", after[2]))
 
 
+def test_damage_error_code():
+    """Damage found by a read is SQLITE_CORRUPT_VTAB, and the message names the file and the
+    offset of the record that fails."""
+    with TempDir() as d:
+        p = os.path.join(d, "app.db")
+        db = connect(p)
+        db.execute("CREATE VIRTUAL TABLE kv USING mmkv")
+        db.execute("INSERT INTO kv VALUES(1, 'one'), (2, 'two')")
+        db.close()
+        data = os.path.join(d, "app.db-kv.mmkv")
+        with open(data, "r+b") as f:
+            f.seek(4096 + 40)  # inside the first record's key and value
+            f.write(b"\xff\xff\xff\xff")
+        db = connect(p)
+        try:
+            db.execute("SELECT * FROM kv").fetchall()
+            check("damage: a scan fails", False, "no error")
+        except sqlite3.DatabaseError as e:
+            code = getattr(e, "sqlite_errorcode", None)
+            check("damage: SQLITE_CORRUPT_VTAB (267), got %r: %s" % (code, e),
+                  code in (None, 267) and "offset 4096" in str(e) and data in str(e))
+        db.close()
+
+
 if __name__ == "__main__":
     harness.main([
+        test_damage_error_code,
         test_foreign_files,
         test_data_damage,
         test_index_damage,
