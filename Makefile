@@ -68,7 +68,19 @@ FAILPOINT_OBJ = $(ENGINE_SRC:ext/%.c=$(BUILD)/obj/failpoint/%.o)
 
 $(BUILD)/obj/failpoint/%.o: ext/%.c $(HEADERS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) -DMMKV_FAILPOINTS -c $< -o $@
+	$(CC) $(CFLAGS_ALL) -DMMKV_FAILPOINTS -fPIC -c $< -o $@
+
+# The loadable extension over that engine, its SQL face with the crash points compiled in too, for
+# the tests that stop a process between SQLite's commit and mmkv's file work.
+FAILPOINT_SQL_OBJ = $(SQL_SRC:ext/%.c=$(BUILD)/obj/failpoint/shared/%.o)
+
+$(BUILD)/obj/failpoint/shared/%.o: ext/%.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -DMMKV_FAILPOINTS -fPIC -c $< -o $@
+
+$(BUILD)/failpoint/mmkv.so: $(FAILPOINT_OBJ) $(FAILPOINT_SQL_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) -shared $(LDSAN) -o $@ $^ -lpthread
 
 $(BUILD)/test_powerloss: test/powerloss_test.c $(FAILPOINT_OBJ) $(HEADERS)
 	$(CC) $(CFLAGS_ALL) -DMMKV_FAILPOINTS -o $@ test/powerloss_test.c $(FAILPOINT_OBJ) $(LDSAN) -lpthread
@@ -90,7 +102,7 @@ $(BUILD)/bench: test/bench.c $(BUILD)/libmmkv.a
 	$(CC) $(CFLAGS_ALL) -o $@ test/bench.c $(BUILD)/libmmkv.a $(LDSAN) -lsqlite3 -lpthread -lm
 
 test: all $(BUILD)/test_engine $(BUILD)/test_failpoints $(BUILD)/test_powerloss \
-      $(BUILD)/test_powerloss_sql $(BUILD)/test_integrity_pragma
+      $(BUILD)/test_powerloss_sql $(BUILD)/test_integrity_pragma $(BUILD)/failpoint/mmkv.so
 	@BUILD=$(BUILD) PYTHON=$(PYTHON) SANITIZE=$(SANITIZE) CC=$(CC) MMKV_TEST="$(or $(T),$(MMKV_TEST))" \
 	    sh test/run.sh
 

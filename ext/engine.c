@@ -13,6 +13,7 @@
 #include "error.h"
 #include "failpoint.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1253,7 +1254,6 @@ int mmkv_inspect(const char *data_path, mmkv_file_info *info, char **errmsg)
         return mmkv_error(errmsg, MMKV_CANTOPEN, "mmkv: '%s' is not a regular file", data_path);
     info->links = (uint32_t)st.st_nlink;
     unsigned char page[MMKV_DATA_START];
-    uint64_t first_record[sizeof(mmkv_record_header) / sizeof(uint64_t)] = {0};
     pthread_mutex_lock(&registry_mutex);
     mmkv_engine *open_here = NULL;
     for (mmkv_engine *e = registry; e; e = e->next)
@@ -1262,9 +1262,6 @@ int mmkv_inspect(const char *data_path, mmkv_file_info *info, char **errmsg)
     if (open_here) {
         snprintf(info->open_by, sizeof info->open_by, "%s", open_here->user);
         memcpy(page, mmkv_map_base(&open_here->log.map), sizeof page);
-        if (mmkv_map_mapped(&open_here->log.map) >= MMKV_DATA_START + sizeof first_record)
-            memcpy(first_record, mmkv_map_base(&open_here->log.map) + MMKV_DATA_START,
-                   sizeof first_record);
     } else {
         rc = mmkv_file_open(data_path, MMKV_OPEN_READONLY, &fd);
         if (rc != MMKV_OK)
@@ -1273,8 +1270,6 @@ int mmkv_inspect(const char *data_path, mmkv_file_info *info, char **errmsg)
         uint64_t size = 0;
         if (rc == MMKV_OK && mmkv_file_size(fd, &size) == MMKV_OK && size >= sizeof page)
             rc = mmkv_file_read(fd, page, sizeof page, 0);
-        if (rc == MMKV_OK && size >= MMKV_DATA_START + sizeof first_record)
-            rc = mmkv_file_read(fd, first_record, sizeof first_record, MMKV_DATA_START);
         if (rc != MMKV_OK && fd >= 0)
             rc = mmkv_error(errmsg, rc, "mmkv: cannot read '%s': %s", data_path, strerror(errno));
         if (rc == MMKV_OK) info->open_elsewhere = mmkv_lock_held_elsewhere(fd, MMKV_LOCK_OPEN);
@@ -1296,8 +1291,9 @@ int mmkv_inspect(const char *data_path, mmkv_file_info *info, char **errmsg)
         info->home_flags = home.flags;
         memcpy(info->home, home.path, sizeof info->home);
     }
-    /* Never committed: the meta slots name an empty log, and no record was ever written. */
-    int empty = 0, written = first_record[0] != 0;
+    /* Never committed: an intact meta slot names the empty log, and none names more. (Records
+    ** past it are a transaction's that never committed.) */
+    int empty = 0, written = 0;
     for (int slot = 0; slot < 2; slot++) {
         const mmkv_meta *m = (const mmkv_meta *)(page + MMKV_META_OFFSET(slot));
         if (m->magic != MMKV_META_MAGIC ||
@@ -1434,6 +1430,39 @@ int mmkv_rename_files(const char *old_data_path, const char *new_data_path, char
     rc = mmkv_remove_files(old_data_path, errmsg);
     if (rc == MMKV_OK) registry_rename(old_data_path, new_data_path);
     return rc;
+}
+
+int mmkv_drop_other_names(const char *data_path, const char *prefix, const char *suffix)
+{
+    struct stat own;
+    if (stat(data_path, &own) != 0 || own.st_nlink < 2) return 0;
+    char *dir_copy = strdup(data_path);
+    if (!dir_copy) return 0;
+    const char *slash = strrchr(data_path, '/');
+    if (slash)
+        dir_copy[slash - data_path] = 0;
+    else
+        strcpy(dir_copy, ".");
+    DIR *dir = opendir(slash && slash == data_path ? "/" : dir_copy);
+    int dropped = 0;
+    size_t plen = strlen(prefix), slen = strlen(suffix);
+    for (struct dirent *entry; dir && (entry = readdir(dir)) != NULL;) {
+        const char *name = entry->d_name;
+        size_t n = strlen(name);
+        if (n <= plen + slen || strncmp(name, prefix, plen) != 0 ||
+            strcmp(name + n - slen, suffix) != 0)
+            continue;
+        char *other = NULL;
+        if (asprintf(&other, "%s/%s", slash ? dir_copy : ".", name) < 0) break;
+        struct stat st;
+        if (strcmp(other, data_path) != 0 && stat(other, &st) == 0 && st.st_dev == own.st_dev &&
+            st.st_ino == own.st_ino && mmkv_drop_name(other, data_path, NULL) == MMKV_OK)
+            dropped++;
+        free(other);
+    }
+    if (dir) closedir(dir);
+    free(dir_copy);
+    return dropped;
 }
 
 int mmkv_drop_name(const char *data_path, const char *remaining_path, char **errmsg)

@@ -3,7 +3,18 @@
 #include "file.h"
 
 #ifdef MMKV_FAILPOINTS
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+/* The exit status of a process stopped at a crash point, as a SIGKILL would leave it. */
+#define CRASH_EXIT_STATUS 137
+
+void mmkv_crash_point(const char *name)
+{
+    const char *at = getenv("MMKV_CRASH_AT");
+    if (at && strcmp(at, name) == 0) _exit(CRASH_EXIT_STATUS);
+}
 
 static const char *armed;
 static int countdown;

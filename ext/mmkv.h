@@ -146,6 +146,10 @@ int mmkv_link_files(const char *data_path, const char *new_data_path, char **err
 /* Removes the name data_path (and its index's), which must be another name of the files at
 ** remaining_path; engines opened under it go by remaining_path from then on. */
 int mmkv_drop_name(const char *data_path, const char *remaining_path, char **errmsg);
+/* Removes every other name of the files at data_path in its directory that starts with prefix and
+** ends with suffix (second names a RENAME left when a crash came between its commit and the
+** removal of the old name). Returns how many went. */
+int mmkv_drop_other_names(const char *data_path, const char *prefix, const char *suffix);
 /* Moves the files to a new name; ERROR if a file has it. */
 int mmkv_rename_files(const char *old_data_path, const char *new_data_path, char **errmsg);
 const char *mmkv_errmsg(mmkv_conn *conn);

@@ -3,6 +3,7 @@
 ** See pending.h.
 */
 #include "pending.h"
+#include "failpoint.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,11 +92,13 @@ static void op_commit(op *o)
     switch (o->kind) {
     case OP_DROP:
         /* Its transaction was rolled back by mmkv_tables_commit (a dropped table never commits). */
+        mmkv_crash_point("drop-committed");
         mmkv_table_close(t);
         if (t->owns_files && t->data_path) mmkv_remove_files(t->data_path, NULL);
         break;
     case OP_RENAME:
         /* The old name goes, unless a later RENAME gave it back. */
+        mmkv_crash_point("rename-committed");
         if (o->old_path && t->data_path && strcmp(o->old_path, t->data_path) != 0)
             mmkv_drop_name(o->old_path, t->data_path, NULL);
         break;
@@ -122,7 +125,9 @@ static void op_cancel(op *o)
         t->status = MMKV_TABLE_DISCARDED;
         mmkv_table_close(t);
         if (t->data_path) {
+            mmkv_crash_point("create-undone");
             mmkv_remove_files(t->data_path, NULL);
+            if (o->displaced) mmkv_crash_point("displacement-undone");
             restore_displaced(o, t->data_path);
         }
         break;

@@ -2,6 +2,7 @@
 ** Where a table's files live, and whether they are its own. See placement.h.
 */
 #include "placement.h"
+#include "failpoint.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -207,6 +208,7 @@ int mmkv_placement_claim(mmkv_connection *c, mmkv_table *self, const char *schem
                 free(message);
                 return rc;
             }
+            mmkv_crash_point("displaced");
             sqlite3_free(t->data_path);
             t->data_path = aside;
             *displaced = t;
@@ -276,6 +278,13 @@ int mmkv_placement_claim(mmkv_connection *c, mmkv_table *self, const char *schem
     ** home is gone, or its home holds no table that uses it. Even an empty file may be another
     ** database's table, made and not yet written. */
     int ours = info.has_home && same_database(info.home, db_file);
+    if (ours && (info.home_flags & MMKV_HOME_DROP_PENDING)) {
+        /* Its DROP committed and the process ended before the files went: they go now. */
+        rc = mmkv_remove_files(path, &message);
+        if (rc != MMKV_OK) set_error(err, mmkv_sqlite_rc(rc), sqlite3_mprintf("%s", message));
+        free(message);
+        return rc == MMKV_OK ? SQLITE_OK : mmkv_sqlite_rc(rc);
+    }
     if (ours || (info.has_home && !exists(info.home))) return set_aside(path, &info, err);
     if (!info.has_home)
         return set_error(err, SQLITE_ERROR,
@@ -416,6 +425,14 @@ int mmkv_placement_verify(mmkv_table *t, const char *file, int writable, char **
         }
     }
     t->owns_files = 1;
+    if (writable && t->named_after_table && info.links > 1 && db_file && db_file[0]) {
+        /* A second name left by a RENAME whose commit a crash parted from the removal of the old
+        ** name: the database says which name is the table's, the others go. */
+        const char *base = strrchr(db_file, '/');
+        char *prefix = sqlite3_mprintf("%s-", base ? base + 1 : db_file);
+        if (prefix) mmkv_drop_other_names(t->data_path, prefix, MMKV_DATA_SUFFIX);
+        sqlite3_free(prefix);
+    }
     return SQLITE_OK;
 }
 

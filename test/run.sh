@@ -15,6 +15,7 @@
 BUILD=${BUILD:-build}
 PYTHON=${PYTHON:-/usr/bin/python3}
 export MMKV_EXTENSION="$(pwd)/$BUILD/mmkv"
+export MMKV_CRASH_EXTENSION="$(pwd)/$BUILD/failpoint/mmkv"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
