@@ -308,5 +308,78 @@ def test_reload_does_not_stall():
         db.close()
 
 
+# ---------------------------------------------------------------------------------------------
+# DDL interrupted part-way: all or nothing
+
+INTERRUPTED = {
+    "DROP": ("DROP TABLE kv", lambda tables: "kv" not in tables),
+    "CREATE": ("CREATE VIRTUAL TABLE kv3 USING mmkv", lambda tables: "kv3" in tables),
+    "RENAME": ("ALTER TABLE kv RENAME TO kv2", lambda tables: "kv2" in tables),
+}
+
+
+def test_interrupted_ddl():
+    """A progress handler stops the DDL statement after n virtual-machine steps, for every n
+    until it completes (SQLite's interrupt, which also stops the SQL mmkv runs inside it): the
+    statement then happened whole or not at all, the table that exists reads its rows, and the
+    files are those of the tables that exist; then the transaction commits or rolls back."""
+    for name, (ddl, happened) in INTERRUPTED.items():
+        for shape in ("autocommit", "BEGIN ... COMMIT", "BEGIN ... ROLLBACK"):
+            completed = False
+            for n in list(range(1, 120, 3)) + list(range(120, 6000, 41)):
+                label = "interrupted %s (%s) after %d steps" % (name, shape, n)
+                if CASE_FILTER and CASE_FILTER not in label:
+                    continue
+                with TempDir() as d:
+                    p = os.path.join(d, "app.db")
+                    db = connect(p)
+                    db.execute(MMKV.format(name="kv"))
+                    db.execute("INSERT INTO kv VALUES(1, 'one'), (2, 'two')")
+                    if shape != "autocommit":
+                        db.execute("BEGIN")
+                        db.execute("INSERT INTO kv VALUES(3, 'three')")
+                    steps = [0]
+
+                    def stop():
+                        steps[0] += 1
+                        return steps[0] >= n
+
+                    db.set_progress_handler(stop, 1)
+                    try:
+                        db.execute(ddl)
+                        completed = True
+                    except sqlite3.Error:
+                        pass
+                    db.set_progress_handler(None, 1)
+                    # An interrupt rolls back the whole transaction it happens in (SQLite's rule).
+                    committed = shape == "BEGIN ... COMMIT" and db.in_transaction
+                    if db.in_transaction:
+                        db.execute("COMMIT" if shape == "BEGIN ... COMMIT" else "ROLLBACK")
+                    db.execute("SELECT * FROM mmkv_pending").fetchall()
+                    tables = sorted(r[0] for r in db.execute(
+                        "SELECT name FROM sqlite_schema WHERE sql LIKE 'CREATE VIRTUAL%'"))
+                    rows = 3 if committed else 2
+                    ok = True
+                    for t in tables:
+                        want = 0 if t == "kv3" else rows
+                        got = db.execute("SELECT count(*) FROM %s" % t).fetchone()[0]
+                        ok = check_equal("%s: %s reads its rows" % (label, t), got, want) and ok
+                    files = sorted(f for f in os.listdir(d) if ".mmkv" in f)
+                    want = sorted(f for t in tables for f in ("app.db-%s.mmkv" % t,
+                                                             "app.db-%s.mmkv-index" % t))
+                    ok = check_equal("%s: the files are the tables'" % label, files, want) and ok
+                    db.close()
+                    db = connect(p)
+                    again = sorted(r[0] for r in db.execute(
+                        "SELECT name FROM sqlite_schema WHERE sql LIKE 'CREATE VIRTUAL%'"))
+                    ok = check_equal("%s: the same after a reopen" % label, again, tables) and ok
+                    db.close()
+                if completed:
+                    break
+            check("interrupted %s (%s): some run let the statement complete" % (name, shape),
+                  completed or CASE_FILTER)
+
+
 if __name__ == "__main__":
-    harness.main([test_ddl_matrix, test_schema_reloads, test_reload_does_not_stall])
+    harness.main([test_ddl_matrix, test_schema_reloads, test_reload_does_not_stall,
+                  test_interrupted_ddl])
