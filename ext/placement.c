@@ -2,6 +2,7 @@
 ** Where a table's files live, and whether they are its own. See placement.h.
 */
 #include "placement.h"
+#include "pending.h"
 #include "failpoint.h"
 
 #include <stdlib.h>
@@ -194,8 +195,15 @@ int mmkv_placement_claim(mmkv_connection *c, mmkv_table *self, const char *schem
         free(message);
         return set_error(err, rc == MMKV_NOTADB ? SQLITE_ERROR : mmkv_sqlite_rc(rc), m);
     }
-    for (mmkv_table *t = c->tables; t; t = t->next) {
+    for (mmkv_table *t = c->tables, *next; t; t = next) {
+        next = t->next;
         if (t == self || !t->data_path || !same_file(t->data_path, path)) continue;
+        if (t->status == MMKV_TABLE_LIVE && !mmkv_table_still_there(t) &&
+            mmkv_pending_discard_created(c, t)) {
+            /* Made by a CREATE a savepoint rolled back: its files are gone now. */
+            if (!exists(path)) return SQLITE_OK;
+            continue;
+        }
         if (t->status == MMKV_TABLE_DROPPED && t->owns_files) {
             /* Dropped earlier in this transaction: its file makes room, set aside until the
             ** transaction's outcome decides (pending.h). */

@@ -230,7 +230,7 @@ int mmkv_table_begin(mmkv_table *t, char **err)
 ** SQLite is about to commit: one commit for mmkv and native tables. */
 /* Whether the table is still in its database's schema (by its commit record, or for a table
 ** without one, by name): a CREATE rolled back by a savepoint leaves a table SQLite still calls. */
-static int still_there(mmkv_table *t)
+int mmkv_table_still_there(mmkv_table *t)
 {
     sqlite3 *db = t->connection->db;
     char *sql = t->owned ? sqlite3_mprintf("SELECT 1 FROM \"%w\".sqlite_schema WHERE type = "
@@ -250,7 +250,7 @@ static int still_there(mmkv_table *t)
 int mmkv_table_sync(mmkv_table *t, char **err)
 {
     if (t->status != MMKV_TABLE_LIVE || !t->conn || !mmkv_txn_active(t->conn)) return SQLITE_OK;
-    if (!still_there(t) && mmkv_pending_discard_created(t->connection, t)) return SQLITE_OK;
+    if (!mmkv_table_still_there(t) && mmkv_pending_discard_created(t->connection, t)) return SQLITE_OK;
     int rc = mmkv_txn_prepare(t->conn);
     if (rc != MMKV_OK) return mmkv_table_error(t, rc, err);
     if (!t->owned) return SQLITE_OK;

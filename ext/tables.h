@@ -76,6 +76,9 @@ void mmkv_table_ref(mmkv_table *t);
 void mmkv_table_unref(mmkv_table *t);
 /* Closes the tables nothing holds any more, once their transaction has ended. */
 void mmkv_tables_sweep(mmkv_connection *c);
+/* Whether the table is in its database's schema still (by its commit record, or by name for a
+** table without one): a CREATE rolled back by a savepoint SQLite did not tell it of is not. */
+int mmkv_table_still_there(mmkv_table *t);
 /* Makes the table unusable with this error (the message is copied). */
 void mmkv_table_break(mmkv_table *t, int rc, const char *message);
 /* Closes its engine connection (a transaction in it rolls back). */

@@ -369,9 +369,12 @@ static int mmkvCreate(sqlite3 *db, void *aux, int argc, const char *const *argv,
             rc = mmkv_record_create(&t->record, db, schema, name, options.owner_id, &state,
                                     displaced ? displaced->record.owner_id : 0, err);
     }
-    if (rc == SQLITE_OK) rc = mmkv_pending_create(c, t, displaced, displaced_path);
     if (rc == SQLITE_OK) rc = declare(db, name);
     if (rc == SQLITE_OK) rc = vtab_new(db, c, t, out);
+    if (rc == SQLITE_OK && (rc = mmkv_pending_create(c, t, displaced, displaced_path)) != SQLITE_OK) {
+        sqlite3_free(*out);
+        *out = NULL;
+    }
     if (rc != SQLITE_OK && t->status == MMKV_TABLE_LIVE) {
         /* Nothing of this CREATE may stay: its files go, a file it set aside comes back. */
         t->status = MMKV_TABLE_DISCARDED;

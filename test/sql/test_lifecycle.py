@@ -45,6 +45,9 @@ DDL = {
     "rename+drop": ["ALTER TABLE kv RENAME TO kv2", "DROP TABLE kv2"],
     "drop+rename-into": ["{create:kv3}", "INSERT INTO kv3 VALUES(31, 'c')", "DROP TABLE kv3",
                          "ALTER TABLE kv RENAME TO kv3", "INSERT INTO kv3 VALUES(32, 'd')"],
+    "create, rolled back to a savepoint, again": [
+        "SAVEPOINT z", "{create:kv3}", "INSERT INTO kv3 VALUES(33, 'e')", "ROLLBACK TO z",
+        "RELEASE z", "{create:kv3}", "INSERT INTO kv3 VALUES(34, 'f')"],
 }
 
 WRITE_BEFORE = ["INSERT INTO kv VALUES(10, 'before ddl')", "INSERT INTO log VALUES(10)"]
@@ -308,6 +311,29 @@ def test_reload_does_not_stall():
         db.close()
 
 
+def test_unjoined_transactions():
+    """DDL on an attached database in transactions that never write main, where mmkv settles
+    from the database instead of joining: the same CREATE rolled back to a savepoint and made
+    again, DROP and RENAME rolled back to a savepoint, all inside one transaction."""
+    cases = {
+        "CREATE rolled back to a savepoint, made again": [
+            "BEGIN", "SAVEPOINT z", "{create:kv3}", "INSERT INTO kv3 VALUES(1, 1)",
+            "ROLLBACK TO z", "{create:kv3}", "INSERT INTO kv3 VALUES(2, 2)", "COMMIT"],
+        "DROP rolled back to a savepoint": [
+            "BEGIN", "SAVEPOINT z", "DROP TABLE kv", "ROLLBACK TO z",
+            "INSERT INTO kv VALUES(5, 'five')", "COMMIT"],
+        "RENAME rolled back to a savepoint, renamed again": [
+            "BEGIN", "SAVEPOINT z", "ALTER TABLE kv RENAME TO kv2", "ROLLBACK TO z",
+            "ALTER TABLE kv RENAME TO kv3", "INSERT INTO kv3 VALUES(6, 'six')", "COMMIT"],
+    }
+    for journal in ("delete", "wal"):
+        for name, statements in cases.items():
+            label = "attached, main not written/%s/%s" % (journal, name)
+            if CASE_FILTER and CASE_FILTER not in label:
+                continue
+            run_scenario(label, statements, journal, "attached")
+
+
 # ---------------------------------------------------------------------------------------------
 # DDL interrupted part-way: all or nothing
 
@@ -382,4 +408,4 @@ def test_interrupted_ddl():
 
 if __name__ == "__main__":
     harness.main([test_ddl_matrix, test_schema_reloads, test_reload_does_not_stall,
-                  test_interrupted_ddl])
+                  test_unjoined_transactions, test_interrupted_ddl])
