@@ -300,6 +300,18 @@ static int parse_arguments(int argc, const char *const *argv, mmkv_args *args, c
     return SQLITE_OK;
 }
 
+/* Where t's files are (placement.h), and who decides what it has committed: its database's commit
+** record if it has a file. Returns the database's file name. */
+static const char *place(mmkv_table *t, sqlite3 *db, const mmkv_args *args)
+{
+    const char *db_file = sqlite3_db_filename(db, t->schema);
+    t->data_path = mmkv_placement_path(db_file, t->name, args->file, &t->temporary);
+    t->named_after_table = !args->file;
+    t->owned = db_file && db_file[0];
+    t->sync = args->sync;
+    return db_file;
+}
+
 /* Opens t's engine connection; the message of a failure goes to *err. */
 static int open_engine(mmkv_table *t, mmkv_open_options *options, char **err)
 {
@@ -339,12 +351,8 @@ static int mmkvCreate(sqlite3 *db, void *aux, int argc, const char *const *argv,
         mmkv_args_free(&args);
         return SQLITE_NOMEM;
     }
-    const char *db_file = sqlite3_db_filename(db, schema);
-    t->data_path = mmkv_placement_path(db_file, name, args.file, &t->temporary);
-    t->named_after_table = !args.file;
-    t->owned = db_file && db_file[0];
+    const char *db_file = place(t, db, &args);
     t->text_encoding = database_encoding(db);
-    t->sync = args.sync;
     mmkv_open_options options = {.sync = args.sync,
                                  .temporary = t->temporary,
                                  .text_encoding = t->text_encoding,
@@ -411,12 +419,8 @@ static int mmkvConnect(sqlite3 *db, void *aux, int argc, const char *const *argv
     if (t) {
         mmkv_table_ref(t);
     } else if ((t = mmkv_table_new(c, schema, name)) != NULL) {
-        const char *db_file = sqlite3_db_filename(db, schema);
-        t->data_path = mmkv_placement_path(db_file, name, args.file, &t->temporary);
-        t->named_after_table = !args.file;
-        t->owned = db_file && db_file[0];
+        place(t, db, &args);
         int writable = database_writable(db, schema);
-        t->sync = args.sync;
         mmkv_open_options options = {.sync = args.sync,
                                      .temporary = t->temporary,
                                      .must_exist = 1,
