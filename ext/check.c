@@ -68,7 +68,7 @@ int mmkv_check(mmkv_conn *conn, const mmkv_commit *committed)
         mmkv_datum key;
         mmkv_record_key(&record, &key);
         mmkv_record newest;
-        rc = mmkv_engine_newest(conn, &snapshot, &key, pos, &newest);
+        rc = mmkv_engine_newest(conn, &snapshot, &key, mmkv_key_hash(&key), pos, &newest);
         if (rc == MMKV_NOTFOUND)
             return problem(conn, "the index does not find its key (try 'rebuild-index')", pos);
         if (rc != MMKV_OK) return rc;

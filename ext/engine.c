@@ -77,13 +77,14 @@ static int match_key(void *ctx, uint64_t offset)
     return mmkv_key_equal(&key, p->key);
 }
 
-/* A TEXT key that reads as a number has a second slot, under that number's hash, so that a
-** lookup by the number finds it (mmkv_get_similar). Returns 1 and the hash if key has one. */
-static int shadow_hash(const mmkv_datum *key, uint64_t *hash)
+/* A TEXT key that reads as a number (in the file's text encoding) has a second slot, under that
+** number's hash, so that a lookup by the number finds it (mmkv_get_similar). Returns 1 and the
+** hash if key has one. */
+int mmkv_engine_second_hash(const mmkv_engine *e, const mmkv_datum *key, uint64_t *hash)
 {
     mmkv_datum number;
     uint64_t storage;
-    if (!mmkv_text_as_number(key, &number, &storage)) return 0;
+    if (!mmkv_text_as_number(key, e->log.text_encoding, &number, &storage)) return 0;
     *hash = mmkv_key_hash(&number) | MMKV_HASH_SECOND_SLOT;
     return 1;
 }
@@ -96,7 +97,7 @@ static int hash_of_record(void *ctx, uint64_t offset, int second_slot, uint64_t 
     if (rc <= 0) return rc < 0 ? -rc : MMKV_CORRUPT;
     mmkv_datum key;
     mmkv_record_key(&record, &key);
-    if (second_slot) return shadow_hash(&key, hash) ? MMKV_OK : MMKV_CORRUPT;
+    if (second_slot) return mmkv_engine_second_hash(p->engine, &key, hash) ? MMKV_OK : MMKV_CORRUPT;
     *hash = mmkv_key_hash(&key);
     return MMKV_OK;
 }
@@ -293,9 +294,9 @@ static int find_visible(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mm
 }
 
 int mmkv_engine_newest(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mmkv_datum *key,
-                       uint64_t verified, mmkv_record *record)
+                       uint64_t hash, uint64_t verified, mmkv_record *record)
 {
-    return find_version(conn, snapshot, key, mmkv_key_hash(key), verified, 1, record);
+    return find_version(conn, snapshot, key, hash, verified, 1, record);
 }
 
 static void row_from_record(const mmkv_record *record, mmkv_row *row)
@@ -324,7 +325,8 @@ static int match_number_like(void *ctx, uint64_t offset)
     mmkv_datum key, number;
     uint64_t storage;
     mmkv_record_key(&record, &key);
-    if (key.type == MMKV_TEXT && mmkv_text_as_number(&key, &number, &storage))
+    if (key.type == MMKV_TEXT &&
+        mmkv_text_as_number(&key, p->engine->log.text_encoding, &number, &storage))
         return mmkv_key_equal(&number, p->key);
     return mmkv_key_equal(&key, p->key);
 }
@@ -393,7 +395,10 @@ int mmkv_get_similar(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mmkv_
     const mmkv_datum *as_number = probe;
     if (probe->type == MMKV_TEXT || probe->type == MMKV_BLOB) {
         rc = collect_visible(conn, snapshot, probe, mmkv_key_hash(probe), match_key, &visible);
-        as_number = rc == MMKV_OK && mmkv_text_as_number(probe, &number, &storage) ? &number : NULL;
+        int encoding = conn->engine->log.text_encoding;
+        as_number = rc == MMKV_OK && mmkv_text_as_number(probe, encoding, &number, &storage)
+                        ? &number
+                        : NULL;
     }
     if (as_number) {
         /* Numbers equal to it, under their own slots; TEXT reading as it, under second slots. */
@@ -550,7 +555,7 @@ static int remember_written(mmkv_txn *txn, uint64_t offset)
 static int store_shadow(mmkv_engine *e, const mmkv_datum *key, uint64_t offset, char **errmsg)
 {
     uint64_t hash;
-    if (!shadow_hash(key, &hash)) return MMKV_OK;
+    if (!mmkv_engine_second_hash(e, key, &hash)) return MMKV_OK;
     key_probe p = {e, key, UINT64_MAX, 0, 0, 0};
     mmkv_index_ops ops = probe_ops(&p);
     mmkv_slot_ref ref;
@@ -693,7 +698,7 @@ static int replay_log(mmkv_engine *e, uint64_t from, uint64_t to, int rebuilding
         uint64_t second;
         if (rebuilding) {
             rc = mmkv_index_rebuild_add(&e->index, hash, &ops, pos);
-            if (rc == MMKV_OK && shadow_hash(&key, &second))
+            if (rc == MMKV_OK && mmkv_engine_second_hash(e, &key, &second))
                 rc = mmkv_index_rebuild_add(&e->index, second, &ops, pos);
         } else {
             mmkv_slot_ref ref;

@@ -194,14 +194,19 @@ int mmkv_rebuild(mmkv_conn *conn);
 /* Keys: equality and hashing with SQLite's rules (1 = 1.0, '1' <> 1, BINARY collation). */
 int mmkv_key_equal(const mmkv_datum *a, const mmkv_datum *b);
 uint64_t mmkv_key_hash(const mmkv_datum *key);
-/* If SQLite's NUMERIC affinity would turn this TEXT into a number, stores the number in *number
-** (its bytes in *storage) and returns 1. */
-int mmkv_text_as_number(const mmkv_datum *text, mmkv_datum *number, uint64_t *storage);
+/* If SQLite's NUMERIC affinity would turn this TEXT, in the given encoding (a file's:
+** MMKV_TEXT_UTF8, _UTF16LE or _UTF16BE), into a number, stores the number in *number (its bytes in
+** *storage) and returns 1; else 0. Only ASCII can form a number: in UTF-16, code units below 0x80
+** (a stray last byte is ignored, as SQLite ignores it). Any thread. */
+int mmkv_text_as_number(const mmkv_datum *text, int encoding, mmkv_datum *number,
+                        uint64_t *storage);
 
 /* The rows whose key SQLite could find equal to probe once it applies a column affinity to the
 ** stored key (a comparison with a typed column or a CAST): the key equal to probe, TEXT keys that
-** read as probe's number, and numbers that probe's text reads as. A superset: the caller keeps
-** SQLite's own comparison. emit returns a result code; anything but MMKV_OK stops the walk. */
+** read as probe's number, and numbers that probe's text reads as (TEXT, probe's too, is in the
+** file's encoding, mmkv_text_encoding, and read by mmkv_text_as_number). A superset: the caller
+** keeps SQLite's own comparison. emit returns a result code; anything but MMKV_OK stops the
+** walk. */
 typedef int (*mmkv_emit_fn)(void *ctx, const mmkv_row *row);
 int mmkv_get_similar(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mmkv_datum *probe,
                      mmkv_emit_fn emit, void *ctx);
