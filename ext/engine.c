@@ -975,6 +975,34 @@ static int check_owner(mmkv_engine *e, const mmkv_open_options *options, char **
                       known ? "')" : "");
 }
 
+static const char *encoding_name(int encoding)
+{
+    return encoding == MMKV_TEXT_UTF16LE   ? "UTF-16le"
+           : encoding == MMKV_TEXT_UTF16BE ? "UTF-16be"
+                                           : "UTF-8";
+}
+
+/* TEXT is kept byte for byte in the file's encoding, which its creator chose. Text converted to
+** another encoding would not come back byte for byte (lone surrogates, noncharacters and bytes
+** that are not UTF-8 turn into U+FFFD), and distinct keys would collide: a file is used only in
+** its own encoding (an in-memory database of another encoding sharing it, or a copy of a database
+** reloaded in another one, is refused). */
+static int check_encoding(const mmkv_engine *e, const mmkv_open_options *options, char **errmsg)
+{
+    int want = options->text_encoding ? options->text_encoding : MMKV_TEXT_UTF8;
+    if (e->log.text_encoding == want) return MMKV_OK;
+    const char *have = encoding_name(e->log.text_encoding);
+    return mmkv_error(errmsg, MMKV_ERROR,
+                      "mmkv: data file '%s' holds %s text%s and cannot be used from a %s "
+                      "database (text would not round-trip between the two encodings): use it "
+                      "from a %s database",
+                      e->data_path, have,
+                      e->log.format_version < 2 ? " (a file of mmkv 0.1, which kept all text in "
+                                                  "UTF-8)"
+                                                : "",
+                      encoding_name(want), have);
+}
+
 /* Opens the data file (creating it if absent and asked to), checks whose it is, then opens the
 ** index and brings it up to date. Nothing is written before the owner is checked. */
 static int engine_open_files(mmkv_engine *e, const mmkv_open_options *options, char **errmsg)
@@ -1007,6 +1035,7 @@ static int engine_open_files(mmkv_engine *e, const mmkv_open_options *options, c
     rc = mmkv_log_open(&e->log, fd, e->data_path, errmsg);
     e->log.map.fd = fd;
     if (rc == MMKV_OK && !e->temporary) rc = check_owner(e, options, errmsg);
+    if (rc == MMKV_OK) rc = check_encoding(e, options, errmsg);
     if (rc != MMKV_OK) return rc;
 
     int index_fd;
@@ -1119,6 +1148,7 @@ int mmkv_open(const char *data_path, const mmkv_open_options *options, mmkv_conn
         e = registry_find(data_path);
         if (e) {
             rc = check_owner(e, options, errmsg);
+            if (rc == MMKV_OK) rc = check_encoding(e, options, errmsg);
             if (rc == MMKV_OK) e->refcount++;
             else
                 e = NULL;

@@ -75,7 +75,8 @@ typedef struct mmkv_open_options {
     int temporary;     /* create an anonymous file set that vanishes at close */
     uint64_t owner_id; /* the database that decides what is committed; 0: the files decide */
     int must_exist;    /* MMKV_CANTOPEN if the data file is absent, rather than making it */
-    int text_encoding; /* of a new file's text: MMKV_TEXT_UTF8 (also 0), _UTF16LE or _UTF16BE */
+    int text_encoding; /* of the caller's text: MMKV_TEXT_UTF8 (also 0), _UTF16LE or _UTF16BE;
+                       ** a new file takes it, a file holding another is refused (MMKV_ERROR) */
     const char *home;  /* a new owned file's database path, for its home note (format.h) */
     const char *user;  /* who opens it, named in other users' messages ("main.kv of 'x.db'") */
 } mmkv_open_options;

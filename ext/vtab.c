@@ -413,6 +413,7 @@ static int mmkvConnect(sqlite3 *db, void *aux, int argc, const char *const *argv
         t->owned = db_file && db_file[0];
         int writable = database_writable(db, schema);
         mmkv_open_options options = {.sync = args.sync, .temporary = t->temporary, .must_exist = 1};
+        options.text_encoding = database_encoding(db);
         char *why = NULL;
         int failed = t->temporary || t->data_path ? SQLITE_OK : SQLITE_NOMEM;
         if (failed == SQLITE_OK && t->owned) {
