@@ -150,7 +150,9 @@ static inline __attribute__((always_inline)) unsigned unit_at(const unsigned cha
 /* Reads SQLite's numeric literal grammar over n code units, with white space around it as NUMERIC
 ** affinity allows: [sign] (digits [. digits] | . digits) [e [sign] digits]. Sets *is_integer when
 ** there is no point and no exponent. Returns the length of the literal in units without the white
-** space (its first unit in *start), or 0. */
+** space (its first unit in *start), or 0. The text may end at a NUL: newer SQLite (3.54) reads
+** text as a C string, so '1' NUL 'x' is 1 there, where older ones (3.40) read no number; taking
+** the number gives the superset that the callers need (their SQLite compares each row itself). */
 static inline __attribute__((always_inline)) size_t
 numeric_literal(const unsigned char *p, size_t n, int encoding, size_t *start, int *is_integer)
 {
@@ -181,7 +183,7 @@ numeric_literal(const unsigned char *p, size_t n, int encoding, size_t *start, i
     size_t end = i;
     while (i < n && is_sql_space(U(i)))
         i++;
-    return i == n ? end - *start : 0;
+    return i == n || U(i) == 0 ? end - *start : 0;
 #undef U
 }
 

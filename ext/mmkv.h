@@ -198,7 +198,9 @@ uint64_t mmkv_key_hash(const mmkv_datum *key);
 /* If SQLite's NUMERIC affinity would turn this TEXT, in the given encoding (a file's:
 ** MMKV_TEXT_UTF8, _UTF16LE or _UTF16BE), into a number, stores the number in *number (its bytes in
 ** *storage) and returns 1; else 0. Only ASCII can form a number: in UTF-16, code units below 0x80
-** (a stray last byte is ignored, as SQLite ignores it). Any thread. */
+** (a stray last byte is ignored, as SQLite ignores it). A NUL ends the text, as in newer SQLite,
+** which reads '1' NUL 'x' as 1 where older SQLite reads no number: a superset of both, for
+** callers that let SQLite compare. Any thread. */
 int mmkv_text_as_number(const mmkv_datum *text, int encoding, mmkv_datum *number,
                         uint64_t *storage);
 

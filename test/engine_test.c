@@ -1442,7 +1442,9 @@ static void test_text_as_number(void)
     } cases[] = {
         {"1", 1, MMKV_TEXT_UTF8, "int", 1},
         {" 1.5 ", 5, MMKV_TEXT_UTF8, "real", 1.5},
-        {"1\0", 2, MMKV_TEXT_UTF8, "none", 0}, /* a NUL is no white space */
+        {"1\0x", 3, MMKV_TEXT_UTF8, "int", 1}, /* a NUL ends it (SQLite 3.54; 3.40: none) */
+        {"1\x01", 2, MMKV_TEXT_UTF8, "none", 0},
+        {"\x00\x31", 2, MMKV_TEXT_UTF8, "none", 0},
         {"10", 2, MMKV_TEXT_UTF8, "int", 10},
         {"1\0", 2, MMKV_TEXT_UTF16LE, "int", 1},
         {"\0001", 2, MMKV_TEXT_UTF16BE, "int", 1},
@@ -1452,7 +1454,7 @@ static void test_text_as_number(void)
         {"\x20\x00\x31\x00\x2e\x00\x35\x00\x65\x00\x31\x00\x20\x00", 14, MMKV_TEXT_UTF16LE, "real",
          15},                                                  /* " 1.5e1 " */
         {"\x2d\x00\x37\x00", 4, MMKV_TEXT_UTF16LE, "int", -7}, /* "-7" */
-        {"7\0\0\0", 4, MMKV_TEXT_UTF16LE, "none", 0},          /* a NUL after the digit */
+        {"7\0\0\0x\0", 6, MMKV_TEXT_UTF16LE, "int", 7},        /* a NUL ends it */
         {"7\x01", 2, MMKV_TEXT_UTF16LE, "none", 0},            /* U+0137 */
         {"7\0\xa0\0", 4, MMKV_TEXT_UTF16LE, "none", 0},        /* U+00A0 is no SQL white space */
         {"\x00\xd8\x31\x00", 4, MMKV_TEXT_UTF16LE, "none", 0}, /* a lone surrogate, then 1 */
