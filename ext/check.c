@@ -5,7 +5,8 @@
 ** The check walks the log up to the committed tail (a writer's: up to its own last record) and
 ** holds every record to what readers rely on: a well-formed header and a checksum that holds, a
 ** previous version that is a version of the same key, and an index that leads to each key's newest
-** version (never an older one, which would return stale rows). It then compares the live and
+** version (never an older one, which would return stale rows), by the key's own slot and, for TEXT
+** that reads as a number, by its second slot too. It then compares the live and
 ** record counts with those the commit recorded.
 */
 #include "engine.h"
@@ -32,6 +33,23 @@ static int check_prev(mmkv_conn *conn, const mmkv_record *record, uint64_t limit
     if (!mmkv_key_equal(&a, &b))
         return problem(conn, "its previous version belongs to another key", record->offset);
     return MMKV_OK;
+}
+
+/* A TEXT key that reads as a number (in the file's encoding) is found by that number too: its
+** second slot must lead to its newest version, at pos, as its own slot does. */
+static int check_second_slot(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mmkv_datum *key,
+                             uint64_t pos)
+{
+    uint64_t hash;
+    if (!mmkv_engine_second_hash(conn->engine, key, &hash)) return MMKV_OK;
+    mmkv_record newest;
+    int rc = mmkv_engine_newest(conn, snapshot, key, hash, pos, &newest);
+    if (rc == MMKV_NOTFOUND || (rc == MMKV_OK && newest.offset != pos))
+        return problem(conn,
+                       "the index does not find its key by the number it reads as "
+                       "(try 'rebuild-index')",
+                       pos);
+    return rc;
 }
 
 int mmkv_check(mmkv_conn *conn, const mmkv_commit *committed)
@@ -69,7 +87,7 @@ int mmkv_check(mmkv_conn *conn, const mmkv_commit *committed)
         mmkv_datum key;
         mmkv_record_key(&record, &key);
         mmkv_record newest;
-        rc = mmkv_engine_newest(conn, &snapshot, &key, pos, &newest);
+        rc = mmkv_engine_newest(conn, &snapshot, &key, mmkv_key_hash(&key), pos, &newest);
         if (rc == MMKV_NOTFOUND)
             return problem(conn, "the index does not find its key (try 'rebuild-index')", pos);
         if (rc != MMKV_OK) return rc;
@@ -78,6 +96,8 @@ int mmkv_check(mmkv_conn *conn, const mmkv_commit *committed)
                            "the index leads to an older version of its key "
                            "(try 'rebuild-index')",
                            pos);
+        if (newest.offset == pos && (rc = check_second_slot(conn, &snapshot, &key, pos)) != MMKV_OK)
+            return rc;
         records++;
         if (newest.offset == pos && !(record.header.flags & MMKV_RECORD_TOMBSTONE)) live++;
         pos += mmkv_record_size(record.header.key_len, record.header.value_len);

@@ -15,6 +15,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,15 @@
 #include <unistd.h>
 
 #define READ_RETRIES 1000 /* lookups that met a version being rewritten, before giving up */
+#define READ_RETRIES_BEFORE_YIELD 16 /* then a retrying reader lets the writer run */
+
+/* A reader that keeps meeting a version being rewritten (a writer rolling back and writing again
+** where it reads) gives the writer the processor, rather than spend its retries while the writer
+** waits for it: on a loaded machine they share a core. */
+static void retry_pause(int attempt)
+{
+    if (attempt >= READ_RETRIES_BEFORE_YIELD) sched_yield();
+}
 #define INDEX_SUFFIX "-index"
 
 static pthread_mutex_t registry_mutex = PTHREAD_MUTEX_INITIALIZER;
@@ -79,13 +89,14 @@ static int match_key(void *ctx, uint64_t offset)
     return mmkv_key_equal(&key, p->key);
 }
 
-/* A TEXT key that reads as a number has a second slot, under that number's hash, so that a
-** lookup by the number finds it (mmkv_get_similar). Returns 1 and the hash if key has one. */
-static int shadow_hash(const mmkv_datum *key, uint64_t *hash)
+/* A TEXT key that reads as a number (in the file's text encoding) has a second slot, under that
+** number's hash, so that a lookup by the number finds it (mmkv_get_similar). Returns 1 and the
+** hash if key has one. */
+int mmkv_engine_second_hash(const mmkv_engine *e, const mmkv_datum *key, uint64_t *hash)
 {
     mmkv_datum number;
     uint64_t storage;
-    if (!mmkv_text_as_number(key, &number, &storage)) return 0;
+    if (!mmkv_text_as_number(key, e->log.text_encoding, &number, &storage)) return 0;
     *hash = mmkv_key_hash(&number) | MMKV_HASH_SECOND_SLOT;
     return 1;
 }
@@ -98,7 +109,7 @@ static int hash_of_record(void *ctx, uint64_t offset, int second_slot, uint64_t 
     if (rc <= 0) return rc < 0 ? -rc : MMKV_CORRUPT;
     mmkv_datum key;
     mmkv_record_key(&record, &key);
-    if (second_slot) return shadow_hash(&key, hash) ? MMKV_OK : MMKV_CORRUPT;
+    if (second_slot) return mmkv_engine_second_hash(p->engine, &key, hash) ? MMKV_OK : MMKV_CORRUPT;
     *hash = mmkv_key_hash(&key);
     return MMKV_OK;
 }
@@ -296,7 +307,7 @@ static int find_version(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mm
     mmkv_engine *e = conn->engine;
     key_probe p = {e, key, snapshot->tail, verified, 0, 0};
     mmkv_index_ops ops = probe_ops(&p);
-    for (int attempt = 0; attempt < READ_RETRIES; attempt++) {
+    for (int attempt = 0; attempt < READ_RETRIES; retry_pause(attempt++)) {
         p.unstable = 0;
         uint64_t offset;
         int rc = mmkv_index_find(&e->index, hash, &ops, &offset);
@@ -319,9 +330,9 @@ static int find_visible(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mm
 }
 
 int mmkv_engine_newest(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mmkv_datum *key,
-                       uint64_t verified, mmkv_record *record)
+                       uint64_t hash, uint64_t verified, mmkv_record *record)
 {
-    return find_version(conn, snapshot, key, mmkv_key_hash(key), verified, 1, record);
+    return find_version(conn, snapshot, key, hash, verified, 1, record);
 }
 
 static void row_from_record(const mmkv_record *record, mmkv_row *row)
@@ -351,7 +362,8 @@ static int match_number_like(void *ctx, uint64_t offset)
     mmkv_datum key, number;
     uint64_t storage;
     mmkv_record_key(&record, &key);
-    if (key.type == MMKV_TEXT && mmkv_text_as_number(&key, &number, &storage))
+    if (key.type == MMKV_TEXT &&
+        mmkv_text_as_number(&key, p->engine->log.text_encoding, &number, &storage))
         return mmkv_key_equal(&number, p->key);
     return mmkv_key_equal(&key, p->key);
 }
@@ -368,7 +380,7 @@ static int collect_visible(mmkv_conn *conn, const mmkv_snapshot *snapshot, const
     mmkv_offsets_init(&newest);
     size_t kept = visible->count;
     int rc = MMKV_BUSY;
-    for (int attempt = 0; attempt < READ_RETRIES && rc == MMKV_BUSY; attempt++) {
+    for (int attempt = 0; attempt < READ_RETRIES && rc == MMKV_BUSY; retry_pause(attempt++)) {
         p.unstable = 0;
         visible->count = kept;
         rc = mmkv_index_find_all(&e->index, hash, &ops, &newest);
@@ -421,7 +433,10 @@ int mmkv_get_similar(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mmkv_
     const mmkv_datum *as_number = probe;
     if (probe->type == MMKV_TEXT || probe->type == MMKV_BLOB) {
         rc = collect_visible(conn, snapshot, probe, mmkv_key_hash(probe), match_key, &visible);
-        as_number = rc == MMKV_OK && mmkv_text_as_number(probe, &number, &storage) ? &number : NULL;
+        int encoding = conn->engine->log.text_encoding;
+        as_number = rc == MMKV_OK && mmkv_text_as_number(probe, encoding, &number, &storage)
+                        ? &number
+                        : NULL;
     }
     if (as_number) {
         /* Numbers equal to it, under their own slots; TEXT reading as it, under second slots. */
@@ -579,7 +594,7 @@ static int remember_written(mmkv_txn *txn, uint64_t offset)
 static int store_shadow(mmkv_engine *e, const mmkv_datum *key, uint64_t offset, char **errmsg)
 {
     uint64_t hash;
-    if (!shadow_hash(key, &hash)) return MMKV_OK;
+    if (!mmkv_engine_second_hash(e, key, &hash)) return MMKV_OK;
     key_probe p = {e, key, UINT64_MAX, 0, 0, 0};
     mmkv_index_ops ops = probe_ops(&p);
     mmkv_slot_ref ref;
@@ -724,7 +739,7 @@ static int replay_log(mmkv_engine *e, uint64_t from, uint64_t to, int rebuilding
         uint64_t second;
         if (rebuilding) {
             rc = mmkv_index_rebuild_add(&e->index, hash, &ops, pos);
-            if (rc == MMKV_OK && shadow_hash(&key, &second))
+            if (rc == MMKV_OK && mmkv_engine_second_hash(e, &key, &second))
                 rc = mmkv_index_rebuild_add(&e->index, second, &ops, pos);
         } else {
             mmkv_slot_ref ref;
@@ -1001,6 +1016,32 @@ static int check_owner(mmkv_engine *e, const mmkv_open_options *options, char **
                       known ? "')" : "");
 }
 
+static const char *encoding_name(int encoding)
+{
+    return encoding == MMKV_TEXT_UTF16LE   ? "UTF-16le"
+           : encoding == MMKV_TEXT_UTF16BE ? "UTF-16be"
+                                           : "UTF-8";
+}
+
+/* TEXT is kept byte for byte in the file's encoding, which its creator chose. Text converted to
+** another encoding would not come back byte for byte (lone surrogates, noncharacters and bytes
+** that are not UTF-8 turn into U+FFFD), and distinct keys would collide: a file is used only in
+** its own encoding (an in-memory database of another encoding sharing it, or a copy of a database
+** reloaded in another one, is refused). A file of mmkv 0.1 (format version 1) kept all text in
+** UTF-8 whatever its database's encoding, and is still used so, SQLite converting at the edge as
+** it did then. */
+static int check_encoding(const mmkv_engine *e, const mmkv_open_options *options, char **errmsg)
+{
+    int want = options->text_encoding ? options->text_encoding : MMKV_TEXT_UTF8;
+    if (e->log.text_encoding == want || e->log.format_version < 2) return MMKV_OK;
+    const char *have = encoding_name(e->log.text_encoding);
+    return mmkv_error(errmsg, MMKV_ERROR,
+                      "mmkv: data file '%s' holds %s text and cannot be used from a %s database "
+                      "(text would not round-trip between the two encodings): use it from a %s "
+                      "database",
+                      e->data_path, have, encoding_name(want), have);
+}
+
 /*
 ** READ-ONLY. A read-only engine (a read-only database, PRAGMA query_only, or files the user cannot
 ** write) opens its files O_RDONLY, maps them PROT_READ and writes nothing, ever. It uses the index
@@ -1035,6 +1076,7 @@ static int open_readonly(mmkv_engine *e, int fd, const mmkv_open_options *option
     int rc = mmkv_log_open(&e->log, fd, e->data_path, 0, errmsg);
     e->log.map.fd = fd;
     if (rc == MMKV_OK && !e->temporary) rc = check_owner(e, options, errmsg);
+    if (rc == MMKV_OK) rc = check_encoding(e, options, errmsg);
     if (rc != MMKV_OK) return rc;
     mmkv_meta meta;
     int slot;
@@ -1101,6 +1143,7 @@ static int engine_open_files(mmkv_engine *e, const mmkv_open_options *options, c
     rc = mmkv_log_open(&e->log, fd, e->data_path, 1, errmsg);
     e->log.map.fd = fd;
     if (rc == MMKV_OK && !e->temporary) rc = check_owner(e, options, errmsg);
+    if (rc == MMKV_OK) rc = check_encoding(e, options, errmsg);
     if (rc != MMKV_OK) return rc;
 
     int index_fd;
@@ -1214,6 +1257,7 @@ int mmkv_open(const char *data_path, const mmkv_open_options *options, mmkv_conn
         e = registry_find(data_path, options->readonly);
         if (e) {
             rc = check_owner(e, options, errmsg);
+            if (rc == MMKV_OK) rc = check_encoding(e, options, errmsg);
             if (rc == MMKV_OK) e->refcount++;
             else
                 e = NULL;
@@ -1334,6 +1378,15 @@ const char *mmkv_errmsg(mmkv_conn *conn)
 const char *mmkv_data_path(mmkv_conn *conn)
 {
     return conn->engine->data_path;
+}
+
+int mmkv_sole_user(mmkv_conn *conn)
+{
+    mmkv_engine *e = conn->engine;
+    pthread_mutex_lock(&registry_mutex);
+    int alone = e->refcount == 1 && !mmkv_lock_held_elsewhere(e->log.map.fd, MMKV_LOCK_OPEN);
+    pthread_mutex_unlock(&registry_mutex);
+    return alone;
 }
 
 int mmkv_readonly(mmkv_conn *conn)

@@ -97,8 +97,12 @@ int mmkv_engine_corrupt_record(char **errmsg, mmkv_engine *engine, uint64_t offs
 ** log short of it, or padded it up to it, when the meta slot's state is what the log holds. */
 void mmkv_engine_effective(mmkv_engine *engine, const mmkv_commit *recorded,
                            mmkv_commit *effective);
-/* The newest version of key in snapshot, a tombstone included: OK, or NOTFOUND if it has none. */
+/* The newest version of key in snapshot, a tombstone included, found through its slot filed under
+** hash (its own, mmkv_key_hash, or its second): OK, or NOTFOUND if that slot leads to none. */
 int mmkv_engine_newest(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mmkv_datum *key,
-                       uint64_t verified, mmkv_record *record);
+                       uint64_t hash, uint64_t verified, mmkv_record *record);
+/* The hash of key's second slot (format.h): 1 if it has one, a TEXT key that reads as a number in
+** the file's text encoding. */
+int mmkv_engine_second_hash(const mmkv_engine *engine, const mmkv_datum *key, uint64_t *hash);
 
 #endif

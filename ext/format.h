@@ -27,9 +27,10 @@
 ** the next multiple of 8. A transaction's records are contiguous, carry its txid, and the last one
 ** is flagged MMKV_RECORD_TXN_END. An update appends a new version whose prev_offset names the
 ** version before it; a delete appends a tombstone (flag MMKV_RECORD_TOMBSTONE, no value). INTEGER
-** and REAL keys and values are stored as 8 bytes (int64 / IEEE double); TEXT as UTF-8; NULL has no
-** bytes, TEXT in the text encoding the file header names (the encoding of the database that
-** created the file: UTF-8, UTF-16le or UTF-16be, so that text round-trips byte for byte).
+** and REAL keys and values are stored as 8 bytes (int64 / IEEE double); NULL has no bytes; TEXT is
+** in the text encoding the file header names (the encoding of the database that created the file:
+** UTF-8, UTF-16le or UTF-16be, so that text round-trips byte for byte), and is only read or written
+** in it. A second slot (below) is filed for TEXT that reads as a number in that encoding.
 **
 ** HOME. A file a database owns records which database that is (the home note: its owner id and
 ** the database file's path), so that a copy of the database that names the same file (an absolute

@@ -122,62 +122,91 @@ int mmkv_key_equal(const mmkv_datum *a, const mmkv_datum *b)
            (a->len == 0 || memcmp(a->bytes, b->bytes, a->len) == 0);
 }
 
-static int is_sql_space(unsigned char c)
+static int is_sql_space(unsigned c)
 {
     return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r';
 }
 
-static int is_digit(unsigned char c)
+static int is_digit(unsigned c)
 {
     return c >= '0' && c <= '9';
 }
 
-/* Reads SQLite's numeric literal grammar, with white space around it as NUMERIC affinity allows:
-** [sign] (digits [. digits] | . digits) [e [sign] digits]. Sets *is_integer when there is no point
-** and no exponent. Returns the length of the literal without the white space, or 0. */
-static size_t numeric_literal(const unsigned char *p, size_t n, size_t *start, int *is_integer)
+#define NOT_ASCII 0x100u /* a UTF-16 code unit above 0xff: never part of a number */
+
+/* The i-th code unit of text in encoding: a byte of UTF-8, or a UTF-16 unit. Only ASCII can form a
+** number (SQLite's sqlite3AtoF reads UTF-16 by its low bytes while the high bytes are zero), so a
+** UTF-16 unit with a high byte reads as NOT_ASCII, and one from 0x80 to 0xff, like a UTF-8 byte
+** of that value, as no character of the grammar. Inlined with a constant encoding, so that the
+** UTF-8 loop reads bytes and nothing more. */
+static inline __attribute__((always_inline)) unsigned unit_at(const unsigned char *p, size_t i,
+                                                              int encoding)
 {
+    if (encoding == MMKV_TEXT_UTF16LE) return p[2 * i + 1] ? NOT_ASCII : p[2 * i];
+    if (encoding == MMKV_TEXT_UTF16BE) return p[2 * i] ? NOT_ASCII : p[2 * i + 1];
+    return p[i];
+}
+
+/* Reads SQLite's numeric literal grammar over n code units, with white space around it as NUMERIC
+** affinity allows: [sign] (digits [. digits] | . digits) [e [sign] digits]. Sets *is_integer when
+** there is no point and no exponent. Returns the length of the literal in units without the white
+** space (its first unit in *start), or 0. The text may end at a NUL: newer SQLite (3.54) reads
+** text as a C string, so '1' NUL 'x' is 1 there, where older ones (3.40) read no number; taking
+** the number gives the superset that the callers need (their SQLite compares each row itself). */
+static inline __attribute__((always_inline)) size_t
+numeric_literal(const unsigned char *p, size_t n, int encoding, size_t *start, int *is_integer)
+{
+#define U(i) unit_at(p, (i), encoding)
     size_t i = 0, digits = 0;
-    while (i < n && is_sql_space(p[i]))
+    while (i < n && is_sql_space(U(i)))
         i++;
     *start = i;
     *is_integer = 1;
-    if (i < n && (p[i] == '+' || p[i] == '-')) i++;
-    while (i < n && is_digit(p[i]))
+    if (i < n && (U(i) == '+' || U(i) == '-')) i++;
+    while (i < n && is_digit(U(i)))
         i++, digits++;
-    if (i < n && p[i] == '.') {
+    if (i < n && U(i) == '.') {
         *is_integer = 0;
-        for (i++; i < n && is_digit(p[i]); i++)
+        for (i++; i < n && is_digit(U(i)); i++)
             digits++;
     }
     if (!digits) return 0;
-    if (i < n && (p[i] == 'e' || p[i] == 'E')) {
+    if (i < n && (U(i) == 'e' || U(i) == 'E')) {
         size_t e = i + 1, exponent_digits = 0;
-        if (e < n && (p[e] == '+' || p[e] == '-')) e++;
-        while (e < n && is_digit(p[e]))
+        if (e < n && (U(e) == '+' || U(e) == '-')) e++;
+        while (e < n && is_digit(U(e)))
             e++, exponent_digits++;
         if (!exponent_digits) return 0;
         *is_integer = 0;
         i = e;
     }
     size_t end = i;
-    while (i < n && is_sql_space(p[i]))
+    while (i < n && is_sql_space(U(i)))
         i++;
-    return i == n ? end - *start : 0;
+    return i == n || U(i) == 0 ? end - *start : 0;
+#undef U
 }
 
-int mmkv_text_as_number(const mmkv_datum *text, mmkv_datum *number, uint64_t *storage)
+int mmkv_text_as_number(const mmkv_datum *text, int encoding, mmkv_datum *number, uint64_t *storage)
 {
     if (text->type != MMKV_TEXT || text->len == 0) return 0;
     const unsigned char *p = text->bytes;
-    size_t start;
+    size_t start, len;
     int is_integer;
-    size_t len = numeric_literal(p, text->len, &start, &is_integer);
+    if (encoding == MMKV_TEXT_UTF16LE || encoding == MMKV_TEXT_UTF16BE) {
+        /* A stray last byte (never from SQLite) is left out, as sqlite3AtoF leaves it. */
+        len = encoding == MMKV_TEXT_UTF16LE
+                  ? numeric_literal(p, text->len / 2, MMKV_TEXT_UTF16LE, &start, &is_integer)
+                  : numeric_literal(p, text->len / 2, MMKV_TEXT_UTF16BE, &start, &is_integer);
+    } else {
+        len = numeric_literal(p, text->len, MMKV_TEXT_UTF8, &start, &is_integer);
+    }
     if (!len) return 0;
     char small[64];
     char *buf = len < sizeof small ? small : malloc(len + 1);
     if (!buf) return 0;
-    memcpy(buf, p + start, len);
+    for (size_t i = 0; i < len; i++) /* every unit of the literal is ASCII */
+        buf[i] = (char)unit_at(p, start + i, encoding);
     buf[len] = 0;
     int done = 0;
     if (is_integer) {

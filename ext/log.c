@@ -160,6 +160,12 @@ int mmkv_log_open(mmkv_log *log, int fd, const char *path, int writable, char **
                           "mmkv: '%s' is damaged: its file header fails its checksum", path);
     if (header.page_size != MMKV_PAGE_SIZE || size < MMKV_DATA_START)
         return mmkv_error(errmsg, MMKV_CORRUPT, "mmkv: '%s' is damaged: file is truncated", path);
+    /* Checksummed, so written so: by a build that knows an encoding this one does not. */
+    if (header.text_encoding > MMKV_TEXT_UTF16BE)
+        return mmkv_error(errmsg, MMKV_NOTADB,
+                          "mmkv: '%s' names text encoding %u; this build knows 1 to %u (UTF-8, "
+                          "UTF-16le, UTF-16be)",
+                          path, header.text_encoding, MMKV_TEXT_UTF16BE);
     log->file_id = header.file_id;
     log->owner_id = header.owner_id;
     log->format_version = header.format_version;

@@ -84,7 +84,8 @@ typedef struct mmkv_open_options {
     int temporary;     /* create an anonymous file set that vanishes at close */
     uint64_t owner_id; /* the database that decides what is committed; 0: the files decide */
     int must_exist;    /* MMKV_CANTOPEN if the data file is absent, rather than making it */
-    int text_encoding; /* of a new file's text: MMKV_TEXT_UTF8 (also 0), _UTF16LE or _UTF16BE */
+    int text_encoding; /* of the caller's text: MMKV_TEXT_UTF8 (also 0), _UTF16LE or _UTF16BE;
+                       ** a new file takes it, a file holding another is refused (MMKV_ERROR) */
     const char *home;  /* a new owned file's database path, for its home note (format.h) */
     const char *user;  /* who opens it, named in other users' messages ("main.kv of 'x.db'") */
     int readonly;      /* open for reading only: nothing is ever written to the files */
@@ -154,6 +155,8 @@ int mmkv_drop_other_names(const char *data_path, const char *prefix, const char 
 int mmkv_rename_files(const char *old_data_path, const char *new_data_path, char **errmsg);
 const char *mmkv_errmsg(mmkv_conn *conn);
 const char *mmkv_data_path(mmkv_conn *conn);
+/* 1 if no other connection of this process and no other process has the file open. */
+int mmkv_sole_user(mmkv_conn *conn);
 /* 1 if the connection is read-only: asked to be, or the data file cannot be written (then
 ** every write fails with MMKV_READONLY). */
 int mmkv_readonly(mmkv_conn *conn);
@@ -206,14 +209,21 @@ int mmkv_rebuild(mmkv_conn *conn);
 /* Keys: equality and hashing with SQLite's rules (1 = 1.0, '1' <> 1, BINARY collation). */
 int mmkv_key_equal(const mmkv_datum *a, const mmkv_datum *b);
 uint64_t mmkv_key_hash(const mmkv_datum *key);
-/* If SQLite's NUMERIC affinity would turn this TEXT into a number, stores the number in *number
-** (its bytes in *storage) and returns 1. */
-int mmkv_text_as_number(const mmkv_datum *text, mmkv_datum *number, uint64_t *storage);
+/* If SQLite's NUMERIC affinity would turn this TEXT, in the given encoding (a file's:
+** MMKV_TEXT_UTF8, _UTF16LE or _UTF16BE), into a number, stores the number in *number (its bytes in
+** *storage) and returns 1; else 0. Only ASCII can form a number: in UTF-16, code units below 0x80
+** (a stray last byte is ignored, as SQLite ignores it). A NUL ends the text, as in newer SQLite,
+** which reads '1' NUL 'x' as 1 where older SQLite reads no number: a superset of both, for
+** callers that let SQLite compare. Any thread. */
+int mmkv_text_as_number(const mmkv_datum *text, int encoding, mmkv_datum *number,
+                        uint64_t *storage);
 
 /* The rows whose key SQLite could find equal to probe once it applies a column affinity to the
 ** stored key (a comparison with a typed column or a CAST): the key equal to probe, TEXT keys that
-** read as probe's number, and numbers that probe's text reads as. A superset: the caller keeps
-** SQLite's own comparison. emit returns a result code; anything but MMKV_OK stops the walk. */
+** read as probe's number, and numbers that probe's text reads as (TEXT, probe's too, is in the
+** file's encoding, mmkv_text_encoding, and read by mmkv_text_as_number). A superset: the caller
+** keeps SQLite's own comparison. emit returns a result code; anything but MMKV_OK stops the
+** walk. */
 typedef int (*mmkv_emit_fn)(void *ctx, const mmkv_row *row);
 int mmkv_get_similar(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mmkv_datum *probe,
                      mmkv_emit_fn emit, void *ctx);

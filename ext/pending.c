@@ -93,8 +93,13 @@ static void op_commit(op *o)
     case OP_DROP:
         /* Its transaction was rolled back by mmkv_tables_commit (a dropped table never commits). */
         mmkv_crash_point("drop-committed");
-        mmkv_table_close(t);
-        if (t->owns_files && t->data_path) mmkv_remove_files(t->data_path, NULL);
+        {
+            /* A file shared by in-memory databases stays while another of them uses it. */
+            int delete = t->owns_files && t->data_path && (t->owned || !t->conn ||
+                                                           mmkv_sole_user(t->conn));
+            mmkv_table_close(t);
+            if (delete) mmkv_remove_files(t->data_path, NULL);
+        }
         break;
     case OP_RENAME:
         /* The old name goes, unless a later RENAME gave it back. */
@@ -124,7 +129,7 @@ static void op_cancel(op *o)
     case OP_CREATE:
         t->status = MMKV_TABLE_DISCARDED;
         mmkv_table_close(t);
-        if (t->data_path) {
+        if (t->data_path && t->made_files) {
             mmkv_crash_point("create-undone");
             mmkv_remove_files(t->data_path, NULL);
             if (o->displaced) mmkv_crash_point("displacement-undone");

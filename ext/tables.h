@@ -52,6 +52,7 @@ struct mmkv_table {
     int broken_rc;   /* why conn is NULL: the error every use reports */
     char *broken;
     int owns_files;  /* its files are verified to be its own: a DROP may delete them */
+    int made_files;  /* its CREATE made them (a file shared by in-memory databases may not be) */
     int refs;        /* sqlite3_vtabs and pending operations holding it */
     mmkv_table_status status;
     /* A file shared by in-memory databases: while any cursor is open, reads share one snapshot,

@@ -179,6 +179,35 @@ static int datum_from_value(sqlite3_value *value, int encoding, mmkv_datum *datu
     }
 }
 
+/* UTF-16 text as it is. SQLite takes two first bytes FF FE or FE FF of a UTF-16 result for a
+** byte-order mark, removes them and reads the rest in that order; text that begins with U+FEFF or
+** U+FFFE has those bytes, so it goes with a mark of its own encoding in front, for SQLite to
+** remove (sqlite3.h: only the first is a mark). */
+static void result_text16(sqlite3_context *ctx, const unsigned char *bytes, uint32_t len,
+                          int encoding)
+{
+    unsigned char le = encoding == MMKV_TEXT_UTF16LE;
+    int looks_marked = len >= 2 && ((bytes[0] == 0xfe && bytes[1] == 0xff) ||
+                                    (bytes[0] == 0xff && bytes[1] == 0xfe));
+    if (!looks_marked) {
+        if (le)
+            sqlite3_result_text16le(ctx, bytes, (int)len, SQLITE_TRANSIENT);
+        else
+            sqlite3_result_text16be(ctx, bytes, (int)len, SQLITE_TRANSIENT);
+        return;
+    }
+    unsigned char *marked = sqlite3_malloc64((sqlite3_uint64)len + 2);
+    if (!marked) {
+        sqlite3_result_error_nomem(ctx);
+        return;
+    }
+    marked[0] = le ? 0xff : 0xfe; /* U+FEFF in the table's byte order */
+    marked[1] = le ? 0xfe : 0xff;
+    memcpy(marked + 2, bytes, len);
+    sqlite3_result_text64(ctx, (const char *)marked, (sqlite3_uint64)len + 2, sqlite3_free,
+                          le ? SQLITE_UTF16LE : SQLITE_UTF16BE);
+}
+
 static void result_datum(sqlite3_context *ctx, const mmkv_datum *d, int encoding)
 {
     switch (d->type) {
@@ -196,10 +225,8 @@ static void result_datum(sqlite3_context *ctx, const mmkv_datum *d, int encoding
     }
     case MMKV_TEXT: {
         const void *bytes = d->len ? d->bytes : "";
-        if (encoding == MMKV_TEXT_UTF16LE)
-            sqlite3_result_text16le(ctx, bytes, (int)d->len, SQLITE_TRANSIENT);
-        else if (encoding == MMKV_TEXT_UTF16BE)
-            sqlite3_result_text16be(ctx, bytes, (int)d->len, SQLITE_TRANSIENT);
+        if (encoding == MMKV_TEXT_UTF16LE || encoding == MMKV_TEXT_UTF16BE)
+            result_text16(ctx, bytes, d->len, encoding);
         else
             sqlite3_result_text(ctx, bytes, (int)d->len, SQLITE_TRANSIENT);
         break;
@@ -367,8 +394,11 @@ static int mmkvCreate(sqlite3 *db, void *aux, int argc, const char *const *argv,
         while (options.owner_id == 0)
             sqlite3_randomness(sizeof options.owner_id, &options.owner_id);
     }
+    uint64_t dev, ino;
+    t->made_files = t->temporary || !mmkv_path_identity(t->data_path, &dev, &ino);
     if (rc == SQLITE_OK) rc = open_engine(t, &options, err);
     t->owns_files = rc == SQLITE_OK;
+    if (rc == SQLITE_OK) t->text_encoding = mmkv_text_encoding(t->conn); /* a shared file's own */
     mmkv_commit state;
     if (rc == SQLITE_OK && t->owned) {
         rc = mmkv_committed(t->conn, &state) == MMKV_OK ? SQLITE_OK
@@ -387,7 +417,7 @@ static int mmkvCreate(sqlite3 *db, void *aux, int argc, const char *const *argv,
         /* Nothing of this CREATE may stay: its files go, a file it set aside comes back. */
         t->status = MMKV_TABLE_DISCARDED;
         mmkv_table_close(t);
-        if (t->owns_files && t->data_path) mmkv_remove_files(t->data_path, NULL);
+        if (t->owns_files && t->made_files && t->data_path) mmkv_remove_files(t->data_path, NULL);
         if (displaced && mmkv_rename_files(displaced_path, t->data_path, NULL) == MMKV_OK) {
             sqlite3_free(displaced->data_path);
             displaced->data_path = sqlite3_mprintf("%s", t->data_path);
@@ -424,7 +454,8 @@ static int mmkvConnect(sqlite3 *db, void *aux, int argc, const char *const *argv
         mmkv_open_options options = {.sync = args.sync,
                                      .temporary = t->temporary,
                                      .must_exist = 1,
-                                     .readonly = !writable && !t->temporary};
+                                     .readonly = !writable && !t->temporary,
+                                     .text_encoding = database_encoding(db)};
         mmkv_commit committed;
         char *why = NULL;
         int failed = t->temporary || t->data_path ? SQLITE_OK : SQLITE_NOMEM;

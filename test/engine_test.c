@@ -1410,11 +1410,198 @@ static void test_growth_through_views(void)
     end_test();
 }
 
+/* ---- text encodings ---- */
+
+/* Whether text (len bytes in encoding) reads as a number, and as which: its int64 value if an
+** integer, else its double truncated. Returns "int", "real" or "none". */
+static const char *text_number(const void *bytes, uint32_t len, int encoding, double *value)
+{
+    mmkv_datum text = {MMKV_TEXT, len, bytes}, number;
+    uint64_t storage;
+    *value = 0;
+    if (!mmkv_text_as_number(&text, encoding, &number, &storage)) return "none";
+    if (number.type == MMKV_INTEGER) {
+        int64_t i;
+        memcpy(&i, number.bytes, 8);
+        *value = (double)i;
+        return "int";
+    }
+    memcpy(value, number.bytes, 8);
+    return "real";
+}
+
+static void test_text_as_number(void)
+{
+    if (!begin_test("text reads as a number in its file's encoding, ASCII only")) return;
+    static const struct {
+        const char *bytes;
+        uint32_t len;
+        int encoding;
+        const char *kind;
+        double value;
+    } cases[] = {
+        {"1", 1, MMKV_TEXT_UTF8, "int", 1},
+        {" 1.5 ", 5, MMKV_TEXT_UTF8, "real", 1.5},
+        {"1\0x", 3, MMKV_TEXT_UTF8, "int", 1}, /* a NUL ends it (SQLite 3.54; 3.40: none) */
+        {"1\x01", 2, MMKV_TEXT_UTF8, "none", 0},
+        {"\x00\x31", 2, MMKV_TEXT_UTF8, "none", 0},
+        {"10", 2, MMKV_TEXT_UTF8, "int", 10},
+        {"1\0", 2, MMKV_TEXT_UTF16LE, "int", 1},
+        {"\0001", 2, MMKV_TEXT_UTF16BE, "int", 1},
+        {"\0001", 2, MMKV_TEXT_UTF16LE, "none", 0}, /* U+3100 */
+        {"1\0", 2, MMKV_TEXT_UTF16BE, "none", 0},   /* U+3100 */
+        {"10", 2, MMKV_TEXT_UTF16LE, "none", 0},    /* U+3031: its bytes are the digits 1 and 0 */
+        {"\x20\x00\x31\x00\x2e\x00\x35\x00\x65\x00\x31\x00\x20\x00", 14, MMKV_TEXT_UTF16LE, "real",
+         15},                                                  /* " 1.5e1 " */
+        {"\x2d\x00\x37\x00", 4, MMKV_TEXT_UTF16LE, "int", -7}, /* "-7" */
+        {"7\0\0\0x\0", 6, MMKV_TEXT_UTF16LE, "int", 7},        /* a NUL ends it */
+        {"7\x01", 2, MMKV_TEXT_UTF16LE, "none", 0},            /* U+0137 */
+        {"7\0\xa0\0", 4, MMKV_TEXT_UTF16LE, "none", 0},        /* U+00A0 is no SQL white space */
+        {"\x00\xd8\x31\x00", 4, MMKV_TEXT_UTF16LE, "none", 0}, /* a lone surrogate, then 1 */
+        {"\x38\x00\x78", 3, MMKV_TEXT_UTF16LE, "int", 8},      /* a stray last byte is left out */
+        {"", 0, MMKV_TEXT_UTF16BE, "none", 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        double value;
+        const char *kind = text_number(cases[i].bytes, cases[i].len, cases[i].encoding, &value);
+        CHECK(strcmp(kind, cases[i].kind) == 0 && value == cases[i].value,
+              "case %zu (encoding %d): %s %g, expected %s %g", i, cases[i].encoding, kind, value,
+              cases[i].kind, cases[i].value);
+    }
+    end_test();
+}
+
+typedef struct found_keys {
+    int n;
+    uint64_t offsets[8];
+} found_keys;
+
+static int keep_offset(void *ctx, const mmkv_row *row)
+{
+    found_keys *f = ctx;
+    if (f->n < 8) f->offsets[f->n] = row->offset;
+    f->n++;
+    return MMKV_OK;
+}
+
+static int similar_count(mmkv_conn *c, const mmkv_datum *probe)
+{
+    mmkv_snapshot snap;
+    found_keys f = {0, {0}};
+    if (mmkv_snapshot_take(c, &snap) != MMKV_OK) return -1;
+    int rc = mmkv_get_similar(c, &snap, probe, keep_offset, &f);
+    return rc == MMKV_OK ? f.n : -1;
+}
+
+/* Zeroes, behind the engine's back (the mapping is shared), every second slot of the index. */
+static int drop_second_slots(const char *data_path)
+{
+    char index_path[600];
+    snprintf(index_path, sizeof index_path, "%s-index", data_path);
+    int fd = open(index_path, O_RDWR), dropped = 0;
+    mmkv_index_header h;
+    if (fd < 0 || pread(fd, &h, sizeof h, 0) != (ssize_t)sizeof h) return -1;
+    for (uint64_t i = 0; i < h.table_slots; i++) {
+        mmkv_slot slot, empty = MMKV_SLOT_EMPTY;
+        off_t at = (off_t)(h.table_offset + i * sizeof slot);
+        if (pread(fd, &slot, sizeof slot, at) != (ssize_t)sizeof slot) break;
+        if (mmkv_slot_is_entry(slot) && mmkv_slot_is_second(slot))
+            dropped += pwrite(fd, &empty, sizeof empty, at) == (ssize_t)sizeof empty;
+    }
+    close(fd);
+    return dropped;
+}
+
+static void test_utf16_files(void)
+{
+    if (!begin_test("UTF-16 files: numbers in text, encodings checked at open")) return;
+    const char *path = path_of("utf16.mmkv");
+    mmkv_open_options le = {.sync = MMKV_SYNC_OFF, .text_encoding = MMKV_TEXT_UTF16LE},
+                      utf8 = {.sync = MMKV_SYNC_OFF}, be = le;
+    be.text_encoding = MMKV_TEXT_UTF16BE;
+    mmkv_conn *c = NULL, *other = NULL;
+    char *err = NULL;
+    CHECK_RC(mmkv_open(path, &le, &c, &err), MMKV_OK, "create: %s", err ? err : "");
+    if (!c) {
+        end_test();
+        return;
+    }
+    CHECK_EQ(mmkv_text_encoding(c), MMKV_TEXT_UTF16LE, "the file records its encoding");
+    int64_t is, vs;
+    mmkv_datum one = int_datum(&is, 1), value = int_datum(&vs, 0);
+    mmkv_datum text_one = {MMKV_TEXT, 2, "1\0"};
+    mmkv_datum text_one_spaced = {MMKV_TEXT, 6, "\x20\x00\x31\x00\x20\x00"}; /* " 1 " */
+    mmkv_datum digits = {MMKV_TEXT, 2, "10"}, ten = int_datum(&vs, 10);
+    CHECK_RC(mmkv_txn_begin(c), MMKV_OK, "begin");
+    mmkv_put(c, &text_one, &value, MMKV_PUT_INSERT);
+    mmkv_put(c, &text_one_spaced, &value, MMKV_PUT_INSERT);
+    mmkv_put(c, &digits, &value, MMKV_PUT_INSERT);
+    CHECK_RC(commit(c), MMKV_OK, "commit");
+    /* 1 finds both texts that read as 1; 10 finds none (U+3031 reads as no number). */
+    CHECK_EQ(similar_count(c, &one), 2, "get_similar(1)");
+    CHECK_EQ(similar_count(c, &ten), 0, "get_similar(10)");
+    CHECK_EQ(similar_count(c, &text_one), 2, "get_similar('1')");
+    CHECK_RC(mmkv_check(c, NULL), MMKV_OK, "check: %s", mmkv_errmsg(c));
+
+    /* Open in this process: a second opener in another encoding is refused, the first goes on. */
+    int rc = mmkv_open(path, &utf8, &other, &err);
+    CHECK(rc == MMKV_ERROR && !other && err && strstr(err, path) && strstr(err, "UTF-16le") &&
+              strstr(err, "UTF-8"),
+          "UTF-8 opener of an open UTF-16le file: %d %s", rc, err ? err : "");
+    free(err);
+    err = NULL;
+    CHECK_EQ(similar_count(c, &one), 2, "the first opener is unharmed");
+    CHECK_RC(mmkv_open(path, &le, &other, &err), MMKV_OK, "same encoding: %s", err ? err : "");
+    mmkv_close(other);
+
+    /* The integrity check finds a text key its number no longer leads to. */
+    CHECK(drop_second_slots(path) == 2, "dropped the two second slots");
+    rc = mmkv_check(c, NULL);
+    CHECK(rc == MMKV_CORRUPT && strstr(mmkv_errmsg(c), "by the number") &&
+              strstr(mmkv_errmsg(c), path),
+          "check without second slots: %d %s", rc, mmkv_errmsg(c));
+    CHECK(mmkv_txn_begin(c) == MMKV_OK && mmkv_rebuild(c) == MMKV_OK, "rebuild: %s",
+          mmkv_errmsg(c));
+    commit(c);
+    CHECK_RC(mmkv_check(c, NULL), MMKV_OK, "check after rebuild: %s", mmkv_errmsg(c));
+    CHECK_EQ(similar_count(c, &one), 2, "get_similar(1) after rebuild");
+    mmkv_close(c);
+
+    /* Closed: refused just the same, and the file is left as it was. */
+    rc = mmkv_open(path, &be, &c, &err);
+    CHECK(rc == MMKV_ERROR && !c && err && strstr(err, "UTF-16le") && strstr(err, "UTF-16be"),
+          "UTF-16be opener: %d %s", rc, err ? err : "");
+    free(err);
+    err = NULL;
+    CHECK_RC(mmkv_open(path, &le, &c, &err), MMKV_OK, "reopen: %s", err ? err : "");
+    if (c) {
+        CHECK_EQ(similar_count(c, &one), 2, "get_similar(1) after the reopen");
+        mmkv_close(c);
+    }
+    free(err);
+
+    /* A header naming an encoding this build does not know is refused, whatever is asked. */
+    int fd = open(path, O_RDWR);
+    mmkv_file_header header;
+    CHECK(fd >= 0 && pread(fd, &header, sizeof header, 0) == (ssize_t)sizeof header, "header");
+    header.text_encoding = 9;
+    header.checksum = mmkv_crc32c(0, &header, offsetof(mmkv_file_header, checksum));
+    CHECK(pwrite(fd, &header, sizeof header, 0) == (ssize_t)sizeof header, "write header");
+    close(fd);
+    err = NULL;
+    rc = mmkv_open(path, &le, &c, &err);
+    CHECK(rc == MMKV_NOTADB && !c && err && strstr(err, "text encoding 9"), "encoding 9: %d %s", rc,
+          err ? err : "");
+    free(err);
+    end_test();
+}
+
 int main(void)
 {
     if (!start_tests()) return 1;
     test_crc32c();
     test_key_rules();
+    test_text_as_number();
     test_basic_crud();
     test_savepoints();
     test_isolation_and_busy();
@@ -1433,5 +1620,6 @@ int main(void)
     test_read_only_map();
     test_many_tables();
     test_growth_through_views();
+    test_utf16_files();
     return finish_tests();
 }

@@ -118,9 +118,12 @@ static char *path_of(const char *name)
 /* Synced commits, but for the tables made to show salvage (format.h), whose commits skip syncs. */
 static mmkv_sync table_sync = MMKV_SYNC_FULL;
 
+/* The text encoding of the tables being made. */
+static int table_encoding = MMKV_TEXT_UTF8;
+
 static mmkv_conn *open_table(const char *name)
 {
-    mmkv_open_options options = {.sync = table_sync};
+    mmkv_open_options options = {.sync = table_sync, .text_encoding = table_encoding};
     mmkv_conn *conn = NULL;
     char *err = NULL;
     if (mmkv_open(path_of(name), &options, &conn, &err) != MMKV_OK) die(err ? err : "open");
@@ -225,6 +228,64 @@ static void make_types(image *data, image *index)
     put(c, text("big"), integer(&i4, 7));
     commit(c);
     take(c, "types.mmkv", data, index);
+}
+
+/* TEXT in UTF-16 (table_encoding), from ASCII and \u escapes of four hex digits, in storage. */
+static mmkv_datum text16(unsigned char *storage, const char *s)
+{
+    uint32_t n = 0;
+    for (; *s; n += 2) {
+        unsigned unit = (unsigned char)*s++;
+        if (unit == '\\' && *s == 'u') {
+            char hex[5] = {s[1], s[2], s[3], s[4], 0};
+            unit = (unsigned)strtoul(hex, NULL, 16);
+            s += 5;
+        }
+        int le = table_encoding == MMKV_TEXT_UTF16LE;
+        storage[n + !le] = (unsigned char)unit;
+        storage[n + le] = (unsigned char)(unit >> 8);
+    }
+    mmkv_datum d = {MMKV_TEXT, n, storage};
+    return d;
+}
+
+/* A UTF-16 table: keys that read as numbers (second slots), and keys that do not although their
+** bytes read as ASCII digits (a high byte is no zero: U+3031 is 31 30 in UTF-16le), lone
+** surrogates, noncharacters and a NUL. */
+static void make_utf16(const char *name, int encoding, image *data, image *index)
+{
+    static const char *keys[] = {"1",
+                                 " 2 ",
+                                 "3.0",
+                                 "4e0",
+                                 "-5",
+                                 "+6",
+                                 ".5",
+                                 "abc",
+                                 "\\ud800",
+                                 "\\udc00x",
+                                 "\\ud83d\\ude00",
+                                 "\\ufffe",
+                                 "\\uffff",
+                                 "\\ufdd0",
+                                 "\\ufffd",
+                                 "7\\u0000",
+                                 "\\u3031",
+                                 "8\\u0130",
+                                 "\\u00a09",
+                                 ""};
+    table_encoding = encoding;
+    mmkv_conn *c = open_table(name);
+    unsigned char storage[sizeof keys / sizeof keys[0]][64];
+    int64_t vs;
+    begin(c);
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        put(c, text16(storage[i], keys[i]), integer(&vs, (int64_t)i));
+    unsigned char value[64];
+    put(c, integer(&vs, 1), text16(value, "one \\udbff"));
+    commit(c);
+    take(c, name, data, index);
+    table_encoding = MMKV_TEXT_UTF8;
 }
 
 /* TEXT keys that read as numbers take two slots each: the index grows past 1024 slots soon. */
@@ -423,6 +484,14 @@ int main(int argc, char **argv)
     meta_at(d, newest_meta(d))->record_count = 1000000000;
     emit("repro-record-count-huge-index", FUZZ_FIX_META, d, empty_i);
     free(d.bytes);
+
+    /* UTF-16 files (added last, so that the seeds above keep their scripts). */
+    image le_d, le_i, be_d, be_i;
+    make_utf16("utf16le.mmkv", MMKV_TEXT_UTF16LE, &le_d, &le_i);
+    make_utf16("utf16be.mmkv", MMKV_TEXT_UTF16BE, &be_d, &be_i);
+    emit("utf16le", FUZZ_DROP_INDEX, le_d, le_i);
+    emit("utf16be", FUZZ_SECOND_CONN, be_d, be_i);
+    emit("utf16le-forged", FUZZ_FORGED, le_d, le_i);
 
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);

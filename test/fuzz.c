@@ -3,7 +3,8 @@
 ** and writes on them. `make fuzz` builds and runs it (see the Makefile); the input format is in
 ** test/fuzz.h and the seed corpus in test/fuzz-corpus/ (made by test/fuzz-seeds.c).
 **
-** For each input: the images are written to files in a private directory, mmkv_open opens them,
+** For each input: the images are written to files in a private directory, mmkv_open opens them
+** (in the text encoding the data file's header names, in which the harness also makes TEXT keys),
 ** and a short script drawn from the input runs: the integrity check (mmkv_check), a full scan,
 ** lookups of keys found by the scan and of keys made from the input, mmkv_get_similar, a write
 ** transaction (puts, deletes, a savepoint and a rollback to it, mmkv_check and mmkv_rebuild, then
@@ -92,6 +93,9 @@ static void remove_work_dir(void);
 
 static const char *stage = "start";
 static const char *current_path = "";
+/* The text encoding of the input's data file, as its header names it (UTF-8 for a new file): the
+** harness opens the file in it, makes its TEXT keys in it and reads numbers from TEXT in it. */
+static int text_encoding = MMKV_TEXT_UTF8;
 
 __attribute__((noreturn, format(printf, 1, 2))) static void fail(const char *format, ...)
 {
@@ -669,7 +673,16 @@ static owned synth_key(script *s)
     }
     case 3: {
         int n = snprintf(text, sizeof text, formats[(t >> 3) % 8], (int)(next64(s, 2) % 512));
-        return own_bytes(MMKV_TEXT, text, (uint32_t)n);
+        if (text_encoding == MMKV_TEXT_UTF8) return own_bytes(MMKV_TEXT, text, (uint32_t)n);
+        /* The same characters in UTF-16; now and then one with a high byte, which is no digit. */
+        unsigned char wide[2 * sizeof text];
+        int odd = (t >> 6) % 4 == 0 ? (int)(next(s) % (unsigned)n) : -1;
+        for (int i = 0; i < n; i++) {
+            unsigned char high = i == odd ? 0x01 : 0x00;
+            wide[2 * i] = text_encoding == MMKV_TEXT_UTF16LE ? (unsigned char)text[i] : high;
+            wide[2 * i + 1] = text_encoding == MMKV_TEXT_UTF16LE ? high : (unsigned char)text[i];
+        }
+        return own_bytes(MMKV_TEXT, wide, (uint32_t)(2 * n));
     }
     case 4:
     case 5: {
@@ -783,7 +796,7 @@ static int as_number(const mmkv_datum *key, mmkv_datum *number, uint64_t *storag
         *number = *key;
         return 1;
     }
-    return mmkv_text_as_number(key, number, storage);
+    return mmkv_text_as_number(key, text_encoding, number, storage);
 }
 
 /* What mmkv.h promises get_similar finds: the key equal to the probe, and keys that read as the
@@ -1241,7 +1254,7 @@ static int read_phase(const fuzz_ctx *ctx, mmkv_conn *conn, script *s, pool *p, 
 
 static mmkv_conn *open_conn(const fuzz_ctx *ctx, const char *what)
 {
-    mmkv_open_options options = {.sync = MMKV_SYNC_OFF};
+    mmkv_open_options options = {.sync = MMKV_SYNC_OFF, .text_encoding = text_encoding};
     mmkv_conn *conn = NULL;
     char *err = NULL;
     int rc = mmkv_open(ctx->data_path, &options, &conn, &err);
@@ -1281,6 +1294,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!(flags & FUZZ_NO_INDEX))
         index_image = make_image(index_bytes, index_len, read32(data + 10), &index_size);
     fix_checksums(flags, data_image, data_size, index_image, index_size);
+    /* Open in the file's own encoding (0 reads as UTF-8; one this build does not know is refused
+    ** whatever is asked). */
+    text_encoding = MMKV_TEXT_UTF8;
+    if (data_image && data_size >= sizeof(mmkv_file_header)) {
+        uint32_t named = ((const mmkv_file_header *)data_image)->text_encoding;
+        if (named >= MMKV_TEXT_UTF8 && named <= MMKV_TEXT_UTF16BE) text_encoding = (int)named;
+    }
     /* The fix-ups write inside the images' first page or inside records, which are input bytes. */
     if (data_image) write_file(data_path, data_image, data_len > 4096 ? data_len : 4096, data_size);
     if (index_image)

@@ -97,6 +97,16 @@ current_case = None  # the name of the test function running, for the replay hin
 _seed_printed_for = None
 
 
+def crc32c(data, crc=0):
+    """CRC32C (Castagnoli), as ext/crc32c.c computes it: to forge or check the files' checksums."""
+    crc ^= 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
 def canon(rows):
     """Rows (lists of enc() values) in an order-free form, to compare two results as sets."""
     return sorted(json.dumps(r) for r in rows)

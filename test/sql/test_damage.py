@@ -25,7 +25,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from harness import CHILD_ENV, ENC_SRC, PYTHON, TempDir, check, connect, dec, enc  # noqa: E402
+from harness import (CHILD_ENV, ENC_SRC, PYTHON, TempDir, check, connect, crc32c, dec,  # noqa: E402
+                     enc)
 
 DATA = "app.db-kv.mmkv"
 INDEX = DATA + "-index"
@@ -175,15 +176,6 @@ def run_cases(cases, workdir, per_case_timeout=20):
         start = current
     os.remove(spec)
     return results
-
-
-def crc32c(data, crc=0):
-    crc ^= 0xFFFFFFFF
-    for b in data:
-        crc ^= b
-        for _ in range(8):
-            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
-    return crc ^ 0xFFFFFFFF
 
 
 def fstat(path):
