@@ -296,6 +296,33 @@ def test_database_made_anew():
             db.close()
 
 
+def test_shared_file_lives_while_shared():
+    """In-memory databases sharing a file: one's DROP or rolled-back CREATE never deletes the file
+    another still uses; the last one's DROP does."""
+    with TempDir() as d:
+        f = os.path.join(d, "shared.mmkv")
+        a = connect(":memory:")
+        a.execute("CREATE VIRTUAL TABLE kv USING mmkv(file='%s')" % f)
+        a.execute("INSERT INTO kv VALUES(1, 'one')")
+        b = connect(":memory:")
+        b.execute("BEGIN")
+        b.execute("CREATE VIRTUAL TABLE kv USING mmkv(file='%s')" % f)
+        b.execute("ROLLBACK")
+        check("shared file: a rolled-back CREATE over it leaves it", os.path.exists(f))
+        check_equal("shared file: the first still reads",
+                    a.execute("SELECT count(*) FROM kv").fetchone(), (1,))
+        b.execute("CREATE VIRTUAL TABLE kv USING mmkv(file='%s')" % f)
+        a.execute("DROP TABLE kv")
+        check("shared file: one database's DROP leaves it while another uses it",
+              os.path.exists(f))
+        check_equal("shared file: the other still reads",
+                    b.execute("SELECT count(*) FROM kv").fetchone(), (1,))
+        b.execute("DROP TABLE kv")
+        check("shared file: the last one's DROP deletes it", not os.path.exists(f))
+        a.close()
+        b.close()
+
+
 def test_orphan_of_this_database():
     """A data file at the default path that no table of this database records (left by a
     crash between a DROP's commit and the deletion, or by a CREATE that never committed) is
@@ -332,4 +359,5 @@ if __name__ == "__main__":
                   test_another_connections_database_refused,
                   test_two_tables_one_file_same_database, test_two_tables_one_file_two_databases,
                   test_two_tables_one_file_two_processes, test_database_made_anew,
+                  test_shared_file_lives_while_shared,
                   test_orphan_of_this_database])
