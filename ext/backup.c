@@ -47,9 +47,7 @@ SQLITE_EXTENSION_INIT3
 /* The lock-free rounds end when one copied less than this, or after this many. */
 #define CATCH_UP_BYTES ((sqlite3_uint64)1 << 20)
 #define CATCH_UP_ROUNDS 8
-/* Final phases tried while a table's file is missing (see copy_all), and the longest pause between
-** those tried while it is another table's. */
-#define FINAL_ATTEMPTS 3
+/* The longest pause between attempts while a table's file is not the snapshot's (copy_all). */
 #define RETRY_PAUSE_MAX_MS 64
 /* How long our connections wait for a lock, at least (more if the caller's busy_timeout says). */
 #define BACKUP_BUSY_TIMEOUT_MS 5000
@@ -575,30 +573,26 @@ static int copy_round(backup *b, int final, sqlite3_uint64 *bytes, int *unsettle
 /*
 ** Lock-free rounds while there is much to copy (or a table's copy could not start), then the
 ** final one. If a table's copy could not start in the final one either, its file was not the
-** snapshot's: where another table owns it, that is a table made anew (DROP and CREATE) in a
-** transaction not committed yet, so the final phase is tried again after a pause, up to the busy
-** timeout; a file that is missing is looked for again a few times (a DROP committed since the
-** snapshot). A table whose file is truly missing or another's fails, and its error is the
-** backup's.
+** snapshot's: missing, or another table's. That is what DDL racing the snapshot looks like (a
+** DROP sets the file aside at once, a CREATE in the same transaction makes a new one, and the
+** snapshot names the old table until the transaction commits), so the whole is tried again after
+** a pause, as SQLite waits for a lock, up to the busy timeout; a file truly missing or another's
+** then fails the backup with its own error.
 */
 static int copy_all(backup *b)
 {
-    int waited_ms = 0, pause_ms = 1, attempts = 0;
+    int waited_ms = 0, pause_ms = 1;
     for (;;) {
         sqlite3_uint64 bytes = CATCH_UP_BYTES;
         int unsettled = 1;
-        b->unsettled_rc = SQLITE_OK;
         for (int round = 0; round < CATCH_UP_ROUNDS && (bytes >= CATCH_UP_BYTES || unsettled);
              round++)
             if (copy_round(b, 0, &bytes, &unsettled) != SQLITE_OK) return b->rc;
         if (copy_round(b, 1, &bytes, &unsettled) != SQLITE_OK || !unsettled) return b->rc;
-        int made_anew = b->unsettled_rc == SQLITE_ERROR; /* another table's file: not committed */
-        if (made_anew ? waited_ms >= b->busy_timeout_ms : ++attempts >= FINAL_ATTEMPTS) break;
-        if (made_anew) {
-            sqlite3_sleep(pause_ms);
-            waited_ms += pause_ms;
-            if (pause_ms < RETRY_PAUSE_MAX_MS) pause_ms *= 2;
-        }
+        if (waited_ms >= b->busy_timeout_ms) break;
+        sqlite3_sleep(pause_ms);
+        waited_ms += pause_ms;
+        if (pause_ms < RETRY_PAUSE_MAX_MS) pause_ms *= 2;
     }
     char *message = b->unsettled_err;
     b->unsettled_err = NULL;
