@@ -76,7 +76,7 @@ int mmkv_copy_open(const char *source_path, const char *target_path,
         if (rc == MMKV_BUSY)
             rc = mmkv_error(errmsg, MMKV_ERROR,
                             "mmkv: cannot make the copy's data file '%s': a file of that name "
-                            "exists",
+                            "exists (remove it, or copy to another path)",
                             target_path);
         copy->made = rc == MMKV_OK;
     }
