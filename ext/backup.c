@@ -87,7 +87,7 @@ typedef struct backup {
     char *target_file;   /* the copy's full path */
     char *building_file; /* the copy's database until it is whole */
     int building_made;
-    sqlite3 *source; /* our own connection to the source: read only */
+    sqlite3 *source; /* our own connection to the source: query_only */
     sqlite3 *target; /* to the copy being built */
     int busy_timeout_ms;
     backup_tables tables; /* the tables being copied */
@@ -119,11 +119,14 @@ static const char *reason(const char *message)
     return strncmp(message, prefix, sizeof prefix - 1) == 0 ? message + sizeof prefix - 1 : message;
 }
 
-/* An engine's message (malloc'd, freed here). */
-static int fail_engine(backup *b, int engine_rc, const char *what, char *message)
+/* An engine's message (malloc'd, freed here), after what failed ("cannot copy", of table name if
+** not NULL). */
+static int fail_engine(backup *b, int engine_rc, const char *what, const char *table, char *message)
 {
-    int rc = fail(b, mmkv_sqlite_rc(engine_rc),
-                  sqlite3_mprintf("mmkv_backup: %s: %s", what, reason(message)));
+    int rc = fail(
+        b, mmkv_sqlite_rc(engine_rc),
+        table ? sqlite3_mprintf("mmkv_backup: %s table \"%s\": %s", what, table, reason(message))
+              : sqlite3_mprintf("mmkv_backup: %s: %s", what, reason(message)));
     free(message);
     return rc;
 }
@@ -369,7 +372,7 @@ static int table_read(backup *b, backup_table *t, const vtab_statement *s)
     mmkv_args args;
     if (mmkv_args_parse(s->n_args, (const char *const *)s->args, &args, &message) != MMKV_OK) {
         char *m = sqlite3_mprintf("mmkv_backup: table \"%s\" cannot be copied: %s", t->name,
-                                  message ? message : "out of memory");
+                                  reason(message));
         free(message);
         return fail(b, SQLITE_ERROR, m);
     }
@@ -411,8 +414,9 @@ static int read_tables(backup *b, backup_tables *list)
         const char *sql = (const char *)sqlite3_column_text(stmt, 1);
         vtab_statement s;
         if (!name || !sql) continue;
-        if (statement_parse(sql, &s) != SQLITE_OK) {
+        if ((rc = statement_parse(sql, &s)) != SQLITE_OK) {
             /* Never skipped: it could be an mmkv table, whose copy would then lack its data. */
+            if (rc == SQLITE_NOMEM) fail(b, SQLITE_NOMEM, NULL);
             fail(b, SQLITE_ERROR,
                  sqlite3_mprintf("mmkv_backup: cannot read the statement of table \"%s\" in the "
                                  "schema, to tell whether it is an mmkv table: %s",
@@ -455,9 +459,9 @@ static sqlite3_uint64 new_owner_id(void)
     return id;
 }
 
-/* Starts the copy of table t into its data file beside the copy. A source that cannot be opened
-** is no error yet: the file at its path may belong to a table made anew since the snapshot was
-** read (a DROP and a CREATE), or be between the two; the next snapshot tells (see copy_all). */
+/* Starts the copy of table t into its data file beside the copy. A source file that is missing or
+** another table's is no error yet: the table may have been made anew since the snapshot was read
+** (a DROP and a CREATE), or be between the two; the next snapshot tells (see copy_all). */
 static int table_start(backup *b, backup_table *t)
 {
     t->target_owner = new_owner_id();
@@ -468,6 +472,8 @@ static int table_start(backup *b, backup_table *t)
     int rc = mmkv_copy_open(t->source_path, t->target_path, &options, &t->copy, &message);
     sqlite3_free(user);
     if (rc == MMKV_OK) return SQLITE_OK;
+    if (rc != MMKV_CANTOPEN && rc != MMKV_ERROR)
+        return fail_engine(b, rc, "cannot copy", t->name, message);
     sqlite3_free(b->unsettled_err);
     b->unsettled_err =
         sqlite3_mprintf("mmkv_backup: cannot copy table \"%s\": %s", t->name, reason(message));
@@ -530,9 +536,7 @@ static int copy_snapshot(backup *b, backup_tables *seen, sqlite3_uint64 *bytes, 
         char *message = NULL;
         int rc = mmkv_copy_to(t->copy, &t->recorded, &t->copied, &message);
         if (rc != MMKV_OK) {
-            char *what = sqlite3_mprintf("cannot copy table \"%s\"", t->name);
-            fail_engine(b, rc, what ? what : "cannot copy a table", message);
-            sqlite3_free(what);
+            fail_engine(b, rc, "cannot copy", t->name, message);
             break;
         }
         *bytes += t->copied.tail - before;
@@ -644,7 +648,7 @@ static int rewrite_schema(backup *b)
             fail(b, rc,
                  sqlite3_mprintf("mmkv_backup: cannot write the copy's commit record of "
                                  "table \"%s\": %s",
-                                 t->name, err ? err : "error"));
+                                 t->name, reason(err)));
         sqlite3_free(err);
     }
     sqlite3_finalize(update);
@@ -807,12 +811,15 @@ static int check_target(backup *b, const char *path)
 
 static int open_connections(backup *b)
 {
-    int flags = SQLITE_OPEN_READONLY | SQLITE_OPEN_PRIVATECACHE;
+    /* Opened for writing only so that, like any reader, it can roll back a journal a writer
+    ** that died left; it never writes (query_only). */
+    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_PRIVATECACHE;
     if (sqlite3_open_v2(b->source_file, &b->source, flags, b->vfs->zName) != SQLITE_OK)
         return fail(b, SQLITE_CANTOPEN,
                     sqlite3_mprintf("mmkv_backup: cannot open '%s' to read it: %s", b->source_file,
                                     b->source ? sqlite3_errmsg(b->source) : "out of memory"));
     sqlite3_busy_timeout(b->source, b->busy_timeout_ms);
+    if (exec(b, b->source, "PRAGMA query_only = 1", "cannot read the database")) return b->rc;
     sqlite3_uint64 tag;
     sqlite3_randomness(sizeof tag, &tag);
     b->building_file =
@@ -837,17 +844,13 @@ static int finish(backup *b)
         backup_table *t = &b->tables.items[i];
         char *message = NULL;
         int rc = mmkv_copy_finish(t->copy, &message);
-        if (rc != MMKV_OK) {
-            char *what = sqlite3_mprintf("cannot finish the copy of table \"%s\"", t->name);
-            fail_engine(b, rc, what ? what : "cannot finish a copy", message);
-            sqlite3_free(what);
-        }
+        if (rc != MMKV_OK) fail_engine(b, rc, "cannot finish the copy of", t->name, message);
     }
     if (b->rc == SQLITE_OK) close_target(b);
     if (b->rc != SQLITE_OK) return b->rc;
     char *message = NULL;
     int rc = mmkv_path_publish(b->building_file, b->target_file, &message);
-    if (rc != MMKV_OK) return fail_engine(b, rc, "cannot give the copy its name", message);
+    if (rc != MMKV_OK) return fail_engine(b, rc, "cannot give the copy its name", NULL, message);
     b->building_made = 0;
     return SQLITE_OK;
 }

@@ -553,6 +553,43 @@ def test_utf16_database():
             check_copy_whole("a %s database" % encoding, os.path.join(d, "copy.db"), dump(p))
 
 
+def test_hot_journal_rolled_back():
+    """A writer that died mid-transaction in rollback-journal mode left a hot journal: the backup's
+    own connection, the first to read, rolls it back as any reader would, and copies what was
+    committed."""
+    with TempDir() as d:
+        p = os.path.join(d, "app.db")
+        out = run_child('''
+            import signal
+            db = connect(sys.argv[1])
+            db.execute("PRAGMA journal_mode = delete")
+            db.execute("CREATE TABLE t(x)")
+            db.execute("CREATE VIRTUAL TABLE kv USING mmkv")
+            db.execute("INSERT INTO t VALUES('committed')")
+            db.execute("INSERT INTO kv VALUES('committed', 1)")
+            db.execute("PRAGMA cache_size = 10")  # the transaction spills into the database file
+            db.execute("BEGIN")
+            db.executemany("INSERT INTO t VALUES(?)", ((b"x" * 1000,) for _ in range(2000)))
+            db.execute("INSERT INTO kv VALUES('never committed', 2)")
+            print(os.path.exists(sys.argv[1] + "-journal"), flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+        ''', p)
+        check("a writer died mid-transaction, leaving its journal (%s)" % out.split()[:1],
+              out.startswith("True") and os.path.exists(p + "-journal"))
+        db = connect(p)
+        copy = os.path.join(d, "copy.db")
+        error = None
+        try:
+            db.execute("SELECT mmkv_backup(?)", (copy,))
+        except sqlite3.Error as e:
+            error = str(e)
+        db.close()
+        check("the backup rolls the hot journal back and succeeds", error is None, error)
+        got = check_copy_whole("a backup after a writer died", copy, dump(p))
+        check_equal("and the copy holds what was committed", got.get("tables", {}).get("kv"),
+                    [[["text", b"committed".hex()], ["int", "1"]]])
+
+
 def test_salvaged_table():
     """A sync=off table whose last commits a power cut took (as if: the process is killed, and the
     log's tail and the index are lost): its readers see what salvage kept, behind the commit
@@ -722,6 +759,7 @@ def test_failed_backup_leaves_nothing():
 if __name__ == "__main__":
     harness.main([test_backup_copies_every_table, test_copy_files_are_its_own,
                   test_hot_backup_one_snapshot, test_large_table_hot_backup,
-                  test_attached_by_schema_name, test_utf16_database, test_salvaged_table,
+                  test_attached_by_schema_name, test_utf16_database, test_hot_journal_rolled_back,
+                  test_salvaged_table,
                   test_refusals,
                   test_failed_backup_leaves_nothing])
