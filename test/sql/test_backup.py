@@ -13,8 +13,9 @@
 - A large table (MMKV_BACKUP_MB, 200 MB unless set) copied while a writer keeps committing:
   the copy rate and the writer's longest pause are measured and printed ("# ..." lines), in WAL
   and rollback-journal mode.
-- An attached database by its schema name; a table salvage left behind its commit record
-  (sync=off, a lost tail); every refusal, each naming the thing and what to do, and a failed
+- An attached database by its schema name; UTF-16 databases; a hot journal a dead writer left
+  (rolled back by the backup's own connection); a table salvage left behind its commit record
+  (sync=off, a lost tail); every refusal, each naming the thing and what to do; and a failed
   backup leaves nothing behind.
 
 Children run as subprocesses with timeouts; randomised parts print their seed and take MMKV_SEED.
@@ -147,10 +148,16 @@ def read_header(path):
 
 
 def shell_load(copy, sql):
-    """Runs sql in the sqlite3 shell after .load of mmkv; returns (status, output)."""
+    """Runs sql in the sqlite3 shell after .load of mmkv; returns (status, output), or (None, why)
+    where there is no shell that runs on the SQLite under test (make test-sqlite runs the system's
+    shell against another library, which it refuses)."""
     sqlite3_shell = shutil.which("sqlite3")
     if not sqlite3_shell:
         return None, "no sqlite3 shell"
+    r = subprocess.run([sqlite3_shell, ":memory:", "SELECT sqlite_version()"], capture_output=True,
+                       text=True, timeout=60, env=CHILD_ENV)
+    if r.returncode or r.stdout.strip() != sqlite3.sqlite_version:
+        return None, "the sqlite3 shell does not run on SQLite %s" % sqlite3.sqlite_version
     r = subprocess.run([sqlite3_shell, "-bail", copy], input=".load %s\n%s\n" % (
         harness.EXTENSION, sql), capture_output=True, text=True, timeout=120, env=CHILD_ENV)
     return r.returncode, (r.stdout + r.stderr).strip()
@@ -243,7 +250,9 @@ def test_backup_copies_every_table():
         status, text = shell_load(copy, "SELECT count(*) FROM kv;\n"
                                   "INSERT INTO kv(kv) VALUES('integrity-check');\n"
                                   "PRAGMA integrity_check;")
-        if status is not None:
+        if status is None:
+            print("# the sqlite3 shell check is skipped: %s" % text)
+        else:
             check_equal("the sqlite3 shell opens the copy with .load", (status, text.split()),
                         (0, [str(len(source["tables"]["kv"])), "ok"]))
         # The copy's files say they are their own.
