@@ -5,6 +5,7 @@
 **     conn.load_extension("build/mmkv")      -- from Python
 **     sqlite3_auto_extension((void (*)(void))sqlite3_mmkv_init);   -- linked statically
 */
+#include "backup.h"
 #include "mmkv.h"
 #include "sqlite3_mmkv.h"
 #include "vtab.h"
@@ -33,5 +34,6 @@ __declspec(dllexport)
     int rc =
         sqlite3_create_function(db, "mmkv_version", 0, flags, NULL, version_function, NULL, NULL);
     if (rc == SQLITE_OK) rc = mmkv_vtab_register(db);
+    if (rc == SQLITE_OK) rc = mmkv_backup_register(db);
     return rc;
 }

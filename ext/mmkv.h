@@ -228,4 +228,33 @@ typedef int (*mmkv_emit_fn)(void *ctx, const mmkv_row *row);
 int mmkv_get_similar(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mmkv_datum *probe,
                      mmkv_emit_fn emit, void *ctx);
 
+/* Copies (copy.c): a data file copied into a new one of its own, for a backup, while writers go
+** on. The copy holds the source open as a reader; each mmkv_copy_to copies what a reader of a
+** recorded commit reads, appending only the bytes not copied before (a committed log is never
+** rewritten); mmkv_copy_finish seals the copy at the state last copied (both meta slots, synced)
+** and builds its index. Any thread, one at a time per copy. */
+typedef struct mmkv_copy mmkv_copy;
+typedef struct mmkv_copy_options {
+    uint64_t source_owner;   /* the owner id the source's commit record names */
+    uint64_t target_owner;   /* the copy's own owner id (not 0) */
+    const char *target_home; /* the copy's database path, for its home note */
+    const char *user;        /* who copies, named in other users' messages */
+} mmkv_copy_options;
+/* Opens the source (must exist, owned by source_owner) and makes the target data file. OK, or an
+** error with a message: ERROR if the target exists (it is left alone), the source's open errors. */
+int mmkv_copy_open(const char *source_path, const char *target_path,
+                   const mmkv_copy_options *options, mmkv_copy **out, char **errmsg);
+/* Copies the log up to what a reader of the recorded commit reads, that state into *copied (the
+** record, or salvage's state where the log was left short of it). FULL on a full disk; CORRUPT if
+** the source lacks the records or its log went back. */
+int mmkv_copy_to(mmkv_copy *copy, const mmkv_commit *recorded, mmkv_commit *copied,
+                 char **errmsg);
+/* Seals the copy at the state last copied and builds its index; the source is closed. */
+int mmkv_copy_finish(mmkv_copy *copy, char **errmsg);
+/* Ends a copy; its files are removed unless it was finished. */
+void mmkv_copy_close(mmkv_copy *copy);
+/* Gives the file `built` the name final_path (never replacing a file: ERROR if one exists), then
+** removes the name built, durably. */
+int mmkv_path_publish(const char *built, const char *final_path, char **errmsg);
+
 #endif
