@@ -1032,8 +1032,8 @@ static const char *encoding_name(int encoding)
 ** it did then. */
 static int check_encoding(const mmkv_engine *e, const mmkv_open_options *options, char **errmsg)
 {
-    int want = options->text_encoding ? options->text_encoding : MMKV_TEXT_UTF8;
-    if (e->log.text_encoding == want || e->log.format_version < 2) return MMKV_OK;
+    int want = options->text_encoding; /* 0: the opener reads no text (a copy) */
+    if (!want || e->log.text_encoding == want || e->log.format_version < 2) return MMKV_OK;
     const char *have = encoding_name(e->log.text_encoding);
     return mmkv_error(errmsg, MMKV_ERROR,
                       "mmkv: data file '%s' holds %s text and cannot be used from a %s database "

@@ -1517,7 +1517,7 @@ static void test_utf16_files(void)
     if (!begin_test("UTF-16 files: numbers in text, encodings checked at open")) return;
     const char *path = path_of("utf16.mmkv");
     mmkv_open_options le = {.sync = MMKV_SYNC_OFF, .text_encoding = MMKV_TEXT_UTF16LE},
-                      utf8 = {.sync = MMKV_SYNC_OFF}, be = le;
+                      utf8 = {.sync = MMKV_SYNC_OFF, .text_encoding = MMKV_TEXT_UTF8}, be = le;
     be.text_encoding = MMKV_TEXT_UTF16BE;
     mmkv_conn *c = NULL, *other = NULL;
     char *err = NULL;
