@@ -104,7 +104,7 @@ $(BUILD)/bench: test/bench.c $(BUILD)/libmmkv.a
 test: all $(BUILD)/test_engine $(BUILD)/test_failpoints $(BUILD)/test_powerloss \
       $(BUILD)/test_powerloss_sql $(BUILD)/test_integrity_pragma $(BUILD)/failpoint/mmkv.so
 	@BUILD=$(BUILD) PYTHON=$(PYTHON) SANITIZE=$(SANITIZE) CC=$(CC) MMKV_TEST="$(or $(T),$(MMKV_TEST))" \
-	    sh test/run.sh
+	    bash test/run.sh
 
 demo: build/mmkv.so
 	@rm -f build/demo.db build/demo.db-kv.mmkv build/demo.db-kv.mmkv-index

@@ -1,4 +1,4 @@
-#!/bin/sh
+#!/usr/bin/env bash
 # Runs every test program and sums their results.
 #
 # Each program prints one line per check: "PASS: name" or "FAIL: name: why".
@@ -12,12 +12,16 @@
 #   MMKV_SEED=N      every randomised test derives its seeds from N; unset or 0: each test's own
 #                    fixed seeds; random: a new N, drawn here and printed
 #   MMKV_EXPECT_SQLITE=V   (make test-sqlite) every program checks that it runs on SQLite V
+#   MMKV_JOBS=N      programs run N at a time (default: the processors, at most 4); their output
+#                    is printed whole, in order, each with how long it took
 BUILD=${BUILD:-build}
 PYTHON=${PYTHON:-/usr/bin/python3}
 export MMKV_EXTENSION="$(pwd)/$BUILD/mmkv"
 export MMKV_CRASH_EXTENSION="$(pwd)/$BUILD/failpoint/mmkv"
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+jobs=${MMKV_JOBS:-$(nproc 2>/dev/null || echo 1)}
+[ "$jobs" -le 4 ] || jobs=4
 
 if [ "$SANITIZE" = 1 ]; then
     # The host programs (python3, sqlite3) are not instrumented: preload the runtime.
@@ -53,26 +57,45 @@ echo "# $seed_note${selection:+; tests matching T=$selection}"
 
 passed=0
 failed=0
-run() {
-    name=$1
+names=()
+
+# Starts program $1 (the command after it) in the background, its output and status into $logs.
+start() {
+    local i=${#names[@]} name=$1
     shift
+    names+=("$name")
     # A program named whole runs whole; otherwise it picks the tests matching MMKV_TEST itself.
+    local short
     short=$(basename "$name" .py)
-    [ -n "$selection" ] || echo "== $name"
+    local pick=$selection
     if [ -n "$selection" ] && { [ "$selection" = "$name" ] || [ "$selection" = "$short" ]; }; then
-        MMKV_TEST= "$@" >"$log" 2>&1
-    else
-        MMKV_TEST=$selection "$@" >"$log" 2>&1
+        pick=
     fi
-    status=$?
-    p=$(grep -c '^PASS: ' "$log")
-    f=$(grep -c '^FAIL: ' "$log")
-    if [ -n "$selection" ]; then
-        # A program with no test matching the selection runs none, and is not shown.
-        [ "$status" -eq 0 ] && [ "$p" -eq 0 ] && [ "$f" -eq 0 ] && return
-        echo "== $name"
+    while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do
+        wait -n 2>/dev/null || true
+    done
+    (
+        begin=$(date +%s.%N)
+        MMKV_TEST=$pick "$@" >"$logs/$i.out" 2>&1
+        echo $? >"$logs/$i.status"
+        echo "$begin $(date +%s.%N)" >"$logs/$i.time"
+    ) &
+}
+
+# Prints program i's output and counts its checks.
+report() {
+    local i=$1 name=${names[$1]}
+    local status p f seconds
+    status=$(cat "$logs/$i.status")
+    p=$(grep -c '^PASS: ' "$logs/$i.out")
+    f=$(grep -c '^FAIL: ' "$logs/$i.out")
+    # A program with no test matching the selection runs none, and is not shown.
+    if [ -n "$selection" ] && [ "$status" -eq 0 ] && [ "$p" -eq 0 ] && [ "$f" -eq 0 ]; then
+        return
     fi
-    cat "$log"
+    seconds=$(awk '{ printf "%.1f", $2 - $1 }' "$logs/$i.time")
+    echo "== $name (${seconds} s)"
+    cat "$logs/$i.out"
     if [ "$status" -ne 0 ] && [ "$f" -eq 0 ]; then
         echo "FAIL: $name exited with status $status"
         f=1
@@ -85,13 +108,17 @@ run() {
     failed=$((failed + f))
 }
 
-run engine "$BUILD/test_engine"
-run failpoints "$BUILD/test_failpoints"
-run powerloss "$BUILD/test_powerloss"
-run powerloss-sql "$BUILD/test_powerloss_sql"
-run integrity-pragma "$BUILD/test_integrity_pragma"
+start engine "$BUILD/test_engine"
+start failpoints "$BUILD/test_failpoints"
+start powerloss "$BUILD/test_powerloss"
+start powerloss-sql "$BUILD/test_powerloss_sql"
+start integrity-pragma "$BUILD/test_integrity_pragma"
 for t in test/sql/test_*.py; do
-    run "$t" env LD_PRELOAD="$MMKV_PRELOAD" "$PYTHON" "$t"
+    start "$t" env LD_PRELOAD="$MMKV_PRELOAD" "$PYTHON" "$t"
+done
+wait
+for i in "${!names[@]}"; do
+    report "$i"
 done
 
 if [ -n "$selection" ] && [ $((passed + failed)) -eq 0 ]; then
