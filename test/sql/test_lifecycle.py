@@ -15,6 +15,7 @@ Run one case: MMKV_TEST=ddl_matrix (and MMKV_CASE=<substring of a case name>).
 import os
 import sqlite3
 import sys
+import textwrap
 
 import harness
 from harness import TempDir, check, check_equal, connect
@@ -311,6 +312,65 @@ def test_reload_does_not_stall():
         db.close()
 
 
+def test_ddl_behind_open_select():
+    """The issue's own case: DROP or RENAME in autocommit, rollback-journal mode, while another
+    connection (of this process, or another process) has a SELECT on kv open: SQLite refuses with
+    'database is locked', the table stays, and so do its files; once the reader is done, the DDL
+    goes through and the files follow."""
+    for ddl, after in (("DROP TABLE kv", []), ("ALTER TABLE kv RENAME TO kv2", ["kv2"])):
+        for where in ("this process", "another process"):
+            label = "%s behind an open SELECT of %s" % (ddl, where)
+            if CASE_FILTER and CASE_FILTER not in label:
+                continue
+            with TempDir() as d:
+                p = os.path.join(d, "app.db")
+                db = connect(p, timeout=0)
+                db.execute("CREATE VIRTUAL TABLE kv USING mmkv")
+                db.executemany("INSERT INTO kv VALUES(?, ?)", [(i, i) for i in range(50)])
+                if where == "this process":
+                    reader = connect(p, timeout=0)
+                    cur = reader.execute("SELECT * FROM kv")
+                    cur.fetchone()  # the statement stays open, holding its read lock
+                    child = None
+                else:
+                    import subprocess, sys
+                    code = textwrap.dedent('''
+                        import os, sqlite3, sys
+                        db = sqlite3.connect(%r, isolation_level=None)
+                        db.enable_load_extension(True)
+                        db.load_extension(os.environ["MMKV_EXTENSION"])
+                        cur = db.execute("SELECT * FROM kv")
+                        cur.fetchone()
+                        print("reading", flush=True)
+                        sys.stdin.readline()
+                    ''' % p)
+                    child = subprocess.Popen([harness.PYTHON, "-c", code], stdin=subprocess.PIPE,
+                                             stdout=subprocess.PIPE, text=True,
+                                             env=harness.CHILD_ENV)
+                    child.stdout.readline()
+                try:
+                    db.execute(ddl)
+                    check("%s: refused while the reader reads" % label, False, "no error")
+                except sqlite3.OperationalError as e:
+                    check("%s: refused as locked (%s)" % (label, e), "locked" in str(e))
+                check_equal("%s: the table and its rows stay" % label,
+                            db.execute("SELECT count(*) FROM kv").fetchone(), (50,))
+                check_equal("%s: and its files" % label,
+                            sorted(f for f in os.listdir(d) if ".mmkv" in f),
+                            ["app.db-kv.mmkv", "app.db-kv.mmkv-index"])
+                if child:
+                    child.communicate("done\n", timeout=30)
+                else:
+                    cur.close()
+                    reader.close()
+                db.execute(ddl)
+                check_equal("%s: once the reader is done, the files follow" % label,
+                            sorted(f for f in os.listdir(d) if ".mmkv" in f),
+                            sorted(f for t in after for f in ("app.db-%s.mmkv" % t,
+                                                               "app.db-%s.mmkv-index" % t)))
+                db.close()
+
+
 def test_unjoined_transactions():
     """DDL on an attached database in transactions that never write main, where mmkv settles
     from the database instead of joining: the same CREATE rolled back to a savepoint and made
@@ -408,4 +468,5 @@ def test_interrupted_ddl():
 
 if __name__ == "__main__":
     harness.main([test_ddl_matrix, test_schema_reloads, test_reload_does_not_stall,
-                  test_unjoined_transactions, test_interrupted_ddl])
+                  test_ddl_behind_open_select, test_unjoined_transactions,
+                  test_interrupted_ddl])
