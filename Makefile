@@ -28,7 +28,8 @@ LDSAN    =
 endif
 
 ENGINE_SRC = ext/crc32c.c ext/keyhash.c ext/error.c ext/file.c ext/log.c ext/index.c \
-             ext/engine.c ext/txn.c ext/check.c ext/copy.c ext/failpoint.c
+             ext/engine.c ext/commit.c ext/writer.c ext/txn.c ext/recovery.c ext/open.c \
+             ext/names.c ext/check.c ext/copy.c ext/failpoint.c
 SQL_SRC    = ext/args.c ext/commit_record.c ext/tables.c ext/pending.c ext/placement.c ext/vtab.c \
              ext/backup.c ext/extension.c
 

@@ -65,7 +65,7 @@ int mmkv_check(mmkv_conn *conn, const mmkv_commit *committed)
         counts.record_count = e->txn.counts.records;
     } else {
         if (!committed && (rc = mmkv_committed(conn, &counts)) != MMKV_OK) return rc;
-        if (committed) mmkv_engine_effective(e, committed, &counts);
+        if (committed) mmkv_commit_effective(e, committed, &counts);
         rc = mmkv_snapshot_at(conn, &counts, &snapshot);
     }
     if (rc != MMKV_OK) return rc;

@@ -98,7 +98,7 @@ int mmkv_copy_to(mmkv_copy *copy, const mmkv_commit *recorded, mmkv_commit *copi
 {
     mmkv_engine *e = copy->source->engine;
     mmkv_commit state;
-    mmkv_engine_effective(e, recorded, &state);
+    mmkv_commit_effective(e, recorded, &state);
     if (state.tail < copy->copied_to)
         return mmkv_error(errmsg, MMKV_CORRUPT,
                           "mmkv: the log of '%s' went back from byte %llu to %llu during its copy",

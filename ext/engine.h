@@ -1,6 +1,8 @@
 /*
-** engine.h: the engine's internals, shared by engine.c (files, reads, writes) and txn.c (the
-** commit protocol). Not part of the public surface (mmkv.h).
+** engine.h: the engine's internals, shared by its files: engine.c (reads, writes, the derived
+** index), commit.c (what is committed), writer.c (the one writer), txn.c (the commit protocol),
+** recovery.c (the index at open, salvage), open.c (opening, closing, the process's registry),
+** names.c (the files' names), check.c. Not part of the public surface (mmkv.h).
 */
 #ifndef MMKV_ENGINE_H
 #define MMKV_ENGINE_H
@@ -85,18 +87,21 @@ static inline void mmkv_conn_clear_error(mmkv_conn *conn)
     }
 }
 
-/* txn.c, for engine.c */
-int mmkv_txn_catch_up(mmkv_conn *conn, const mmkv_commit *committed);
+static inline uint64_t mmkv_record_bytes(const mmkv_record *r)
+{
+    return mmkv_record_size(r->header.key_len, r->header.value_len);
+}
 
-/* engine.c, for txn.c */
+/* engine.c: reads, writes and the derived index, for the others. */
 void mmkv_engine_undo(mmkv_engine *engine, size_t keep);
 int mmkv_engine_rebuild_index(mmkv_engine *engine, uint64_t tail, uint64_t records, char **errmsg);
+/* Replays the committed log [from, to) into the index (rebuilding: into a table being built). */
+int mmkv_engine_replay(mmkv_engine *e, uint64_t from, uint64_t to, int rebuilding, char **errmsg);
 int mmkv_engine_cover(mmkv_engine *engine, uint64_t tail, char **errmsg);
+/* A read-only engine's own index brought up to tail (open.c, READ-ONLY); nothing otherwise. */
+int mmkv_engine_reach(mmkv_engine *e, uint64_t tail, char **errmsg);
 int mmkv_engine_corrupt_record(char **errmsg, mmkv_engine *engine, uint64_t offset);
-/* What a recorded commit means for the log: the record itself, unless salvage (format.h) left the
-** log short of it, or padded it up to it, when the meta slot's state is what the log holds. */
-void mmkv_engine_effective(mmkv_engine *engine, const mmkv_commit *recorded,
-                           mmkv_commit *effective);
+int mmkv_engine_index_error(char **errmsg, mmkv_engine *e, int rc);
 /* The newest version of key in snapshot, a tombstone included, found through its slot filed under
 ** hash (its own, mmkv_key_hash, or its second): OK, or NOTFOUND if that slot leads to none. */
 int mmkv_engine_newest(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mmkv_datum *key,
@@ -104,5 +109,25 @@ int mmkv_engine_newest(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mmk
 /* The hash of key's second slot (format.h): 1 if it has one, a TEXT key that reads as a number in
 ** the file's text encoding. */
 int mmkv_engine_second_hash(const mmkv_engine *engine, const mmkv_datum *key, uint64_t *hash);
+
+/* commit.c: what is committed. */
+void mmkv_commit_from_meta(const mmkv_meta *meta, mmkv_commit *commit);
+/* What a recorded commit means for the log: the record itself, unless salvage (format.h) left the
+** log short of it, or padded it up to it, when the meta slot's state is what the log holds. */
+void mmkv_commit_effective(mmkv_engine *engine, const mmkv_commit *recorded,
+                           mmkv_commit *effective);
+int mmkv_commit_begin_state(mmkv_conn *conn, const mmkv_commit *authority, mmkv_commit *state);
+int mmkv_commit_catch_up(mmkv_conn *conn, const mmkv_commit *committed);
+
+/* writer.c: the writer's place. take returns with e->mutex held on success (handover: wait, within
+** limits, for a writer finishing up); release gives both up. */
+int mmkv_writer_take(mmkv_conn *conn, int handover);
+void mmkv_writer_release(mmkv_engine *e);
+
+/* recovery.c, for open.c: the index made current by the first opener. */
+int mmkv_recover_index(mmkv_engine *e, char **errmsg);
+
+/* open.c, for names.c: engines opened under old_path go by new_path. */
+void mmkv_registry_rename(const char *old_path, const char *new_path);
 
 #endif

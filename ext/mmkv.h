@@ -89,8 +89,9 @@ typedef struct mmkv_open_options {
     const char *home;  /* a new owned file's database path, for its home note (format.h) */
     const char *user;  /* who opens it, named in other users' messages ("main.kv of 'x.db'") */
     int readonly;      /* open for reading only: nothing is ever written to the files */
-    /* For a read-only open of an owned file: the state its database records, which an index on
-    ** disk must reflect exactly to be used (else the engine builds one of its own in memory). */
+    /* For an open of an owned file: the state its database records. The open brings the meta slots
+    ** and the index up to it if a crash left them behind; a read-only open uses the index on disk
+    ** only if it reflects exactly that state (else it builds one of its own in memory). */
     const mmkv_commit *committed;
 } mmkv_open_options;
 

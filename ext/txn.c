@@ -7,26 +7,20 @@
 **      durable (msync of [start, append_pos)) unless sync=off;
 **   2. a new meta slot naming the new tail is written into the slot not holding the current
 **      commit; it is made durable (unless sync=off) when the file is its own authority.
-** Who decides what is committed:
-**   - a file its database owns (mmkv_txn_begin_at): the database's commit record, which the SQL
-**     face writes after prepare, in the transaction SQLite then commits. The meta slots follow
-**     it; a writer that finds them ahead of or behind the record (a crash between the two
-**     commits) first brings the log and the index to the record (repair_to);
-**   - a file shared by in-memory databases (mmkv_txn_begin): the meta slots themselves. A crash
-**     before 2 leaves the old slot in force and the new records past its tail, ignored; a torn
-**     meta write fails its checksum and the other slot wins.
-** commit then only releases the writer and cannot fail.
+** What is committed, and so where a transaction begins, is decided in commit.c: the database's
+** commit record for a file it owns (mmkv_txn_begin_at), which the SQL face writes after prepare,
+** in the transaction SQLite then commits; the meta slots for a file shared by in-memory databases
+** (mmkv_txn_begin), where a crash before 2 leaves the old slot in force and a torn meta write fails
+** its checksum. commit then only releases the writer and cannot fail.
 **
 ** Rollback walks the transaction's records backwards and points each key's slot back at the
 ** version before (engine.c, mmkv_engine_undo); a savepoint remembers how far to walk.
 **
 ** Writers are serialised per process by txn.owner and across processes by an exclusive lock on a
-** byte of the data file (for an owned file, also by the database's write lock, taken first). A
-** writer that finds writer_active still set in the index header knows its predecessor died
-** mid-transaction with slots published for records that were never committed, and rebuilds the
-** index before it writes.
-**
-** This file is the one place that decides what is committed.
+** byte of the data file (writer.c; for an owned file, also by the database's write lock, taken
+** first). A writer that finds writer_active still set in the index header knows its predecessor
+** died mid-transaction with slots published for records that were never committed, and rebuilds
+** the index before it writes (commit.c).
 */
 #include "engine.h"
 #include "error.h"
@@ -43,128 +37,6 @@ int mmkv_txn_active(mmkv_conn *conn)
     return conn->engine->txn.owner == conn;
 }
 
-/*
-** Brings the log and the index to the state the owning database says is committed, after a crash
-** fell between the two commits: the meta slots one transaction ahead (the database rolled back)
-** or behind (the meta write was lost), and the index possibly holding slots of records past the
-** committed tail. The records below that tail were made durable before the database committed.
-*/
-static int repair_to(mmkv_conn *conn, const mmkv_meta *meta, const mmkv_commit *state)
-{
-    mmkv_engine *e = conn->engine;
-    mmkv_txn *txn = &e->txn;
-    int rc = mmkv_engine_cover(e, state->tail, &conn->errmsg);
-    if (rc == MMKV_OK)
-        rc = mmkv_engine_rebuild_index(e, state->tail, state->record_count, &conn->errmsg);
-    /* Rolled back below what the notice holds durable (the database lost commits mmkv kept): the
-    ** records past the record will be overwritten, so salvage must not count on them. */
-    uint64_t durable;
-    if (rc == MMKV_OK && mmkv_log_notice(&e->log, &durable) && durable > state->tail)
-        rc = mmkv_log_write_notice(&e->log, state->tail);
-    if (rc != MMKV_OK || (meta->txid == state->txid && meta->committed_tail == state->tail))
-        return rc;
-    mmkv_meta fixed;
-    memset(&fixed, 0, sizeof fixed);
-    fixed.txid = state->txid;
-    fixed.committed_tail = state->tail;
-    fixed.live_count = state->live_count;
-    fixed.record_count = state->record_count;
-    fixed.garbage_bytes = state->garbage_bytes;
-    fixed.txn_start = state->tail;
-    mmkv_meta_seal(&fixed);
-    /* Behind: write the other slot, which becomes newest. Ahead: overwrite both, since salvage
-    ** leaves the same state in both, and either could still be ahead. */
-    int ahead = meta->txid > state->txid;
-    int slot = ahead ? txn->committed_slot : txn->committed_slot ^ 1;
-    rc = mmkv_log_write_meta(&e->log, slot, &fixed, conn->sync != MMKV_SYNC_OFF);
-    if (rc == MMKV_OK && ahead)
-        rc = mmkv_log_write_meta(&e->log, slot ^ 1, &fixed, conn->sync != MMKV_SYNC_OFF);
-    if (rc != MMKV_OK) return mmkv_error_os(&conn->errmsg, rc, "mmkv: cannot sync '%s'", e->data_path);
-    txn->committed_slot = slot;
-    return MMKV_OK;
-}
-
-/*
-** Salvage (format.h) left the log short of the commit the database recorded: commits made under
-** sync=off were lost to a power cut. Fills the lost bytes with pad records of the recorded
-** transaction, so that the record names a whole log again, and takes the counts from the log.
-*/
-static int pad_to_record(mmkv_conn *conn, mmkv_meta *meta, mmkv_commit *state)
-{
-    mmkv_engine *e = conn->engine;
-    mmkv_txn *txn = &e->txn;
-    if (meta->committed_tail < state->tail) {
-        if (state->tail - meta->committed_tail < sizeof(mmkv_record_header) ||
-            state->txid <= meta->txid)
-            return mmkv_error(&conn->errmsg, MMKV_CORRUPT,
-                              "mmkv: '%s' is damaged: its database records commit %llu up to "
-                              "byte %llu, which its salvaged log cannot hold",
-                              e->data_path, (unsigned long long)state->txid,
-                              (unsigned long long)state->tail);
-        uint64_t from = meta->committed_tail;
-        int rc = mmkv_log_write_pad(&e->log, from, state->tail, state->txid);
-        if (rc != MMKV_OK)
-            return mmkv_map_error(&e->log.map, &conn->errmsg, rc, "data file", e->data_path);
-        if (conn->sync != MMKV_SYNC_OFF)
-            rc = mmkv_map_sync_range(&e->log.map, from, state->tail - from);
-        mmkv_meta padded = *meta;
-        padded.txid = state->txid;
-        padded.committed_tail = state->tail;
-        padded.garbage_bytes += state->tail - from;
-        padded.txn_start = from;
-        mmkv_meta_seal(&padded);
-        int slot = txn->committed_slot ^ 1;
-        if (rc == MMKV_OK)
-            rc = mmkv_log_write_meta(&e->log, slot, &padded, conn->sync != MMKV_SYNC_OFF);
-        if (rc != MMKV_OK)
-            return mmkv_error_os(&conn->errmsg, rc, "mmkv: cannot write to '%s'", e->data_path);
-        txn->committed_slot = slot;
-        *meta = padded;
-    }
-    if (meta->txid == state->txid && meta->committed_tail == state->tail) {
-        state->live_count = meta->live_count;
-        state->record_count = meta->record_count;
-        state->garbage_bytes = meta->garbage_bytes;
-    }
-    return MMKV_OK;
-}
-
-/* How long a writer that holds its database's write lock waits for the previous writer to finish
-** releasing mmkv's: SQLite calls xCommit and xRollback only after it has released the database's
-** lock, so the next writer can arrive a moment before the last one is done. */
-#define HANDOVER_WAIT_MS 5000
-#define HANDOVER_POLL_US 50
-
-static void pause_us(long us)
-{
-    struct timespec ts = {us / 1000000, (us % 1000000) * 1000};
-    nanosleep(&ts, NULL);
-}
-
-/* Takes the writer's place (txn.owner and the file lock) with e->mutex held on success. When
-** `handover` is set, another holder is a writer finishing up: wait for it, within limits. */
-static int take_writer(mmkv_conn *conn, int handover)
-{
-    mmkv_engine *e = conn->engine;
-    long waited_us = 0, step_us = HANDOVER_POLL_US;
-    for (;;) {
-        pthread_mutex_lock(&e->mutex);
-        const char *who = NULL;
-        if (e->txn.owner && e->txn.owner != conn)
-            who = "connection";
-        else if (!e->txn.owner && mmkv_lock_try(e->log.map.fd, MMKV_LOCK_WRITER, 1) != MMKV_OK)
-            who = "process";
-        if (!who) return MMKV_OK;
-        pthread_mutex_unlock(&e->mutex);
-        if (!handover || waited_us >= (long)HANDOVER_WAIT_MS * 1000)
-            return mmkv_error(&conn->errmsg, MMKV_BUSY,
-                              "mmkv: '%s' is locked: another %s is writing it", e->data_path, who);
-        pause_us(step_us);
-        waited_us += step_us;
-        if (step_us < 1000) step_us *= 2;
-    }
-}
-
 static int readonly_error(mmkv_conn *conn)
 {
     return mmkv_error(&conn->errmsg, MMKV_READONLY,
@@ -179,32 +51,13 @@ static int begin_from(mmkv_conn *conn, const mmkv_commit *authority)
     mmkv_txn *txn = &e->txn;
     if (txn->owner == conn) return MMKV_OK;
     if (e->readonly) return readonly_error(conn);
-    int rc = take_writer(conn, authority != NULL);
+    int rc = mmkv_writer_take(conn, authority != NULL);
     if (rc != MMKV_OK) return rc;
-    mmkv_meta meta;
     mmkv_commit state;
-    rc = mmkv_log_meta(&e->log, &meta, &txn->committed_slot, &conn->errmsg);
-    if (rc == MMKV_OK) {
-        state.txid = meta.txid;
-        state.tail = meta.committed_tail;
-        state.live_count = meta.live_count;
-        state.record_count = meta.record_count;
-        state.garbage_bytes = meta.garbage_bytes;
-        if (authority) state = *authority;
-        if (authority && (meta.flags & MMKV_META_SALVAGED)) rc = pad_to_record(conn, &meta, &state);
-    }
-    if (rc == MMKV_OK && (rc = mmkv_index_begin_writes(&e->index)) != MMKV_OK)
-        mmkv_error_os(&conn->errmsg, rc, "mmkv: cannot write to '%s'", e->index_path);
-    if (rc == MMKV_OK) {
-        mmkv_index_header *h = mmkv_index_header_of(&e->index);
-        /* writer_active still set: the last writer died with slots published for records that
-        ** never committed. */
-        if (h->writer_active || meta.txid != state.txid || meta.committed_tail != state.tail)
-            rc = repair_to(conn, &meta, &state);
-    }
+    rc = mmkv_commit_begin_state(conn, authority, &state);
     if (rc != MMKV_OK) {
-        mmkv_unlock(e->log.map.fd, MMKV_LOCK_WRITER);
-        goto done;
+        mmkv_writer_release(e);
+        return rc;
     }
     mmkv_index_header_of(&e->index)->writer_active = 1;
     txn->owner = conn;
@@ -218,38 +71,8 @@ static int begin_from(mmkv_conn *conn, const mmkv_commit *authority)
     txn->n_savepoints = 0;
     txn->prepared = 0;
     txn->marked = 0;
-done:
     pthread_mutex_unlock(&e->mutex);
-    return rc;
-}
-
-/* A reader's record names commits the meta slots lack (a power cut lost their unsynced write, the
-** records being durable): the index stops short of them too. Brings both up to the record, under
-** the writer's lock, as the next writer would. */
-int mmkv_txn_catch_up(mmkv_conn *conn, const mmkv_commit *committed)
-{
-    mmkv_engine *e = conn->engine;
-    mmkv_txn *txn = &e->txn;
-    if (e->readonly)
-        return mmkv_error(&conn->errmsg, MMKV_READONLY,
-                          "mmkv: '%s' needs its index brought up to its database's last commit, "
-                          "which a read-only connection cannot do: open it once from a "
-                          "connection that can write it",
-                          e->data_path);
-    int rc = take_writer(conn, 1);
-    if (rc != MMKV_OK) return rc;
-    mmkv_meta meta;
-    rc = mmkv_log_meta(&e->log, &meta, &txn->committed_slot, &conn->errmsg);
-    if (rc == MMKV_OK && meta.txid < committed->txid && !(meta.flags & MMKV_META_SALVAGED) &&
-        (rc = mmkv_index_begin_writes(&e->index)) == MMKV_OK) {
-        mmkv_index_header *h = mmkv_index_header_of(&e->index);
-        h->writer_active = 1; /* a crash in the middle leaves an index that is rebuilt */
-        rc = repair_to(conn, &meta, committed);
-        if (rc == MMKV_OK) h->writer_active = 0;
-    }
-    mmkv_unlock(e->log.map.fd, MMKV_LOCK_WRITER);
-    pthread_mutex_unlock(&e->mutex);
-    return rc;
+    return MMKV_OK;
 }
 
 int mmkv_mark_home(mmkv_conn *conn, const char *home, uint32_t flags)
@@ -259,13 +82,10 @@ int mmkv_mark_home(mmkv_conn *conn, const char *home, uint32_t flags)
     if (e->temporary) return MMKV_OK;
     if (e->readonly) return readonly_error(conn);
     int own = e->txn.owner == conn;
-    int rc = own ? MMKV_OK : take_writer(conn, 1);
+    int rc = own ? MMKV_OK : mmkv_writer_take(conn, 1);
     if (rc != MMKV_OK) return rc;
     rc = mmkv_log_write_home(&e->log, home, flags);
-    if (!own) {
-        mmkv_unlock(e->log.map.fd, MMKV_LOCK_WRITER);
-        pthread_mutex_unlock(&e->mutex);
-    }
+    if (!own) mmkv_writer_release(e);
     if (rc != MMKV_OK)
         return mmkv_error_os(&conn->errmsg, rc, "mmkv: cannot write to '%s'", e->data_path);
     return MMKV_OK;

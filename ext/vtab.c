@@ -466,7 +466,7 @@ static int mmkvConnect(sqlite3 *db, void *aux, int argc, const char *const *argv
                                       "missing): its data cannot be trusted",
                                       name, name, MMKV_COMMIT_SUFFIX);
             options.owner_id = t->record.owner_id;
-            if (failed == SQLITE_OK && options.readonly &&
+            if (failed == SQLITE_OK &&
                 (failed = mmkv_record_read(&t->record, &committed, &why)) == SQLITE_OK)
                 options.committed = &committed;
         } else if (failed == SQLITE_OK && !t->owned &&
