@@ -29,9 +29,11 @@ endif
 
 ENGINE_SRC = ext/crc32c.c ext/keyhash.c ext/error.c ext/file.c ext/log.c ext/index.c \
              ext/engine.c ext/commit.c ext/writer.c ext/txn.c ext/recovery.c ext/open.c \
-             ext/names.c ext/check.c ext/copy.c ext/failpoint.c
+             ext/names.c ext/check.c ext/copy.c ext/compact.c ext/failpoint.c \
+             ext/stats.c
 SQL_SRC    = ext/args.c ext/commit_record.c ext/tables.c ext/pending.c ext/placement.c ext/vtab.c \
-             ext/backup.c ext/extension.c
+             ext/backup.c ext/compaction.c ext/worker.c ext/connections.c ext/stats_vtab.c \
+             ext/extension.c
 
 ENGINE_OBJ = $(ENGINE_SRC:ext/%.c=$(BUILD)/obj/%.o)
 SHARED_OBJ = $(SQL_SRC:ext/%.c=$(BUILD)/obj/shared/%.o)
@@ -55,7 +57,7 @@ $(BUILD)/obj/static/%.o: ext/%.c $(HEADERS)
 	$(CC) $(CFLAGS_ALL) -DSQLITE_CORE -c $< -o $@
 
 $(BUILD)/mmkv.so: $(ENGINE_OBJ) $(SHARED_OBJ)
-	$(CC) -shared $(LDSAN) -o $@ $^ -lpthread
+	$(CC) -shared $(LDSAN) -o $@ $^ -lpthread -ldl
 
 $(BUILD)/libmmkv.a: $(ENGINE_OBJ) $(STATIC_OBJ)
 	@rm -f $@
@@ -81,7 +83,7 @@ $(BUILD)/obj/failpoint/shared/%.o: ext/%.c $(HEADERS)
 
 $(BUILD)/failpoint/mmkv.so: $(FAILPOINT_OBJ) $(FAILPOINT_SQL_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) -shared $(LDSAN) -o $@ $^ -lpthread
+	$(CC) -shared $(LDSAN) -o $@ $^ -lpthread -ldl
 
 $(BUILD)/test_powerloss: test/powerloss_test.c $(FAILPOINT_OBJ) $(HEADERS)
 	$(CC) $(CFLAGS_ALL) -DMMKV_FAILPOINTS -o $@ test/powerloss_test.c $(FAILPOINT_OBJ) $(LDSAN) -lpthread

@@ -63,11 +63,28 @@ static int parse_sync(const char *value, mmkv_sync *sync)
     return 1;
 }
 
+/* off, or a whole percentage (a trailing % allowed) within the limits. */
+static int parse_autocompact(const char *value, int *pct)
+{
+    if (strcasecmp(value, "off") == 0) {
+        *pct = 0;
+        return 1;
+    }
+    char *end;
+    long n = strtol(value, &end, 10);
+    if (end == value || !isdigit((unsigned char)*value)) return 0;
+    if (*end == '%') end++;
+    if (*end || n < MMKV_AUTOCOMPACT_MIN || n > MMKV_AUTOCOMPACT_MAX) return 0;
+    *pct = (int)n;
+    return 1;
+}
+
 int mmkv_args_parse(int argc, const char *const *argv, mmkv_args *args, char **errmsg)
 {
     memset(args, 0, sizeof *args);
     args->sync = MMKV_SYNC_FULL;
-    int have_sync = 0;
+    args->autocompact = MMKV_AUTOCOMPACT_DEFAULT;
+    int have_sync = 0, have_autocompact = 0;
     int rc = MMKV_OK;
     for (int i = 0; i < argc && rc == MMKV_OK; i++) {
         const char *arg = skip_space(argv[i]);
@@ -99,6 +116,16 @@ int mmkv_args_parse(int argc, const char *const *argv, mmkv_args *args, char **e
                                 "mmkv: argument \"sync\" must be full, normal or off, not \"%s\"",
                                 value);
             have_sync = 1;
+        } else if (strcasecmp(name, "autocompact") == 0) {
+            if (have_autocompact)
+                rc = mmkv_error(errmsg, MMKV_ERROR, "mmkv: duplicate argument \"autocompact\"");
+            else if (!parse_autocompact(value, &args->autocompact))
+                rc = mmkv_error(errmsg, MMKV_ERROR,
+                                "mmkv: argument \"autocompact\" must be off or a percentage of "
+                                "garbage from %d to %d (default %d), not \"%s\"",
+                                MMKV_AUTOCOMPACT_MIN, MMKV_AUTOCOMPACT_MAX,
+                                MMKV_AUTOCOMPACT_DEFAULT, value);
+            have_autocompact = 1;
         } else {
             rc = mmkv_error(errmsg, MMKV_ERROR, "mmkv: unknown argument \"%s\"", name);
         }

@@ -19,10 +19,12 @@ static int problem(mmkv_conn *conn, const char *what, uint64_t offset)
 }
 
 /* The previous version named by record must be an earlier record of the same key. */
-static int check_prev(mmkv_conn *conn, const mmkv_record *record, uint64_t limit)
+static int check_prev(mmkv_conn *conn, const mmkv_record *record, uint64_t start, uint64_t limit)
 {
     uint64_t prev = record->header.prev_offset;
-    if (prev == 0) return MMKV_OK;
+    /* Below the log's start: a copy compaction made names the record it copied, which may be gone
+    ** (format.h, START). */
+    if (prev == 0 || prev < start) return MMKV_OK;
     mmkv_record older;
     if (prev >= record->offset || !mmkv_log_record(&conn->engine->log, prev, limit, &older) ||
         !mmkv_record_checksum_ok(&older))
@@ -74,7 +76,7 @@ int mmkv_check(mmkv_conn *conn, const mmkv_commit *committed)
     if ((rc = mmkv_log_meta(&e->log, &meta, &slot, &conn->errmsg)) != MMKV_OK) return rc;
 
     uint64_t records = 0, live = 0;
-    for (uint64_t pos = MMKV_DATA_START; pos < snapshot.tail;) {
+    for (uint64_t pos = snapshot.start; pos < snapshot.tail;) {
         mmkv_record record;
         if (!mmkv_log_record(&e->log, pos, snapshot.tail, &record))
             return problem(conn, "a malformed record header", pos);
@@ -83,7 +85,7 @@ int mmkv_check(mmkv_conn *conn, const mmkv_commit *committed)
             pos += mmkv_record_size(record.header.key_len, record.header.value_len);
             continue;
         }
-        if ((rc = check_prev(conn, &record, snapshot.tail)) != MMKV_OK) return rc;
+        if ((rc = check_prev(conn, &record, snapshot.start, snapshot.tail)) != MMKV_OK) return rc;
         mmkv_datum key;
         mmkv_record_key(&record, &key);
         mmkv_record newest;
@@ -119,5 +121,6 @@ int mmkv_rebuild(mmkv_conn *conn)
     if (!mmkv_txn_active(conn))
         return mmkv_error(&conn->errmsg, MMKV_MISUSE, "mmkv: rebuild outside a write transaction");
     /* Up to the transaction's own last record, so that its slots (and its undo) survive. */
-    return mmkv_engine_rebuild_index(e, e->txn.append_pos, e->txn.counts.records, &conn->errmsg);
+    return mmkv_engine_rebuild_index(e, e->txn.counts.start, e->txn.append_pos, e->txn.counts.live,
+                                     &conn->errmsg);
 }

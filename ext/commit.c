@@ -26,10 +26,12 @@
 void mmkv_commit_from_meta(const mmkv_meta *meta, mmkv_commit *commit)
 {
     commit->txid = meta->txid;
+    commit->start = mmkv_meta_start(meta);
     commit->tail = meta->committed_tail;
     commit->live_count = meta->live_count;
     commit->record_count = meta->record_count;
     commit->garbage_bytes = meta->garbage_bytes;
+    commit->compactions = (meta->flags & MMKV_META_HAS_START) ? meta->compactions : 0;
 }
 
 int mmkv_committed(mmkv_conn *conn, mmkv_commit *commit)
@@ -81,7 +83,8 @@ static int repair_to(mmkv_conn *conn, const mmkv_meta *meta, const mmkv_commit *
     mmkv_txn *txn = &e->txn;
     int rc = mmkv_engine_cover(e, state->tail, &conn->errmsg);
     if (rc == MMKV_OK)
-        rc = mmkv_engine_rebuild_index(e, state->tail, state->record_count, &conn->errmsg);
+        rc = mmkv_engine_rebuild_index(e, state->start, state->tail, state->live_count,
+                                       &conn->errmsg);
     /* Rolled back below what the notice holds durable (the database lost commits mmkv kept): the
     ** records past the record will be overwritten, so salvage must not count on them. */
     uint64_t durable;
@@ -97,6 +100,8 @@ static int repair_to(mmkv_conn *conn, const mmkv_meta *meta, const mmkv_commit *
     fixed.record_count = state->record_count;
     fixed.garbage_bytes = state->garbage_bytes;
     fixed.txn_start = state->tail;
+    fixed.log_start = state->start;
+    fixed.compactions = state->compactions;
     mmkv_meta_seal(&fixed);
     /* Behind: write the other slot, which becomes newest. Ahead: overwrite both, since salvage
     ** leaves the same state in both, and either could still be ahead. */
@@ -213,6 +218,7 @@ int mmkv_snapshot_take(mmkv_conn *conn, mmkv_snapshot *snapshot)
     mmkv_conn_clear_error(conn);
     mmkv_engine *e = conn->engine;
     if (e->txn.owner == conn) {
+        snapshot->start = e->txn.counts.start;
         snapshot->tail = e->txn.append_pos;
         snapshot->garbage_bytes = e->txn.counts.garbage;
         return MMKV_OK;
@@ -222,6 +228,7 @@ int mmkv_snapshot_take(mmkv_conn *conn, mmkv_snapshot *snapshot)
     int rc = mmkv_log_meta(&e->log, &meta, &slot, &conn->errmsg);
     if (rc == MMKV_OK) rc = mmkv_engine_reach(e, meta.committed_tail, &conn->errmsg);
     if (rc != MMKV_OK) return rc;
+    snapshot->start = mmkv_meta_start(&meta);
     snapshot->tail = meta.committed_tail;
     snapshot->garbage_bytes = meta.garbage_bytes;
     return MMKV_OK;
@@ -257,6 +264,7 @@ int mmkv_snapshot_at(mmkv_conn *conn, const mmkv_commit *committed, mmkv_snapsho
     if (rc == MMKV_OK) rc = mmkv_engine_cover(conn->engine, state.tail, &conn->errmsg);
     if (rc == MMKV_OK) rc = mmkv_engine_reach(conn->engine, state.tail, &conn->errmsg);
     if (rc != MMKV_OK) return rc;
+    snapshot->start = state.start > MMKV_DATA_START ? state.start : MMKV_DATA_START;
     snapshot->tail = state.tail;
     snapshot->garbage_bytes = state.garbage_bytes;
     return MMKV_OK;

@@ -14,6 +14,8 @@ SQLITE_EXTENSION_INIT3
 #define RECORD_V2_COMMIT_AT 8     /* where a version 2 record's commit fields begin */
 #define RECORD_COMMIT_FIELDS 6    /* txid, tail, live, records, garbage, generation */
 #define RECORD_V2_DISPLACED_AT 56 /* the displaced owner */
+#define RECORD_V2_START_AT 64     /* the log's start (0 in records written before compaction) */
+#define RECORD_V2_COMPACTIONS_AT 72 /* compactions finished */
 
 static void put_u64(unsigned char *p, uint64_t v)
 {
@@ -104,6 +106,8 @@ int mmkv_record_create(mmkv_commit_record *rec, sqlite3 *db, const char *schema,
     put_u64(blob, 2);
     encode_commit(state, blob + RECORD_V2_COMMIT_AT);
     put_u64(blob + RECORD_V2_DISPLACED_AT, displaced_owner);
+    put_u64(blob + RECORD_V2_START_AT, state->start);
+    put_u64(blob + RECORD_V2_COMPACTIONS_AT, state->compactions);
     char hex[2 * RECORD_V2_BYTES + 1];
     for (int i = 0; i < RECORD_V2_BYTES; i++)
         sqlite3_snprintf(3, hex + 2 * i, "%02x", blob[i]);
@@ -164,7 +168,12 @@ int mmkv_record_read(mmkv_commit_record *rec, mmkv_commit *state, char **err)
         const unsigned char *blob = sqlite3_column_blob(rec->read, 0);
         int version = blob_version(blob, sqlite3_column_bytes(rec->read, 0));
         if (version) decode_commit(version == 2 ? blob + RECORD_V2_COMMIT_AT : blob, state);
-        rc = version == rec->version ? SQLITE_OK : SQLITE_CORRUPT;
+        state->start = version == 2 ? get_u64(blob + RECORD_V2_START_AT) : 0;
+        state->compactions = version == 2 ? get_u64(blob + RECORD_V2_COMPACTIONS_AT) : 0;
+        /* A version 1 record becomes version 2 when its table first compacts, and back if that
+        ** transaction rolls back: the version read is the version in force. */
+        rc = version ? SQLITE_OK : SQLITE_CORRUPT;
+        if (version) rec->version = version;
     } else if (rc == SQLITE_ROW || rc == SQLITE_DONE) {
         rc = SQLITE_CORRUPT;
     }
@@ -209,8 +218,35 @@ int mmkv_record_read_cached(mmkv_commit_record *rec, mmkv_commit *state, char **
     return rc;
 }
 
+/* A version 1 record (mmkv 0.1) rewritten as version 2, for a state with a start to record. The
+** one UPDATE of the record's life: sqlite3_total_changes() counts it. */
+static int record_upgrade(mmkv_commit_record *rec, const mmkv_commit *state, char **err)
+{
+    unsigned char blob[RECORD_V2_BYTES];
+    memset(blob, 0, sizeof blob);
+    put_u64(blob, 2);
+    encode_commit(state, blob + RECORD_V2_COMMIT_AT);
+    put_u64(blob + RECORD_V2_START_AT, state->start);
+    put_u64(blob + RECORD_V2_COMPACTIONS_AT, state->compactions);
+    char *sql = sqlite3_mprintf("UPDATE \"%w\".\"%w\" SET state = ?1 WHERE rowid = 1", rec->schema,
+                                rec->table);
+    if (!sql) return SQLITE_NOMEM;
+    sqlite3_stmt *stmt = NULL;
+    int rc = sqlite3_prepare_v2(rec->db, sql, -1, &stmt, NULL);
+    sqlite3_free(sql);
+    if (rc == SQLITE_OK) rc = sqlite3_bind_blob(stmt, 1, blob, (int)sizeof blob, SQLITE_STATIC);
+    if (rc == SQLITE_OK) rc = sqlite3_step(stmt) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(rec->db);
+    sqlite3_finalize(stmt);
+    rec->have_cached = 0;
+    if (rc != SQLITE_OK) return fail(err, rec->db, "cannot write the commit record");
+    rec->version = 2;
+    return SQLITE_OK;
+}
+
 int mmkv_record_write(mmkv_commit_record *rec, const mmkv_commit *state, char **err)
 {
+    if (rec->version == 1 && state->start > MMKV_RECORD_FIRST_OFFSET)
+        return record_upgrade(rec, state, err);
     unsigned char fields[8 * RECORD_COMMIT_FIELDS];
     encode_commit(state, fields);
     int at = rec->version == 2 ? RECORD_V2_COMMIT_AT : 0;
@@ -218,6 +254,12 @@ int mmkv_record_write(mmkv_commit_record *rec, const mmkv_commit *state, char **
     sqlite3_blob *handle = NULL;
     int rc = sqlite3_blob_open(rec->db, rec->schema, rec->table, "state", RECORD_ROWID, 1, &handle);
     if (rc == SQLITE_OK) rc = sqlite3_blob_write(handle, fields, bytes, at);
+    if (rc == SQLITE_OK && rec->version == 2) {
+        unsigned char tail_fields[16];
+        put_u64(tail_fields, state->start);
+        put_u64(tail_fields + 8, state->compactions);
+        rc = sqlite3_blob_write(handle, tail_fields, 16, RECORD_V2_START_AT);
+    }
     int close_rc = handle ? sqlite3_blob_close(handle) : SQLITE_OK;
     if (rc == SQLITE_OK) rc = close_rc;
     rec->have_cached = 0;

@@ -18,10 +18,13 @@
 **                                    move to a new file), [56] displaced owner (the owner of a
 **                                    dropped table whose file this table's CREATE set aside in
 **                                    the same transaction: its leftover is deleted on sight),
-**                                    [64..95] zero
+**                                    [64] the log's start (data file format.h, START; 0 in
+**                                    records older than compaction: the first record's offset),
+**                                    [72] compactions finished, [80..95] zero
 **
 ** A commit rewrites only the commit fields in place (incremental blob I/O, which unlike an UPDATE
-** leaves sqlite3_changes() to the user's statements); a version 1 record stays version 1.
+** leaves sqlite3_changes() to the user's statements); a version 1 record stays version 1 until its
+** table first compacts, when one UPDATE makes it version 2 (a start must be recorded).
 */
 #ifndef MMKV_COMMIT_RECORD_H
 #define MMKV_COMMIT_RECORD_H
@@ -30,6 +33,7 @@
 #include "sqlite3ext.h"
 
 #define MMKV_COMMIT_SUFFIX "commit" /* the shadow table is "<table>_commit" (xShadowName) */
+#define MMKV_RECORD_FIRST_OFFSET 4096 /* a log's start before any compaction */
 
 typedef struct mmkv_commit_record {
     sqlite3 *db;

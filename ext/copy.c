@@ -106,8 +106,12 @@ int mmkv_copy_to(mmkv_copy *copy, const mmkv_commit *recorded, mmkv_commit *copi
                           (unsigned long long)state.tail);
     int rc = mmkv_engine_cover(e, state.tail, errmsg);
     if (rc != MMKV_OK) return rc;
-    uint64_t from = copy->copied_to ? copy->copied_to : MMKV_DATA_START;
-    if (state.tail > from && (rc = mmkv_file_allocate(copy->target_fd, state.tail)) != MMKV_OK)
+    /* From the log's start: the bytes below it may have been given back (format.h, START), and
+    ** the copy leaves them a hole too. */
+    uint64_t start = state.start > MMKV_DATA_START ? state.start : MMKV_DATA_START;
+    uint64_t from = copy->copied_to > start ? copy->copied_to : start;
+    if (state.tail > from &&
+        (rc = mmkv_file_allocate_range(copy->target_fd, from, state.tail - from)) != MMKV_OK)
         return mmkv_error(errmsg, rc,
                           "mmkv: cannot grow the copy's data file '%s' to %llu bytes: %s",
                           copy->target_path, (unsigned long long)state.tail, strerror(errno));
@@ -144,6 +148,8 @@ int mmkv_copy_finish(mmkv_copy *copy, char **errmsg)
     meta.record_count = copy->state.record_count;
     meta.garbage_bytes = copy->state.garbage_bytes;
     meta.txn_start = copy->state.tail;
+    meta.log_start = copy->state.start;
+    meta.compactions = copy->state.compactions;
     mmkv_meta_seal(&meta);
     int rc = MMKV_OK;
     for (int slot = 0; slot < 2 && rc == MMKV_OK; slot++)

@@ -376,7 +376,8 @@ int mmkv_scan_open(mmkv_conn *conn, const mmkv_snapshot *snapshot, mmkv_scan **o
     if (!scan) return MMKV_NOMEM;
     scan->conn = conn;
     scan->snapshot = *snapshot;
-    scan->position = scan->prefetched = MMKV_DATA_START;
+    scan->position = scan->prefetched =
+        snapshot->start > MMKV_DATA_START ? snapshot->start : MMKV_DATA_START;
     *out = scan;
     return MMKV_OK;
 }
@@ -418,9 +419,11 @@ int mmkv_scan_next(mmkv_scan *scan, mmkv_row *row)
         if (scan->ahead > 0) scan->ahead--;
         if (record.header.flags & MMKV_RECORD_PAD) continue;
         if (scan->snapshot.garbage_bytes == 0) {
-            /* No superseded version or tombstone anywhere below the tail: every record is live.
-            ** A record that has a previous version, or is a tombstone, says otherwise. */
-            if (record.header.prev_offset || (record.header.flags & MMKV_RECORD_TOMBSTONE))
+            /* No superseded version or tombstone anywhere in the log: every record is live. A
+            ** record that replaces a version in it, or is a tombstone, says otherwise (a copy
+            ** compaction made names the record it copies, below the start). */
+            if (record.header.prev_offset >= scan->snapshot.start ||
+                (record.header.flags & MMKV_RECORD_TOMBSTONE))
                 return mmkv_error(&conn->errmsg, MMKV_CORRUPT,
                                   "mmkv: '%s' is damaged: its commit counts no old versions, but "
                                   "the record at offset %llu replaces one",
@@ -510,8 +513,8 @@ static int store_shadow(mmkv_engine *e, const mmkv_datum *key, uint64_t offset, 
 }
 
 /* Appends a version of key (a tombstone if value is NULL) after the version at prev. */
-static int append_version(mmkv_conn *conn, const mmkv_slot_ref *ref, uint64_t hash,
-                          const mmkv_datum *key, const mmkv_datum *value, uint64_t prev)
+int mmkv_engine_append(mmkv_conn *conn, const mmkv_slot_ref *ref, uint64_t hash,
+                       const mmkv_datum *key, const mmkv_datum *value, uint64_t prev)
 {
     mmkv_engine *e = conn->engine;
     mmkv_txn *txn = &e->txn;
@@ -533,8 +536,8 @@ static int append_version(mmkv_conn *conn, const mmkv_slot_ref *ref, uint64_t ha
 }
 
 /* Locates key for a write: its slot and its newest version, if any. */
-static int locate_for_write(mmkv_conn *conn, const mmkv_datum *key, uint64_t hash,
-                            mmkv_slot_ref *ref, mmkv_record *newest)
+int mmkv_engine_locate(mmkv_conn *conn, const mmkv_datum *key, uint64_t hash, mmkv_slot_ref *ref,
+                       mmkv_record *newest)
 {
     mmkv_engine *e = conn->engine;
     key_probe p = {e, key, e->txn.append_pos, 0, 0, 0};
@@ -559,11 +562,11 @@ int mmkv_put(mmkv_conn *conn, const mmkv_datum *key, const mmkv_datum *value, in
     uint64_t hash = mmkv_key_hash(key);
     mmkv_slot_ref ref;
     mmkv_record newest;
-    rc = locate_for_write(conn, key, hash, &ref, &newest);
+    rc = mmkv_engine_locate(conn, key, hash, &ref, &newest);
     if (rc != MMKV_OK && rc != MMKV_NOTFOUND) return rc;
     int exists = rc == MMKV_OK && !(newest.header.flags & MMKV_RECORD_TOMBSTONE);
     if (exists && mode == MMKV_PUT_INSERT) return MMKV_CONSTRAINT;
-    rc = append_version(conn, &ref, hash, key, value, ref.slot ? newest.offset : 0);
+    rc = mmkv_engine_append(conn, &ref, hash, key, value, ref.slot ? newest.offset : 0);
     if (rc != MMKV_OK) return rc;
     if (exists)
         txn->counts.garbage += mmkv_record_bytes(&newest);
@@ -582,11 +585,11 @@ int mmkv_delete(mmkv_conn *conn, const mmkv_datum *key)
     uint64_t hash = mmkv_key_hash(key);
     mmkv_slot_ref ref;
     mmkv_record newest;
-    rc = locate_for_write(conn, key, hash, &ref, &newest);
+    rc = mmkv_engine_locate(conn, key, hash, &ref, &newest);
     if (rc != MMKV_OK) return rc;
     if (newest.header.flags & MMKV_RECORD_TOMBSTONE) return MMKV_NOTFOUND;
     uint64_t before = txn->append_pos;
-    rc = append_version(conn, &ref, hash, key, NULL, newest.offset);
+    rc = mmkv_engine_append(conn, &ref, hash, key, NULL, newest.offset);
     if (rc != MMKV_OK) return rc;
     txn->counts.live--;
     txn->counts.garbage += mmkv_record_bytes(&newest) + (txn->append_pos - before);
@@ -594,14 +597,34 @@ int mmkv_delete(mmkv_conn *conn, const mmkv_datum *key)
 }
 
 /* Undoes the transaction's records past the first `keep`, newest first: each key's slot goes back
-** to the version before. Cannot fail: every slot touched exists, and the records are our own. */
-void mmkv_engine_undo(mmkv_engine *e, size_t keep)
+** to the version before. Cannot fail: every slot touched exists, and the records are our own.
+** Compaction drops tombstones only of keys the transaction did not write, so the two undo in any
+** order. */
+void mmkv_engine_undo(mmkv_engine *e, size_t keep, size_t keep_forgotten)
 {
     mmkv_txn *txn = &e->txn;
+    /* Tombstones compaction dropped: their keys' slots lead to them again. */
+    while (txn->n_forgotten > keep_forgotten) {
+        uint64_t offset = txn->forgotten[--txn->n_forgotten];
+        mmkv_record record;
+        if (!mmkv_log_record(&e->log, offset, UINT64_MAX, &record)) continue;
+        mmkv_datum key;
+        mmkv_record_key(&record, &key);
+        uint64_t hash = mmkv_key_hash(&key);
+        key_probe p = {e, &key, UINT64_MAX, 0, 0, 0};
+        mmkv_index_ops ops = probe_ops(&p);
+        mmkv_slot_ref ref;
+        int rc = mmkv_index_make_room(&e->index, &ops);
+        if (rc == MMKV_OK) rc = mmkv_index_locate(&e->index, hash, &ops, &ref);
+        if (rc != MMKV_OK && rc != MMKV_NOTFOUND) continue;
+        mmkv_index_store(&e->index, &ref, hash, offset);
+        store_shadow(e, &key, offset, NULL);
+    }
     while (txn->n_written > keep) {
         uint64_t offset = txn->written[--txn->n_written];
         mmkv_record record;
         if (!mmkv_log_record(&e->log, offset, UINT64_MAX, &record)) continue;
+        if (record.header.flags & MMKV_RECORD_PAD) continue; /* no key's version */
         mmkv_datum key;
         mmkv_record_key(&record, &key);
         uint64_t hash = mmkv_key_hash(&key);
@@ -615,6 +638,20 @@ void mmkv_engine_undo(mmkv_engine *e, size_t keep)
             mmkv_index_forget(&e->index, &ref);
         store_shadow(e, &key, record.header.prev_offset, NULL);
     }
+}
+
+int mmkv_engine_forget(mmkv_conn *conn, const mmkv_datum *key, const mmkv_slot_ref *ref)
+{
+    mmkv_engine *e = conn->engine;
+    mmkv_index_forget(&e->index, ref);
+    return store_shadow(e, key, 0, &conn->errmsg);
+}
+
+int mmkv_engine_drain_index(mmkv_engine *e, uint64_t count)
+{
+    key_probe p = {e, NULL, UINT64_MAX, 0, 0, 0};
+    mmkv_index_ops ops = probe_ops(&p);
+    return mmkv_index_drain_some(&e->index, &ops, count);
 }
 
 /* ---- the index as derived data ---- */
@@ -656,16 +693,19 @@ int mmkv_engine_replay(mmkv_engine *e, uint64_t from, uint64_t to, int rebuildin
     return MMKV_OK;
 }
 
-int mmkv_engine_rebuild_index(mmkv_engine *e, uint64_t tail, uint64_t records, char **errmsg)
+int mmkv_engine_rebuild_index(mmkv_engine *e, uint64_t start, uint64_t tail, uint64_t live,
+                              char **errmsg)
 {
-    /* The count only sizes the new table: never trust it past what the log could hold. */
-    uint64_t at_most =
-        tail > MMKV_DATA_START ? (tail - MMKV_DATA_START) / sizeof(mmkv_record_header) : 0;
-    if (records > at_most) records = at_most;
-    int rc = mmkv_index_rebuild_begin(&e->index, records);
+    /* The table is sized by the live keys, not by the records ever written: keys deleted but still
+    ** in the log, and second slots, grow it as the rebuild meets them. The count only sizes it:
+    ** never trust it past what the log could hold. */
+    if (start < MMKV_DATA_START) start = MMKV_DATA_START;
+    uint64_t at_most = tail > start ? (tail - start) / sizeof(mmkv_record_header) : 0;
+    if (live > at_most) live = at_most;
+    int rc = mmkv_index_rebuild_begin(&e->index, live);
     if (rc == MMKV_OK) rc = mmkv_failpoint("mid-recovery");
     if (rc != MMKV_OK) return index_error(errmsg, e, rc, NULL);
-    rc = mmkv_engine_replay(e, MMKV_DATA_START, tail, 1, errmsg);
+    rc = mmkv_engine_replay(e, start, tail, 1, errmsg);
     if (rc != MMKV_OK) return rc;
     mmkv_index_rebuild_end(&e->index);
     mmkv_index_header_of(&e->index)->log_position = tail;

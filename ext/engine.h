@@ -15,16 +15,20 @@
 #include <stdlib.h>
 #include <sys/types.h>
 
+/* What a committed state says of its log [start, tail) besides its ends. */
 typedef struct mmkv_counts {
+    uint64_t start;   /* where the log begins (compaction moves it) */
     uint64_t live;    /* keys whose newest version is not a tombstone */
     uint64_t records; /* records in the log */
-    uint64_t garbage; /* bytes of superseded versions and tombstones */
+    uint64_t garbage; /* bytes of superseded versions, tombstones and pads in the log */
+    uint64_t compactions; /* compactions finished */
 } mmkv_counts;
 
 typedef struct mmkv_savepoint {
     int level;
     uint64_t append_pos;
     size_t written;
+    size_t forgotten;
     mmkv_counts counts;
 } mmkv_savepoint;
 
@@ -38,6 +42,8 @@ typedef struct mmkv_txn {
     mmkv_counts start_counts;
     uint64_t *written; /* offsets of its records, in order: the undo log */
     size_t n_written, cap_written;
+    uint64_t *forgotten; /* tombstones compaction dropped from the index, for the undo */
+    size_t n_forgotten, cap_forgotten;
     mmkv_savepoint *savepoints;
     size_t n_savepoints, cap_savepoints;
     int committed_slot;         /* meta slot of the commit it started from */
@@ -62,6 +68,17 @@ struct mmkv_engine {
     mmkv_log log;
     mmkv_index index;
     pthread_mutex_t mutex; /* guards txn.owner */
+    pthread_mutex_t reclaim_mutex; /* one reclaimer at a time (compact.c) */
+    uint64_t reclaimed; /* this process punched the log's bytes below this (compact.c) */
+    /* Compaction in this process (compact.c), under mutex: a pass asked for ('compact'), up to
+    ** compact_until, once compact_ready (the tombstones' safe point is known); an automatic pass
+    ** going on; and the newest txid no reader anywhere reads a state older than. */
+    uint64_t compact_until;
+    int compact_ready;
+    uint64_t compact_asked_ms; /* when it was asked for (monotonic clock) */
+    int compact_auto;
+    uint64_t compact_auto_end; /* an automatic pass is one sweep: it ends past this offset */
+    uint64_t safe_txid;
     mmkv_txn txn;
 };
 
@@ -93,8 +110,22 @@ static inline uint64_t mmkv_record_bytes(const mmkv_record *r)
 }
 
 /* engine.c: reads, writes and the derived index, for the others. */
-void mmkv_engine_undo(mmkv_engine *engine, size_t keep);
-int mmkv_engine_rebuild_index(mmkv_engine *engine, uint64_t tail, uint64_t records, char **errmsg);
+/* Undoes the transaction's records past the first keep, and its dropped tombstones past the first
+** keep_forgotten. */
+void mmkv_engine_undo(mmkv_engine *engine, size_t keep, size_t keep_forgotten);
+/* The writer's steps, for compact.c: locate key (OK, or NOTFOUND with ref->insert_at), append a
+** version after prev (value NULL: a tombstone), and remember a record in the undo log. */
+int mmkv_engine_locate(mmkv_conn *conn, const mmkv_datum *key, uint64_t hash, mmkv_slot_ref *ref,
+                       mmkv_record *newest);
+int mmkv_engine_append(mmkv_conn *conn, const mmkv_slot_ref *ref, uint64_t hash,
+                       const mmkv_datum *key, const mmkv_datum *value, uint64_t prev);
+/* Forgets key's slots (its own, found at ref, and its second): compaction drops its tombstone. */
+int mmkv_engine_forget(mmkv_conn *conn, const mmkv_datum *key, const mmkv_slot_ref *ref);
+/* Moves up to count slots of an index table being drained. */
+int mmkv_engine_drain_index(mmkv_engine *e, uint64_t count);
+/* Rebuilds the index from the log [start, tail), sized by its live keys. */
+int mmkv_engine_rebuild_index(mmkv_engine *engine, uint64_t start, uint64_t tail, uint64_t live,
+                              char **errmsg);
 /* Replays the committed log [from, to) into the index (rebuilding: into a table being built). */
 int mmkv_engine_replay(mmkv_engine *e, uint64_t from, uint64_t to, int rebuilding, char **errmsg);
 int mmkv_engine_cover(mmkv_engine *engine, uint64_t tail, char **errmsg);

@@ -8,6 +8,7 @@
 #include "backup.h"
 #include "mmkv.h"
 #include "sqlite3_mmkv.h"
+#include "stats_vtab.h"
 #include "vtab.h"
 
 SQLITE_EXTENSION_INIT1
@@ -35,5 +36,6 @@ __declspec(dllexport)
         sqlite3_create_function(db, "mmkv_version", 0, flags, NULL, version_function, NULL, NULL);
     if (rc == SQLITE_OK) rc = mmkv_vtab_register(db);
     if (rc == SQLITE_OK) rc = mmkv_backup_register(db);
+    if (rc == SQLITE_OK) rc = mmkv_stats_register(db);
     return rc;
 }

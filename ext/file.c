@@ -17,7 +17,9 @@
 #include <unistd.h>
 
 #define MAP_GRANULE ((uint64_t)1 << 20)    /* grow files and views in steps of at least 1 MiB */
-#define MAX_GROW_AHEAD ((uint64_t)1 << 30) /* grow a file ahead of need by at most 1 GiB a step */
+/* Grow a file ahead of need by an eighth of its size, within [1 MiB, 16 MiB] a step: appends rarely
+** need the file system, and the space allocated ahead stays a small part of the whole. */
+#define MAX_GROW_AHEAD ((uint64_t)16 << 20)
 
 static uint64_t system_page_size(void)
 {
@@ -168,6 +170,15 @@ int mmkv_file_allocate(int fd, uint64_t size)
     if (err == EINTR) err = posix_fallocate(fd, 0, (off_t)size);
     if (err == 0) return MMKV_OK;
     errno = err; /* posix_fallocate returns its error: keep it where a caller looks for it */
+    return os_fail(err);
+}
+
+int mmkv_file_allocate_range(int fd, uint64_t offset, uint64_t len)
+{
+    int err = posix_fallocate(fd, (off_t)offset, (off_t)len);
+    if (err == EINTR) err = posix_fallocate(fd, (off_t)offset, (off_t)len);
+    if (err == 0) return MMKV_OK;
+    errno = err;
     return os_fail(err);
 }
 
@@ -531,18 +542,22 @@ static int map_extend(mmkv_map *map, uint64_t bytes)
     if (bytes <= map->mapped) return MMKV_OK;
     if (!map->writable) return map_fail(map, MMKV_READONLY, STEP_READONLY, 0, bytes)->rc;
     if (bytes > map->file_size) {
-        /* Grow ahead so that appends rarely need the file system: double, capped per step, and
-        ** within the newest view while the bytes needed fit there. */
-        uint64_t target = map->file_size * 2;
-        if (target > map->file_size + MAX_GROW_AHEAD) target = map->file_size + MAX_GROW_AHEAD;
+        /* Grow ahead so that appends rarely need the file system (MAX_GROW_AHEAD), within the
+        ** newest view while the bytes needed fit there. Only the new part is allocated: what lies
+        ** below may be holes given back on purpose (compaction, format.h START). */
+        uint64_t ahead = map->file_size / 8;
+        if (ahead > MAX_GROW_AHEAD) ahead = MAX_GROW_AHEAD;
+        uint64_t target = map->file_size + ahead;
         if (target < bytes) target = bytes;
         target = round_up(target, MAP_GRANULE);
         if (bytes <= map->reserved && target > map->reserved) target = map->reserved;
-        int rc = mmkv_file_allocate(map->fd, target);
+        if (target < bytes) target = bytes;
+        uint64_t from = map->file_size;
+        int rc = mmkv_file_allocate_range(map->fd, from, target - from);
         int err = rc == MMKV_OK ? 0 : errno;
         if (rc != MMKV_OK && target > bytes) {
             target = bytes; /* not enough room to grow ahead: take only what is needed */
-            rc = mmkv_file_allocate(map->fd, target);
+            rc = mmkv_file_allocate_range(map->fd, from, target - from);
             err = rc == MMKV_OK ? 0 : errno;
         }
         if (rc != MMKV_OK) return map_fail(map, rc, STEP_ALLOCATE, err, target)->rc;

@@ -57,6 +57,7 @@ typedef struct mmkv_map {
 /* Lock bytes, placed past any real file content (POSIX allows locks beyond the end). */
 #define MMKV_LOCK_WRITER ((int64_t)1 << 40)     /* held by the process writing */
 #define MMKV_LOCK_OPEN (((int64_t)1 << 40) + 1) /* shared by every process that has it open */
+#define MMKV_LOCK_RECLAIM (((int64_t)1 << 40) + 2) /* held while giving space back (compact.c) */
 
 #define MMKV_OPEN_EXISTING 0   /* NOTFOUND if absent */
 #define MMKV_OPEN_CREATE_NEW 1 /* BUSY if present */
@@ -69,6 +70,7 @@ int mmkv_file_write(int fd, const void *buf, size_t len, uint64_t offset);
 int mmkv_file_sync(int fd);                                   /* fdatasync */
 int mmkv_file_sync_dir(const char *path);                     /* the directory of path */
 int mmkv_file_allocate(int fd, uint64_t size);                /* FULL on ENOSPC */
+int mmkv_file_allocate_range(int fd, uint64_t offset, uint64_t len); /* the same, for a range */
 int mmkv_file_discard(int fd, uint64_t offset, uint64_t len); /* punch a hole (reads 0) */
 
 int mmkv_lock_try(int fd, int64_t byte, int exclusive); /* OK or BUSY, never waits */

@@ -13,7 +13,9 @@
 **                   its syncs
 **     offset 2560   the home note (mmkv_home, two copies, at 2560 and 3072): the database that
 **                   owns the file, by path (format version 2)
-**     offset 4096   records, each 8-byte aligned, up to the committed tail
+**     offset 3584   the start note (mmkv_notice layout, two copies), once compaction gave the
+**                   bytes below the log's start back to the file system (format version 3)
+**     offset 4096   records, each 8-byte aligned, from the log's start up to the committed tail
 **
 ** The meta slot with the highest transaction id whose checksum holds is the committed state of a
 ** file that is its own authority (owner_id 0); a commit writes the other slot, so a torn meta write
@@ -31,6 +33,17 @@
 ** in the text encoding the file header names (the encoding of the database that created the file:
 ** UTF-8, UTF-16le or UTF-16be, so that text round-trips byte for byte), and is only read or written
 ** in it. A second slot (below) is filed for TEXT that reads as a number in that encoding.
+**
+** START. Compaction (compact.c) keeps the log near the size of its live records without ever
+** moving a byte under a reader: it copies the live records at the log's start to its end, in an
+** ordinary write transaction that also moves the start past them, and once no reader anywhere can
+** still read a state older than that commit, it punches the bytes below the start out of the file
+** (they read as zeros and take no space). So a committed state is (txid, start, tail): its log is
+** [start, tail), and every record of it that is some key's live version lies there. A relocated
+** copy's prev_offset names the record it copies, below start, for readers of older states. The
+** start is in each meta slot (mmkv_meta.log_start, format version 3) and in the database's commit
+** record; the start note records, durably, before any punching, the start below which bytes may be
+** gone, so that salvage, which cannot trust the meta slots, walks the log from there.
 **
 ** HOME. A file a database owns records which database that is (the home note: its owner id and
 ** the database file's path), so that a copy of the database that names the same file (an absolute
@@ -82,7 +95,7 @@
 #error "mmkv's file format is little-endian; this machine is not"
 #endif
 
-#define MMKV_FORMAT_VERSION 2        /* of the data file: written by this build */
+#define MMKV_FORMAT_VERSION 3        /* of the data file: written by this build */
 #define MMKV_FORMAT_VERSION_OLDEST 1 /* the oldest data file version this build reads */
 #define MMKV_INDEX_FORMAT_VERSION 1
 #define MMKV_PAGE_SIZE 4096u
@@ -117,11 +130,17 @@ typedef struct mmkv_meta {
     uint64_t record_count;   /* records in the log, tombstones and old versions included */
     uint64_t garbage_bytes;  /* bytes held by superseded versions and tombstones */
     uint64_t txn_start;      /* where the last transaction's records begin (its starting tail) */
-    uint32_t flags;          /* MMKV_META_SALVAGED */
+    uint32_t flags;          /* MMKV_META_SALVAGED, MMKV_META_HAS_START */
     uint32_t checksum;       /* CRC32C of every byte above */
-} mmkv_meta;                 /* 64 bytes */
+    /* Format version 3 (written by builds that compact; zeros in slots written before): */
+    uint64_t log_start;      /* where the log begins (START above); with MMKV_META_HAS_START */
+    uint64_t compactions;    /* compactions finished (compact.c), with MMKV_META_HAS_START */
+    uint8_t reserved[44];    /* zero */
+    uint32_t start_checksum; /* CRC32C of every byte above, the first 64 included */
+} mmkv_meta;                 /* 128 bytes */
 
-#define MMKV_META_SALVAGED 0x01 /* written by salvage: the counts are the surviving log's */
+#define MMKV_META_SALVAGED 0x01  /* written by salvage: the counts are the surviving log's */
+#define MMKV_META_HAS_START 0x02 /* log_start and start_checksum hold; else the start is 4096 */
 
 /* Two copies, written in turn: the intact one with the higher sequence counts. */
 #define MMKV_NOTICE_OFFSET(copy) (2048u + 64u * (copy))
@@ -134,6 +153,11 @@ typedef struct mmkv_notice {
     uint32_t reserved;     /* zero */
     uint32_t checksum;     /* CRC32C of every byte above */
 } mmkv_notice;             /* 32 bytes */
+
+/* The start note (START): an mmkv_notice whose durable_tail field holds the start below which
+** bytes may have been given back. */
+#define MMKV_START_NOTE_OFFSET(copy) (3584u + 64u * (copy))
+#define MMKV_START_NOTE_MAGIC 0x7472617473766b6dULL /* "mkvstart" */
 
 /* Two copies of the home note, written in turn: the intact one with the higher sequence counts. */
 #define MMKV_HOME_OFFSET(copy) (2560u + 512u * (copy))
@@ -226,11 +250,13 @@ typedef uint64_t mmkv_slot;
 #define mmkv_slot_is_second(slot) (((slot)&MMKV_HASH_SECOND_SLOT) != 0)
 
 _Static_assert(sizeof(mmkv_file_header) == 512, "file header is one sector");
-_Static_assert(sizeof(mmkv_meta) == 64, "meta slot size");
+_Static_assert(sizeof(mmkv_meta) == 128, "meta slot size");
+_Static_assert(MMKV_META_OFFSET(1) + sizeof(mmkv_meta) <= MMKV_NOTICE_OFFSET(0), "meta slots fit");
 _Static_assert(sizeof(mmkv_notice) == 32, "notice size");
 _Static_assert(sizeof(mmkv_home) == 512, "home note size");
 _Static_assert(MMKV_HOME_PATH_MAX + 1 == MMKV_HOME_PATH_BYTES, "mmkv_file_info holds a home path");
-_Static_assert(MMKV_HOME_OFFSET(1) + sizeof(mmkv_home) <= MMKV_DATA_START, "home notes fit page 0");
+_Static_assert(MMKV_HOME_OFFSET(1) + sizeof(mmkv_home) <= MMKV_START_NOTE_OFFSET(0), "home notes fit");
+_Static_assert(MMKV_START_NOTE_OFFSET(1) + sizeof(mmkv_notice) <= MMKV_DATA_START, "page 0 holds all");
 _Static_assert(sizeof(mmkv_record_header) == 32, "record header size");
 _Static_assert(sizeof(mmkv_index_header) == MMKV_PAGE_SIZE, "index header is one page");
 _Static_assert(offsetof(mmkv_index_header, slots_sum) / 64 >

@@ -425,13 +425,36 @@ static void geometry_end(mmkv_index_header *h)
     store64(&h->geometry_seq, h->geometry_seq + 1);
 }
 
-/* Appends a zeroed table of `slots` slots to the file; returns its offset. */
+static int overlaps(uint64_t at, uint64_t bytes, uint64_t offset, uint64_t slots)
+{
+    return offset && at < offset + slots * sizeof(mmkv_slot) && offset < at + bytes;
+}
+
+/* Places a zeroed table of `slots` slots in the file; returns its offset. First fit: where the
+** tables begin if no table in use (the current one, one draining, one being built) lies there
+** (discarded tables read as zeros and take no space), else past the last. */
 static int table_allocate(mmkv_index *index, uint64_t slots, uint64_t *offset)
 {
     mmkv_index_header *h = mmkv_index_header_of(index);
-    uint64_t at = (h->file_end + MMKV_PAGE_SIZE - 1) / MMKV_PAGE_SIZE * MMKV_PAGE_SIZE;
-    uint64_t end = at + slots * sizeof(mmkv_slot);
+    uint64_t bytes = slots * sizeof(mmkv_slot);
+    uint64_t at = MMKV_INDEX_TABLES_START;
+    if (at + bytes <= h->file_end && !overlaps(at, bytes, h->table_offset, h->table_slots) &&
+        !overlaps(at, bytes, h->old_offset, h->old_slots) &&
+        !overlaps(at, bytes, index->build_offset, index->build_slots)) {
+        int rc = mmkv_file_allocate_range(index->map.fd, at, bytes);
+        if (rc != MMKV_OK) return rc;
+        int rc2 = mmkv_map_extend(&index->map, h->file_end);
+        if (rc2 != MMKV_OK) return rc2;
+        memset(table_at(index, at), 0, bytes); /* discarded: zeros already, unless punching failed */
+        *offset = at;
+        return MMKV_OK;
+    }
+    at = (h->file_end + MMKV_PAGE_SIZE - 1) / MMKV_PAGE_SIZE * MMKV_PAGE_SIZE;
+    uint64_t end = at + bytes;
     int rc = mmkv_map_extend(&index->map, end);
+    /* Allocated here whatever the mapping thinks: the slack past the tables may have been given
+    ** back (table_discard), and a write through the mapping must never meet a hole. */
+    if (rc == MMKV_OK) rc = mmkv_file_allocate_range(index->map.fd, at, bytes);
     if (rc != MMKV_OK) return rc;
     h->file_end = end;
     *offset = at;
@@ -443,6 +466,11 @@ static void table_discard(mmkv_index *index, uint64_t offset, uint64_t slots)
     /* Readers holding an old geometry then find it empty and look again. */
     if (mmkv_file_discard(index->map.fd, offset, slots * sizeof(mmkv_slot)) != MMKV_OK)
         memset(table_at(index, offset), 0, slots * sizeof(mmkv_slot));
+    /* And the space the file grew ahead past the tables goes back too (table_allocate allocates
+    ** before it places a table there). */
+    mmkv_index_header *h = mmkv_index_header_of(index);
+    uint64_t end = (h->file_end + MMKV_PAGE_SIZE - 1) / MMKV_PAGE_SIZE * MMKV_PAGE_SIZE;
+    if (index->map.file_size > end) mmkv_file_discard(index->map.fd, end, index->map.file_size - end);
 }
 
 /* The first free slot for hash in a table that does not hold the key. */
@@ -490,6 +518,48 @@ static int drain(mmkv_index *index, const mmkv_index_ops *ops, uint64_t count)
         h->drain_cursor++;
     }
     if (h->drain_cursor >= h->old_slots) drain_finish(index);
+    return MMKV_OK;
+}
+
+int mmkv_index_drain_some(mmkv_index *index, const mmkv_index_ops *ops, uint64_t count)
+{
+    mmkv_index_header *h = mmkv_index_header_of(index);
+    int rc = tables_mapped(index);
+    if (rc != MMKV_OK || !h->old_offset) return rc;
+    return drain(index, ops, count);
+}
+
+/* The slots a table needs for `entries`, with room to double before it must grow again. */
+static uint64_t slots_for(uint64_t entries)
+{
+    uint64_t slots = MMKV_INDEX_MIN_SLOTS;
+    while (slots * MMKV_INDEX_LOAD_NUM < (2 * entries + 1) * MMKV_INDEX_LOAD_DEN)
+        slots *= 2;
+    return slots;
+}
+
+int mmkv_index_shrink(mmkv_index *index, uint64_t live_keys)
+{
+    mmkv_index_header *h = mmkv_index_header_of(index);
+    int rc = tables_mapped(index);
+    if (rc != MMKV_OK) return rc;
+    /* Keys with a second slot can at most double the live keys' entries. */
+    if (h->old_offset || h->table_slots < 4 * slots_for(2 * live_keys)) return MMKV_OK;
+    mmkv_slot *table = table_at(index, h->table_offset);
+    uint64_t entries = 0;
+    for (uint64_t i = 0; i < h->table_slots; i++)
+        entries += mmkv_slot_is_entry(load64(&table[i]));
+    uint64_t slots = slots_for(entries), offset;
+    if (h->table_slots < 4 * slots) return MMKV_OK; /* deleted keys' tombstones still hold slots */
+    if ((rc = table_allocate(index, slots, &offset)) != MMKV_OK) return rc;
+    geometry_begin(h);
+    h->old_offset = h->table_offset;
+    h->old_slots = h->table_slots;
+    h->drain_cursor = 0;
+    h->table_offset = offset;
+    h->table_slots = slots;
+    h->used_slots = 0;
+    geometry_end(h);
     return MMKV_OK;
 }
 

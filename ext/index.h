@@ -99,6 +99,13 @@ void mmkv_index_prefetch(mmkv_index *index, uint64_t hash);
 int mmkv_index_make_room(mmkv_index *index, const mmkv_index_ops *ops);
 int mmkv_index_locate(mmkv_index *index, uint64_t hash, const mmkv_index_ops *ops,
                       mmkv_slot_ref *ref);
+/* Moves up to count slots of a table being drained into the current one (a writer's extra share
+** of the work, beyond the few each write moves). */
+int mmkv_index_drain_some(mmkv_index *index, const mmkv_index_ops *ops, uint64_t count);
+/* Sizes the index by its live keys: if the current table is four times what they need (keys were
+** deleted and compaction dropped their tombstones), a smaller one takes its place, filled by the
+** same incremental drain as growth. Nothing if a drain is going on. */
+int mmkv_index_shrink(mmkv_index *index, uint64_t live_keys);
 void mmkv_index_store(mmkv_index *index, const mmkv_slot_ref *ref, uint64_t hash, uint64_t offset);
 /* Forgets a key whose first version is being rolled back. */
 void mmkv_index_forget(mmkv_index *index, const mmkv_slot_ref *ref);

@@ -28,7 +28,15 @@ static uint64_t random_u64(void)
 void mmkv_meta_seal(mmkv_meta *meta)
 {
     meta->magic = MMKV_META_MAGIC;
+    if (meta->log_start < MMKV_DATA_START) meta->log_start = MMKV_DATA_START;
+    meta->flags |= MMKV_META_HAS_START;
     meta->checksum = mmkv_crc32c(0, meta, offsetof(mmkv_meta, checksum));
+    meta->start_checksum = mmkv_crc32c(0, meta, offsetof(mmkv_meta, start_checksum));
+}
+
+uint64_t mmkv_meta_start(const mmkv_meta *meta)
+{
+    return (meta->flags & MMKV_META_HAS_START) ? meta->log_start : MMKV_DATA_START;
 }
 
 static uint32_t home_checksum(const mmkv_home *home)
@@ -190,14 +198,26 @@ static uint32_t notice_checksum(const mmkv_notice *notice)
     return mmkv_crc32c(0, notice, offsetof(mmkv_notice, checksum));
 }
 
-/* The newest intact copy of the notice, or -1. */
-static int newest_notice(mmkv_log *log, mmkv_notice *out)
+/* A note of page 0 kept in two copies (the unsynced-commits notice, the start note): where its
+** copies are and what its magic is. */
+typedef struct note_kind {
+    uint32_t offset[2];
+    uint64_t magic;
+} note_kind;
+
+static const note_kind unsynced_notice = {{MMKV_NOTICE_OFFSET(0), MMKV_NOTICE_OFFSET(1)},
+                                          MMKV_NOTICE_MAGIC};
+static const note_kind start_note = {{MMKV_START_NOTE_OFFSET(0), MMKV_START_NOTE_OFFSET(1)},
+                                     MMKV_START_NOTE_MAGIC};
+
+/* The newest intact copy of a note, or -1. */
+static int newest_note(mmkv_log *log, const note_kind *kind, mmkv_notice *out)
 {
     int best = -1;
     for (int copy = 0; copy < 2; copy++) {
         mmkv_notice n;
-        memcpy(&n, mmkv_map_base(&log->map) + MMKV_NOTICE_OFFSET(copy), sizeof n);
-        if (n.magic == MMKV_NOTICE_MAGIC && n.checksum == notice_checksum(&n) &&
+        memcpy(&n, mmkv_map_base(&log->map) + kind->offset[copy], sizeof n);
+        if (n.magic == kind->magic && n.checksum == notice_checksum(&n) &&
             (best < 0 || n.sequence > out->sequence)) {
             *out = n;
             best = copy;
@@ -206,27 +226,46 @@ static int newest_notice(mmkv_log *log, mmkv_notice *out)
     return best;
 }
 
+/* Writes the note's value durably into the copy not holding the newest. */
+static int write_note(mmkv_log *log, const note_kind *kind, uint64_t value)
+{
+    mmkv_notice n;
+    int copy = newest_note(log, kind, &n);
+    uint64_t sequence = copy < 0 ? 1 : n.sequence + 1;
+    copy = copy < 0 ? 0 : copy ^ 1;
+    memset(&n, 0, sizeof n);
+    n.magic = kind->magic;
+    n.sequence = sequence;
+    n.durable_tail = value;
+    n.checksum = notice_checksum(&n);
+    memcpy(mmkv_map_base(&log->map) + kind->offset[copy], &n, sizeof n);
+    return mmkv_map_sync_range(&log->map, kind->offset[copy], sizeof n);
+}
+
 int mmkv_log_notice(mmkv_log *log, uint64_t *durable_tail)
 {
     mmkv_notice n;
-    if (newest_notice(log, &n) < 0) return 0;
+    if (newest_note(log, &unsynced_notice, &n) < 0) return 0;
     if (durable_tail) *durable_tail = n.durable_tail;
     return 1;
 }
 
 int mmkv_log_write_notice(mmkv_log *log, uint64_t durable_tail)
 {
+    return write_note(log, &unsynced_notice, durable_tail);
+}
+
+uint64_t mmkv_log_reclaimed_start(mmkv_log *log)
+{
     mmkv_notice n;
-    int copy = newest_notice(log, &n);
-    uint64_t sequence = copy < 0 ? 1 : n.sequence + 1;
-    copy = copy < 0 ? 0 : copy ^ 1;
-    memset(&n, 0, sizeof n);
-    n.magic = MMKV_NOTICE_MAGIC;
-    n.sequence = sequence;
-    n.durable_tail = durable_tail;
-    n.checksum = notice_checksum(&n);
-    memcpy(mmkv_map_base(&log->map) + MMKV_NOTICE_OFFSET(copy), &n, sizeof n);
-    return mmkv_map_sync_range(&log->map, MMKV_NOTICE_OFFSET(copy), sizeof n);
+    if (newest_note(log, &start_note, &n) < 0) return MMKV_DATA_START;
+    if (n.durable_tail < MMKV_DATA_START || n.durable_tail % MMKV_RECORD_ALIGN) return MMKV_DATA_START;
+    return n.durable_tail;
+}
+
+int mmkv_log_write_reclaimed_start(mmkv_log *log, uint64_t start)
+{
+    return write_note(log, &start_note, start);
 }
 
 static void record_seal(unsigned char *p, uint64_t at)
@@ -281,9 +320,16 @@ void mmkv_log_close(mmkv_log *log)
 /* A meta slot whose checksum holds and whose fields make sense, wherever the file ends. */
 static int meta_intact(const mmkv_meta *m)
 {
-    return m->magic == MMKV_META_MAGIC &&
-           m->checksum == mmkv_crc32c(0, m, offsetof(mmkv_meta, checksum)) &&
-           m->committed_tail >= MMKV_DATA_START && m->committed_tail % MMKV_RECORD_ALIGN == 0 &&
+    if (m->magic != MMKV_META_MAGIC ||
+        m->checksum != mmkv_crc32c(0, m, offsetof(mmkv_meta, checksum)))
+        return 0;
+    /* A slot written before format version 3 has zeros past its first 64 bytes. */
+    if ((m->flags & MMKV_META_HAS_START) &&
+        (m->start_checksum != mmkv_crc32c(0, m, offsetof(mmkv_meta, start_checksum)) ||
+         m->log_start < MMKV_DATA_START || m->log_start % MMKV_RECORD_ALIGN != 0 ||
+         m->log_start > m->committed_tail))
+        return 0;
+    return m->committed_tail >= MMKV_DATA_START && m->committed_tail % MMKV_RECORD_ALIGN == 0 &&
            m->committed_tail <= MMKV_MAX_FILE_SIZE && m->txn_start >= MMKV_DATA_START &&
            m->txn_start <= m->committed_tail;
 }

@@ -45,7 +45,10 @@ void mmkv_log_close(mmkv_log *log);
 int mmkv_log_meta(mmkv_log *log, mmkv_meta *meta, int *slot, char **errmsg);
 /* Writes meta into the given slot; durable before returning if sync is set. */
 int mmkv_log_write_meta(mmkv_log *log, int slot, const mmkv_meta *meta, int sync);
+/* Seals a meta slot: its magic, its start (4096 if not set) and both checksums. */
 void mmkv_meta_seal(mmkv_meta *meta);
+/* Where the log of the state a meta slot names begins (format.h, START). */
+uint64_t mmkv_meta_start(const mmkv_meta *meta);
 
 /* The home note (format.h, HOME): the newest intact copy in a page-0 image (-1 if none, else the
 ** copy), in the mapping (1 if present), and written durably into the other copy. */
@@ -57,6 +60,11 @@ int mmkv_log_write_home(mmkv_log *log, const char *path, uint32_t flags);
 ** written durably (the copy not holding the newest). */
 int mmkv_log_notice(mmkv_log *log, uint64_t *durable_tail);
 int mmkv_log_write_notice(mmkv_log *log, uint64_t durable_tail);
+
+/* The start note (format.h, START): the start below which the file's bytes may have been given
+** back (4096 if none was written), and that start written durably, before any punching. */
+uint64_t mmkv_log_reclaimed_start(mmkv_log *log);
+int mmkv_log_write_reclaimed_start(mmkv_log *log, uint64_t start);
 
 static inline uint64_t mmkv_record_size(uint32_t key_len, uint32_t value_len)
 {

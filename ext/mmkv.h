@@ -54,8 +54,9 @@ typedef struct mmkv_datum {
     const void *bytes;
 } mmkv_datum;
 
-/* A state of the log to read: everything committed before tail. */
+/* A state of the log to read: everything committed in [start, tail). */
 typedef struct mmkv_snapshot {
+    uint64_t start; /* where its log begins: compaction moves it (format.h, START) */
     uint64_t tail;
     uint64_t garbage_bytes; /* 0: every record below tail is its key's live version */
 } mmkv_snapshot;
@@ -73,10 +74,12 @@ typedef struct mmkv_scan mmkv_scan;
 /* A committed state of the log: what an owning database records in its own transaction. */
 typedef struct mmkv_commit {
     uint64_t txid;
+    uint64_t start; /* where its log begins (0 is read as 4096, the first record's offset) */
     uint64_t tail;
     uint64_t live_count;
     uint64_t record_count;
     uint64_t garbage_bytes;
+    uint64_t compactions; /* compactions finished */
 } mmkv_commit;
 
 typedef struct mmkv_open_options {
@@ -199,6 +202,44 @@ void mmkv_txn_outcome(mmkv_conn *conn, mmkv_commit *commit);
 void mmkv_txn_commit(mmkv_conn *conn);
 void mmkv_txn_rollback(mmkv_conn *conn);
 int mmkv_txn_active(mmkv_conn *conn);
+
+/* Compaction (compact.c; format.h, START). A step, inside a write transaction, drains up to budget
+** bytes (0: no limit) of the log from its start, but never past `until` (0: the committed tail):
+** live versions are copied to the end, garbage dropped, and tombstones of transactions at or
+** below safe_txid (no reader reads a state older than that) dropped with their keys' slots. Its
+** commit moves the state's start. mmkv_reclaim then gives the bytes below the start of `safe`, a
+** committed state that is durable and that every reader anywhere reads or has passed, back to
+** the file system (*given_back: bytes punched); nothing if another reclaimer is at work. */
+typedef struct mmkv_compact_result {
+    uint64_t drained_bytes; /* of the log's start walked */
+    uint64_t copied_bytes;  /* of live versions (and kept tombstones) copied to the end */
+    uint64_t dropped;       /* tombstones dropped */
+    uint64_t start;         /* the start it moved to */
+    int done;               /* reached `until` (or the committed tail) */
+} mmkv_compact_result;
+int mmkv_compact_step(mmkv_conn *conn, uint64_t budget, uint64_t until, uint64_t safe_txid,
+                      mmkv_compact_result *out);
+int mmkv_reclaim(mmkv_conn *conn, const mmkv_commit *safe, uint64_t *given_back);
+
+/* The policy, shared by every connection of the process to the file. A pass asked for covers the
+** log up to the committed tail when its first step runs; it runs once mmkv_compact_set_safe has said how far
+** tombstones may go (ready). mmkv_compact_on_commit, inside a write transaction before its
+** prepare, takes a step if a pass was asked for and is ready, or if garbage makes up at least
+** threshold_pct percent of the log (0: never automatically; an automatic pass then goes on until
+** it is under half of that): a budget of four times the bytes the transaction wrote, within
+** [256 KiB, 4 MiB] (or `budget` if not 0), so that compaction outpaces writing at a cost
+** bounded per commit. *stepped is 1 if it moved the start. A pass that ends adds one to the
+** state's compactions. */
+void mmkv_compact_request(mmkv_conn *conn);
+/* Takes back a pass asked for whose first step has not run (its transaction rolled back). */
+void mmkv_compact_cancel(mmkv_conn *conn);
+/* Whether a pass asked for is still to run (1), and up to where. */
+int mmkv_compact_pending(mmkv_conn *conn, uint64_t *until);
+void mmkv_compact_set_safe(mmkv_conn *conn, uint64_t safe_txid, int ready);
+uint64_t mmkv_compact_safe_txid(mmkv_conn *conn);
+int mmkv_compact_on_commit(mmkv_conn *conn, int threshold_pct, uint64_t budget, int *stepped);
+/* Whether the connection's table compacts or gives space back now, and the counts of its state. */
+int mmkv_compact_auto_active(mmkv_conn *conn);
 
 /* Checking (check.c). mmkv_check verifies the log up to the committed state (an owning
 ** database's, or the meta slots' if NULL; a writer's own) and that the index leads to each key's

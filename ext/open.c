@@ -31,7 +31,9 @@ static void engine_free(mmkv_engine *e)
     if (e->index.map.fd >= 0) close(e->index.map.fd);
     if (e->log.map.fd >= 0) close(e->log.map.fd);
     pthread_mutex_destroy(&e->mutex);
+    pthread_mutex_destroy(&e->reclaim_mutex);
     free(e->txn.written);
+    free(e->txn.forgotten);
     free(e->txn.savepoints);
     free(e->data_path);
     free(e->index_path);
@@ -46,6 +48,8 @@ static int engine_new(const char *data_path, const char *user, mmkv_engine **out
     e->log.map.fd = -1;
     e->index.map.fd = -1;
     pthread_mutex_init(&e->mutex, NULL);
+    pthread_mutex_init(&e->reclaim_mutex, NULL);
+    e->reclaimed = MMKV_DATA_START;
     e->data_path = strdup(data_path);
     e->user = strdup(user ? user : "a table");
     if (e->data_path && asprintf(&e->index_path, "%s%s", data_path, INDEX_SUFFIX) < 0)
@@ -120,7 +124,8 @@ static int check_encoding(const mmkv_engine *e, const mmkv_open_options *options
 ** takes no open lock (so the next writer's open repairs the one on disk), and brings it up to
 ** each newer commit a reader asks for from the committed records (private_reach).
 */
-static int open_private_index(mmkv_engine *e, uint64_t tail, uint64_t records, char **errmsg)
+static int open_private_index(mmkv_engine *e, uint64_t start, uint64_t tail, uint64_t live,
+                              char **errmsg)
 {
     int fd = memfd_create("mmkv-index", MFD_CLOEXEC);
     if (fd < 0)
@@ -132,7 +137,7 @@ static int open_private_index(mmkv_engine *e, uint64_t tail, uint64_t records, c
         return mmkv_map_error(&e->index.map, errmsg, rc, "index in memory", e->data_path);
     if ((rc = mmkv_index_reset(&e->index, e->log.file_id)) != MMKV_OK)
         return mmkv_engine_index_error(errmsg, e, rc);
-    rc = mmkv_engine_rebuild_index(e, tail, records, errmsg);
+    rc = mmkv_engine_rebuild_index(e, start, tail, live, errmsg);
     if (rc != MMKV_OK) return rc;
     e->private_index = 1;
     e->private_position = tail;
@@ -155,8 +160,10 @@ static int open_readonly(mmkv_engine *e, int fd, const mmkv_open_options *option
                           "read-only connection cannot do: open it once from a connection that "
                           "can write it",
                           e->data_path);
-    uint64_t tail = options->committed ? options->committed->tail : meta.committed_tail;
-    uint64_t records = options->committed ? options->committed->record_count : meta.record_count;
+    mmkv_commit state;
+    mmkv_commit_from_meta(&meta, &state);
+    if (options->committed) state = *options->committed;
+    uint64_t tail = state.tail;
     int index_fd;
     if (mmkv_file_open(e->index_path, MMKV_OPEN_READONLY, &index_fd) == MMKV_OK) {
         e->index.map.fd = index_fd;
@@ -171,7 +178,7 @@ static int open_readonly(mmkv_engine *e, int fd, const mmkv_open_options *option
         e->index.map.fd = -1;
     }
     rc = mmkv_engine_cover(e, tail, errmsg);
-    return rc == MMKV_OK ? open_private_index(e, tail, records, errmsg) : rc;
+    return rc == MMKV_OK ? open_private_index(e, state.start, tail, state.live_count, errmsg) : rc;
 }
 
 /* Opens the data file (creating it if absent and asked to), checks whose it is, then opens the

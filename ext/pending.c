@@ -3,6 +3,7 @@
 ** See pending.h.
 */
 #include "pending.h"
+#include "connections.h"
 #include "failpoint.h"
 
 #include <stdio.h>
@@ -42,12 +43,17 @@ struct mmkv_pending {
     int joining;        /* mmkv's own INSERT is running */
 };
 
+/* The pending state lives exactly as long as its connection's: it lists the connection for the
+** functions that SQLite gives only the sqlite3 handle (connections.h). */
 mmkv_pending *mmkv_pending_new(mmkv_connection *c)
 {
     mmkv_pending *p = sqlite3_malloc(sizeof *p);
-    if (p) {
-        memset(p, 0, sizeof *p);
-        p->connection = c;
+    if (!p) return NULL;
+    memset(p, 0, sizeof *p);
+    p->connection = c;
+    if (mmkv_connections_add(c) != SQLITE_OK) {
+        sqlite3_free(p);
+        return NULL;
     }
     return p;
 }
@@ -73,6 +79,7 @@ static void ops_free(op **list)
 
 void mmkv_pending_free(mmkv_pending *p)
 {
+    mmkv_connections_remove(p->connection);
     ops_free(&p->ops);
     ops_free(&p->later);
     sqlite3_free(p);

@@ -19,8 +19,8 @@ typedef struct salvaged {
     mmkv_counts counts; /* the log's counts up to tail */
 } salvaged;
 
-/* Adds record r to the counts as the writer did (mmkv_put, mmkv_delete). 0 if its previous
-** version is not an earlier record, or it deletes a key that had none. */
+/* Adds record r to the counts as the writer did (mmkv_put, mmkv_delete, compaction). 0 if its
+** previous version is not an earlier record, or it deletes a key that had none. */
 static int count_record(mmkv_log *log, const mmkv_record *r, mmkv_counts *c)
 {
     if (r->header.flags & MMKV_RECORD_PAD) {
@@ -29,6 +29,16 @@ static int count_record(mmkv_log *log, const mmkv_record *r, mmkv_counts *c)
     }
     mmkv_record prev;
     uint64_t at = r->header.prev_offset;
+    if (at && at < c->start) {
+        /* A copy compaction made of a record below the log's start: a live key, or a tombstone
+        ** kept for older readers. */
+        if (r->header.flags & MMKV_RECORD_TOMBSTONE)
+            c->garbage += mmkv_record_bytes(r);
+        else
+            c->live++;
+        c->records++;
+        return 1;
+    }
     if (at && (at >= r->offset || !mmkv_log_record(log, at, r->offset, &prev))) return 0;
     int prev_live = at && !(prev.header.flags & MMKV_RECORD_TOMBSTONE);
     if (r->header.flags & MMKV_RECORD_TOMBSTONE) {
@@ -55,11 +65,14 @@ static int salvage_walk(mmkv_engine *e, salvaged *out)
     if (rc != MMKV_OK) return rc;
     uint64_t end = mmkv_map_mapped(&log->map);
     memset(out, 0, sizeof *out);
-    out->tail = out->txn_start = MMKV_DATA_START;
+    /* The log begins where the start note says bytes may have been given back (format.h, START):
+    ** every later state's start is at least there, so nothing a whole prefix needs lies below. */
+    uint64_t log_start = mmkv_log_reclaimed_start(log);
+    out->tail = out->txn_start = out->counts.start = log_start;
     mmkv_counts counts = out->counts;
-    uint64_t txid = 0, start = MMKV_DATA_START;
+    uint64_t txid = 0, start = log_start;
     int in_txn = 0;
-    uint64_t pos = MMKV_DATA_START;
+    uint64_t pos = log_start;
     for (; pos < end; out->stopped = pos) {
         mmkv_record r;
         if (!mmkv_log_record(log, pos, end, &r) || !mmkv_record_checksum_ok(&r)) break;
@@ -127,6 +140,7 @@ static int salvage(mmkv_engine *e, int unsynced, const mmkv_meta *found, mmkv_me
     meta->record_count = s.counts.records;
     meta->garbage_bytes = s.counts.garbage;
     meta->txn_start = s.txn_start;
+    meta->log_start = s.counts.start;
     meta->flags = unsynced ? MMKV_META_SALVAGED : 0;
     mmkv_meta_seal(meta);
     for (int slot = 0; slot < 2 && rc == MMKV_OK; slot++)
@@ -183,7 +197,8 @@ int mmkv_recover_index(mmkv_engine *e, char **errmsg)
     if (replay)
         rc = mmkv_engine_replay(e, from, meta.committed_tail, 0, errmsg);
     else if (!trust)
-        rc = mmkv_engine_rebuild_index(e, meta.committed_tail, meta.record_count, errmsg);
+        rc = mmkv_engine_rebuild_index(e, mmkv_meta_start(&meta), meta.committed_tail,
+                                       meta.live_count, errmsg);
     if (rc != MMKV_OK) return rc;
     h->log_position = meta.committed_tail;
     h->writer_active = 0;

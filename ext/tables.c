@@ -2,6 +2,7 @@
 ** A connection's open mmkv tables, and each table's write transaction. See tables.h.
 */
 #include "tables.h"
+#include "compaction.h"
 #include "pending.h"
 
 #include <stdlib.h>
@@ -251,7 +252,9 @@ int mmkv_table_sync(mmkv_table *t, char **err)
 {
     if (t->status != MMKV_TABLE_LIVE || !t->conn || !mmkv_txn_active(t->conn)) return SQLITE_OK;
     if (!mmkv_table_still_there(t) && mmkv_pending_discard_created(t->connection, t)) return SQLITE_OK;
-    int rc = mmkv_txn_prepare(t->conn);
+    int rc = mmkv_compaction_sync(t, err);
+    if (rc != SQLITE_OK) return rc;
+    rc = mmkv_txn_prepare(t->conn);
     if (rc != MMKV_OK) return mmkv_table_error(t, rc, err);
     if (!t->owned) return SQLITE_OK;
     mmkv_commit before, after;
@@ -265,14 +268,22 @@ int mmkv_table_sync(mmkv_table *t, char **err)
 void mmkv_table_commit(mmkv_table *t)
 {
     if (!t->conn || !mmkv_txn_active(t->conn)) return;
-    if (t->status == MMKV_TABLE_LIVE)
+    if (t->status == MMKV_TABLE_LIVE) {
         mmkv_txn_commit(t->conn);
-    else
+        mmkv_compaction_committed(t);
+    } else {
         mmkv_txn_rollback(t->conn); /* a dropped table's writes go with it */
+    }
+    t->compacted = 0;
+    t->compact_asked = 0;
 }
 
 void mmkv_table_rollback(mmkv_table *t)
 {
+    t->compacted = 0;
+    t->step_budget = 0;
+    if (t->compact_asked && t->conn) mmkv_compact_cancel(t->conn);
+    t->compact_asked = 0;
     if (!t->conn) return;
     mmkv_txn_rollback(t->conn);
 }

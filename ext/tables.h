@@ -47,6 +47,10 @@ struct mmkv_table {
     int owned;             /* its database's commit record decides: see commit_record.h */
     int text_encoding;     /* of its text: MMKV_TEXT_UTF8, _UTF16LE or _UTF16BE */
     mmkv_sync sync;        /* its sync= argument */
+    int autocompact;       /* its autocompact= argument: percent of garbage, 0 for off */
+    uint64_t step_budget;  /* of the compaction step this transaction runs ('compact-step'), or 0 */
+    int compacted;         /* this transaction moved the log's start: space to give back after */
+    int compact_asked;     /* this transaction asked for a compaction ('compact') */
     mmkv_commit_record record;
     mmkv_conn *conn; /* NULL when it cannot be used (broken) or was discarded */
     int broken_rc;   /* why conn is NULL: the error every use reports */

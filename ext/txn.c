@@ -63,11 +63,14 @@ static int begin_from(mmkv_conn *conn, const mmkv_commit *authority)
     txn->owner = conn;
     txn->txid = state.txid + 1;
     txn->start = txn->append_pos = state.tail;
+    txn->counts.start = state.start > MMKV_DATA_START ? state.start : MMKV_DATA_START;
     txn->counts.live = state.live_count;
     txn->counts.records = state.record_count;
     txn->counts.garbage = state.garbage_bytes;
+    txn->counts.compactions = state.compactions;
     txn->start_counts = txn->counts;
     txn->n_written = 0;
+    txn->n_forgotten = 0;
     txn->n_savepoints = 0;
     txn->prepared = 0;
     txn->marked = 0;
@@ -131,6 +134,7 @@ int mmkv_txn_savepoint(mmkv_conn *conn, int level)
     sp->level = level;
     sp->append_pos = txn->append_pos;
     sp->written = txn->n_written;
+    sp->forgotten = txn->n_forgotten;
     sp->counts = txn->counts;
     return MMKV_OK;
 }
@@ -166,9 +170,10 @@ void mmkv_txn_rollback_to(mmkv_conn *conn, int level)
         target.level = level;
         target.append_pos = txn->start;
         target.written = 0;
+        target.forgotten = 0;
         target.counts = txn->start_counts;
     }
-    mmkv_engine_undo(e, target.written);
+    mmkv_engine_undo(e, target.written, target.forgotten);
     txn->append_pos = target.append_pos;
     txn->counts = target.counts;
     txn->n_savepoints = i;
@@ -205,6 +210,8 @@ int mmkv_txn_prepare(mmkv_conn *conn)
     meta.record_count = txn->counts.records;
     meta.garbage_bytes = txn->counts.garbage;
     meta.txn_start = txn->start;
+    meta.log_start = txn->counts.start;
+    meta.compactions = txn->counts.compactions;
     mmkv_meta_seal(&meta);
     int slot = txn->committed_slot ^ 1;
     memcpy(&txn->overwritten_meta, mmkv_map_base(&e->log.map) + MMKV_META_OFFSET(slot),
@@ -227,10 +234,12 @@ void mmkv_txn_outcome(mmkv_conn *conn, mmkv_commit *commit)
 {
     mmkv_txn *txn = &conn->engine->txn;
     commit->txid = txn->n_written ? txn->txid : txn->txid - 1;
+    commit->start = txn->counts.start;
     commit->tail = txn->append_pos;
     commit->live_count = txn->counts.live;
     commit->record_count = txn->counts.records;
     commit->garbage_bytes = txn->counts.garbage;
+    commit->compactions = txn->counts.compactions;
 }
 
 static void txn_end(mmkv_engine *e)
@@ -240,6 +249,7 @@ static void txn_end(mmkv_engine *e)
     mmkv_index_header_of(&e->index)->writer_active = 0;
     txn->owner = NULL;
     txn->n_written = 0;
+    txn->n_forgotten = 0;
     txn->n_savepoints = 0;
     txn->prepared = 0;
     txn->marked = 0;
@@ -264,7 +274,7 @@ void mmkv_txn_rollback(mmkv_conn *conn)
         mmkv_log_mark_txn_end(&e->log, last, 0);
         if (!e->temporary) mmkv_map_sync_range(&e->log.map, last, sizeof(mmkv_record_header));
     }
-    mmkv_engine_undo(e, 0);
+    mmkv_engine_undo(e, 0, 0);
     txn->append_pos = txn->start;
     txn_end(e);
 }

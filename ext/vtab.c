@@ -21,6 +21,7 @@
 #include "vtab.h"
 #include "args.h"
 #include "commit_record.h"
+#include "compaction.h"
 #include "mmkv.h"
 #include "pending.h"
 #include "placement.h"
@@ -336,6 +337,7 @@ static const char *place(mmkv_table *t, sqlite3 *db, const mmkv_args *args)
     t->named_after_table = !args->file;
     t->owned = db_file && db_file[0];
     t->sync = args->sync;
+    t->autocompact = args->autocompact;
     return db_file;
 }
 
@@ -928,6 +930,8 @@ static int ensure_writing(mmkv_vtab *vt)
 ** The hidden column: INSERT INTO kv(kv) VALUES('command').
 **   integrity-check   verify the log and the index (SQLITE_CORRUPT_VTAB with what is wrong)
 **   rebuild-index     rebuild the derived index from the log
+**   compact           start compacting the whole log (compaction.h); returns at once
+**   compact-step      one step of a compaction started (what the background worker runs)
 */
 static int run_command(mmkv_vtab *vt, sqlite3_value *command)
 {
@@ -942,6 +946,11 @@ static int run_command(mmkv_vtab *vt, sqlite3_value *command)
     } else if (text && sqlite3_stricmp(text, "rebuild-index") == 0) {
         if ((rc = ensure_writing(vt)) != SQLITE_OK) return rc;
         rc = mmkv_rebuild(conn);
+    } else if (text && (sqlite3_stricmp(text, "compact") == 0 ||
+                        sqlite3_stricmp(text, "compact-step") == 0)) {
+        if ((rc = ensure_writing(vt)) != SQLITE_OK) return rc;
+        return mmkv_compaction_command(vt->table, sqlite3_stricmp(text, "compact-step") == 0,
+                                       &vt->base.zErrMsg);
     } else {
         sqlite3_free(vt->base.zErrMsg);
         vt->base.zErrMsg = sqlite3_mprintf("mmkv: unknown command \"%s\"", text ? text : "");

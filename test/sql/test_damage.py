@@ -754,7 +754,7 @@ def test_foreign_files():
         # An existing table whose data file was replaced between sessions (the connect path).
         for label, content in (("text", b"plain text, not mmkv\n" * 10),
                                ("sqlite database", before["sqlite.db"][0]),
-                               ("version 3, from a later mmkv", with_version(3))):
+                               ("version 4, from a later mmkv", with_version(4))):
             cdir = os.path.join(work, "replaced")
             shutil.rmtree(cdir, ignore_errors=True)
             shutil.copytree(pdir, cdir)

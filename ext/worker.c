@@ -1,0 +1,241 @@
+/*
+** mmkv's background thread (worker.h): compactions asked for, and giving space back.
+*/
+#include "worker.h"
+#include "commit_record.h"
+#include "mmkv.h"
+#include "sqlite3_mmkv.h"
+
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+SQLITE_EXTENSION_INIT3
+
+#define STEP_PAUSE_US 1000      /* between steps: other writers take the database's lock */
+#define BUSY_PAUSE_US 10000     /* after a step found the database locked */
+#define BUSY_TIMEOUT_MS 10000   /* the worker's connection waits this long for a lock */
+#define STEP_FAILURES_MAX 100   /* steps that found the database locked, before giving up */
+#define SAFE_POLL_US 20000      /* between checkpoints that did not copy the whole WAL */
+#define SAFE_WAIT_MS 2000       /* how long a compaction waits to know its tombstones' safe point */
+#define RECLAIM_WAIT_MS 60000   /* how long space waits for old readers before the job gives up */
+
+typedef struct job {
+    struct job *next;
+    int kind;
+    char *db_path, *vfs, *table, *data_path;
+    uint64_t owner_id;
+} job;
+
+static pthread_mutex_t queue_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t queue_wake = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t queue_idle = PTHREAD_COND_INITIALIZER;
+static job *queue;
+static int started, working;
+
+static void pause_us(long us)
+{
+    struct timespec ts = {us / 1000000, (us % 1000000) * 1000};
+    nanosleep(&ts, NULL);
+}
+
+static void job_free(job *j)
+{
+    free(j->db_path);
+    free(j->vfs);
+    free(j->table);
+    free(j->data_path);
+    free(j);
+}
+
+/* The thread runs code of this library for as long as the process lives: the library must stay
+** loaded after the last connection that loaded it closes (SQLite unloads extensions then). */
+static void pin_library(void)
+{
+    Dl_info info;
+    if (dladdr((void *)pin_library, &info) && info.dli_fname)
+        dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
+/* The newest committed state of the table, and whether it is shown safe: durable, and no reader
+** anywhere reads an older one (worker.h). Waits up to wait_ms for readers to move on. 1 if shown
+** safe, 0 if not (the state is still the newest read), -1 if it could not be read. */
+static int safe_state(sqlite3 *db, const char *table, mmkv_commit *state, long wait_ms)
+{
+    mmkv_commit_record rec;
+    if (mmkv_record_open(&rec, db, "main", table, NULL) != SQLITE_OK) return -1;
+    int shown = -1;
+    for (long waited = 0;; waited += SAFE_POLL_US / 1000) {
+        if (mmkv_record_read(&rec, state, NULL) != SQLITE_OK) break;
+        int log = -1, copied = -1;
+        int rc = sqlite3_wal_checkpoint_v2(db, "main", SQLITE_CHECKPOINT_PASSIVE, &log, &copied);
+        shown = rc == SQLITE_OK && log == copied;
+        if (shown || waited >= wait_ms) break;
+        pause_us(SAFE_POLL_US);
+    }
+    mmkv_record_close(&rec);
+    return shown;
+}
+
+static int exec_step(sqlite3 *db, const char *table)
+{
+    char *sql = sqlite3_mprintf("INSERT INTO main.\"%w\"(\"%w\") VALUES('compact-step')", table, table);
+    if (!sql) return SQLITE_NOMEM;
+    int rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+    sqlite3_free(sql);
+    return rc;
+}
+
+static void run_compaction(sqlite3 *db, mmkv_conn *conn, const job *j)
+{
+    mmkv_commit state;
+    /* Tombstones go only as far as readers allow; the pass runs either way. */
+    int shown = safe_state(db, j->table, &state, SAFE_WAIT_MS);
+    if (shown < 0) return;
+    mmkv_compact_set_safe(conn, shown ? state.txid : 0, 1);
+    int failures = 0;
+    while (mmkv_compact_pending(conn, NULL)) {
+        int rc = exec_step(db, j->table);
+        if (rc == SQLITE_OK) {
+            failures = 0;
+            pause_us(STEP_PAUSE_US);
+        } else if ((rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED) {
+            if (++failures > STEP_FAILURES_MAX) break;
+            pause_us(BUSY_PAUSE_US);
+        } else {
+            sqlite3_log(rc, "mmkv: compaction of %s stopped: %s", j->data_path, sqlite3_errmsg(db));
+            break;
+        }
+    }
+}
+
+/* Whether mmkv is there already (an application's auto extension, when linked statically). */
+static int registered(sqlite3 *db)
+{
+    sqlite3_stmt *stmt = NULL;
+    int there = sqlite3_prepare_v2(db, "SELECT mmkv_version()", -1, &stmt, NULL) == SQLITE_OK;
+    sqlite3_finalize(stmt);
+    return there;
+}
+
+static int register_mmkv(sqlite3 *db)
+{
+#ifdef SQLITE_CORE
+    return sqlite3_mmkv_init(db, NULL, NULL);
+#else
+    return sqlite3_mmkv_init(db, NULL, sqlite3_api);
+#endif
+}
+
+static void run_job(const job *j)
+{
+    sqlite3 *db = NULL;
+    if (sqlite3_open_v2(j->db_path, &db, SQLITE_OPEN_READWRITE, j->vfs) != SQLITE_OK) {
+        sqlite3_close(db);
+        return;
+    }
+    sqlite3_busy_timeout(db, BUSY_TIMEOUT_MS);
+    int rc = registered(db) ? SQLITE_OK : register_mmkv(db);
+    mmkv_conn *conn = NULL;
+    mmkv_open_options options = {.sync = MMKV_SYNC_FULL,
+                                 .owner_id = j->owner_id,
+                                 .must_exist = 1,
+                                 .user = "mmkv's background compaction"};
+    char *err = NULL;
+    if (rc == SQLITE_OK && mmkv_open(j->data_path, &options, &conn, &err) == MMKV_OK) {
+        if (j->kind == MMKV_JOB_COMPACT) run_compaction(db, conn, j);
+        mmkv_commit state;
+        for (long waited = 0; waited < RECLAIM_WAIT_MS; waited += SAFE_WAIT_MS) {
+            int shown = safe_state(db, j->table, &state, SAFE_WAIT_MS);
+            if (shown < 0) break;
+            if (shown) {
+                mmkv_compact_set_safe(conn, state.txid, 0);
+                mmkv_reclaim(conn, &state, NULL);
+                break;
+            }
+        }
+        mmkv_close(conn);
+    }
+    free(err);
+    sqlite3_close(db);
+}
+
+static void *worker_main(void *unused)
+{
+    (void)unused;
+    pthread_mutex_lock(&queue_lock);
+    for (;;) {
+        while (!queue) {
+            working = 0;
+            pthread_cond_broadcast(&queue_idle);
+            pthread_cond_wait(&queue_wake, &queue_lock);
+        }
+        job *j = queue;
+        queue = j->next;
+        working = 1;
+        pthread_mutex_unlock(&queue_lock);
+        run_job(j);
+        job_free(j);
+        pthread_mutex_lock(&queue_lock);
+    }
+    return NULL;
+}
+
+static char *copy_text(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+int mmkv_worker_submit(const mmkv_job_target *target, int kind)
+{
+    pthread_mutex_lock(&queue_lock);
+    job **at = &queue;
+    for (; *at; at = &(*at)->next)
+        if ((*at)->kind >= kind && strcmp((*at)->data_path, target->data_path) == 0) {
+            pthread_mutex_unlock(&queue_lock);
+            return SQLITE_OK; /* one queued already does this */
+        }
+    job *j = calloc(1, sizeof *j);
+    if (j) {
+        j->kind = kind;
+        j->db_path = copy_text(target->db_path);
+        j->vfs = copy_text(target->vfs);
+        j->table = copy_text(target->table);
+        j->data_path = copy_text(target->data_path);
+        j->owner_id = target->owner_id;
+    }
+    if (!j || !j->db_path || !j->table || !j->data_path || (target->vfs && !j->vfs)) {
+        pthread_mutex_unlock(&queue_lock);
+        if (j) job_free(j);
+        return SQLITE_NOMEM;
+    }
+    if (!started) {
+        pin_library();
+        pthread_t thread;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        started = pthread_create(&thread, &attr, worker_main, NULL) == 0;
+        pthread_attr_destroy(&attr);
+        if (!started) {
+            pthread_mutex_unlock(&queue_lock);
+            job_free(j);
+            return SQLITE_NOMEM;
+        }
+    }
+    *at = j;
+    working = 1;
+    pthread_cond_signal(&queue_wake);
+    pthread_mutex_unlock(&queue_lock);
+    return SQLITE_OK;
+}
+
+void mmkv_worker_wait_idle(void)
+{
+    pthread_mutex_lock(&queue_lock);
+    while (started && (queue || working))
+        pthread_cond_wait(&queue_idle, &queue_lock);
+    pthread_mutex_unlock(&queue_lock);
+}
