@@ -43,7 +43,7 @@ struct mmkv_copy {
     int made; /* the target data file is ours: removed unless the copy is finished */
     uint64_t target_owner;
     char *user;
-    uint64_t copied_to; /* the target holds the source's bytes [MMKV_DATA_START, copied_to) */
+    uint64_t copied_to; /* the target holds the source's log up to here (from its start) */
     uint64_t synced_to; /* and those below this are durable */
     int have_state;
     mmkv_commit state; /* the state those bytes hold (mmkv_copy_to) */
@@ -173,7 +173,13 @@ int mmkv_copy_finish(mmkv_copy *copy, char **errmsg)
     mmkv_conn *target = NULL;
     rc = mmkv_open(copy->target_path, &options, &target, errmsg);
     if (rc != MMKV_OK) return rc;
+    /* Its bytes below the start are a hole: the start note says so, for salvage (format.h). */
+    uint64_t start = copy->state.start > MMKV_DATA_START ? copy->state.start : MMKV_DATA_START;
+    if (start > MMKV_DATA_START) rc = mmkv_log_write_reclaimed_start(&target->engine->log, start);
     mmkv_close(target);
+    if (rc != MMKV_OK)
+        return mmkv_error(errmsg, rc, "mmkv: cannot write the copy's data file '%s': %s",
+                          copy->target_path, strerror(errno));
     copy->finished = 1;
     return MMKV_OK;
 }

@@ -406,6 +406,117 @@ def test_backup_of_a_compacted_table():
         db.close()
 
 
+def fill_with_garbage(db, r, n=5000, rounds=30, table="kv"):
+    truth = {}
+    db.execute("BEGIN")
+    for k in range(n):
+        truth[k] = r.randbytes(VALUE_BYTES)
+        db.execute('INSERT OR REPLACE INTO %s VALUES(?, ?)' % table, (k, truth[k]))
+    db.execute("COMMIT")
+    for _ in range(rounds):
+        db.execute("BEGIN")
+        for _ in range(200):
+            k = r.randrange(n)
+            truth[k] = r.randbytes(VALUE_BYTES)
+            db.execute("UPDATE %s SET value = ? WHERE key = ?" % table, (truth[k], k))
+        db.execute("COMMIT")
+    return truth
+
+
+def test_compaction_and_ddl():
+    """'compact' meets DDL: asked for in a transaction that rolls back (nothing runs), followed by
+    DROP TABLE while the worker runs (the table goes, with its files, and comes back anew), in an
+    attached database, and on a read-only database (refused, with a message)."""
+    r = rng("ddl")
+    with TempDir() as d:
+        path = os.path.join(d, "app.db")
+        db = connect(path)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA busy_timeout=10000")
+        db.execute("CREATE VIRTUAL TABLE kv USING mmkv(autocompact=off)")
+        truth = fill_with_garbage(db, r)
+        g0 = db.execute("SELECT garbage_bytes FROM mmkv_stats('kv')").fetchone()[0]
+        db.execute("BEGIN")
+        db.execute("INSERT INTO kv(kv) VALUES('compact')")
+        db.execute("ROLLBACK")
+        time.sleep(0.5)
+        g1, busy = db.execute("SELECT garbage_bytes, compacting FROM mmkv_stats('kv')").fetchone()
+        check("'compact' in a transaction rolled back does not run",
+              g1 == g0 and busy == 0, "garbage %d -> %d, compacting %r" % (g0, g1, busy))
+        db.execute("SAVEPOINT s")
+        db.execute("INSERT INTO kv(kv) VALUES('compact')")
+        db.execute("RELEASE s")
+        check("'compact' in a released savepoint runs", wait_compacted(db))
+        check("rows intact", table_dict(db) == truth)
+        # DROP while the worker compacts.
+        update_rounds(db, r, 5000, 30, truth)
+        db.execute("INSERT INTO kv(kv) VALUES('compact')")
+        db.execute("DROP TABLE kv")
+        time.sleep(1.0)
+        left = sorted(f for f in os.listdir(d) if "mmkv" in f)
+        check_equal("DROP TABLE during a compaction removes the files", left, [])
+        db.execute("CREATE VIRTUAL TABLE kv USING mmkv()")
+        db.execute("INSERT INTO kv VALUES(1, 'new')")
+        check_equal("the table made anew holds only its own row",
+                    db.execute("SELECT key, value FROM kv").fetchall(), [(1, "new")])
+        integrity(db, "integrity-check of the table made anew")
+        # An attached database's table.
+        aux = os.path.join(d, "aux.db")
+        db.execute("ATTACH ? AS aux", (aux,))
+        db.execute("PRAGMA aux.journal_mode=WAL")
+        db.execute("CREATE VIRTUAL TABLE aux.kv USING mmkv(autocompact=off)")
+        atruth = fill_with_garbage(db, r, table="aux.kv")
+        g0 = db.execute("SELECT garbage_bytes FROM mmkv_stats('kv', 'aux')").fetchone()[0]
+        db.execute("INSERT INTO aux.kv(kv) VALUES('compact')")
+        deadline = time.time() + 60
+        while time.time() < deadline and db.execute(
+                "SELECT compacting FROM mmkv_stats('kv', 'aux')").fetchone()[0]:
+            time.sleep(0.05)
+        g1 = db.execute("SELECT garbage_bytes FROM mmkv_stats('kv', 'aux')").fetchone()[0]
+        check("an attached database's table compacts (garbage %d -> %d)" % (g0, g1),
+              g1 < g0 // 4, "garbage %d -> %d" % (g0, g1))
+        check("the attached table's rows are intact",
+              dict(db.execute("SELECT key, value FROM aux.kv").fetchall()) == atruth)
+        db.close()
+        # Read-only.
+        ro = sqlite3.connect("file:%s?mode=ro" % path, uri=True, isolation_level=None)
+        ro.enable_load_extension(True)
+        ro.load_extension(harness.EXTENSION)
+        check_error("'compact' on a read-only database is refused, saying why",
+                    lambda: ro.execute("INSERT INTO kv(kv) VALUES('compact')"), "read")
+        ro.close()
+
+
+def test_other_process_reads_during_compaction():
+    """Another process reads the table while this one compacts: every read sees a whole state."""
+    r = rng("process")
+    with TempDir() as d:
+        path = os.path.join(d, "app.db")
+        db = connect(path)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE VIRTUAL TABLE kv USING mmkv(autocompact=off)")
+        truth = fill_with_garbage(db, r, n=3000)
+        db.execute("CREATE TABLE total(n)")
+        db.execute("INSERT INTO total VALUES(3000)")
+        peer = harness.Peer(path, busy_timeout=10)
+        bad = []
+        for round_ in range(20):
+            db.execute("BEGIN")
+            db.execute("INSERT INTO kv VALUES(?, 'extra')", (100000 + round_,))
+            db.execute("UPDATE total SET n = n + 1")
+            db.execute("COMMIT")
+            if round_ % 5 == 0:
+                db.execute("INSERT INTO kv(kv) VALUES('compact')")
+            res = peer.ask("SELECT (SELECT count(*) FROM kv) = (SELECT n FROM total)")
+            if res.get("rows") != [[1]]:
+                bad.append(res)
+        check_equal("another process reads whole states during compactions", bad, [])
+        wait_compacted(db)
+        peer.close()
+        integrity(db, "integrity-check after compactions with another process reading")
+        db.close()
+
+
 def watchdog(fn):
     def run():
         timer = threading.Timer(CASE_TIMEOUT, timeout, args=(fn.__name__,))
@@ -428,7 +539,8 @@ def timeout(name):
 CASES = [test_automatic_compaction_bounds_space, test_compact_command_and_delete_all,
          test_readers_keep_their_snapshots, test_kill_during_compaction,
          test_temporary_and_memory_tables_compact, test_rollback_of_a_compacting_transaction,
-         test_autocompact_argument, test_backup_of_a_compacted_table]
+         test_autocompact_argument, test_backup_of_a_compacted_table, test_compaction_and_ddl,
+         test_other_process_reads_during_compaction]
 
 if __name__ == "__main__":
     harness.main([watchdog(c) for c in CASES])
