@@ -153,6 +153,9 @@ static int pad_to_record(mmkv_conn *conn, mmkv_meta *meta, mmkv_commit *state)
         *meta = padded;
     }
     if (meta->txid == state->txid && meta->committed_tail == state->tail) {
+        /* The log is salvage's, padded: where it begins too (the record's start may name bytes
+        ** the power cut took; salvage kept whole what lies from its own start). */
+        state->start = mmkv_meta_start(meta);
         state->live_count = meta->live_count;
         state->record_count = meta->record_count;
         state->garbage_bytes = meta->garbage_bytes;

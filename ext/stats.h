@@ -4,6 +4,8 @@
 ** The counts come from a committed state the caller names (an owning database's commit record, the
 ** meta slots, or a write transaction's own outcome); the file sizes and the index's shape are read
 ** from the files as they are now, without a lock, so that reading them never waits for a writer.
+** A read-only engine that built an index of its own in memory (open.c, READ-ONLY) reports that
+** index, brought up to the state first.
 */
 #ifndef MMKV_STATS_H
 #define MMKV_STATS_H
@@ -20,10 +22,9 @@ typedef struct mmkv_stats {
     uint64_t garbage_bytes; /* bytes of superseded versions, tombstones and pads */
     uint64_t records;       /* records in the log */
     uint64_t compactions;   /* compactions finished */
-    /* Compaction in this process now: a pass asked for (up to compact_until) or an automatic one.
-     */
+    /* Compaction now: a pass asked for (up to compact_until), or an automatic one. */
     int compacting;
-    uint64_t compact_until; /* 0 if no pass was asked for */
+    uint64_t compact_until; /* 0 if none was asked for; the state's tail until it begins */
     /* The files: bytes allocated on disk (st_blocks) and their logical size (st_size). */
     uint64_t data_file_bytes, data_file_size;
     uint64_t index_file_bytes, index_file_size;
@@ -35,10 +36,11 @@ typedef struct mmkv_stats {
     uint64_t max_probe;     /* probes to reach the entry farthest from its home slot; 0 if none */
 } mmkv_stats;
 
-/* Fills *out for the committed state `state`. Any thread; takes no lock but the engine's mutex
-** for a moment. OK, or an error with mmkv_errmsg(conn) saying what: IOERR if a file cannot be
-** examined, CORRUPT if the index names a record that is not there, BUSY if the index's tables
-** kept moving under the reader. */
+/* Fills *out for the committed state `state`. Any thread; waits for no writer (it takes the
+** engine's mutex only to read the compaction policy, or to bring an index in memory up). OK, or
+** an error with mmkv_errmsg(conn) saying what: IOERR if a file cannot be examined, CORRUPT if the
+** index names a committed record that is not there, BUSY if the index's tables kept moving under
+** the reader. */
 int mmkv_stats_read(mmkv_conn *conn, const mmkv_commit *state, mmkv_stats *out);
 
 #endif

@@ -25,6 +25,10 @@
 ** commit than the ledger's, which is the last acknowledged or the one in flight; nothing may be
 ** damaged or half there, and both tables must take further commits.
 **
+** The *-compacting cases follow every third commit with INSERT INTO kv(kv) VALUES('compact') and
+** wait for mmkv's worker to finish it: its steps (transactions of its own), its checkpoint, and the
+** punching of the space below the log's start all meet the power cut in turn.
+**
 ** The workload's states: -1 before the tables' creation commits, 0 after, then 1..TXNS. The child
 ** runs once per crash point and leaves one image for each choice of lost pages (seed).
 **
@@ -41,6 +45,7 @@
 #include "file.h"
 #include "format.h"
 #include "sqlite3_mmkv.h"
+#include "worker.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -87,15 +92,19 @@ typedef struct scenario {
     const char *mmkv_sync;     /* the table's sync= */
     int may_lose_acknowledged; /* an acknowledged commit may be lost (but never half of one) */
     int kv_may_lag;            /* kv may hold an earlier commit than the ledger (sync=off) */
+    int compacting;            /* every third commit is followed by a whole compaction */
 } scenario;
 
 static const scenario scenarios[] = {
-    {"wal-full", "WAL", "FULL", "full", 0, 0},
-    {"wal-normal", "WAL", "NORMAL", "normal", 1, 0},
-    {"delete-full", "DELETE", "FULL", "full", 0, 0},
-    {"delete-normal", "DELETE", "NORMAL", "normal", 1, 0},
-    {"wal-off", "WAL", "FULL", "off", 1, 1},
-    {"delete-off", "DELETE", "FULL", "off", 1, 1},
+    {"wal-full", "WAL", "FULL", "full", 0, 0, 0},
+    {"wal-normal", "WAL", "NORMAL", "normal", 1, 0, 0},
+    {"delete-full", "DELETE", "FULL", "full", 0, 0, 0},
+    {"delete-normal", "DELETE", "NORMAL", "normal", 1, 0, 0},
+    {"wal-off", "WAL", "FULL", "off", 1, 1, 0},
+    {"delete-off", "DELETE", "FULL", "off", 1, 1, 0},
+    {"wal-full-compacting", "WAL", "FULL", "full", 0, 0, 1},
+    {"wal-normal-compacting", "WAL", "NORMAL", "normal", 1, 0, 1},
+    {"delete-off-compacting", "DELETE", "FULL", "off", 1, 1, 1},
 };
 
 /* ---- the child's view of the disk ---- */
@@ -639,6 +648,12 @@ static void workload(const scenario *sc, int out)
         step_or_die(db, ledger);
         exec_or_die(db, "COMMIT");
         report(out, &t, sizeof t);
+        if (sc->compacting && t % 3 == 0) {
+            /* The worker runs it (steps in transactions of its own, a checkpoint, the space given
+            ** back); waiting for it keeps the crash points in one order. */
+            exec_or_die(db, "INSERT INTO kv(kv) VALUES('compact')");
+            mmkv_worker_wait_idle();
+        }
     }
     sqlite3_finalize(insert);
     sqlite3_finalize(update);

@@ -590,6 +590,35 @@ def test_utf16():
         db.close()
 
 
+def test_readonly():
+    """A read-only connection while another process writes (the index on disk is in use): it
+    reads an index of its own, in memory, brought up to each commit it reads."""
+    with TempDir() as d:
+        p = os.path.join(d, "app.db")
+        writer = harness.Peer(p, busy_timeout=5)
+        answers = [writer.ask("CREATE VIRTUAL TABLE kv USING mmkv"),
+                   writer.ask("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
+                              "WHERE i < 100) INSERT INTO kv SELECT i, 'v' || i FROM n")]
+        if not check("the writer made the table", all("rows" in a for a in answers),
+                     "answers %r" % answers):
+            writer.close()
+            return
+        ro = connect("file:%s?mode=ro" % p, uri=True)
+        s = stats(ro, "kv")
+        check_counts("read-only", ro, s)
+        check_equal("read-only: index_entries, one per key", s["index_entries"], 100)
+        answer = writer.ask("INSERT INTO kv SELECT -key, 'w' FROM kv WHERE key <= 50")
+        check("the writer wrote again", "rows" in answer, "answer %r" % answer)
+        s = stats(ro, "kv")
+        check_counts("read-only, after another commit", ro, s)
+        check_equal("read-only, after another commit: index_entries", s["index_entries"], 150)
+        check("read-only: max_probe >= 1 and index_slots a power of two",
+              s["max_probe"] >= 1 and s["index_slots"] >= MIN_SLOTS
+              and s["index_slots"] & (s["index_slots"] - 1) == 0, "got %r" % s)
+        ro.close()
+        writer.close()
+
+
 def test_broken_table():
     with TempDir() as d:
         p = os.path.join(d, "app.db")
@@ -679,8 +708,8 @@ def timeout(name):
 
 CASES = [test_columns, test_counts, test_files, test_index, test_txid, test_read_transaction,
          test_sync, test_fresh_connection, test_attached_schema, test_temp_table,
-         test_memory_database, test_requested_compaction, test_utf16, test_broken_table,
-         test_bad_arguments, test_join]
+         test_memory_database, test_requested_compaction, test_utf16, test_readonly,
+         test_broken_table, test_bad_arguments, test_join]
 
 if __name__ == "__main__":
     harness.main([watchdog(c) for c in CASES])
