@@ -183,7 +183,7 @@ int mmkv_stats_read(mmkv_conn *conn, const mmkv_commit *state, mmkv_stats *out)
     out->live_bytes = log_bytes > committed.garbage_bytes ? log_bytes - committed.garbage_bytes : 0;
 
     out->compacting = mmkv_compact_pending(conn, &out->compact_until);
-    out->compacting |= mmkv_compact_auto_active(conn);
+    out->auto_compacting = mmkv_compact_auto_active(conn);
     /* A pass asked for but not yet begun covers what is committed when it begins: this tail at
     ** least (compact.c marks it with an end past any log). */
     if (out->compact_until > committed.tail) out->compact_until = committed.tail;

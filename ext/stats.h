@@ -23,7 +23,8 @@ typedef struct mmkv_stats {
     uint64_t records;       /* records in the log */
     uint64_t compactions;   /* compactions finished */
     /* Compaction now: a pass asked for (up to compact_until), or an automatic one. */
-    int compacting;
+    int compacting;      /* a pass asked for ('compact') is under way */
+    int auto_compacting; /* an automatic pass is under way (it goes on with the commits) */
     uint64_t compact_until; /* 0 if none was asked for; the state's tail until it begins */
     /* The files: bytes allocated on disk (st_blocks) and their logical size (st_size). */
     uint64_t data_file_bytes, data_file_size;

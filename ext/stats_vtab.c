@@ -19,8 +19,9 @@
 **   max_probe                  probes a lookup of the entry farthest from its home slot takes
 **   sync                       the table's sync= argument: 'full', 'normal' or 'off'
 **   compactions                compactions finished
-**   compacting, compact_until  1 while a compaction is asked for (up to compact_until, else 0)
-**                              or runs on its own
+**   compacting, compact_until  1 while a compaction asked for ('compact') runs (up to
+**                              compact_until, else 0)
+**   auto_compacting            1 while an automatic pass is under way (it advances with commits)
 **
 ** The state is the one a read of the table would see now: in a database file, the commit its
 ** database records as of the current transaction; for a file shared by in-memory databases, its
@@ -67,6 +68,7 @@ enum {
     COLUMN_COMPACTIONS,
     COLUMN_COMPACTING,
     COLUMN_COMPACT_UNTIL,
+    COLUMN_AUTO_COMPACTING,
     COLUMN_NAME,   /* HIDDEN: the first argument */
     COLUMN_SCHEMA, /* HIDDEN: the second */
 };
@@ -78,7 +80,7 @@ static const char stats_schema[] =
     "index_file_size INTEGER, index_slots INTEGER, index_draining_slots INTEGER, "
     "index_entries INTEGER, load_factor REAL, max_probe INTEGER, sync TEXT, "
     "compactions INTEGER, compacting INTEGER, compact_until INTEGER, "
-    "name HIDDEN, schema HIDDEN)";
+    "auto_compacting INTEGER, name HIDDEN, schema HIDDEN)";
 
 /* Query plans (idxNum); see statsBestIndex. */
 #define PLAN_NAME 1
@@ -451,6 +453,9 @@ static int statsColumn(sqlite3_vtab_cursor *cursor, sqlite3_context *ctx, int co
         break;
     case COLUMN_COMPACT_UNTIL:
         n = s->compact_until;
+        break;
+    case COLUMN_AUTO_COMPACTING:
+        n = (uint64_t)s->auto_compacting;
         break;
     case COLUMN_LOAD_FACTOR:
         sqlite3_result_double(ctx, s->load_factor);

@@ -36,7 +36,7 @@ KEY_INTEGER, KEY_FLOAT, KEY_TEXT, KEY_BLOB = 1, 2, 3, 4
 COLUMNS = ["live_count", "live_bytes", "garbage_bytes", "records", "txid", "log_start",
            "log_tail", "data_file_bytes", "data_file_size", "index_file_bytes",
            "index_file_size", "index_slots", "index_draining_slots", "index_entries",
-           "load_factor", "max_probe", "sync", "compactions", "compacting", "compact_until"]
+           "load_factor", "max_probe", "sync", "compactions", "compacting", "compact_until", "auto_compacting"]
 
 
 def stats(db, *args):
