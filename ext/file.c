@@ -182,6 +182,11 @@ int mmkv_file_allocate_range(int fd, uint64_t offset, uint64_t len)
     return os_fail(err);
 }
 
+int mmkv_file_truncate(int fd, uint64_t size)
+{
+    return ftruncate(fd, (off_t)size) == 0 ? MMKV_OK : os_fail(errno);
+}
+
 int mmkv_file_discard(int fd, uint64_t offset, uint64_t len)
 {
 #ifdef FALLOC_FL_PUNCH_HOLE
@@ -545,7 +550,7 @@ static int map_extend(mmkv_map *map, uint64_t bytes)
         /* Grow ahead so that appends rarely need the file system (MAX_GROW_AHEAD), within the
         ** newest view while the bytes needed fit there. Only the new part is allocated: what lies
         ** below may be holes given back on purpose (compaction, format.h START). */
-        uint64_t ahead = map->file_size / 8;
+        uint64_t ahead = (map->grow_basis ? map->grow_basis : map->file_size) / 8;
         if (ahead > MAX_GROW_AHEAD) ahead = MAX_GROW_AHEAD;
         uint64_t target = map->file_size + ahead;
         if (target < bytes) target = bytes;

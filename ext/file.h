@@ -49,6 +49,7 @@ typedef struct mmkv_map {
     uint64_t mapped;      /* bytes of the file mapped (read with mmkv_map_mapped) */
     uint64_t file_size;   /* bytes the file is known to have */
     uint64_t min_reserve; /* the smallest view to reserve */
+    uint64_t grow_basis;  /* the bytes in use that growth ahead is a share of (0: the file's size) */
     unsigned n_views;     /* views[0 .. n_views) are mapped, the newest last */
     mmkv_map_view views[MMKV_MAP_MAX_VIEWS];
     pthread_mutex_t grow_lock; /* serialises growth of the mapping within the process */
@@ -72,6 +73,7 @@ int mmkv_file_sync_dir(const char *path);                     /* the directory o
 int mmkv_file_allocate(int fd, uint64_t size);                /* FULL on ENOSPC */
 int mmkv_file_allocate_range(int fd, uint64_t offset, uint64_t len); /* the same, for a range */
 int mmkv_file_discard(int fd, uint64_t offset, uint64_t len); /* punch a hole (reads 0) */
+int mmkv_file_truncate(int fd, uint64_t size); /* only with no other user of the file anywhere */
 
 int mmkv_lock_try(int fd, int64_t byte, int exclusive); /* OK or BUSY, never waits */
 /* 1 if a lock that would conflict with an exclusive one is held on byte by another descriptor

@@ -268,9 +268,17 @@ static void engine_close(mmkv_engine *e)
         mmkv_meta meta;
         int slot;
         mmkv_index_header *h = mmkv_index_header_of(&e->index);
-        if (h->state == MMKV_INDEX_IN_USE && mmkv_log_meta(&e->log, &meta, &slot, NULL) == MMKV_OK &&
-            !h->writer_active && log_made_durable(e, &meta))
+        int have_meta = mmkv_log_meta(&e->log, &meta, &slot, NULL) == MMKV_OK;
+        if (h->state == MMKV_INDEX_IN_USE && have_meta && !h->writer_active &&
+            log_made_durable(e, &meta))
             mmkv_index_mark_clean(&e->index, meta.committed_tail);
+        /* And the space grown ahead of need goes back: nothing lies past the committed tail, or
+        ** past the index's tables, that anyone needs. */
+        if (have_meta && !e->readonly && !h->writer_active) {
+            uint64_t page = MMKV_PAGE_SIZE;
+            mmkv_file_truncate(e->log.map.fd, (meta.committed_tail + page - 1) / page * page);
+            mmkv_file_truncate(e->index.map.fd, (h->file_end + page - 1) / page * page);
+        }
     }
     engine_free(e);
 }
