@@ -60,6 +60,7 @@ struct mmkv_engine {
     ino_t ino;
     int temporary;
     int readonly;       /* opened for reading only: never writes (engine.c, READ-ONLY) */
+    int wrote;          /* a write transaction of this process began on it */
     int private_index;  /* a read-only engine's index of its own, in memory */
     uint64_t private_position; /* the log position that private index reflects */
     char *user; /* who first opened it ("main.kv of '/x/app.db'"), for messages */

@@ -273,11 +273,16 @@ static void engine_close(mmkv_engine *e)
             log_made_durable(e, &meta))
             mmkv_index_mark_clean(&e->index, meta.committed_tail);
         /* And the space grown ahead of need goes back: nothing lies past the committed tail, or
-        ** past the index's tables, that anyone needs. */
-        if (have_meta && !e->readonly && !h->writer_active) {
-            uint64_t page = MMKV_PAGE_SIZE;
-            mmkv_file_truncate(e->log.map.fd, (meta.committed_tail + page - 1) / page * page);
-            mmkv_file_truncate(e->index.map.fd, (h->file_end + page - 1) / page * page);
+        ** past the index's tables, that anyone needs.
+        ** A table only read is left as it was. */
+        if (have_meta && e->wrote && !h->writer_active) {
+            uint64_t page = MMKV_PAGE_SIZE, size;
+            uint64_t log_end = (meta.committed_tail + page - 1) / page * page;
+            uint64_t index_end = (h->file_end + page - 1) / page * page;
+            if (mmkv_file_size(e->log.map.fd, &size) == MMKV_OK && size > log_end)
+                mmkv_file_truncate(e->log.map.fd, log_end);
+            if (mmkv_file_size(e->index.map.fd, &size) == MMKV_OK && size > index_end)
+                mmkv_file_truncate(e->index.map.fd, index_end);
         }
     }
     engine_free(e);

@@ -60,6 +60,7 @@ static int begin_from(mmkv_conn *conn, const mmkv_commit *authority)
         return rc;
     }
     mmkv_index_header_of(&e->index)->writer_active = 1;
+    e->wrote = 1;
     txn->owner = conn;
     txn->txid = state.txid + 1;
     txn->start = txn->append_pos = state.tail;

@@ -517,6 +517,61 @@ def test_other_process_reads_during_compaction():
         db.close()
 
 
+def test_index_sized_by_live_keys():
+    """'rebuild-index' sizes the index by the live keys, not by the records ever written."""
+    r = rng("index")
+    with TempDir() as d:
+        db = connect(os.path.join(d, "app.db"))
+        db.execute("CREATE VIRTUAL TABLE kv USING mmkv(autocompact=off)")
+        truth = fill_with_garbage(db, r, n=20000, rounds=100)
+        db.execute("INSERT INTO kv(kv) VALUES('rebuild-index')")
+        slots, entries = db.execute("SELECT index_slots, index_entries FROM mmkv_stats('kv')"
+                                    ).fetchone()
+        check("'rebuild-index' on 20000 live keys and 40000 records: at most 65536 slots",
+              slots <= 65536 and entries == 20000, "slots %d, entries %d" % (slots, entries))
+        check("rows intact after 'rebuild-index'", table_dict(db) == truth)
+        db.execute("DELETE FROM kv")
+        db.execute("INSERT INTO kv(kv) VALUES('compact')")
+        check("the compaction after deleting every row ends", wait_until(
+            lambda: db.execute("SELECT compacting FROM mmkv_stats('kv')").fetchone()[0] == 0))
+        db.execute("INSERT INTO kv(kv) VALUES('rebuild-index')")
+        slots = db.execute("SELECT index_slots FROM mmkv_stats('kv')").fetchone()[0]
+        check_equal("'rebuild-index' with no rows left: the smallest table", slots, 1024)
+        integrity(db, "integrity-check after rebuilding an empty table's index")
+        db.close()
+
+
+def test_compacting_a_table_of_mmkv_0_1():
+    """A table whose commit record is version 1 (mmkv 0.1's 40 bytes) compacts: its record
+    becomes version 2 in the compaction's commit, and everything reopens."""
+    r = rng("v1")
+    with TempDir() as d:
+        path = os.path.join(d, "app.db")
+        db = connect(path)
+        db.execute("CREATE VIRTUAL TABLE kv USING mmkv(autocompact=off)")
+        truth = fill_with_garbage(db, r, n=3000)
+        db.close()
+        raw = sqlite3.connect(path)
+        raw.execute("UPDATE kv_commit SET state = substr(state, 9, 40)")  # the v1 layout
+        raw.commit()
+        raw.close()
+        db = connect(path)
+        check("a version 1 record reads", table_dict(db) == truth)
+        update_rounds(db, r, 3000, 5, truth)
+        check_equal("a version 1 record stays version 1 while nothing compacts",
+                    db.execute("SELECT length(state) FROM kv_commit").fetchone()[0], 40)
+        db.execute("INSERT INTO kv(kv) VALUES('compact')")
+        wait_compacted(db)
+        check_equal("the compaction made the record version 2",
+                    db.execute("SELECT length(state) FROM kv_commit").fetchone()[0], 96)
+        check("rows intact after compacting a version 1 table", table_dict(db) == truth)
+        db.close()
+        db = connect(path)
+        check("rows intact after reopening it", table_dict(db) == truth)
+        integrity(db, "integrity-check of the compacted version 1 table")
+        db.close()
+
+
 def watchdog(fn):
     def run():
         timer = threading.Timer(CASE_TIMEOUT, timeout, args=(fn.__name__,))
@@ -540,7 +595,8 @@ CASES = [test_automatic_compaction_bounds_space, test_compact_command_and_delete
          test_readers_keep_their_snapshots, test_kill_during_compaction,
          test_temporary_and_memory_tables_compact, test_rollback_of_a_compacting_transaction,
          test_autocompact_argument, test_backup_of_a_compacted_table, test_compaction_and_ddl,
-         test_other_process_reads_during_compaction]
+         test_other_process_reads_during_compaction, test_index_sized_by_live_keys,
+         test_compacting_a_table_of_mmkv_0_1]
 
 if __name__ == "__main__":
     harness.main([watchdog(c) for c in CASES])
