@@ -229,7 +229,8 @@ int mmkv_snapshot_take(mmkv_conn *conn, mmkv_snapshot *snapshot)
     mmkv_meta meta;
     int slot;
     int rc = mmkv_log_meta(&e->log, &meta, &slot, &conn->errmsg);
-    if (rc == MMKV_OK) rc = mmkv_engine_reach(e, meta.committed_tail, &conn->errmsg);
+    if (rc == MMKV_OK)
+        rc = mmkv_engine_reach(e, mmkv_meta_start(&meta), meta.committed_tail, &conn->errmsg);
     if (rc != MMKV_OK) return rc;
     snapshot->start = mmkv_meta_start(&meta);
     snapshot->tail = meta.committed_tail;
@@ -265,7 +266,8 @@ int mmkv_snapshot_at(mmkv_conn *conn, const mmkv_commit *committed, mmkv_snapsho
         }
     }
     if (rc == MMKV_OK) rc = mmkv_engine_cover(conn->engine, state.tail, &conn->errmsg);
-    if (rc == MMKV_OK) rc = mmkv_engine_reach(conn->engine, state.tail, &conn->errmsg);
+    if (rc == MMKV_OK)
+        rc = mmkv_engine_reach(conn->engine, state.start, state.tail, &conn->errmsg);
     if (rc != MMKV_OK) return rc;
     snapshot->start = state.start > MMKV_DATA_START ? state.start : MMKV_DATA_START;
     snapshot->tail = state.tail;

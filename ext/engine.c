@@ -142,14 +142,20 @@ int mmkv_engine_index_error(char **errmsg, mmkv_engine *e, int rc)
 
 /* A read-only engine with an index of its own brings it up to the log position a snapshot reads,
 ** from the committed records (only ever committed ones: it never needs to undo). */
-int mmkv_engine_reach(mmkv_engine *e, uint64_t tail, char **errmsg)
+int mmkv_engine_reach(mmkv_engine *e, uint64_t start, uint64_t tail, char **errmsg)
 {
     if (!e->private_index || tail <= __atomic_load_n(&e->private_position, __ATOMIC_ACQUIRE))
         return MMKV_OK;
     pthread_mutex_lock(&e->mutex);
     int rc = mmkv_engine_cover(e, tail, errmsg);
-    if (rc == MMKV_OK && tail > e->private_position)
+    if (rc == MMKV_OK && tail > e->private_position && start > e->private_start) {
+        /* Compaction moved the start: tombstones it dropped left the log, and the bytes below it
+        ** may be gone, so the index is built anew from the new start rather than replayed. */
+        rc = mmkv_engine_rebuild_index(e, start, tail, 0, errmsg);
+        if (rc == MMKV_OK) e->private_start = start;
+    } else if (rc == MMKV_OK && tail > e->private_position) {
         rc = mmkv_engine_replay(e, e->private_position, tail, 0, errmsg);
+    }
     if (rc == MMKV_OK && tail > e->private_position)
         __atomic_store_n(&e->private_position, tail, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&e->mutex);

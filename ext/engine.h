@@ -63,6 +63,7 @@ struct mmkv_engine {
     int wrote;          /* a write transaction of this process began on it */
     int private_index;  /* a read-only engine's index of its own, in memory */
     uint64_t private_position; /* the log position that private index reflects */
+    uint64_t private_start;    /* and the log's start it was built from */
     char *user; /* who first opened it ("main.kv of '/x/app.db'"), for messages */
     char *data_path;
     char *index_path;
@@ -131,7 +132,7 @@ int mmkv_engine_rebuild_index(mmkv_engine *engine, uint64_t start, uint64_t tail
 int mmkv_engine_replay(mmkv_engine *e, uint64_t from, uint64_t to, int rebuilding, char **errmsg);
 int mmkv_engine_cover(mmkv_engine *engine, uint64_t tail, char **errmsg);
 /* A read-only engine's own index brought up to tail (open.c, READ-ONLY); nothing otherwise. */
-int mmkv_engine_reach(mmkv_engine *e, uint64_t tail, char **errmsg);
+int mmkv_engine_reach(mmkv_engine *e, uint64_t start, uint64_t tail, char **errmsg);
 int mmkv_engine_corrupt_record(char **errmsg, mmkv_engine *engine, uint64_t offset);
 int mmkv_engine_index_error(char **errmsg, mmkv_engine *e, int rc);
 /* The newest version of key in snapshot, a tombstone included, found through its slot filed under

@@ -141,6 +141,7 @@ static int open_private_index(mmkv_engine *e, uint64_t start, uint64_t tail, uin
     if (rc != MMKV_OK) return rc;
     e->private_index = 1;
     e->private_position = tail;
+    e->private_start = start;
     return MMKV_OK;
 }
 

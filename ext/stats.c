@@ -195,7 +195,7 @@ int mmkv_stats_read(mmkv_conn *conn, const mmkv_commit *state, mmkv_stats *out)
                         &out->index_file_size);
     /* The log mapped up to the state, and a read-only engine's own index brought up to it. */
     if (rc == MMKV_OK) rc = mmkv_engine_cover(e, committed.tail, &conn->errmsg);
-    if (rc == MMKV_OK) rc = mmkv_engine_reach(e, committed.tail, &conn->errmsg);
+    if (rc == MMKV_OK) rc = mmkv_engine_reach(e, committed.start, committed.tail, &conn->errmsg);
     if (rc == MMKV_OK) rc = index_shape(conn, &committed, out);
     return rc;
 }

@@ -572,6 +572,69 @@ def test_compacting_a_table_of_mmkv_0_1():
         db.close()
 
 
+READONLY_CHILD = r"""
+import os, sqlite3, sys, json
+db = sqlite3.connect("file:%s?mode=ro" % sys.argv[1], uri=True, isolation_level=None)
+db.enable_load_extension(True)
+db.load_extension(os.environ["MMKV_EXTENSION"])
+for line in sys.stdin:
+    keys = json.loads(line)
+    try:
+        out = [db.execute("SELECT value FROM kv WHERE key = ?", (k,)).fetchone() for k in keys]
+        out = [o[0] if o else None for o in out]
+        n = db.execute("SELECT count(*) FROM kv").fetchone()[0]
+        print(json.dumps({"values": out, "count": n}), flush=True)
+    except sqlite3.Error as e:
+        print(json.dumps({"error": str(e)}), flush=True)
+"""
+
+
+def test_read_only_reader_across_compactions():
+    """A read-only connection of another process (with an index of its own in memory, the one on
+    disk being in use) reads right across compactions that drop deleted keys' tombstones."""
+    r = rng("readonly")
+    with TempDir() as d:
+        path = os.path.join(d, "app.db")
+        db = connect(path)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE VIRTUAL TABLE kv USING mmkv(autocompact=off)")
+        db.execute("BEGIN")
+        truth = {}
+        for k in range(4000):
+            truth[k] = "v%d" % k
+            db.execute("INSERT INTO kv VALUES(?, ?)", (k, truth[k]))
+        db.execute("COMMIT")
+        child = subprocess.Popen([harness.PYTHON, "-c", READONLY_CHILD, path], env=harness.CHILD_ENV,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        import json
+
+        def ask(keys):
+            child.stdin.write(json.dumps(keys) + "\n")
+            child.stdin.flush()
+            return json.loads(child.stdout.readline())
+        probe = list(range(0, 4000, 7))
+        first = ask(probe)
+        check("the read-only reader reads the table",
+              first.get("values") == [truth[k] for k in probe], "got %r" % first)
+        for round_ in range(3):
+            db.execute("DELETE FROM kv WHERE key % 3 = ?", (round_,))
+            for k in [k for k in truth if k % 3 == round_]:
+                del truth[k]
+            for k in range(0, 4000, 11):
+                if k in truth:
+                    truth[k] = "r%d-%d" % (round_, k)
+                    db.execute("UPDATE kv SET value = ? WHERE key = ?", (truth[k], k))
+            db.execute("INSERT INTO kv(kv) VALUES('compact')")
+            wait_compacted(db)
+            got = ask(probe)
+            check("round %d: the read-only reader sees the deletes and updates" % round_,
+                  got.get("values") == [truth.get(k) for k in probe] and
+                  got.get("count") == len(truth), "got %r" % (got.get("error") or got.get("count")))
+        child.stdin.close()
+        child.wait()
+        db.close()
+
+
 def watchdog(fn):
     def run():
         timer = threading.Timer(CASE_TIMEOUT, timeout, args=(fn.__name__,))
@@ -596,7 +659,7 @@ CASES = [test_automatic_compaction_bounds_space, test_compact_command_and_delete
          test_temporary_and_memory_tables_compact, test_rollback_of_a_compacting_transaction,
          test_autocompact_argument, test_backup_of_a_compacted_table, test_compaction_and_ddl,
          test_other_process_reads_during_compaction, test_index_sized_by_live_keys,
-         test_compacting_a_table_of_mmkv_0_1]
+         test_compacting_a_table_of_mmkv_0_1, test_read_only_reader_across_compactions]
 
 if __name__ == "__main__":
     harness.main([watchdog(c) for c in CASES])
