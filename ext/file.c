@@ -17,8 +17,9 @@
 #include <unistd.h>
 
 #define MAP_GRANULE ((uint64_t)1 << 20)    /* grow files and views in steps of at least 1 MiB */
-/* Grow a file ahead of need by an eighth of its size, within [1 MiB, 16 MiB] a step: appends rarely
-** need the file system, and the space allocated ahead stays a small part of the whole. */
+/* Grow a file ahead of need by an eighth of its size (a data file: a 32nd of its log in use, the
+** grow_basis), within [1 MiB, 16 MiB] a step: appends rarely need the file system, and the space
+** allocated ahead stays a small part of the whole. */
 #define MAX_GROW_AHEAD ((uint64_t)16 << 20)
 
 static uint64_t system_page_size(void)
@@ -550,7 +551,7 @@ static int map_extend(mmkv_map *map, uint64_t bytes)
         /* Grow ahead so that appends rarely need the file system (MAX_GROW_AHEAD), within the
         ** newest view while the bytes needed fit there. Only the new part is allocated: what lies
         ** below may be holes given back on purpose (compaction, format.h START). */
-        uint64_t ahead = (map->grow_basis ? map->grow_basis : map->file_size) / 8;
+        uint64_t ahead = map->grow_basis ? map->grow_basis / 32 : map->file_size / 8;
         if (ahead > MAX_GROW_AHEAD) ahead = MAX_GROW_AHEAD;
         uint64_t target = map->file_size + ahead;
         if (target < bytes) target = bytes;

@@ -49,7 +49,7 @@ typedef struct mmkv_map {
     uint64_t mapped;      /* bytes of the file mapped (read with mmkv_map_mapped) */
     uint64_t file_size;   /* bytes the file is known to have */
     uint64_t min_reserve; /* the smallest view to reserve */
-    uint64_t grow_basis;  /* the bytes in use that growth ahead is a share of (0: the file's size) */
+    uint64_t grow_basis;  /* bytes in use: growth ahead is a 32nd of them (0: an 8th of the file) */
     unsigned n_views;     /* views[0 .. n_views) are mapped, the newest last */
     mmkv_map_view views[MMKV_MAP_MAX_VIEWS];
     pthread_mutex_t grow_lock; /* serialises growth of the mapping within the process */

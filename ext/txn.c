@@ -64,7 +64,8 @@ static int begin_from(mmkv_conn *conn, const mmkv_commit *authority)
     txn->owner = conn;
     txn->txid = state.txid + 1;
     txn->start = txn->append_pos = state.tail;
-    /* Growth ahead of need is a share of the log in use, not of a file made large by holes. */
+    /* Growth ahead of need is a share of the log in use, not of a file made large by holes, and a
+    ** small one: compaction keeps the log near its live size, and so must the slack. */
     e->log.map.grow_basis = state.tail - (state.start > MMKV_DATA_START ? state.start : MMKV_DATA_START);
     txn->counts.start = state.start > MMKV_DATA_START ? state.start : MMKV_DATA_START;
     txn->counts.live = state.live_count;
