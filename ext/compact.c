@@ -162,7 +162,7 @@ int mmkv_compact_step(mmkv_conn *conn, uint64_t budget, uint64_t until, uint64_t
 
 /* ---- the policy ---- */
 
-#define STEP_MIN_BYTES ((uint64_t)256 << 10)
+#define STEP_MIN_BYTES ((uint64_t)64 << 10)
 #define STEP_MAX_BYTES ((uint64_t)4 << 20)
 #define STEP_WRITE_FACTOR 4
 /* Below this much garbage a log is left alone: a small table's whole file is smaller. */

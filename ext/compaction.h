@@ -17,8 +17,9 @@
 
 #include "tables.h"
 
-/* Budget of a step the worker runs ('compact-step'): about a millisecond of writing. */
-#define MMKV_COMPACT_STEP_BYTES ((uint64_t)1 << 20)
+/* Budget of a step the worker runs ('compact-step'): well under a millisecond of work, so that a
+** writer that finds the database locked by a step gets in at its busy handler's first retries. */
+#define MMKV_COMPACT_STEP_BYTES ((uint64_t)256 << 10)
 
 /* Before t's prepare: a step, if one is due. */
 int mmkv_compaction_sync(mmkv_table *t, char **err);

@@ -16,11 +16,13 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
-#define MAP_GRANULE ((uint64_t)1 << 20)    /* grow files and views in steps of at least 1 MiB */
+#define MAP_GRANULE ((uint64_t)1 << 20)    /* grow views in steps of at least 1 MiB */
+#define ALLOC_GRANULE ((uint64_t)64 << 10) /* and files in steps of at least 64 KiB */
 /* Grow a file ahead of need by an eighth of its size (a data file: a 32nd of its log in use, the
-** grow_basis), within [1 MiB, 16 MiB] a step: appends rarely need the file system, and the space
+** grow_basis), within [256 KiB, 16 MiB] a step: appends rarely need the file system, and the space
 ** allocated ahead stays a small part of the whole. */
 #define MAX_GROW_AHEAD ((uint64_t)16 << 20)
+#define MIN_GROW_AHEAD ((uint64_t)256 << 10)
 
 static uint64_t system_page_size(void)
 {
@@ -552,10 +554,11 @@ static int map_extend(mmkv_map *map, uint64_t bytes)
         ** newest view while the bytes needed fit there. Only the new part is allocated: what lies
         ** below may be holes given back on purpose (compaction, format.h START). */
         uint64_t ahead = map->grow_basis ? map->grow_basis / 32 : map->file_size / 8;
+        if (ahead < MIN_GROW_AHEAD) ahead = MIN_GROW_AHEAD;
         if (ahead > MAX_GROW_AHEAD) ahead = MAX_GROW_AHEAD;
         uint64_t target = map->file_size + ahead;
         if (target < bytes) target = bytes;
-        target = round_up(target, MAP_GRANULE);
+        target = round_up(target, ALLOC_GRANULE);
         if (bytes <= map->reserved && target > map->reserved) target = map->reserved;
         if (target < bytes) target = bytes;
         uint64_t from = map->file_size;

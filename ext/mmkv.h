@@ -227,7 +227,7 @@ int mmkv_reclaim(mmkv_conn *conn, const mmkv_commit *safe, uint64_t *given_back)
 ** prepare, takes a step if a pass was asked for and is ready, or if garbage makes up at least
 ** threshold_pct percent of the log (0: never automatically; an automatic pass then goes on until
 ** it is under half of that): a budget of four times the bytes the transaction wrote, within
-** [256 KiB, 4 MiB] (or `budget` if not 0), so that compaction outpaces writing at a cost
+** [64 KiB, 4 MiB] (or `budget` if not 0), so that compaction outpaces writing at a cost
 ** bounded per commit. *stepped is 1 if it moved the start. A pass that ends adds one to the
 ** state's compactions. */
 void mmkv_compact_request(mmkv_conn *conn);

@@ -14,13 +14,19 @@
 
 SQLITE_EXTENSION_INIT3
 
-#define STEP_PAUSE_US 1000      /* between steps: other writers take the database's lock */
-#define BUSY_PAUSE_US 10000     /* after a step found the database locked */
-#define BUSY_TIMEOUT_MS 10000   /* the worker's connection waits this long for a lock */
-#define STEP_FAILURES_MAX 100   /* steps that found the database locked, before giving up */
-#define SAFE_POLL_US 20000      /* between checkpoints that did not copy the whole WAL */
-#define SAFE_WAIT_MS 2000       /* how long a compaction waits to know its tombstones' safe point */
-#define RECLAIM_WAIT_MS 60000   /* how long space waits for old readers before the job gives up */
+/* Between steps the database's lock is free for at least this long, and at least three times as
+** long as the step held it: other writers, sleeping in their busy handlers (1, 2, 5 ms...), find
+** it free when they look again, and the worker never takes more than a quarter of the time. */
+#define STEP_PAUSE_US 4000
+#define STEP_PAUSE_FACTOR 3
+#define BUSY_PAUSE_US 10000    /* after a step found the database locked */
+#define BUSY_TIMEOUT_MS 10000  /* the worker's connection waits this long for a lock */
+#define STEP_FAILURES_MAX 100  /* steps that found the database locked, before giving up */
+#define SAFE_POLL_MIN_US 500   /* between checkpoints that did not copy the whole WAL: from this, */
+#define SAFE_POLL_MAX_US 50000 /* doubling up to this */
+#define SAFE_WAIT_MS 2000      /* how long a compaction waits to know its tombstones' safe point */
+#define RECLAIM_WAIT_MS 60000  /* how long space waits for old readers before the job gives up */
+#define SESSION_IDLE_MS 50     /* a connection kept for the next job closes after this long idle */
 
 typedef struct job {
     struct job *next;
@@ -39,6 +45,13 @@ static void pause_us(long us)
 {
     struct timespec ts = {us / 1000000, (us % 1000000) * 1000};
     nanosleep(&ts, NULL);
+}
+
+static long now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000L + ts.tv_nsec / 1000;
 }
 
 static void job_free(job *j)
@@ -67,13 +80,15 @@ static int safe_state(sqlite3 *db, const char *table, mmkv_commit *state, long w
     mmkv_commit_record rec;
     if (mmkv_record_open(&rec, db, "main", table, NULL) != SQLITE_OK) return -1;
     int shown = -1;
-    for (long waited = 0;; waited += SAFE_POLL_US / 1000) {
+    long poll_us = SAFE_POLL_MIN_US;
+    for (long waited_us = 0;; waited_us += poll_us,
+              poll_us = poll_us * 2 < SAFE_POLL_MAX_US ? poll_us * 2 : SAFE_POLL_MAX_US) {
         if (mmkv_record_read(&rec, state, NULL) != SQLITE_OK) break;
         int log = -1, copied = -1;
         int rc = sqlite3_wal_checkpoint_v2(db, "main", SQLITE_CHECKPOINT_PASSIVE, &log, &copied);
         shown = rc == SQLITE_OK && log == copied;
-        if (shown || waited >= wait_ms) break;
-        pause_us(SAFE_POLL_US);
+        if (shown || waited_us >= wait_ms * 1000) break;
+        pause_us(poll_us); /* a reader holds an older snapshot, or another checkpoint runs */
     }
     mmkv_record_close(&rec);
     return shown;
@@ -81,7 +96,8 @@ static int safe_state(sqlite3 *db, const char *table, mmkv_commit *state, long w
 
 static int exec_step(sqlite3 *db, const char *table)
 {
-    char *sql = sqlite3_mprintf("INSERT INTO main.\"%w\"(\"%w\") VALUES('compact-step')", table, table);
+    char *sql =
+        sqlite3_mprintf("INSERT INTO main.\"%w\"(\"%w\") VALUES('compact-step')", table, table);
     if (!sql) return SQLITE_NOMEM;
     int rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
     sqlite3_free(sql);
@@ -97,10 +113,13 @@ static void run_compaction(sqlite3 *db, mmkv_conn *conn, const job *j)
     mmkv_compact_set_safe(conn, shown ? state.txid : 0, 1);
     int failures = 0;
     while (mmkv_compact_pending(conn, NULL)) {
+        long began = now_us();
         int rc = exec_step(db, j->table);
         if (rc == SQLITE_OK) {
             failures = 0;
-            pause_us(STEP_PAUSE_US);
+            long held = now_us() - began;
+            pause_us(held * STEP_PAUSE_FACTOR > STEP_PAUSE_US ? held * STEP_PAUSE_FACTOR
+                                                              : STEP_PAUSE_US);
         } else if ((rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED) {
             if (++failures > STEP_FAILURES_MAX) break;
             pause_us(BUSY_PAUSE_US);
@@ -129,37 +148,63 @@ static int register_mmkv(sqlite3 *db)
 #endif
 }
 
-static void run_job(const job *j)
+/* The database and table the last job worked on, kept while jobs for them keep coming (a reclaim
+** after every commit that compacted), and closed once the queue has been empty a moment. */
+typedef struct session {
+    char *data_path;
+    sqlite3 *db;
+    mmkv_conn *conn;
+} session;
+
+static session current;
+
+static void session_close(void)
 {
-    sqlite3 *db = NULL;
-    if (sqlite3_open_v2(j->db_path, &db, SQLITE_OPEN_READWRITE, j->vfs) != SQLITE_OK) {
-        sqlite3_close(db);
-        return;
+    if (current.conn) mmkv_close(current.conn);
+    sqlite3_close(current.db);
+    free(current.data_path);
+    memset(&current, 0, sizeof current);
+}
+
+static int session_open(const job *j)
+{
+    if (current.conn && strcmp(current.data_path, j->data_path) == 0) return 1;
+    session_close();
+    if (sqlite3_open_v2(j->db_path, &current.db, SQLITE_OPEN_READWRITE, j->vfs) != SQLITE_OK) {
+        session_close();
+        return 0;
     }
-    sqlite3_busy_timeout(db, BUSY_TIMEOUT_MS);
-    int rc = registered(db) ? SQLITE_OK : register_mmkv(db);
-    mmkv_conn *conn = NULL;
+    sqlite3_busy_timeout(current.db, BUSY_TIMEOUT_MS);
     mmkv_open_options options = {.sync = MMKV_SYNC_FULL,
                                  .owner_id = j->owner_id,
                                  .must_exist = 1,
                                  .user = "mmkv's background compaction"};
     char *err = NULL;
-    if (rc == SQLITE_OK && mmkv_open(j->data_path, &options, &conn, &err) == MMKV_OK) {
-        if (j->kind == MMKV_JOB_COMPACT) run_compaction(db, conn, j);
-        mmkv_commit state;
-        for (long waited = 0; waited < RECLAIM_WAIT_MS; waited += SAFE_WAIT_MS) {
-            int shown = safe_state(db, j->table, &state, SAFE_WAIT_MS);
-            if (shown < 0) break;
-            if (shown) {
-                mmkv_compact_set_safe(conn, state.txid, 0);
-                mmkv_reclaim(conn, &state, NULL);
-                break;
-            }
-        }
-        mmkv_close(conn);
-    }
+    int ok = (registered(current.db) || register_mmkv(current.db) == SQLITE_OK) &&
+             mmkv_open(j->data_path, &options, &current.conn, &err) == MMKV_OK &&
+             (current.data_path = strdup(j->data_path)) != NULL;
     free(err);
-    sqlite3_close(db);
+    if (!ok) session_close();
+    return ok;
+}
+
+static void run_job(const job *j)
+{
+    if (!session_open(j)) return;
+    if (j->kind == MMKV_JOB_COMPACT) run_compaction(current.db, current.conn, j);
+    mmkv_commit state;
+    for (long waited = 0; waited < RECLAIM_WAIT_MS; waited += SAFE_WAIT_MS) {
+        int shown = safe_state(current.db, j->table, &state, SAFE_WAIT_MS);
+        if (shown < 0) {
+            session_close(); /* the table went (DROP, RENAME): nothing to keep open for */
+            break;
+        }
+        if (shown) {
+            mmkv_compact_set_safe(current.conn, state.txid, 0);
+            mmkv_reclaim(current.conn, &state, NULL);
+            break;
+        }
+    }
 }
 
 static void *worker_main(void *unused)
@@ -170,7 +215,22 @@ static void *worker_main(void *unused)
         while (!queue) {
             working = 0;
             pthread_cond_broadcast(&queue_idle);
-            pthread_cond_wait(&queue_wake, &queue_lock);
+            if (!current.db) {
+                pthread_cond_wait(&queue_wake, &queue_lock);
+                continue;
+            }
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_nsec += SESSION_IDLE_MS * 1000000L;
+            if (until.tv_nsec >= 1000000000L) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000L;
+            }
+            if (pthread_cond_timedwait(&queue_wake, &queue_lock, &until) != 0 && !queue) {
+                pthread_mutex_unlock(&queue_lock);
+                session_close();
+                pthread_mutex_lock(&queue_lock);
+            }
         }
         job *j = queue;
         queue = j->next;
