@@ -17,7 +17,7 @@
  * find byte for byte, updates check that they changed one row, counts are checked; any mismatch
  * makes the exit status 1.
  *
- * Two further sections follow the table (each skippable):
+ * Three further sections follow the table (each skippable):
  *   lookups while another process writes (--no-concurrent): at the largest N, for mmkv and for
  *     native+mmap (both WAL, each in its own database file): the table is built, every connection
  *     is closed, then a child is forked that opens its own connection and loops BEGIN IMMEDIATE,
@@ -34,10 +34,34 @@
  *     PRAGMA synchronous=FULL|NORMAL|OFF (mmkv's database gets the same synchronous); µs per
  *     transaction, BEGIN to COMMIT. Afterwards every row is checked against the values written.
  *
+ *   space (--no-space): how much disk each table takes over a long run of updates, and what
+ *     compaction gives back and costs. --space-n rows are loaded, then --space-ops uniform random
+ *     updates and then --space-ops operations of YCSB workload A (zipfian 0.99, scrambled as
+ *     YCSB does; half reads, half updates), both in transactions of 100 operations, with
+ *     journal_mode=wal and --space-sync for mmkv's sync= and every PRAGMA synchronous (default
+ *     off: the section is about space, and at full the commits' syncs would swamp what compaction
+ *     costs). Three runs, each in its own database: mmkv with default arguments (automatic
+ *     compaction on), mmkv with autocompact=off, native+mmap. Every --space-sample operations
+ *     (untimed) the allocated bytes (st_blocks * 512) of mmkv's data file and index, and of
+ *     native's database and WAL after wal_checkpoint(TRUNCATE), are taken; the ratio mmkv/native
+ *     is reported at each sample, and its largest value. After the workload, in each mmkv run,
+ *     INSERT INTO kv(kv) VALUES('compact') and mmkv_stats' compacting polled until 0 (at most
+ *     120 s): the time, the log drained (mmkv_stats' log_start before and after) per second, the
+ *     allocated bytes then and once they settle (space may be given back later), and their ratio
+ *     to native; meanwhile a reader (single-key SELECTs in autocommit, even rows) and a writer
+ *     (1-row transactions, odd rows) on connections of their own are timed, and for a second
+ *     before the command too. Then every row is deleted, the table compacted again, and its
+ *     allocated bytes reported. Goals are printed as met or not; a step the extension refuses
+ *     (an argument, a command or mmkv_stats it does not have yet) is reported as "not available:
+ *     <error>" and the rest goes on. Checked: counts after the load and after the deletes, every
+ *     lookup of the YCSB phase and of the reader, and after the workload and after 'compact'
+ *     every row through the scan's checksum and 10000 random lookups byte for byte.
+ *
  *   build/bench [--n 100000,1000000] [--ops 1000000] [--sync full|normal|off]
  *               [--journal wal] [--synchronous LEVEL] [--cache-size C] [--mmap-size BYTES]
  *               [--dir DIR] [--seed S] [--no-table] [--no-concurrent] [--no-commit-cost]
- *               [--concurrent-ops M] [--commit-n N] [--commit-txns T]
+ *               [--concurrent-ops M] [--commit-n N] [--commit-txns T] [--no-space]
+ *               [--space-n N] [--space-ops M] [--space-sample K] [--space-sync LEVEL]
  */
 #include <sqlite3.h>
 
@@ -46,7 +70,9 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <math.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -89,11 +115,15 @@ struct options {
     long long cache_size;
     int cache_set;
     uint64_t seed;
-    int no_table, no_concurrent, no_commit_cost;
+    int no_table, no_concurrent, no_commit_cost, no_space;
     size_t
         concurrent_ops; /* lookups per measurement of the concurrent section: min(N, --ops, this) */
     size_t commit_n;    /* table size of the commit-cost section */
     size_t commit_txns; /* timed transactions of 1 and 10 rows; a tenth of it of 1000 rows */
+    size_t space_n;     /* rows of the space section */
+    size_t space_ops;   /* operations of each of its two workload phases */
+    size_t space_sample;    /* operations between its samples of the files' sizes */
+    const char *space_sync; /* mmkv sync= and PRAGMA synchronous there */
 };
 
 /* The data of one N: keys, value choice, the orders of the lookups and updates. */
@@ -1075,6 +1105,906 @@ static void run_commit_cost(const struct options *o)
     free_data(&d);
 }
 
+/* ---- space: the files over a long run of updates, and compaction -------------------------- */
+
+#define SPACE_TXN_OPS 100                  /* operations per transaction of both workload phases */
+#define SPACE_SAMPLES 10                   /* samples per phase when --space-sample is not given */
+#define SPACE_CHECKS 10000                 /* lookups checked byte for byte after the workload */
+#define ZIPF_THETA 0.99                    /* YCSB's zipfian constant */
+#define COMPACT_TIMEOUT_NS 120000000000ull /* the longest wait for compacting to read 0 */
+#define COMPACT_POLL_US 2000               /* between polls of mmkv_stats' compacting */
+#define BASELINE_NS 1000000000ull          /* reader and writer timed this long before 'compact' */
+#define WRITER_GAP_US 1000          /* the compaction-time writer's pause between its commits */
+#define SETTLE_NS 1000000000ull     /* the files have settled: no change in size for this long, */
+#define SETTLE_MAX_NS 5000000000ull /* or this long after compacting read 0 */
+#define HIST_BUCKETS 100000 /* latency histogram: 1 us buckets, the last one 100 ms and more */
+#define MIB (1024.0 * 1024.0)
+/* The goals the section reports against (they decide nothing about the exit status). */
+#define GOAL_ON_OFF 0.5          /* update throughput, autocompact on / off: at least */
+#define GOAL_COMPACTED_RATIO 1.3 /* mmkv / native allocated after 'compact': at most */
+#define GOAL_PAUSE_NS SLOW_NS    /* longest reader pause, longest writer commit: below */
+#define GOAL_EMPTY_BYTES MIB     /* allocated after deleting every row and compacting: below */
+
+enum { SP_LOAD, SP_UPDATE, SP_YCSB, SP_COMPACT, SP_EMPTY, NSPHASES };
+static const char *const sp_names[NSPHASES] = {"load", "uniform updates", "YCSB A",
+                                               "after 'compact'", "deleted + compact"};
+enum { RUN_MMKV, RUN_MMKV_OFF, RUN_NATIVE, NRUNS };
+static const char *const run_names[NRUNS] = {"mmkv", "mmkv autocompact=off", "native+mmap"};
+static const char *const run_files[NRUNS] = {"space-mmkv", "space-mmkvoff", "space-native"};
+
+struct latency {
+    uint32_t *bucket; /* HIST_BUCKETS counts, by microsecond */
+    uint64_t count, max_ns, slow;
+    uint64_t failures; /* attempts that failed, not counted above */
+};
+
+/* One 'compact' command and the wait for it, with a reader and a writer timed meanwhile. */
+struct space_compaction {
+    char unavailable[512]; /* why a step could not be taken: "" if every step could */
+    int started, finished;
+    double seconds;
+    int have_start;
+    uint64_t start_before, start_after;           /* mmkv_stats' log_start */
+    double alloc_before, alloc_peak, alloc_after; /* after: when compacting read 0 */
+    double alloc_settled, settled_s;     /* once the size stayed put, and how long after that was */
+    struct latency reader[2], writer[2]; /* [0] before 'compact', [1] while it runs */
+    char reader_err[256], writer_err[256]; /* their first failures */
+};
+
+struct space_phase {
+    double alloc;     /* bytes, at the end of the phase */
+    double ops_per_s; /* rows, operations or MB (of log drained) per second; 0: none */
+    double seconds;
+};
+
+struct space_run {
+    int available;
+    char unavailable[512];
+    struct space_phase phase[NSPHASES];
+    size_t nsamples;
+    double *sample_alloc; /* bytes */
+    uint64_t *sample_ops;
+    int *sample_phase;
+    struct space_compaction compact, compact_empty;
+    char stats_before[1024], stats_after[1024], stats_empty[1024];
+};
+
+struct zipf {
+    uint64_t n;
+    double zetan, alpha, eta, half_pow;
+};
+
+/* Everything one run of the workload works with. */
+struct space_ctx {
+    const struct options *o;
+    const struct data *d;
+    int run, kind;
+    sqlite3 *db;
+    struct stmts s;
+    char path[PATH_MAX + 256];
+    uint32_t *ver;   /* each row's version: 0 as loaded, one more at each update */
+    uint64_t expect; /* checksum of every row at its version */
+    uint64_t ops_done;
+    size_t sample_every;
+    const struct zipf *z;
+    struct space_run *r;
+};
+
+/* Row i's value at version v; version 0 is the one run_insert loads. */
+static const unsigned char *space_value(size_t i, uint32_t v)
+{
+    if (v == 0) return value_of(i, 0);
+    uint64_t h = mix64(g_value_seed ^ mix64(((uint64_t)i << 32 | v) ^ 0x5ace5ace5ace5aceULL));
+    return g_pool + (size_t)(h >> 44);
+}
+
+static double uniform01(uint64_t *state)
+{
+    return (double)(splitmix64(state) >> 11) * 0x1.0p-53;
+}
+
+/* YCSB's ZipfianGenerator (Gray et al., "Quickly generating billion-record synthetic
+ * databases"), item 0 the most popular. */
+static void zipf_init(struct zipf *z, uint64_t n, double theta)
+{
+    double zeta2 = 1.0 + pow(0.5, theta);
+    z->n = n;
+    z->zetan = 0;
+    for (uint64_t i = 1; i <= n; i++)
+        z->zetan += 1.0 / pow((double)i, theta);
+    z->alpha = 1.0 / (1.0 - theta);
+    z->eta = (1.0 - pow(2.0 / (double)n, 1.0 - theta)) / (1.0 - zeta2 / z->zetan);
+    z->half_pow = pow(0.5, theta);
+}
+
+/* A row: the zipfian item scrambled by a hash, as YCSB's ScrambledZipfianGenerator does, so that
+ * the popular rows are not the first ones loaded. */
+static size_t zipf_row(const struct zipf *z, uint64_t *state)
+{
+    double u = uniform01(state), uz = u * z->zetan;
+    uint64_t item;
+    if (uz < 1.0)
+        item = 0;
+    else if (uz < 1.0 + z->half_pow)
+        item = 1;
+    else
+        item = (uint64_t)((double)z->n * pow(z->eta * u - z->eta + 1.0, z->alpha));
+    if (item >= z->n) item = z->n - 1;
+    return (size_t)(mix64(item ^ 0x7a1bf1a9ull) % z->n);
+}
+
+static void latency_init(struct latency *l)
+{
+    memset(l, 0, sizeof *l);
+    l->bucket = calloc(HIST_BUCKETS, sizeof *l->bucket);
+    if (!l->bucket) die("out of memory");
+}
+
+static void latency_add(struct latency *l, uint64_t ns)
+{
+    uint64_t us = ns / 1000;
+    l->bucket[us < HIST_BUCKETS ? us : HIST_BUCKETS - 1]++;
+    l->count++;
+    if (ns > l->max_ns) l->max_ns = ns;
+    if (ns > GOAL_PAUSE_NS) l->slow++;
+}
+
+/* The q-quantile in microseconds: its bucket's upper edge, at most the largest latency seen. */
+static double latency_quantile_us(const struct latency *l, double q)
+{
+    uint64_t want = (uint64_t)(q * (double)l->count), seen = 0;
+    double max_us = (double)l->max_ns / 1000.0;
+    for (size_t b = 0; b < HIST_BUCKETS; b++) {
+        seen += l->bucket[b];
+        if (seen > want) /* the last bucket holds everything slower: the largest then */
+            return b + 1 < HIST_BUCKETS && (double)(b + 1) < max_us ? (double)(b + 1) : max_us;
+    }
+    return max_us;
+}
+
+static void latency_print(const char *who, const struct latency *l)
+{
+    printf("    %-28s %9" PRIu64, who, l->count);
+    if (l->count)
+        printf(" | p50 %7.0f us  p99 %7.0f us  max %9.1f us | > %llu ms: %" PRIu64,
+               latency_quantile_us(l, 0.50), latency_quantile_us(l, 0.99),
+               (double)l->max_ns / 1000.0, GOAL_PAUSE_NS / 1000000, l->slow);
+    if (l->failures) printf(" | FAILED: %" PRIu64, l->failures);
+    printf("\n");
+}
+
+/* sql, not dying: SQLite's result code, and its message in err. */
+static int try_sql(sqlite3 *db, const char *sql, char *err, size_t errlen)
+{
+    char *msg = NULL;
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK) snprintf(err, errlen, "%s", msg ? msg : sqlite3_errmsg(db));
+    sqlite3_free(msg);
+    return rc;
+}
+
+/* The first column of the first row of sql as an integer, not dying. */
+static int try_int64(sqlite3 *db, const char *sql, uint64_t *out, char *err, size_t errlen)
+{
+    sqlite3_stmt *st;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+    if (rc != SQLITE_OK) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+        return rc;
+    }
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *out = (uint64_t)sqlite3_column_int64(st, 0);
+        rc = SQLITE_OK;
+    } else {
+        snprintf(err, errlen, "%s", rc == SQLITE_DONE ? "no row" : sqlite3_errmsg(db));
+        if (rc == SQLITE_DONE) rc = SQLITE_ERROR;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* mmkv_stats('kv') as "column=value ...", or why it is not available. */
+static void stats_dump(sqlite3 *db, char *out, size_t len)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(db, "SELECT * FROM mmkv_stats('kv')", -1, &st, NULL) != SQLITE_OK) {
+        snprintf(out, len, "not available: %s", sqlite3_errmsg(db));
+        return;
+    }
+    size_t used = 0;
+    out[0] = 0;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        for (int c = 0; c < sqlite3_column_count(st); c++) {
+            const unsigned char *t = sqlite3_column_text(st, c);
+            int w = snprintf(out + used, len - used, "%s%s=%s", c ? " " : "",
+                             sqlite3_column_name(st, c), t ? (const char *)t : "NULL");
+            if (w < 0 || (size_t)w >= len - used) break;
+            used += (size_t)w;
+        }
+    } else {
+        snprintf(out, len, "not available: %s", rc == SQLITE_DONE ? "no row" : sqlite3_errmsg(db));
+    }
+    sqlite3_finalize(st);
+}
+
+static double file_allocated(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 ? (double)st.st_blocks * 512.0 : 0;
+}
+
+/* Allocated bytes: mmkv's data file and index (named as README's "Files" says); native's database
+ * and WAL after a checkpoint that empties the WAL. */
+static double space_allocated(struct space_ctx *c)
+{
+    char p[PATH_MAX + 300];
+    if (c->kind == KIND_MMKV) {
+        snprintf(p, sizeof p, "%s-kv.mmkv", c->path);
+        double data = file_allocated(p);
+        snprintf(p, sizeof p, "%s-kv.mmkv-index", c->path);
+        return data + file_allocated(p);
+    }
+    exec_sql(c->db, "PRAGMA wal_checkpoint(TRUNCATE)");
+    snprintf(p, sizeof p, "%s-wal", c->path);
+    return file_allocated(c->path) + file_allocated(p);
+}
+
+static void space_sample(struct space_ctx *c, int phase)
+{
+    struct space_run *r = c->r;
+    double a = space_allocated(c);
+    r->sample_alloc[r->nsamples] = a;
+    r->sample_ops[r->nsamples] = c->ops_done;
+    r->sample_phase[r->nsamples] = phase;
+    r->nsamples++;
+    r->phase[phase].alloc = a;
+}
+
+/* One row updated to its next version, inside the caller's transaction. */
+static void space_update(struct space_ctx *c, size_t i, size_t *unchanged)
+{
+    uint32_t v = c->ver[i] + 1;
+    sqlite3_bind_blob(c->s.update, 1, space_value(i, v), VALUE_LEN, SQLITE_STATIC);
+    sqlite3_bind_blob(c->s.update, 2, key_of(c->d, i), KEY_LEN, SQLITE_STATIC);
+    step_done(c->s.update);
+    if (sqlite3_changes(c->db) != 1) (*unchanged)++;
+    c->expect += row_hash(key_of(c->d, i), space_value(i, v));
+    c->expect -= row_hash(key_of(c->d, i), space_value(i, c->ver[i]));
+    c->ver[i] = v;
+}
+
+enum { LOOKUP_OK, LOOKUP_WRONG, LOOKUP_MISSING, LOOKUP_FAILED };
+
+/* Row i looked up and compared with its version v. An error dies, or with err (a thread's) is
+ * LOOKUP_FAILED with the message there. */
+static int space_lookup(sqlite3_stmt *lookup, const struct data *d, size_t i, uint32_t v, char *err,
+                        size_t errlen)
+{
+    sqlite3_bind_blob(lookup, 1, key_of(d, i), KEY_LEN, SQLITE_STATIC);
+    int rc = sqlite3_step(lookup), result = LOOKUP_OK;
+    if (rc == SQLITE_ROW) {
+        if (sqlite3_column_bytes(lookup, 0) != VALUE_LEN ||
+            memcmp(sqlite3_column_blob(lookup, 0), space_value(i, v), VALUE_LEN) != 0)
+            result = LOOKUP_WRONG;
+    } else if (rc == SQLITE_DONE) {
+        result = LOOKUP_MISSING;
+    } else if (err) {
+        snprintf(err, errlen, "lookup: %s", sqlite3_errmsg(sqlite3_db_handle(lookup)));
+        result = LOOKUP_FAILED;
+    } else {
+        die("lookup: %s", sqlite3_errmsg(sqlite3_db_handle(lookup)));
+    }
+    sqlite3_reset(lookup);
+    return result;
+}
+
+/* A phase of --space-ops operations in transactions of SPACE_TXN_OPS: uniform updates, or YCSB
+ * workload A (zipfian rows, half reads, half updates). Sampled every sample_every operations;
+ * the samples are not timed. */
+static void space_workload(struct space_ctx *c, int phase)
+{
+    const struct data *d = c->d;
+    uint64_t state = c->o->seed ^ mix64(0x5ace0000ull + (uint64_t)phase);
+    size_t total = c->o->space_ops, done = 0, next = c->sample_every;
+    size_t unchanged = 0, missing = 0, wrong = 0, progress_at = 0;
+    uint64_t timed = 0;
+    char what[160];
+    while (done < total) {
+        size_t ops = total - done < SPACE_TXN_OPS ? total - done : SPACE_TXN_OPS;
+        uint64_t t0 = now_ns();
+        step_done(c->s.begin);
+        for (size_t k = 0; k < ops; k++) {
+            if (phase == SP_UPDATE) {
+                space_update(c, (size_t)(splitmix64(&state) % d->n), &unchanged);
+                continue;
+            }
+            size_t i = zipf_row(c->z, &state);
+            if (splitmix64(&state) & 1) {
+                space_update(c, i, &unchanged);
+                continue;
+            }
+            int found = space_lookup(c->s.lookup, d, i, c->ver[i], NULL, 0);
+            wrong += found == LOOKUP_WRONG;
+            missing += found == LOOKUP_MISSING;
+        }
+        step_done(c->s.commit);
+        timed += now_ns() - t0;
+        done += ops;
+        c->ops_done += ops;
+        if (done >= next || done == total) {
+            space_sample(c, phase);
+            while (next <= done)
+                next += c->sample_every;
+        }
+        if (done >= progress_at) {
+            snprintf(what, sizeof what, "space: %s %zu/%zu", sp_names[phase], done, total);
+            progress(run_names[c->run], d->n, what);
+            progress_at = done + total / 100;
+        }
+    }
+    c->r->phase[phase].seconds = (double)timed / 1e9;
+    c->r->phase[phase].ops_per_s = timed ? (double)total * 1e9 / (double)timed : 0;
+    if (unchanged || missing || wrong)
+        mismatch("space %s: %s: %zu updates did not change exactly one row, %zu lookups found "
+                 "no row, %zu a wrong value",
+                 run_names[c->run], sp_names[phase], unchanged, missing, wrong);
+}
+
+/* The rows after a phase: every row through the scan's checksum, and SPACE_CHECKS random rows
+ * looked up byte for byte. */
+static void space_check_rows(struct space_ctx *c, const char *after)
+{
+    char what[160];
+    snprintf(what, sizeof what, "space %s: scan after %s", run_names[c->run], after);
+    verify_scan(&c->s, c->d, c->expect, what);
+    snprintf(what, sizeof what, "space %s: after %s", run_names[c->run], after);
+    check_count(&c->s, c->d, what);
+    uint64_t state = c->o->seed ^ 0xc4ec4ull ^ c->ops_done;
+    size_t missing = 0, wrong = 0, checks = c->d->n < SPACE_CHECKS ? c->d->n : SPACE_CHECKS;
+    for (size_t j = 0; j < checks; j++) {
+        size_t i = (size_t)(splitmix64(&state) % c->d->n);
+        int found = space_lookup(c->s.lookup, c->d, i, c->ver[i], NULL, 0);
+        wrong += found == LOOKUP_WRONG;
+        missing += found == LOOKUP_MISSING;
+    }
+    if (missing || wrong)
+        mismatch("space %s: lookups after %s: %zu of %zu keys not found, %zu wrong values",
+                 run_names[c->run], after, missing, checks, wrong);
+}
+
+static sqlite3_int64 count_rows(const struct stmts *s)
+{
+    if (sqlite3_step(s->count) != SQLITE_ROW)
+        die("count: %s", sqlite3_errmsg(sqlite3_db_handle(s->count)));
+    sqlite3_int64 n = sqlite3_column_int64(s->count, 0);
+    sqlite3_reset(s->count);
+    return n;
+}
+
+/* A reader (single-key SELECTs in autocommit, of even rows, which stay as they are) or a writer
+ * (1-row transactions of odd rows) on a connection of its own, while 'compact' runs. */
+struct space_worker {
+    pthread_t thread;
+    int writer;
+    sqlite3 *db;
+    sqlite3_stmt *begin, *commit, *stmt;
+    const struct data *d;
+    uint32_t *ver; /* the writer owns the odd rows' entries meanwhile, the reader reads the even */
+    uint64_t state;
+    atomic_int *stop, *window;
+    struct latency lat[2];
+    size_t missing, wrong, unchanged;
+    size_t tries, failures; /* lookups or transactions tried, and those that failed */
+    uint64_t expect_delta;
+    char err[256]; /* the first failure's message */
+};
+
+/* A step of the worker's loop, not dying: 0, or 1 with the message in w->err if it is the first. */
+static int worker_step(struct space_worker *w, sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        sqlite3_reset(st);
+        return 0;
+    }
+    if (!w->err[0])
+        snprintf(w->err, sizeof w->err, "%s: %s", sqlite3_sql(st), sqlite3_errmsg(w->db));
+    sqlite3_reset(st);
+    return 1;
+}
+
+static void *worker_main(void *arg)
+{
+    struct space_worker *w = arg;
+    size_t n = w->d->n, evens = (n + 1) / 2, odds = n / 2;
+    uint64_t prev = now_ns();
+    while (!atomic_load(w->stop)) {
+        int window = atomic_load(w->window);
+        if (!w->writer) {
+            size_t i = (size_t)(splitmix64(&w->state) % evens) * 2;
+            char err[sizeof w->err];
+            int found = space_lookup(w->stmt, w->d, i, w->ver[i], err, sizeof err);
+            w->tries++;
+            if (found == LOOKUP_FAILED) {
+                if (!w->failures++) memcpy(w->err, err, sizeof err);
+                w->lat[window].failures++;
+            }
+            w->wrong += found == LOOKUP_WRONG;
+            w->missing += found == LOOKUP_MISSING;
+            uint64_t t = now_ns();
+            latency_add(&w->lat[window], t - prev);
+            prev = t;
+            continue;
+        }
+        size_t i = (size_t)(splitmix64(&w->state) % odds) * 2 + 1;
+        uint32_t v = w->ver[i] + 1;
+        uint64_t t0 = now_ns();
+        w->tries++;
+        sqlite3_bind_blob(w->stmt, 1, space_value(i, v), VALUE_LEN, SQLITE_STATIC);
+        sqlite3_bind_blob(w->stmt, 2, key_of(w->d, i), KEY_LEN, SQLITE_STATIC);
+        if (worker_step(w, w->begin) || worker_step(w, w->stmt) || worker_step(w, w->commit)) {
+            /* Not committed (a failed COMMIT leaves the transaction open): the row keeps its
+             * version; go on, so that the rest of the compaction is timed too. */
+            sqlite3_exec(w->db, "ROLLBACK", NULL, NULL, NULL);
+            w->failures++;
+            w->lat[window].failures++;
+            usleep(WRITER_GAP_US);
+            continue;
+        }
+        latency_add(&w->lat[window], now_ns() - t0);
+        if (sqlite3_changes(w->db) != 1) w->unchanged++;
+        w->expect_delta += row_hash(key_of(w->d, i), space_value(i, v));
+        w->expect_delta -= row_hash(key_of(w->d, i), space_value(i, w->ver[i]));
+        w->ver[i] = v;
+        usleep(WRITER_GAP_US);
+    }
+    return NULL;
+}
+
+static void worker_start(struct space_worker *w, struct space_ctx *c, int writer, atomic_int *stop,
+                         atomic_int *window)
+{
+    memset(w, 0, sizeof *w);
+    w->writer = writer;
+    w->db = open_wal(c->path, c->kind, c->o->space_sync, c->o);
+    w->begin = prepare(w->db, "BEGIN IMMEDIATE");
+    w->commit = prepare(w->db, "COMMIT");
+    w->stmt = prepare(w->db, writer ? "UPDATE kv SET value=?1 WHERE key=?2"
+                                    : "SELECT value FROM kv WHERE key=?1");
+    w->d = c->d;
+    w->ver = c->ver;
+    w->state = c->o->seed ^ mix64(0x3011e2ull + (uint64_t)writer + c->ops_done);
+    w->stop = stop;
+    w->window = window;
+    latency_init(&w->lat[0]);
+    latency_init(&w->lat[1]);
+    if (pthread_create(&w->thread, NULL, worker_main, w) != 0) die("pthread_create failed");
+}
+
+/* Joins the worker and takes in what it found and wrote. */
+static void worker_finish(struct space_worker *w, struct space_ctx *c, struct latency out[2],
+                          char *err, size_t errlen)
+{
+    pthread_join(w->thread, NULL);
+    const char *who = w->writer ? "writer" : "reader";
+    if (w->failures)
+        mismatch("space %s: %zu of %zu %s of the %s during compaction failed; the first: %s",
+                 run_names[c->run], w->failures, w->tries, w->writer ? "transactions" : "lookups",
+                 who, w->err);
+    if (w->missing || w->wrong || w->unchanged)
+        mismatch("space %s: the %s during compaction: %zu keys not found, %zu wrong values, %zu "
+                 "updates that did not change one row",
+                 run_names[c->run], who, w->missing, w->wrong, w->unchanged);
+    c->expect += w->expect_delta;
+    snprintf(err, errlen, "%s", w->err);
+    out[0] = w->lat[0];
+    out[1] = w->lat[1];
+    sqlite3_finalize(w->begin);
+    sqlite3_finalize(w->commit);
+    sqlite3_finalize(w->stmt);
+    close_db(w->db, c->path);
+}
+
+/* 'compact', then mmkv_stats' compacting polled until 0; with timed_load, a reader and a writer
+ * run on connections of their own, timed for BASELINE_NS before the command and until it ends. */
+static void space_compact(struct space_ctx *c, struct space_compaction *k, int timed_load)
+{
+    char err[256];
+    k->have_start = try_int64(c->db, "SELECT log_start FROM mmkv_stats('kv')", &k->start_before,
+                              err, sizeof err) == SQLITE_OK;
+    k->alloc_before = k->alloc_peak = space_allocated(c);
+
+    atomic_int stop = 0, window = 0;
+    struct space_worker reader, writer;
+    if (timed_load) {
+        progress(run_names[c->run], c->d->n, "space: reader and writer before 'compact'");
+        worker_start(&reader, c, 0, &stop, &window);
+        worker_start(&writer, c, 1, &stop, &window);
+        uint64_t t0 = now_ns();
+        while (now_ns() - t0 < BASELINE_NS)
+            usleep(COMPACT_POLL_US);
+        atomic_store(&window, 1);
+    }
+    progress(run_names[c->run], c->d->n, "space: 'compact'");
+    uint64_t t0 = now_ns();
+    if (try_sql(c->db, "INSERT INTO kv(kv) VALUES('compact')", err, sizeof err) != SQLITE_OK) {
+        snprintf(k->unavailable, sizeof k->unavailable, "'compact': %s", err);
+    } else {
+        k->started = 1;
+        for (;;) {
+            uint64_t compacting;
+            if (try_int64(c->db, "SELECT compacting FROM mmkv_stats('kv')", &compacting, err,
+                          sizeof err) != SQLITE_OK) {
+                snprintf(k->unavailable, sizeof k->unavailable, "compacting: %s", err);
+                break;
+            }
+            k->alloc_after = space_allocated(c);
+            if (k->alloc_after > k->alloc_peak) k->alloc_peak = k->alloc_after;
+            if (!compacting) {
+                k->finished = 1;
+                break;
+            }
+            if (now_ns() - t0 > COMPACT_TIMEOUT_NS) break;
+            usleep(COMPACT_POLL_US);
+        }
+    }
+    uint64_t ended = now_ns();
+    k->seconds = (double)(ended - t0) / 1e9;
+    if (timed_load) {
+        atomic_store(&stop, 1);
+        worker_finish(&reader, c, k->reader, k->reader_err, sizeof k->reader_err);
+        worker_finish(&writer, c, k->writer, k->writer_err, sizeof k->writer_err);
+    }
+    if (k->have_start)
+        k->have_start = try_int64(c->db, "SELECT log_start FROM mmkv_stats('kv')", &k->start_after,
+                                  err, sizeof err) == SQLITE_OK;
+    /* Space may be given back after compacting reads 0: follow the files until they settle. */
+    uint64_t changed = ended;
+    k->alloc_settled = space_allocated(c);
+    if (!k->finished) k->alloc_after = k->alloc_settled;
+    while (k->finished && now_ns() - changed < SETTLE_NS && now_ns() - ended < SETTLE_MAX_NS) {
+        usleep(COMPACT_POLL_US);
+        double a = space_allocated(c);
+        if (a != k->alloc_settled) changed = now_ns();
+        k->alloc_settled = a;
+    }
+    k->settled_s = (double)(changed - ended) / 1e9;
+}
+
+static void space_run_one(const struct options *o, const struct data *d, const struct zipf *z,
+                          int run, struct space_run *r)
+{
+    struct space_ctx c = {.o = o, .d = d, .run = run, .z = z, .r = r};
+    char name[128], sql[160], err[256], what[160];
+    c.kind = run == RUN_NATIVE ? KIND_NATIVE_MMAP : KIND_MMKV;
+    snprintf(name, sizeof name, "%s%s.db", g_prefix, run_files[run]);
+    snprintf(c.path, sizeof c.path, "%s/%s", g_dir, name);
+    size_t per_phase = (o->space_ops + o->space_sample - 1) / o->space_sample + 1;
+    r->sample_alloc = xmalloc((2 * per_phase + 1) * sizeof *r->sample_alloc);
+    r->sample_ops = xmalloc((2 * per_phase + 1) * sizeof *r->sample_ops);
+    r->sample_phase = xmalloc((2 * per_phase + 1) * sizeof *r->sample_phase);
+    c.sample_every = o->space_sample;
+
+    c.db = open_wal(c.path, c.kind, o->space_sync, o);
+    if (c.kind == KIND_NATIVE_MMAP)
+        create_kv(c.db, c.kind, o->space_sync);
+    else {
+        snprintf(sql, sizeof sql, "CREATE VIRTUAL TABLE kv USING mmkv(sync=%s%s)", o->space_sync,
+                 run == RUN_MMKV_OFF ? ", autocompact=off" : "");
+        if (try_sql(c.db, sql, err, sizeof err) != SQLITE_OK) {
+            snprintf(r->unavailable, sizeof r->unavailable, "%s: %s", sql, err);
+            close_db(c.db, c.path);
+            remove_files(name);
+            return;
+        }
+    }
+    r->available = 1;
+    c.s.begin = prepare(c.db, "BEGIN");
+    c.s.commit = prepare(c.db, "COMMIT");
+    c.s.insert = prepare(c.db, "INSERT INTO kv(key, value) VALUES(?1, ?2)");
+    c.s.lookup = prepare(c.db, "SELECT value FROM kv WHERE key=?1");
+    c.s.scan = prepare(c.db, "SELECT key, value FROM kv");
+    c.s.update = prepare(c.db, "UPDATE kv SET value=?1 WHERE key=?2");
+    c.s.count = prepare(c.db, "SELECT count(*) FROM kv");
+    check_plan(c.db, c.kind, 0);
+    c.ver = calloc(d->n, sizeof *c.ver);
+    if (!c.ver) die("out of memory");
+    c.expect = d->sum_before;
+
+    progress(run_names[run], d->n, "space: load");
+    double ns = run_insert(&c.s, d);
+    snprintf(what, sizeof what, "space %s: after load", run_names[run]);
+    check_count(&c.s, d, what);
+    r->phase[SP_LOAD].ops_per_s = ns > 0 ? 1e9 / ns : 0;
+    r->phase[SP_LOAD].seconds = ns * (double)d->n / 1e9;
+    space_sample(&c, SP_LOAD);
+
+    space_workload(&c, SP_UPDATE);
+    space_workload(&c, SP_YCSB);
+    progress(run_names[run], d->n, "space: checking the rows");
+    space_check_rows(&c, "the workload");
+
+    if (c.kind == KIND_MMKV) {
+        stats_dump(c.db, r->stats_before, sizeof r->stats_before);
+        space_compact(&c, &r->compact, 1);
+        stats_dump(c.db, r->stats_after, sizeof r->stats_after);
+        space_check_rows(&c, "'compact'");
+        r->phase[SP_COMPACT].alloc = r->compact.alloc_settled;
+        r->phase[SP_COMPACT].seconds = r->compact.seconds;
+        if (r->compact.have_start && r->compact.seconds > 0)
+            r->phase[SP_COMPACT].ops_per_s =
+                (double)(r->compact.start_after - r->compact.start_before) / MIB /
+                r->compact.seconds;
+    }
+
+    progress(run_names[run], d->n, "space: delete every row");
+    uint64_t t0 = now_ns();
+    exec_sql(c.db, "DELETE FROM kv");
+    double del_s = (double)(now_ns() - t0) / 1e9;
+    sqlite3_int64 left = count_rows(&c.s);
+    if (left != 0)
+        mismatch("space %s: count(*) = %lld after deleting every row", run_names[run],
+                 (long long)left);
+    r->phase[SP_EMPTY].seconds = del_s;
+    r->phase[SP_EMPTY].ops_per_s = del_s > 0 ? (double)d->n / del_s : 0;
+    if (c.kind == KIND_MMKV) {
+        space_compact(&c, &r->compact_empty, 0);
+        stats_dump(c.db, r->stats_empty, sizeof r->stats_empty);
+        left = count_rows(&c.s);
+        if (left != 0)
+            mismatch("space %s: count(*) = %lld after the compaction of the empty table",
+                     run_names[run], (long long)left);
+        r->phase[SP_EMPTY].alloc = r->compact_empty.alloc_settled;
+    } else {
+        r->phase[SP_EMPTY].alloc = space_allocated(&c);
+    }
+    free(c.ver);
+    finalize_stmts(&c.s);
+    close_db(c.db, c.path);
+    remove_files(name);
+}
+
+static const char *goal(int met)
+{
+    return met ? "met" : "NOT met";
+}
+
+/* "1.23M ops/s"-style text of a rate. */
+static void rate_text(char *out, size_t len, double v, const char *unit)
+{
+    if (v <= 0)
+        snprintf(out, len, "-");
+    else if (v >= 1e6)
+        snprintf(out, len, "%.2fM %s", v / 1e6, unit);
+    else if (v >= 1e3)
+        snprintf(out, len, "%.1fk %s", v / 1e3, unit);
+    else
+        snprintf(out, len, "%.1f %s", v, unit);
+}
+
+/* The sample of run r whose ratio to native's sample at the same point is the largest. */
+static size_t max_ratio_sample(const struct space_run *r, const struct space_run *native)
+{
+    size_t best = 0;
+    for (size_t j = 0; j < r->nsamples && j < native->nsamples; j++)
+        if (native->sample_alloc[j] > 0 && native->sample_alloc[best] > 0 &&
+            r->sample_alloc[j] / native->sample_alloc[j] >
+                r->sample_alloc[best] / native->sample_alloc[best])
+            best = j;
+    return best;
+}
+
+/* How a 'compact' ended: its time until compacting read 0, or why there is none. */
+static void print_compact_outcome(const struct space_compaction *k)
+{
+    if (k->finished)
+        printf("%.2f s until compacting read 0", k->seconds);
+    else if (k->unavailable[0])
+        printf("not available: %s", k->unavailable);
+    else
+        printf("NOT done: compacting still 1 after %.0f s", k->seconds);
+}
+
+/* The allocated bytes around a 'compact' (the caller ends the line). */
+static void print_compact_space(const struct space_compaction *k)
+{
+    if (k->finished)
+        printf("  allocated: %.2f MB before, at most %.2f MB while it ran, %.2f MB when compacting "
+               "read 0,\n  %.2f MB settled (%.2f s later, then no change for %.1f s)",
+               k->alloc_before / MIB, k->alloc_peak / MIB, k->alloc_after / MIB,
+               k->alloc_settled / MIB, k->settled_s, (double)SETTLE_NS / 1e9);
+    else
+        printf("  allocated: %.2f MB", k->alloc_settled / MIB);
+}
+
+static void print_space_compaction(const struct space_run *r, const struct space_run *native)
+{
+    const struct space_compaction *k = &r->compact, *e = &r->compact_empty;
+    double nat = native->phase[SP_YCSB].alloc, ratio = k->alloc_settled / nat;
+    printf("  mmkv_stats before: %s\n", r->stats_before);
+    printf("  'compact': ");
+    print_compact_outcome(k);
+    printf("\n");
+    if (k->started && k->have_start)
+        printf("  log drained: log_start %" PRIu64 " -> %" PRIu64 ": %.1f MB, %.1f MB/s\n",
+               k->start_before, k->start_after, (double)(k->start_after - k->start_before) / MIB,
+               r->phase[SP_COMPACT].ops_per_s);
+    else if (k->started)
+        printf("  log drained: not available (mmkv_stats' log_start)\n");
+    print_compact_space(k);
+    printf("; native %.2f MB: mmkv/native %.2f (goal <= %.1f: %s)\n", nat / MIB, ratio,
+           GOAL_COMPACTED_RATIO, goal(ratio <= GOAL_COMPACTED_RATIO));
+    if (k->started) {
+        printf("  on connections of their own: reader = single-key SELECTs in autocommit "
+               "(time between answers),\n  writer = 1-row transactions BEGIN IMMEDIATE to "
+               "COMMIT, %d us apart; before = the %.0f s before 'compact'\n",
+               WRITER_GAP_US, (double)BASELINE_NS / 1e9);
+        printf("    %-28s %9s\n", "", "count");
+        latency_print("reader, before", &k->reader[0]);
+        latency_print("writer, before", &k->writer[0]);
+        latency_print("reader, while it ran", &k->reader[1]);
+        latency_print("writer, while it ran", &k->writer[1]);
+        if (k->reader_err[0]) printf("  the reader's first failure: %s\n", k->reader_err);
+        if (k->writer_err[0]) printf("  the writer's first failure: %s\n", k->writer_err);
+        printf("  longest reader pause %.2f ms, longest writer commit %.2f ms while it ran "
+               "(goal < %llu ms: %s)\n",
+               (double)k->reader[1].max_ns / 1e6, (double)k->writer[1].max_ns / 1e6,
+               GOAL_PAUSE_NS / 1000000,
+               goal(k->reader[1].max_ns < GOAL_PAUSE_NS && k->writer[1].max_ns < GOAL_PAUSE_NS));
+    }
+    printf("  mmkv_stats after: %s\n", r->stats_after);
+    printf("  every row deleted in %.2f s, then 'compact': ", r->phase[SP_EMPTY].seconds);
+    print_compact_outcome(e);
+    printf("\n");
+    print_compact_space(e);
+    printf(" (goal < %.0f MB: %s)\n", GOAL_EMPTY_BYTES / MIB,
+           goal(e->alloc_settled < GOAL_EMPTY_BYTES));
+    printf("  mmkv_stats then: %s\n", r->stats_empty);
+}
+
+static void print_space(const struct options *o, const struct space_run runs[NRUNS], double seconds)
+{
+    const struct space_run *native = &runs[RUN_NATIVE]; /* always there: no argument of mmkv's */
+    printf("\nspace: N=%zu rows loaded in one transaction, then %zu uniform random updates, then "
+           "%zu operations of YCSB A\n",
+           o->space_n, o->space_ops, o->space_ops);
+    printf("(zipfian %.2f, scrambled; half reads, half updates), both in transactions of %d; "
+           "journal_mode=wal, synchronous=%s,\nmmkv sync=%s; allocated = st_blocks * 512: mmkv "
+           "its data file and index, native+mmap its database and WAL\nafter "
+           "wal_checkpoint(TRUNCATE); MB = 2^20 bytes; sampled every %zu operations, untimed;\n"
+           "off = mmkv autocompact=off\n",
+           ZIPF_THETA, SPACE_TXN_OPS, o->space_sync, o->space_sync, o->space_sample);
+    for (int run = 0; run < RUN_NATIVE; run++)
+        if (!runs[run].available)
+            printf("%s: not available: %s\n", run_names[run], runs[run].unavailable);
+
+    printf("\n%-16s %10s | %10s %10s %10s | %9s %9s\n", "phase", "ops done", "mmkv MB", "off MB",
+           "native MB", "mmkv/nat", "off/nat");
+    printf("------------------------------------------------------------------------------"
+           "---\n");
+    for (size_t j = 0; j < native->nsamples; j++) { /* every run samples at the same points */
+        printf("%-16s %10" PRIu64 " |", sp_names[native->sample_phase[j]], native->sample_ops[j]);
+        for (int run = 0; run < NRUNS; run++) {
+            if (j < runs[run].nsamples)
+                printf(" %10.1f", runs[run].sample_alloc[j] / MIB);
+            else
+                printf(" %10s", "n/a");
+        }
+        printf(" |");
+        for (int run = 0; run < RUN_NATIVE; run++) {
+            if (j < runs[run].nsamples && native->sample_alloc[j] > 0)
+                printf(" %9.2f", runs[run].sample_alloc[j] / native->sample_alloc[j]);
+            else
+                printf(" %9s", "n/a");
+        }
+        printf("\n");
+    }
+    for (int run = 0; run < RUN_NATIVE; run++) {
+        if (!runs[run].available) continue;
+        size_t j = max_ratio_sample(&runs[run], native);
+        printf("%s: largest mmkv/native %.2f, at %" PRIu64 " operations (%s)\n", run_names[run],
+               runs[run].sample_alloc[j] / native->sample_alloc[j], runs[run].sample_ops[j],
+               sp_names[runs[run].sample_phase[j]]);
+    }
+
+    const struct space_run *on = &runs[RUN_MMKV], *off = &runs[RUN_MMKV_OFF];
+    if (on->available && off->available) {
+        double u = on->phase[SP_UPDATE].ops_per_s / off->phase[SP_UPDATE].ops_per_s;
+        double y = on->phase[SP_YCSB].ops_per_s / off->phase[SP_YCSB].ops_per_s;
+        printf("throughput with autocompact on / off: uniform updates %.2f, YCSB A %.2f "
+               "(goal >= %.1f: %s)\n",
+               u, y, GOAL_ON_OFF, goal(u >= GOAL_ON_OFF && y >= GOAL_ON_OFF));
+    } else {
+        printf("throughput with autocompact on / off: not available\n");
+    }
+
+    for (int run = 0; run < RUN_NATIVE; run++) {
+        if (!runs[run].available) continue;
+        printf("\n%s, after the workload:\n", run_names[run]);
+        print_space_compaction(&runs[run], native);
+    }
+
+    printf("\n%-18s %-8s | %9s %9s %6s | %13s %13s | %8s %8s\n", "phase", "table", "mmkv MB",
+           "native MB", "ratio", "mmkv", "native", "mmkv", "native");
+    printf("%-18s %-8s | %9s %9s %6s | %13s %13s | %8s %8s\n", "", "", "", "", "", "throughput",
+           "throughput", "seconds", "seconds");
+    printf("------------------------------------------------------------------------------------"
+           "----------------\n");
+    static const char *const units[NSPHASES] = {"rows/s", "ops/s", "ops/s", "MB/s", "rows/s"};
+    for (int p = 0; p <= NSPHASES; p++) { /* p == NSPHASES: the largest ratio during the work */
+        for (int run = 0; run < RUN_NATIVE; run++) {
+            const struct space_run *r = &runs[run];
+            printf("%-18s %-8s |",
+                   run             ? ""
+                   : p == NSPHASES ? "largest ratio"
+                                   : sp_names[p],
+                   run == RUN_MMKV ? "mmkv" : "mmkv off");
+            if (!r->available) {
+                printf(" not available\n");
+                continue;
+            }
+            double m, n;
+            if (p == NSPHASES) {
+                size_t j = max_ratio_sample(r, native);
+                m = r->sample_alloc[j];
+                n = native->sample_alloc[j];
+            } else {
+                m = p == SP_COMPACT && !r->compact.started ? -1 : r->phase[p].alloc;
+                n = native->phase[p == SP_COMPACT ? SP_YCSB : p]
+                        .alloc; /* native has no compaction */
+            }
+            if (m < 0)
+                printf(" %9s %9.1f %6s |", "n/a", n / MIB, "-");
+            else
+                printf(" %9.1f %9.1f %6.2f |", m / MIB, n / MIB, n > 0 ? m / n : 0);
+            if (p == NSPHASES) {
+                printf(" %13s %13s | %8s %8s\n", "-", "-", "-", "-");
+                continue;
+            }
+            char a[32], b[32] = "-", ns[16] = "-";
+            rate_text(a, sizeof a, r->phase[p].ops_per_s, units[p]);
+            if (p != SP_COMPACT) {
+                rate_text(b, sizeof b, native->phase[p].ops_per_s, units[p]);
+                snprintf(ns, sizeof ns, "%.1f", native->phase[p].seconds);
+            }
+            char ms[16] = "-";
+            if (p != SP_COMPACT || r->compact.started)
+                snprintf(ms, sizeof ms, "%.1f", r->phase[p].seconds);
+            printf(" %13s %13s | %8s %8s\n", a, b, ms, ns);
+        }
+    }
+    printf("(native keeps its pages after the DELETE: SQLite returns them only with VACUUM)\n");
+    printf("the space section took %.0f s\n", seconds);
+    fflush(stdout);
+}
+
+static void run_space(const struct options *o)
+{
+    struct data d;
+    struct zipf z;
+    struct space_run runs[NRUNS];
+    memset(runs, 0, sizeof runs);
+    uint64_t start = now_ns();
+    make_data(&d, o->space_n, 1, o->seed ^ 0x5ace0000ull);
+    zipf_init(&z, o->space_n, ZIPF_THETA);
+    for (int run = 0; run < NRUNS; run++)
+        space_run_one(o, &d, &z, run, &runs[run]);
+    if (isatty(2)) fprintf(stderr, "\r\033[K");
+    print_space(o, runs, (double)(now_ns() - start) / 1e9);
+    for (int run = 0; run < NRUNS; run++) {
+        free(runs[run].sample_alloc);
+        free(runs[run].sample_ops);
+        free(runs[run].sample_phase);
+        for (int w = 0; w < 2; w++) {
+            free(runs[run].compact.reader[w].bucket);
+            free(runs[run].compact.writer[w].bucket);
+        }
+    }
+    free_data(&d);
+}
+
 /* ---- options ------------------------------------------------------------------------------ */
 
 static void usage(FILE *f)
@@ -1099,7 +2029,13 @@ static void usage(FILE *f)
             "                    (default 500000; N is the largest --n)\n"
             "  --commit-n N      table size of the commit cost section (default 100000)\n"
             "  --commit-txns T   timed transactions of 1 and of 10 rows there; T/10 of 1000\n"
-            "                    rows (default 200)\n");
+            "                    rows (default 200)\n"
+            "  --no-space        skip the space section (the files over a run of updates,\n"
+            "                    compaction)\n"
+            "  --space-n N       rows there (default 1000000)\n"
+            "  --space-ops M     operations of each of its two phases (default 5000000)\n"
+            "  --space-sample K  the files' sizes every K operations (default M/10)\n"
+            "  --space-sync LV   mmkv sync= and PRAGMA synchronous there (default off)\n");
 }
 
 static unsigned long long parse_count(const char *s, const char *opt)
@@ -1157,10 +2093,14 @@ static void parse_options(struct options *o, int argc, char **argv)
     o->cache_size = 0;
     o->cache_set = 0;
     o->seed = 42;
-    o->no_table = o->no_concurrent = o->no_commit_cost = 0;
+    o->no_table = o->no_concurrent = o->no_commit_cost = o->no_space = 0;
     o->concurrent_ops = 500000;
     o->commit_n = 100000;
     o->commit_txns = 200;
+    o->space_n = 1000000;
+    o->space_ops = 5000000;
+    o->space_sample = 0;
+    o->space_sync = "off";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = NULL;
         char opt[64];
@@ -1178,6 +2118,10 @@ static void parse_options(struct options *o, int argc, char **argv)
         }
         if (strcmp(a, "--no-commit-cost") == 0) {
             o->no_commit_cost = 1;
+            continue;
+        }
+        if (strcmp(a, "--no-space") == 0) {
+            o->no_space = 1;
             continue;
         }
         const char *eq = strchr(a, '=');
@@ -1227,12 +2171,27 @@ static void parse_options(struct options *o, int argc, char **argv)
         } else if (strcmp(opt, "--commit-txns") == 0) {
             o->commit_txns = (size_t)parse_count(v, opt);
             if (o->commit_txns == 0) die("--commit-txns: must be at least 1");
-        } else {
+        } else if (strcmp(opt, "--space-n") == 0) {
+            unsigned long long n = parse_count(v, opt);
+            if (n < 2 || n > UINT32_MAX)
+                die("--space-n: %llu out of range (2..%" PRIu32 ")", n, UINT32_MAX);
+            o->space_n = (size_t)n;
+        } else if (strcmp(opt, "--space-ops") == 0) {
+            o->space_ops = (size_t)parse_count(v, opt);
+            if (o->space_ops == 0) die("--space-ops: must be at least 1");
+        } else if (strcmp(opt, "--space-sample") == 0) {
+            o->space_sample = (size_t)parse_count(v, opt);
+            if (o->space_sample == 0) die("--space-sample: must be at least 1");
+        } else if (strcmp(opt, "--space-sync") == 0)
+            o->space_sync = word_arg(v, opt);
+        else {
             usage(stderr);
             die("unknown option %s", a);
         }
     }
     if (!o->synchronous) o->synchronous = o->sync;
+    if (!o->space_sample)
+        o->space_sample = o->space_ops / SPACE_SAMPLES ? o->space_ops / SPACE_SAMPLES : 1;
 }
 
 /* ---- output ------------------------------------------------------------------------------- */
@@ -1379,9 +2338,11 @@ int main(int argc, char **argv)
         run_concurrent(&o, n);
     }
     if (!o.no_commit_cost) run_commit_cost(&o);
+    if (!o.no_space) run_space(&o);
 
     printf("%sratio > 1: mmkv is faster. total %.1f s. %s\n",
-           o.no_concurrent && o.no_commit_cost ? "" : "\n", (double)(now_ns() - start) / 1e9,
+           o.no_concurrent && o.no_commit_cost && o.no_space ? "" : "\n",
+           (double)(now_ns() - start) / 1e9,
            g_mismatches ? "CORRECTNESS MISMATCHES (see stderr)" : "all checks passed");
 
     cleanup();
