@@ -6,7 +6,11 @@
 ** rewritten (format.h), so the records up to the tail a reader of the commit reads can be copied
 ** while writers append past it, and a later call copies only what was appended since. A record's
 ** checksum covers its own offset, so the copy keeps every record where it was, byte for byte from
-** MMKV_DATA_START, pads, tombstones and old versions included.
+** the log's start (format.h, START), pads, tombstones and old versions included; below the start
+** the copy is a hole, as the source may be. Compaction may give back bytes of an earlier call's
+** state while it is copied (no lock is held between calls), but only bytes below the start of a
+** later state, and the copy is sealed at the last state copied, whose start is at least that: what
+** the copy took of them, zeros or not, lies below its own start and is never read.
 **
 ** What the copy says about itself is its own: a new file header (a new file id and owner id, the
 ** source's text encoding), a home note naming the copy's database, and both meta slots naming the
