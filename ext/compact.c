@@ -31,9 +31,16 @@
 #include "failpoint.h"
 
 #include <stdlib.h>
+#include <sched.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+/* Bytes punched at a time when space is given back. */
+#define PUNCH_PIECE ((uint64_t)4 << 20)
+
+/* Space kept allocated past the log's end when a pass gives back what growth allocated ahead. */
+#define GIVE_BACK_KEEP ((uint64_t)256 << 10)
 
 /* Index slots a step moves from a table being drained, beyond the few each write moves. */
 #define STEP_DRAIN_SLOTS 16384
@@ -157,6 +164,11 @@ int mmkv_compact_step(mmkv_conn *conn, uint64_t budget, uint64_t until, uint64_t
     out->start = pos;
     /* A pass ends with the index drained too (a shrink begun above moves its keys in later steps). */
     out->done = pos >= limit && !mmkv_index_header_of(&e->index)->old_offset;
+    /* And the space grown ahead for a log that was larger goes back, where no other process has
+    ** the file mapped (the commit writes nothing more past the transaction's last record). */
+    if (out->done && !e->temporary &&
+        !mmkv_lock_held_elsewhere(e->log.map.fd, MMKV_LOCK_OPEN))
+        mmkv_map_give_back(&e->log.map, txn->append_pos + GIVE_BACK_KEEP);
     return MMKV_OK;
 }
 
@@ -319,10 +331,15 @@ int mmkv_reclaim(mmkv_conn *conn, const mmkv_commit *safe, uint64_t *given_back)
     /* Whole pages between what this process punched and the noted start. */
     uint64_t from = e->reclaimed > MMKV_DATA_START ? e->reclaimed : MMKV_DATA_START;
     uint64_t to = noted / MMKV_PAGE_SIZE * MMKV_PAGE_SIZE;
-    /* A file system that cannot punch holes keeps the bytes: nothing is lost but the space. */
-    if (rc == MMKV_OK && to > from && mmkv_file_discard(e->log.map.fd, from, to - from) == MMKV_OK) {
-        if (given_back) *given_back = to - from;
-        e->reclaimed = to;
+    /* A file system that cannot punch holes keeps the bytes: nothing is lost but the space. In
+    ** pieces: punching holds the file's lock, which readers' and writers' page faults wait for. */
+    while (rc == MMKV_OK && from < to) {
+        uint64_t n = to - from < PUNCH_PIECE ? to - from : PUNCH_PIECE;
+        if (mmkv_file_discard(e->log.map.fd, from, n) != MMKV_OK) break;
+        from += n;
+        e->reclaimed = from;
+        if (given_back) *given_back += n;
+        if (from < to) sched_yield();
     }
     mmkv_unlock(e->log.map.fd, MMKV_LOCK_RECLAIM);
     pthread_mutex_unlock(&e->reclaim_mutex);

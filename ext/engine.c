@@ -532,6 +532,13 @@ int mmkv_engine_append(mmkv_conn *conn, const mmkv_slot_ref *ref, uint64_t hash,
                                value ? 0 : MMKV_RECORD_TOMBSTONE, txn->txid, prev, &size);
     if (rc != MMKV_OK) {
         txn->n_written--;
+        if (rc == MMKV_FULL && txn->append_pos + mmkv_record_size(key->len, value ? value->len : 0) >
+                                   MMKV_MAX_FILE_SIZE)
+            return mmkv_error(&conn->errmsg, MMKV_FULL,
+                              "mmkv: '%s' has reached the end of its offsets (8 TiB written in its "
+                              "life; compaction gives space back, not offsets): copy its rows into "
+                              "a new table (docs/operations.md, \"The 8 TiB limit\")",
+                              e->data_path);
         return mmkv_map_error(&e->log.map, &conn->errmsg, rc, "data file", e->data_path);
     }
     mmkv_index_store(&e->index, ref, hash, txn->append_pos);

@@ -536,6 +536,22 @@ int mmkv_map_truncate(mmkv_map *map)
     return rc;
 }
 
+int mmkv_map_give_back(mmkv_map *map, uint64_t keep)
+{
+    keep = round_up(keep, ALLOC_GRANULE);
+    pthread_mutex_lock(&map->grow_lock);
+    int rc = MMKV_OK;
+    if (map->writable && keep < map->file_size &&
+        (rc = mmkv_file_discard(map->fd, keep, map->file_size - keep)) == MMKV_OK) {
+        /* Past keep is a hole now: the next growth allocates it again before anything is written
+        ** there (and maps it anew, which a view allows). */
+        map->file_size = keep;
+        if (map->mapped > keep) __atomic_store_n(&map->mapped, keep, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&map->grow_lock);
+    return rc;
+}
+
 int mmkv_map_extend(mmkv_map *map, uint64_t bytes)
 {
     if (bytes <= mmkv_map_mapped(map)) return MMKV_OK;

@@ -96,6 +96,11 @@ int mmkv_map_refresh(mmkv_map *map);                /* map whatever the file hol
 int mmkv_map_truncate(mmkv_map *map);               /* empty the file; nobody else may use it */
 int mmkv_map_extend(mmkv_map *map, uint64_t bytes); /* allocate the file to bytes and map it */
 int mmkv_map_sync_range(mmkv_map *map, uint64_t offset, uint64_t len); /* msync, then durable */
+/* Gives back the space allocated past keep (rounded up), which nobody may read or write until a
+** later growth allocates it again: the one writer, with no other process using the file (another
+** process's mapping would take the hole for allocated, and a write there could fault on a full
+** disk). */
+int mmkv_map_give_back(mmkv_map *map, uint64_t keep);
 void mmkv_map_release(mmkv_map *map); /* unmaps every view; only with no other user */
 
 /* Sets *errmsg to what the last failed map call of this thread on map did (rc being its result):
