@@ -855,22 +855,6 @@ static int finish(backup *b)
     return SQLITE_OK;
 }
 
-static const char *type_name(int type)
-{
-    switch (type) {
-    case SQLITE_INTEGER:
-        return "an integer";
-    case SQLITE_FLOAT:
-        return "a real";
-    case SQLITE_BLOB:
-        return "a blob";
-    case SQLITE_NULL:
-        return "NULL";
-    default:
-        return "text";
-    }
-}
-
 /*
 ** mmkv_backup(path) or mmkv_backup(schema, path): copies the database `schema` ("main" if not
 ** given) with its mmkv tables to a new database at path. Returns the copy's full path.
@@ -892,7 +876,7 @@ static void backup_function(sqlite3_context *ctx, int argc, sqlite3_value **argv
         fail(&b, SQLITE_MISMATCH,
              sqlite3_mprintf("mmkv_backup: the %s must be text, not %s: call "
                              "mmkv_backup('path') or mmkv_backup('schema', 'path')",
-                             i == argc - 1 ? "path of the copy" : "schema name", type_name(type)));
+                             i == argc - 1 ? "path of the copy" : "schema name", mmkv_value_type_name(type)));
     }
     if (b.rc == SQLITE_OK) {
         b.schema = argc == 2 ? (const char *)sqlite3_value_text(argv[0]) : "main";

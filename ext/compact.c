@@ -30,7 +30,6 @@
 #include "error.h"
 #include "failpoint.h"
 
-#include <stdlib.h>
 #include <sched.h>
 #include <string.h>
 #include <time.h>
@@ -44,19 +43,6 @@
 
 /* Index slots a step moves from a table being drained, beyond the few each write moves. */
 #define STEP_DRAIN_SLOTS 16384
-
-static int note_forgotten(mmkv_txn *txn, uint64_t offset)
-{
-    if (txn->n_forgotten == txn->cap_forgotten) {
-        size_t cap = txn->cap_forgotten ? txn->cap_forgotten * 2 : 256;
-        uint64_t *grown = realloc(txn->forgotten, cap * sizeof *grown);
-        if (!grown) return MMKV_NOMEM;
-        txn->forgotten = grown;
-        txn->cap_forgotten = cap;
-    }
-    txn->forgotten[txn->n_forgotten++] = offset;
-    return MMKV_OK;
-}
 
 /* One record at the log's start: dropped, or copied to the end. */
 static int drain_record(mmkv_conn *conn, const mmkv_record *r, uint64_t safe_txid,
@@ -85,7 +71,8 @@ static int drain_record(mmkv_conn *conn, const mmkv_record *r, uint64_t safe_txi
         return MMKV_OK;
     }
     if (tombstone && r->header.txid <= safe_txid) {
-        if ((rc = note_forgotten(txn, r->offset)) != MMKV_OK)
+        if ((rc = mmkv_engine_offset_push(&txn->forgotten, &txn->n_forgotten, &txn->cap_forgotten,
+                                          r->offset)) != MMKV_OK)
             return mmkv_error(&conn->errmsg, rc, "out of memory");
         if ((rc = mmkv_engine_forget(conn, &key, &ref)) != MMKV_OK) return rc;
         txn->counts.garbage -= size;
@@ -113,7 +100,8 @@ int mmkv_compact_step(mmkv_conn *conn, uint64_t budget, uint64_t until, uint64_t
     mmkv_txn *txn = &e->txn;
     memset(out, 0, sizeof *out);
     if (txn->owner != conn)
-        return mmkv_error(&conn->errmsg, MMKV_MISUSE, "mmkv: compaction outside a write transaction");
+        return mmkv_error(&conn->errmsg, MMKV_MISUSE,
+                          "mmkv: compaction outside a write transaction");
     /* Never past the committed tail the transaction began at: what lies past it is its own. */
     uint64_t limit = until && until < txn->start ? until : txn->start;
     uint64_t pos = txn->counts.start;
@@ -139,15 +127,11 @@ int mmkv_compact_step(mmkv_conn *conn, uint64_t budget, uint64_t until, uint64_t
     if (out->drained_bytes && txn->n_written == written_before) {
         uint64_t at = txn->append_pos;
         rc = mmkv_log_write_pad(&e->log, at, at + sizeof(mmkv_record_header), txn->txid);
-        if (rc != MMKV_OK) return mmkv_map_error(&e->log.map, &conn->errmsg, rc, "data file", e->data_path);
-        if (txn->n_written == txn->cap_written) {
-            size_t cap = txn->cap_written ? txn->cap_written * 2 : 1024;
-            uint64_t *grown = realloc(txn->written, cap * sizeof *grown);
-            if (!grown) return mmkv_error(&conn->errmsg, MMKV_NOMEM, "out of memory");
-            txn->written = grown;
-            txn->cap_written = cap;
-        }
-        txn->written[txn->n_written++] = at;
+        if (rc != MMKV_OK)
+            return mmkv_map_error(&e->log.map, &conn->errmsg, rc, "data file", e->data_path);
+        if (mmkv_engine_offset_push(&txn->written, &txn->n_written, &txn->cap_written, at) !=
+            MMKV_OK)
+            return mmkv_error(&conn->errmsg, MMKV_NOMEM, "out of memory");
         txn->append_pos += sizeof(mmkv_record_header);
         txn->counts.garbage += sizeof(mmkv_record_header);
     }
@@ -162,12 +146,12 @@ int mmkv_compact_step(mmkv_conn *conn, uint64_t budget, uint64_t until, uint64_t
             return mmkv_engine_index_error(&conn->errmsg, e, rc);
     }
     out->start = pos;
-    /* A pass ends with the index drained too (a shrink begun above moves its keys in later steps). */
+    /* A pass ends with the index drained too (a shrink begun above moves its keys in later steps).
+     */
     out->done = pos >= limit && !mmkv_index_header_of(&e->index)->old_offset;
     /* And the space grown ahead for a log that was larger goes back, where no other process has
     ** the file mapped (the commit writes nothing more past the transaction's last record). */
-    if (out->done && !e->temporary &&
-        !mmkv_lock_held_elsewhere(e->log.map.fd, MMKV_LOCK_OPEN))
+    if (out->done && !e->temporary && !mmkv_lock_held_elsewhere(e->log.map.fd, MMKV_LOCK_OPEN))
         mmkv_map_give_back(&e->log.map, txn->append_pos + GIVE_BACK_KEEP);
     return MMKV_OK;
 }
@@ -181,7 +165,8 @@ int mmkv_compact_step(mmkv_conn *conn, uint64_t budget, uint64_t until, uint64_t
 #define AUTO_MIN_GARBAGE ((uint64_t)1 << 20)
 
 /* A pass asked for covers what is committed when its first step runs: everything written before
-** it, the tombstones of a mass delete included, however far automatic steps moved them meanwhile. */
+** it, the tombstones of a mass delete included, however far automatic steps moved them meanwhile.
+ */
 #define UNTIL_FIRST_STEP UINT64_MAX
 
 /* A pass asked for whose safe point nobody set within this long (its worker could not reach the
@@ -267,9 +252,9 @@ int mmkv_compact_on_commit(mmkv_conn *conn, int threshold_pct, uint64_t budget, 
     pthread_mutex_unlock(&e->mutex);
     if (waiting) return MMKV_OK;
     uint64_t pct = garbage_pct(txn);
-    int automatic = threshold_pct > 0 && txn->counts.garbage >= AUTO_MIN_GARBAGE &&
-                    (pct >= (uint64_t)threshold_pct ||
-                     (e->compact_auto && pct * 2 >= (uint64_t)threshold_pct));
+    int automatic =
+        threshold_pct > 0 && txn->counts.garbage >= AUTO_MIN_GARBAGE &&
+        (pct >= (uint64_t)threshold_pct || (e->compact_auto && pct * 2 >= (uint64_t)threshold_pct));
     if (!until && !automatic) {
         if (e->compact_auto) { /* the automatic pass brought the garbage down: it is over */
             txn->counts.compactions++;

@@ -486,17 +486,22 @@ static int check_datum(mmkv_conn *conn, const mmkv_datum *d, int is_key)
     return MMKV_OK;
 }
 
+int mmkv_engine_offset_push(uint64_t **items, size_t *count, size_t *capacity, uint64_t offset)
+{
+    if (*count == *capacity) {
+        size_t cap = *capacity ? *capacity * 2 : 1024;
+        uint64_t *grown = realloc(*items, cap * sizeof *grown);
+        if (!grown) return MMKV_NOMEM;
+        *items = grown;
+        *capacity = cap;
+    }
+    (*items)[(*count)++] = offset;
+    return MMKV_OK;
+}
+
 static int remember_written(mmkv_txn *txn, uint64_t offset)
 {
-    if (txn->n_written == txn->cap_written) {
-        size_t cap = txn->cap_written ? txn->cap_written * 2 : 1024;
-        uint64_t *grown = realloc(txn->written, cap * sizeof *grown);
-        if (!grown) return MMKV_NOMEM;
-        txn->written = grown;
-        txn->cap_written = cap;
-    }
-    txn->written[txn->n_written++] = offset;
-    return MMKV_OK;
+    return mmkv_engine_offset_push(&txn->written, &txn->n_written, &txn->cap_written, offset);
 }
 
 /* Points key's second slot at offset (or, with offset 0, forgets it). */

@@ -123,6 +123,8 @@ int mmkv_engine_append(mmkv_conn *conn, const mmkv_slot_ref *ref, uint64_t hash,
                        const mmkv_datum *key, const mmkv_datum *value, uint64_t prev);
 /* Forgets key's slots (its own, found at ref, and its second): compaction drops its tombstone. */
 int mmkv_engine_forget(mmkv_conn *conn, const mmkv_datum *key, const mmkv_slot_ref *ref);
+/* Appends offset to a growable list of a transaction's (its records, its dropped tombstones). */
+int mmkv_engine_offset_push(uint64_t **items, size_t *count, size_t *capacity, uint64_t offset);
 /* Moves up to count slots of an index table being drained. */
 int mmkv_engine_drain_index(mmkv_engine *e, uint64_t count);
 /* Rebuilds the index from the log [start, tail), sized by its live keys. */

@@ -521,6 +521,19 @@ static int drain(mmkv_index *index, const mmkv_index_ops *ops, uint64_t count)
     return MMKV_OK;
 }
 
+/* The table at offset becomes the current one, and the current one is drained into it. */
+static void drain_begin(mmkv_index_header *h, uint64_t offset, uint64_t slots)
+{
+    geometry_begin(h);
+    h->old_offset = h->table_offset;
+    h->old_slots = h->table_slots;
+    h->drain_cursor = 0;
+    h->table_offset = offset;
+    h->table_slots = slots;
+    h->used_slots = 0;
+    geometry_end(h);
+}
+
 int mmkv_index_drain_some(mmkv_index *index, const mmkv_index_ops *ops, uint64_t count)
 {
     mmkv_index_header *h = mmkv_index_header_of(index);
@@ -552,14 +565,7 @@ int mmkv_index_shrink(mmkv_index *index, uint64_t live_keys)
     uint64_t slots = slots_for(entries), offset;
     if (h->table_slots < 4 * slots) return MMKV_OK; /* deleted keys' tombstones still hold slots */
     if ((rc = table_allocate(index, slots, &offset)) != MMKV_OK) return rc;
-    geometry_begin(h);
-    h->old_offset = h->table_offset;
-    h->old_slots = h->table_slots;
-    h->drain_cursor = 0;
-    h->table_offset = offset;
-    h->table_slots = slots;
-    h->used_slots = 0;
-    geometry_end(h);
+    drain_begin(h, offset, slots);
     return MMKV_OK;
 }
 
@@ -583,14 +589,7 @@ int mmkv_index_make_room(mmkv_index *index, const mmkv_index_ops *ops)
             return MMKV_OK;
         return rc;
     }
-    geometry_begin(h);
-    h->old_offset = h->table_offset;
-    h->old_slots = h->table_slots;
-    h->drain_cursor = 0;
-    h->table_offset = offset;
-    h->table_slots = slots;
-    h->used_slots = 0;
-    geometry_end(h);
+    drain_begin(h, offset, slots);
     return MMKV_OK;
 }
 

@@ -127,22 +127,6 @@ static int take_error(sqlite3_vtab *vtab, int rc, char *message)
     return rc;
 }
 
-static const char *type_name(int type)
-{
-    switch (type) {
-    case SQLITE_INTEGER:
-        return "an integer";
-    case SQLITE_FLOAT:
-        return "a real";
-    case SQLITE_BLOB:
-        return "a blob";
-    case SQLITE_NULL:
-        return "NULL";
-    default:
-        return "text";
-    }
-}
-
 /* xConnect: the one eponymous instance. */
 static int statsConnect(sqlite3 *db, void *aux, int argc, const char *const *argv,
                         sqlite3_vtab **out, char **err)
@@ -253,7 +237,7 @@ static int text_argument(sqlite3_vtab *vtab, sqlite3_value *value, const char *w
         return stats_error(vtab, SQLITE_ERROR,
                            "%s: the %s must be text, not %s: as in SELECT * FROM %s('kv') or "
                            "%s('kv', 'aux')",
-                           STATS_MODULE, what, type_name(type), STATS_MODULE, STATS_MODULE);
+                           STATS_MODULE, what, mmkv_value_type_name(type), STATS_MODULE, STATS_MODULE);
     *out = sqlite3_mprintf("%s", (const char *)sqlite3_value_text(value));
     return *out ? SQLITE_OK : SQLITE_NOMEM;
 }

@@ -124,6 +124,22 @@ void mmkv_table_close(mmkv_table *t)
     t->conn = NULL;
 }
 
+const char *mmkv_value_type_name(int type)
+{
+    switch (type) {
+    case SQLITE_INTEGER:
+        return "an integer";
+    case SQLITE_FLOAT:
+        return "a real";
+    case SQLITE_BLOB:
+        return "a blob";
+    case SQLITE_NULL:
+        return "NULL";
+    default:
+        return "text";
+    }
+}
+
 int mmkv_sqlite_rc(int engine_rc)
 {
     switch (engine_rc) {

@@ -111,6 +111,8 @@ void mmkv_tables_rollback_to(mmkv_connection *c, int level);
 
 /* The SQLite result code for an engine's. */
 int mmkv_sqlite_rc(int engine_rc);
+/* A value's type for messages about arguments: "an integer", "a real", "a blob", "NULL", "text". */
+const char *mmkv_value_type_name(int type);
 /* Replaces *err with the engine connection's message. */
 int mmkv_table_error(mmkv_table *t, int engine_rc, char **err);
 
