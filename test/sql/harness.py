@@ -22,6 +22,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 
@@ -368,6 +369,26 @@ def check_sqlite_version():
                  sqlite3.sqlite_version == expected,
                  "expected SQLite %s, got %s (is LD_LIBRARY_PATH set?)"
                  % (expected, sqlite3.sqlite_version))
+
+
+def watchdog(fn, seconds):
+    """fn, failing and ending the program if it has not returned after seconds (a hang)."""
+    def run():
+        timer = threading.Timer(seconds, _timed_out, args=(fn.__name__, seconds))
+        timer.daemon = True
+        timer.start()
+        try:
+            fn()
+        finally:
+            timer.cancel()
+    run.__name__ = fn.__name__
+    return run
+
+
+def _timed_out(name, seconds):
+    print("FAIL: %s: no answer after %d s (hang?)" % (name, seconds))
+    sys.stdout.flush()
+    os._exit(1)
 
 
 def main(cases):

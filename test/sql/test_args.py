@@ -6,7 +6,6 @@ file behind. Run with Debian's python3: /usr/bin/python3 test/sql/test_args.py
 import os
 import sqlite3
 import sys
-import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -270,27 +269,10 @@ def test_long_names():
         db.close()
 
 
-def watchdog(fn):
-    def run():
-        timer = threading.Timer(CASE_TIMEOUT, timeout, args=(fn.__name__,))
-        timer.daemon = True
-        timer.start()
-        try:
-            fn()
-        finally:
-            timer.cancel()
-    run.__name__ = fn.__name__
-    return run
-
-
-def timeout(name):
-    print("FAIL: %s: no answer after %d s (hang?)" % (name, CASE_TIMEOUT))
-    sys.stdout.flush()
-    os._exit(1)
 
 
 CASES = [test_bad_arguments, test_good_arguments, test_relative_and_absolute_paths,
          test_missing_directory, test_table_named_like_a_column, test_long_names]
 
 if __name__ == "__main__":
-    harness.main([watchdog(c) for c in CASES])
+    harness.main([harness.watchdog(c, CASE_TIMEOUT) for c in CASES])

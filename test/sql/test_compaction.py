@@ -6,12 +6,12 @@ value, rounded to 8), so that the bounds hold whatever the machine. Every check 
 table with a Python dict of what was committed, and runs 'integrity-check'.
 Run with Debian's python3: /usr/bin/python3 test/sql/test_compaction.py
 """
+import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -495,7 +495,7 @@ def test_other_process_reads_during_compaction():
         db = connect(path)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("CREATE VIRTUAL TABLE kv USING mmkv(autocompact=off)")
-        truth = fill_with_garbage(db, r, n=3000)
+        fill_with_garbage(db, r, n=3000)
         db.execute("CREATE TABLE total(n)")
         db.execute("INSERT INTO total VALUES(3000)")
         peer = harness.Peer(path, busy_timeout=10)
@@ -592,7 +592,6 @@ for line in sys.stdin:
 def test_read_only_reader_across_compactions():
     """A read-only connection of another process (with an index of its own in memory, the one on
     disk being in use) reads right across compactions that drop deleted keys' tombstones."""
-    r = rng("readonly")
     with TempDir() as d:
         path = os.path.join(d, "app.db")
         db = connect(path)
@@ -606,8 +605,6 @@ def test_read_only_reader_across_compactions():
         db.execute("COMMIT")
         child = subprocess.Popen([harness.PYTHON, "-c", READONLY_CHILD, path], env=harness.CHILD_ENV,
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        import json
-
         def ask(keys):
             child.stdin.write(json.dumps(keys) + "\n")
             child.stdin.flush()
@@ -635,23 +632,6 @@ def test_read_only_reader_across_compactions():
         db.close()
 
 
-def watchdog(fn):
-    def run():
-        timer = threading.Timer(CASE_TIMEOUT, timeout, args=(fn.__name__,))
-        timer.daemon = True
-        timer.start()
-        try:
-            fn()
-        finally:
-            timer.cancel()
-    run.__name__ = fn.__name__
-    return run
-
-
-def timeout(name):
-    print("FAIL: %s: no answer after %d s (hang?)" % (name, CASE_TIMEOUT))
-    sys.stdout.flush()
-    os._exit(1)
 
 
 CASES = [test_automatic_compaction_bounds_space, test_compact_command_and_delete_all,
@@ -662,4 +642,4 @@ CASES = [test_automatic_compaction_bounds_space, test_compact_command_and_delete
          test_compacting_a_table_of_mmkv_0_1, test_read_only_reader_across_compactions]
 
 if __name__ == "__main__":
-    harness.main([watchdog(c) for c in CASES])
+    harness.main([harness.watchdog(c, CASE_TIMEOUT) for c in CASES])

@@ -7,10 +7,8 @@ python3: /usr/bin/python3 test/sql/test_stats.py
 """
 import os
 import re
-import sqlite3
 import struct
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -687,23 +685,6 @@ def test_join():
         db.close()
 
 
-def watchdog(fn):
-    def run():
-        timer = threading.Timer(CASE_TIMEOUT, timeout, args=(fn.__name__,))
-        timer.daemon = True
-        timer.start()
-        try:
-            fn()
-        finally:
-            timer.cancel()
-    run.__name__ = fn.__name__
-    return run
-
-
-def timeout(name):
-    print("FAIL: %s: no answer after %d s (hang?)" % (name, CASE_TIMEOUT))
-    sys.stdout.flush()
-    os._exit(1)
 
 
 CASES = [test_columns, test_counts, test_files, test_index, test_txid, test_read_transaction,
@@ -712,4 +693,4 @@ CASES = [test_columns, test_counts, test_files, test_index, test_txid, test_read
          test_broken_table, test_bad_arguments, test_join]
 
 if __name__ == "__main__":
-    harness.main([watchdog(c) for c in CASES])
+    harness.main([harness.watchdog(c, CASE_TIMEOUT) for c in CASES])
