@@ -27,9 +27,9 @@
 **   - a scan that returns a key twice; a get that disagrees with a complete scan of the same
 **     snapshot; get_similar missing a row of the scan that it should have found, or adding one;
 **   - a difference from the harness's own reading of the log, as format.h defines it (the newest
-**     intact meta slot gives the tail; each key's newest record below it is its state): a complete
-**     scan must return exactly the live keys' newest records, each get must agree, and a scan of
-**     a log with a damaged record below the tail must fail with MMKV_CORRUPT; mmkv_check must not
+**     intact meta slot gives the log's start and tail; each key's newest record between them is
+**     its state): a complete scan must return exactly the live keys' newest records, each get must
+**     agree, and a scan of a log with a damaged record between start and tail must fail with MMKV_CORRUPT; mmkv_check must not
 **     pass such a log, and when it passes, the live count must be the log's;
 **     (A read may fail instead of answering, with an explained error, where the index is not one
 **     the engine checked: forged, or trusted unchecked. With genuine checksums and a checked or
@@ -494,8 +494,15 @@ static void oracle_free(oracle *o)
     memset(o, 0, sizeof *o);
 }
 
+/* As format.h defines it: a slot of format version 3 (MMKV_META_HAS_START) also carries the log's
+** start under a second checksum, and the log is [start, tail). */
 static int meta_intact(const mmkv_meta *m)
 {
+    if ((m->flags & MMKV_META_HAS_START) &&
+        (m->start_checksum != mmkv_crc32c(0, m, offsetof(mmkv_meta, start_checksum)) ||
+         m->log_start < MMKV_DATA_START || m->log_start % MMKV_RECORD_ALIGN != 0 ||
+         m->log_start > m->committed_tail))
+        return 0;
     return m->magic == MMKV_META_MAGIC &&
            m->checksum == mmkv_crc32c(0, m, offsetof(mmkv_meta, checksum)) &&
            m->committed_tail >= MMKV_DATA_START && m->committed_tail % MMKV_RECORD_ALIGN == 0 &&
@@ -530,15 +537,17 @@ static void oracle_read(const fuzz_ctx *ctx, oracle *o)
     if (best < 0 || m[best].committed_tail > size) return;
     o->valid = 1;
     o->tail = m[best].committed_tail;
+    uint64_t start =
+        (m[best].flags & MMKV_META_HAS_START) ? m[best].log_start : (uint64_t)MMKV_DATA_START;
     o->image = xmalloc(o->tail);
     if (pread(ctx->data_fd, o->image, o->tail, 0) != (ssize_t)o->tail) fail("reading the log");
-    size_t max_records = (o->tail - MMKV_DATA_START) / 32 + 1;
+    size_t max_records = (o->tail - start) / 32 + 1;
     o->keys = xmalloc(max_records * sizeof *o->keys);
     for (o->table_slots = 16; o->table_slots < 2 * max_records;)
         o->table_slots *= 2;
     o->table = xmalloc(o->table_slots * sizeof *o->table);
     memset(o->table, -1, o->table_slots * sizeof *o->table);
-    for (uint64_t pos = MMKV_DATA_START; pos < o->tail;) {
+    for (uint64_t pos = start; pos < o->tail;) {
         mmkv_record_header h;
         int ok = pos + sizeof h <= o->tail;
         if (ok) memcpy(&h, o->image + pos, sizeof h);
@@ -1120,6 +1129,8 @@ static void fix_checksums(uint8_t flags, unsigned char *data, size_t data_size,
             unsigned char *m = data + MMKV_META_OFFSET(i);
             uint32_t crc = mmkv_crc32c(0, m, offsetof(mmkv_meta, checksum));
             memcpy(m + offsetof(mmkv_meta, checksum), &crc, 4);
+            crc = mmkv_crc32c(0, m, offsetof(mmkv_meta, start_checksum));
+            memcpy(m + offsetof(mmkv_meta, start_checksum), &crc, 4);
         }
     }
     if (data && (flags & FUZZ_FIX_HEADER) && data_size >= sizeof(mmkv_file_header)) {

@@ -29,7 +29,7 @@
 #define FUZZ_MAX_FILE (2u << 20)
 
 #define FUZZ_FIX_HEADER 0x01  /* recompute the data file header's checksum */
-#define FUZZ_FIX_META 0x02    /* recompute both meta slots' checksums */
+#define FUZZ_FIX_META 0x02    /* recompute both meta slots' checksums (and start checksums) */
 #define FUZZ_FIX_RECORDS 0x04 /* recompute the checksum of each record that parses, from 4096 on */
 #define FUZZ_FIX_INDEX 0x08   /* recompute the index header's tables and header checksums */
 #define FUZZ_STAMP_BOOT 0x10  /* write this boot's id into the index header (the "last user died
