@@ -59,7 +59,7 @@ void mmkv_compaction_committed(mmkv_table *t)
         return;
     }
     mmkv_commit state;
-    if (alone(t) && mmkv_committed(t->conn, &state) == MMKV_OK) mmkv_reclaim(t->conn, &state, NULL);
+    if (alone(t) && mmkv_committed(t->conn, &state) == MMKV_OK) mmkv_reclaim(t->conn, &state, 0, NULL);
 }
 
 int mmkv_compaction_command(mmkv_table *t, int step_only, char **err)

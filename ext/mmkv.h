@@ -209,7 +209,8 @@ int mmkv_txn_active(mmkv_conn *conn);
 ** below safe_txid (no reader reads a state older than that) dropped with their keys' slots. Its
 ** commit moves the state's start. mmkv_reclaim then gives the bytes below the start of `safe`, a
 ** committed state that is durable and that every reader anywhere reads or has passed, back to
-** the file system (*given_back: bytes punched); nothing if another reclaimer is at work. */
+** the file system (*given_back: bytes punched); nothing if another reclaimer is at work. paced:
+** others may be using the file, so the punching leaves its lock free most of the time (slower). */
 typedef struct mmkv_compact_result {
     uint64_t drained_bytes; /* of the log's start walked */
     uint64_t copied_bytes;  /* of live versions (and kept tombstones) copied to the end */
@@ -219,7 +220,7 @@ typedef struct mmkv_compact_result {
 } mmkv_compact_result;
 int mmkv_compact_step(mmkv_conn *conn, uint64_t budget, uint64_t until, uint64_t safe_txid,
                       mmkv_compact_result *out);
-int mmkv_reclaim(mmkv_conn *conn, const mmkv_commit *safe, uint64_t *given_back);
+int mmkv_reclaim(mmkv_conn *conn, const mmkv_commit *safe, int paced, uint64_t *given_back);
 
 /* The policy, shared by every connection of the process to the file. A pass asked for covers the
 ** log up to the committed tail when its first step runs; it runs once mmkv_compact_set_safe has said how far

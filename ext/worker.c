@@ -166,6 +166,26 @@ static void session_close(void)
     memset(&current, 0, sizeof current);
 }
 
+/* In WAL mode the worker's commits skip SQLite's sync of the WAL (synchronous=NORMAL): a step
+** holds the database's write lock for its work alone, never for a sync that waits behind every
+** page the user's writes left dirty (measured: 20 ms to 1 s with sync=off tables). Nothing is
+** weakened. A step that a power cut takes back is a compaction that did not happen (its copies lie
+** past the committed tail); a user's later commit that syncs the WAL syncs the step's frames with
+** its own; and space is given back only for a state safe_state shows durable, through a checkpoint
+** that syncs the WAL before it copies and the database after. In rollback-journal mode a commit's
+** syncs are what keep the database whole: there every sync stays (FULL). Asked at each job: the
+** journal mode may change while the connection is kept. */
+static void match_sync_to_journal(sqlite3 *db)
+{
+    sqlite3_stmt *stmt = NULL;
+    int wal = sqlite3_prepare_v2(db, "PRAGMA main.journal_mode", -1, &stmt, NULL) == SQLITE_OK &&
+              sqlite3_step(stmt) == SQLITE_ROW &&
+              sqlite3_stricmp((const char *)sqlite3_column_text(stmt, 0), "wal") == 0;
+    sqlite3_finalize(stmt);
+    sqlite3_exec(db, wal ? "PRAGMA main.synchronous = NORMAL" : "PRAGMA main.synchronous = FULL",
+                 NULL, NULL, NULL);
+}
+
 static int session_open(const job *j)
 {
     if (current.conn && strcmp(current.data_path, j->data_path) == 0) return 1;
@@ -191,6 +211,7 @@ static int session_open(const job *j)
 static void run_job(const job *j)
 {
     if (!session_open(j)) return;
+    match_sync_to_journal(current.db);
     if (j->kind == MMKV_JOB_COMPACT) run_compaction(current.db, current.conn, j);
     mmkv_commit state;
     for (long waited = 0; waited < RECLAIM_WAIT_MS; waited += SAFE_WAIT_MS) {
@@ -201,7 +222,7 @@ static void run_job(const job *j)
         }
         if (shown) {
             mmkv_compact_set_safe(current.conn, state.txid, 0);
-            mmkv_reclaim(current.conn, &state, NULL);
+            mmkv_reclaim(current.conn, &state, 1, NULL);
             break;
         }
     }

@@ -256,7 +256,7 @@ static void test_compaction_step(const char *name, int in_reclaim)
         CHECK_RC(mmkv_committed(c, &after), MMKV_OK, "committed");
         CHECK(after.start > before.start, "the compaction moved the start");
         mmkv_failpoint_arm(name, 0);
-        CHECK_RC(mmkv_reclaim(c, &after, NULL), MMKV_IOERR, "the failing reclaim reports it");
+        CHECK_RC(mmkv_reclaim(c, &after, 1, NULL), MMKV_IOERR, "the failing reclaim reports it");
     }
     mmkv_failpoint_arm(NULL, 0);
     committed_intact(c, "after the failure");
@@ -272,7 +272,7 @@ static void test_compaction_step(const char *name, int in_reclaim)
         mmkv_commit after;
         CHECK_RC(mmkv_committed(c, &after), MMKV_OK, "committed");
         uint64_t given = 0;
-        CHECK_RC(mmkv_reclaim(c, &after, &given), MMKV_OK, "reclaim: %s", mmkv_errmsg(c));
+        CHECK_RC(mmkv_reclaim(c, &after, 0, &given), MMKV_OK, "reclaim: %s", mmkv_errmsg(c));
         CHECK(after.garbage_bytes <= before.garbage_bytes / 4, "garbage %llu -> %llu",
               (unsigned long long)before.garbage_bytes, (unsigned long long)after.garbage_bytes);
         CHECK(given > 0, "the space below the start went back to the file system");

@@ -368,7 +368,7 @@ static void make_compacted(const char *name, int reclaim, image *data, image *in
     if (reclaim) {
         uint64_t given_back = 0;
         if (mmkv_committed(c, &state) != MMKV_OK) die("committed");
-        if (mmkv_reclaim(c, &state, &given_back) != MMKV_OK) die(mmkv_errmsg(c));
+        if (mmkv_reclaim(c, &state, 0, &given_back) != MMKV_OK) die(mmkv_errmsg(c));
     }
     take(c, name, data, index);
     printf("  %s: log starts at %llu\n", name, (unsigned long long)r.start);

@@ -173,7 +173,7 @@ static void compact_all(mmkv_conn *c)
     if (mmkv_committed(c, &before) != MMKV_OK || mmkv_txn_begin(c) != MMKV_OK) _exit(2);
     mmkv_compact_result r;
     if (mmkv_compact_step(c, 0, 0, before.txid, &r) != MMKV_OK || commit(c) != MMKV_OK) _exit(2);
-    if (mmkv_committed(c, &after) != MMKV_OK || mmkv_reclaim(c, &after, NULL) != MMKV_OK) _exit(2);
+    if (mmkv_committed(c, &after) != MMKV_OK || mmkv_reclaim(c, &after, 1, NULL) != MMKV_OK) _exit(2);
 }
 
 /* The child: commits TXNS transactions, reporting each acknowledged one on fd out (compacting
