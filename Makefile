@@ -101,8 +101,15 @@ $(BUILD)/test_integrity_pragma: test/integrity_pragma_test.c $(ENGINE_OBJ) $(STA
 $(BUILD)/test_failpoints: test/failpoint_test.c $(FAILPOINT_OBJ) $(HEADERS)
 	$(CC) $(CFLAGS_ALL) -DMMKV_FAILPOINTS -o $@ test/failpoint_test.c $(FAILPOINT_OBJ) $(LDSAN) -lpthread
 
+# LMDB for the bench's comparison where its header is (Debian: liblmdb-dev); without it, bench is
+# built without that part (BENCH_NO_LMDB) and says so.
+LMDB_HEADER = $(wildcard /usr/include/lmdb.h)
+BENCH_LMDB  = $(if $(LMDB_HEADER),-llmdb,-DBENCH_NO_LMDB)
+
 $(BUILD)/bench: test/bench.c $(BUILD)/libmmkv.a
-	$(CC) $(CFLAGS_ALL) -o $@ test/bench.c $(BUILD)/libmmkv.a $(LDSAN) -lsqlite3 -lpthread -lm
+	@$(if $(LMDB_HEADER),:,echo "LMDB: not built (install liblmdb-dev)")
+	$(CC) $(CFLAGS_ALL) -o $@ test/bench.c $(BUILD)/libmmkv.a $(LDSAN) -lsqlite3 $(BENCH_LMDB) \
+	    -lpthread -lm
 
 test: all $(BUILD)/test_engine $(BUILD)/test_failpoints $(BUILD)/test_powerloss \
       $(BUILD)/test_powerloss_sql $(BUILD)/test_integrity_pragma $(BUILD)/failpoint/mmkv.so

@@ -17,7 +17,37 @@
  * find byte for byte, updates check that they changed one row, counts are checked; any mismatch
  * makes the exit status 1.
  *
- * Three further sections follow the table (each skippable):
+ * Next to each N's rows, measured in the same run, the limit of a lookup through SQL:
+ *   vtab floor      a virtual table of bench's own (module bench_floor) that does no work: its
+ *                   xBestIndex takes the key equality (idxNum 1, tiny cost, omitted, one row,
+ *                   orderByConsumed), xFilter gives one constant row, xColumn its 100-byte value
+ *                   (SQLITE_STATIC). It lives in a database file configured as mmkv's (--journal,
+ *                   --synchronous) next to a real table, so that a lookup in autocommit pays for
+ *                   the read transaction on the file (in WAL, the read lock and the schema check)
+ *                   as mmkv's does. The statement is mmkv's, SELECT value FROM kv WHERE key=?1,
+ *                   timed by the same code with the same keys in the same order: in one read
+ *                   transaction and in autocommit, each after an untimed pass of its lookups.
+ *   hash lookup     a C open-addressing hash table of the N keys (linear probing, at most 5/8
+ *                   full), its 64-bit slots (a 24-bit tag, the offset / 8) pointing into an array
+ *                   of records (key, value), as mmkv's index points into its log; the M lookups
+ *                   of lookup (txn), each value checked byte for byte, each key depending on the
+ *                   bytes the lookup before it found, so that the CPU cannot overlap them. Built
+ *                   untimed, then every record checked through the checksum (the warm-up).
+ *   limit (txn) = vtab floor (txn) + hash lookup, limit (auto) = vtab floor (auto) + hash lookup,
+ *   and mmkv's lookups as a multiple of them (goals: at most 1.25x in a transaction, 1.15x in
+ *   autocommit), and native+mmap's lookup (txn) against mmkv's (goal: 3x or more at N >= 1M).
+ * Then LMDB through its C API (--no-lmdb; a bench built without <lmdb.h> says "not built"), one
+ * file (MDB_NOSUBDIR), the same rows and keys:
+ *   put (1 txn)     N mdb_put(MDB_NOOVERWRITE) in one write transaction, the commit included; the
+ *                   env flags follow --sync: full = none (each commit syncs, as mmkv sync=full),
+ *                   normal = MDB_NOMETASYNC, off = MDB_NOSYNC
+ *   get (1 txn)     the M lookups of lookup (txn), mdb_get in one read transaction, each value
+ *                   checked byte for byte
+ *   cursor scan     every row (MDB_NEXT), per row its key's and value's sizes, as the timed scan
+ * against mmkv's insert, lookup (txn) and full scan; the entries are counted (mdb_stat), and each
+ * read is preceded by an untimed cursor scan checking every row through the checksum.
+ *
+ * Four further sections follow the table (each skippable):
  *   lookups while another process writes (--no-concurrent): at the largest N, for mmkv and for
  *     native+mmap (both WAL, each in its own database file): the table is built, every connection
  *     is closed, then a child is forked that opens its own connection and loops BEGIN IMMEDIATE,
@@ -57,13 +87,33 @@
  *     lookup of the YCSB phase and of the reader, and after the workload and after 'compact'
  *     every row through the scan's checksum and 10000 random lookups byte for byte.
  *
+ *   YCSB (--no-ycsb): --ycsb-n rows loaded in one transaction (untimed), then --ycsb-ops
+ *     operations of each of YCSB's workloads A (50% reads, 50% updates), B (95% reads, 5%
+ *     updates), C (reads only) and F (50% reads, 50% read-modify-writes: a row read, then updated
+ *     to a new value, as one operation), in that order on the same table, rows chosen zipfian
+ *     0.99, scrambled (the space section's generator), through SQL in transactions of 100
+ *     operations, BEGIN to COMMIT timed. For mmkv (default arguments but sync=, from --sync) and
+ *     native+mmap, with --journal and --synchronous as in the table; ops/s and their ratio. Each
+ *     row's version is tracked as in the space section: every read checks the value it finds byte
+ *     for byte, every update that it changed one row; before each workload, and after the last,
+ *     an untimed scan checks every row through the checksum (and warms the caches before reads).
+ *
  *   build/bench [--n 100000,1000000] [--ops 1000000] [--sync full|normal|off]
  *               [--journal wal] [--synchronous LEVEL] [--cache-size C] [--mmap-size BYTES]
  *               [--dir DIR] [--seed S] [--no-table] [--no-concurrent] [--no-commit-cost]
  *               [--concurrent-ops M] [--commit-n N] [--commit-txns T] [--no-space]
  *               [--space-n N] [--space-ops M] [--space-sample K] [--space-sync LEVEL]
+ *               [--no-lmdb] [--no-ycsb] [--ycsb-n N] [--ycsb-ops M]
  */
 #include <sqlite3.h>
+
+/* LMDB where its header is; the Makefile links -llmdb then, and defines BENCH_NO_LMDB if not. */
+#if defined(__has_include) && !defined(BENCH_NO_LMDB)
+#if __has_include(<lmdb.h>)
+#include <lmdb.h>
+#define HAVE_LMDB 1
+#endif
+#endif
 
 #include <dirent.h>
 #include <errno.h>
@@ -115,7 +165,7 @@ struct options {
     long long cache_size;
     int cache_set;
     uint64_t seed;
-    int no_table, no_concurrent, no_commit_cost, no_space;
+    int no_table, no_concurrent, no_commit_cost, no_space, no_lmdb, no_ycsb;
     size_t
         concurrent_ops; /* lookups per measurement of the concurrent section: min(N, --ops, this) */
     size_t commit_n;    /* table size of the commit-cost section */
@@ -124,6 +174,8 @@ struct options {
     size_t space_ops;   /* operations of each of its two workload phases */
     size_t space_sample;    /* operations between its samples of the files' sizes */
     const char *space_sync; /* mmkv sync= and PRAGMA synchronous there */
+    size_t ycsb_n;          /* rows of the YCSB section */
+    size_t ycsb_ops;        /* operations of each of its workloads */
 };
 
 /* The data of one N: keys, value choice, the orders of the lookups and updates. */
@@ -362,8 +414,10 @@ static double run_insert(const struct stmts *s, const struct data *d)
     return (double)(t1 - t0) / (double)d->n;
 }
 
+/* The lookups of perm, each value compared with the row's (or, if one_value is not NULL, with
+ * that: the floor table's one row). */
 static double run_lookups(const struct stmts *s, const struct data *d, const uint32_t *perm,
-                          int in_txn, const char *what)
+                          int in_txn, const unsigned char *one_value, const char *what)
 {
     size_t missing = 0, wrong = 0;
     uint64_t t0 = now_ns();
@@ -375,7 +429,8 @@ static double run_lookups(const struct stmts *s, const struct data *d, const uin
         if (rc == SQLITE_ROW) {
             const void *v = sqlite3_column_blob(s->lookup, 0);
             int len = sqlite3_column_bytes(s->lookup, 0);
-            if (len != VALUE_LEN || memcmp(v, value_of(i, 0), VALUE_LEN) != 0) wrong++;
+            const unsigned char *want = one_value ? one_value : value_of(i, 0);
+            if (len != VALUE_LEN || memcmp(v, want, VALUE_LEN) != 0) wrong++;
         } else if (rc == SQLITE_DONE) {
             missing++;
         } else {
@@ -467,17 +522,24 @@ static void check_count(const struct stmts *s, const struct data *d, const char 
 
 /* ---- one table kind, one N ---------------------------------------------------------------- */
 
-static void configure(sqlite3 *db, int kind, const struct options *o)
+/* --journal, --synchronous and --cache-size; the journal mode SQLite took into journal. */
+static void set_pragmas(sqlite3 *db, const struct options *o, char *journal, size_t journal_len)
 {
-    char sql[256], out[64];
+    char sql[256];
     snprintf(sql, sizeof sql, "PRAGMA journal_mode=%s", o->journal);
-    query_text(db, sql, g_journal_eff[kind], sizeof g_journal_eff[kind]);
+    query_text(db, sql, journal, journal_len);
     snprintf(sql, sizeof sql, "PRAGMA synchronous=%s", o->synchronous);
     exec_sql(db, sql);
     if (o->cache_set) {
         snprintf(sql, sizeof sql, "PRAGMA cache_size=%lld", o->cache_size);
         exec_sql(db, sql);
     }
+}
+
+static void configure(sqlite3 *db, int kind, const struct options *o)
+{
+    char sql[256], out[64];
+    set_pragmas(db, o, g_journal_eff[kind], sizeof g_journal_eff[kind]);
     if (kind == KIND_MMKV) {
         snprintf(sql, sizeof sql, "CREATE VIRTUAL TABLE kv USING mmkv(sync=%s)", o->sync);
         exec_sql(db, sql);
@@ -492,8 +554,14 @@ static void configure(sqlite3 *db, int kind, const struct options *o)
     exec_sql(db, "CREATE TABLE kv(key PRIMARY KEY NOT NULL, value) WITHOUT ROWID");
 }
 
-/* The lookup must use the key: the mmkv plan idxNum 1, the native primary key. */
-static void check_plan(sqlite3 *db, int kind, int print)
+/* What a plan that uses the key says: a virtual table's plan idxNum 1, the native primary key. */
+static const char *key_plan(int kind)
+{
+    return kind == KIND_MMKV ? "INDEX 1" : "PRIMARY KEY";
+}
+
+/* The lookup must use the key: its plan must say expect. */
+static void check_plan(sqlite3 *db, const char *who, const char *expect)
 {
     sqlite3_stmt *st = prepare(db, "EXPLAIN QUERY PLAN SELECT value FROM kv WHERE key=?1");
     char plan[512] = "";
@@ -505,12 +573,8 @@ static void check_plan(sqlite3 *db, int kind, int print)
         if (w > 0 && (size_t)w < sizeof plan - used) used += (size_t)w;
     }
     sqlite3_finalize(st);
-    int ok =
-        kind == KIND_MMKV ? strstr(plan, "INDEX 1") != NULL : strstr(plan, "PRIMARY KEY") != NULL;
-    if (!ok)
-        fprintf(stderr, "bench: warning: %s lookup plan does not use the key: %s\n",
-                kind_names[kind], plan);
-    if (print) printf("  plan %-12s %s\n", kind_names[kind], plan);
+    if (!strstr(plan, expect))
+        fprintf(stderr, "bench: warning: %s lookup plan does not use the key: %s\n", who, plan);
 }
 
 static void progress(const char *kind, size_t n, const char *what)
@@ -540,7 +604,7 @@ static void run_kind(const struct options *o, int kind, const struct data *d, do
     s.scan = prepare(db, "SELECT key, value FROM kv");
     s.update = prepare(db, "UPDATE kv SET value=?1 WHERE key=?2");
     s.count = prepare(db, "SELECT count(*) FROM kv");
-    check_plan(db, kind, 0);
+    check_plan(db, kind_names[kind], key_plan(kind));
 
     const char *k = kind_names[kind];
     struct scan_result r;
@@ -552,11 +616,11 @@ static void run_kind(const struct options *o, int kind, const struct data *d, do
 
     progress(k, d->n, "lookups in a transaction");
     verify_scan(&s, d, d->sum_before, "scan after insert");
-    ns[W_LOOKUP_TXN] = run_lookups(&s, d, d->perm[0], 1, "lookup (txn)");
+    ns[W_LOOKUP_TXN] = run_lookups(&s, d, d->perm[0], 1, NULL, "lookup (txn)");
 
     progress(k, d->n, "lookups in autocommit");
     verify_scan(&s, d, d->sum_before, "scan before autocommit lookups");
-    ns[W_LOOKUP_AUTO] = run_lookups(&s, d, d->perm[1], 0, "lookup (autocommit)");
+    ns[W_LOOKUP_AUTO] = run_lookups(&s, d, d->perm[1], 0, NULL, "lookup (autocommit)");
 
     progress(k, d->n, "scan");
     verify_scan(&s, d, d->sum_before, "scan before scan");
@@ -708,6 +772,482 @@ static uint32_t quantile(const uint32_t *sorted, size_t m, double q)
     size_t i = (size_t)(q * (double)m);
     return sorted[i < m ? i : m - 1];
 }
+
+/* ---- the limit of a lookup through SQL: a floor virtual table, a hash table --------------- */
+
+/*
+** The floor: module bench_floor, a virtual table that does no work, so that a lookup through it
+** costs what SQLite itself costs for mmkv's statement: the bound key, the VDBE program, xFilter
+** and xColumn, and in autocommit the statement's read transaction. That transaction is on the
+** database the table is in: on a database file in WAL mode it takes the WAL read lock and checks
+** the schema, on :memory: it costs next to nothing. mmkv's table is in a database file, so the
+** floor's is too, configured as mmkv's (set_pragmas) and next to a real table; an eponymous
+** table in :memory: would put the autocommit floor too low.
+**
+** xBestIndex. The plans, by idxNum, and what xFilter receives in argv:
+**
+**   idxNum  plan      argv         cost
+**   ------  --------  -----------  --------------------------------------------------------------
+**   0       the row   (none)       FLOOR_ROW_COST
+**   1       key = ?   [0] the key  FLOOR_LOOKUP_COST; one row (SCAN_UNIQUE); omitted, so SQLite
+**                                  does not compare it again (mmkv's plan 1 leaves it to SQLite)
+**
+** Either plan gives one row, in every order (orderByConsumed). Its value is the first VALUE_LEN
+** bytes of the pool; its key is NULL, and a lookup of a key that is not a KEY_LEN-byte value
+** finds no row.
+*/
+#define FLOOR_COLUMN_KEY 0
+#define FLOOR_COLUMN_VALUE 1
+#define FLOOR_PLAN_ROW 0
+#define FLOOR_PLAN_KEY 1
+#define FLOOR_ROW_COST 10.0
+#define FLOOR_LOOKUP_COST 1.0
+#define FLOOR_VALUE g_pool
+
+typedef struct floor_cursor floor_cursor;
+struct floor_cursor {
+    sqlite3_vtab_cursor base;
+    int eof;
+};
+
+/* xConnect: the table has no state but its schema. */
+static int floorConnect(sqlite3 *db, void *aux, int argc, const char *const *argv,
+                        sqlite3_vtab **out, char **err)
+{
+    (void)aux, (void)argc, (void)argv, (void)err;
+    int rc = sqlite3_declare_vtab(db, "CREATE TABLE x(key, value)");
+    if (rc != SQLITE_OK) return rc;
+    sqlite3_vtab *vt = sqlite3_malloc(sizeof *vt);
+    if (!vt) return SQLITE_NOMEM;
+    memset(vt, 0, sizeof *vt);
+    *out = vt;
+    return SQLITE_OK;
+}
+
+/* xCreate: as xConnect; a function of its own, so that the module is not eponymous. */
+static int floorCreate(sqlite3 *db, void *aux, int argc, const char *const *argv,
+                       sqlite3_vtab **out, char **err)
+{
+    return floorConnect(db, aux, argc, argv, out, err);
+}
+
+/* xDisconnect and xDestroy. */
+static int floorDisconnect(sqlite3_vtab *vtab)
+{
+    sqlite3_free(vtab);
+    return SQLITE_OK;
+}
+
+/* xBestIndex: the plans are in the table above. */
+static int floorBestIndex(sqlite3_vtab *vtab, sqlite3_index_info *info)
+{
+    (void)vtab;
+    info->orderByConsumed = 1;
+    info->estimatedRows = 1;
+    for (int i = 0; i < info->nConstraint; i++) {
+        const struct sqlite3_index_constraint *c = &info->aConstraint[i];
+        if (c->iColumn != FLOOR_COLUMN_KEY || c->op != SQLITE_INDEX_CONSTRAINT_EQ || !c->usable)
+            continue;
+        info->aConstraintUsage[i].argvIndex = 1;
+        info->aConstraintUsage[i].omit = 1;
+        info->idxNum = FLOOR_PLAN_KEY;
+        info->idxFlags = SQLITE_INDEX_SCAN_UNIQUE;
+        info->estimatedCost = FLOOR_LOOKUP_COST;
+        return SQLITE_OK;
+    }
+    info->idxNum = FLOOR_PLAN_ROW;
+    info->estimatedCost = FLOOR_ROW_COST;
+    return SQLITE_OK;
+}
+
+/* xOpen. */
+static int floorOpen(sqlite3_vtab *vtab, sqlite3_vtab_cursor **out)
+{
+    (void)vtab;
+    floor_cursor *cur = sqlite3_malloc(sizeof *cur);
+    if (!cur) return SQLITE_NOMEM;
+    memset(cur, 0, sizeof *cur);
+    cur->eof = 1;
+    *out = &cur->base;
+    return SQLITE_OK;
+}
+
+/* xClose. */
+static int floorClose(sqlite3_vtab_cursor *cursor)
+{
+    sqlite3_free(cursor);
+    return SQLITE_OK;
+}
+
+/* xFilter: the one row, unless the key cannot be one of bench's (the lookups' check then fails). */
+static int floorFilter(sqlite3_vtab_cursor *cursor, int idxNum, const char *idxStr, int argc,
+                       sqlite3_value **argv)
+{
+    (void)idxStr;
+    floor_cursor *cur = (floor_cursor *)cursor;
+    cur->eof = idxNum == FLOOR_PLAN_KEY && argc == 1 && sqlite3_value_bytes(argv[0]) != KEY_LEN;
+    return SQLITE_OK;
+}
+
+/* xNext: there is no second row. */
+static int floorNext(sqlite3_vtab_cursor *cursor)
+{
+    ((floor_cursor *)cursor)->eof = 1;
+    return SQLITE_OK;
+}
+
+/* xEof. */
+static int floorEof(sqlite3_vtab_cursor *cursor)
+{
+    return ((floor_cursor *)cursor)->eof;
+}
+
+/* xColumn: the value, not copied; the key NULL. */
+static int floorColumn(sqlite3_vtab_cursor *cursor, sqlite3_context *ctx, int column)
+{
+    (void)cursor;
+    if (column == FLOOR_COLUMN_VALUE)
+        sqlite3_result_blob(ctx, FLOOR_VALUE, VALUE_LEN, SQLITE_STATIC);
+    return SQLITE_OK;
+}
+
+/* xRowid: the one row's. */
+static int floorRowid(sqlite3_vtab_cursor *cursor, sqlite3_int64 *rowid)
+{
+    (void)cursor;
+    *rowid = 1;
+    return SQLITE_OK;
+}
+
+static const sqlite3_module floor_module = {
+    .iVersion = 1,
+    .xCreate = floorCreate,
+    .xConnect = floorConnect,
+    .xBestIndex = floorBestIndex,
+    .xDisconnect = floorDisconnect,
+    .xDestroy = floorDisconnect,
+    .xOpen = floorOpen,
+    .xClose = floorClose,
+    .xFilter = floorFilter,
+    .xNext = floorNext,
+    .xEof = floorEof,
+    .xColumn = floorColumn,
+    .xRowid = floorRowid,
+};
+
+static sqlite3 *open_db(const char *path)
+{
+    sqlite3 *db = NULL;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) != SQLITE_OK)
+        die("open %s: %s", path, db ? sqlite3_errmsg(db) : "out of memory");
+    return db;
+}
+
+/* ns per lookup through the floor table: [0] in one read transaction, [1] in autocommit. */
+static void run_floor(const struct options *o, const struct data *d, double ns[2])
+{
+    char name[128], path[PATH_MAX + 256], journal[32];
+    snprintf(name, sizeof name, "%sfloor.db", g_prefix);
+    snprintf(path, sizeof path, "%s/%s", g_dir, name);
+    sqlite3 *db = open_db(path);
+    set_pragmas(db, o, journal, sizeof journal);
+    if (strcasecmp(journal, g_journal_eff[KIND_MMKV]) != 0)
+        die("vtab floor: journal_mode %s, mmkv's database %s", journal, g_journal_eff[KIND_MMKV]);
+    if (sqlite3_create_module_v2(db, "bench_floor", &floor_module, NULL, NULL) != SQLITE_OK)
+        die("vtab floor: sqlite3_create_module_v2: %s", sqlite3_errmsg(db));
+    exec_sql(db, "CREATE TABLE beside(x); INSERT INTO beside VALUES(1)");
+    exec_sql(db, "CREATE VIRTUAL TABLE kv USING bench_floor");
+    check_plan(db, "vtab floor", "INDEX 1");
+
+    struct stmts s = {0};
+    s.begin = prepare(db, "BEGIN");
+    s.commit = prepare(db, "COMMIT");
+    s.lookup = prepare(db, "SELECT value FROM kv WHERE key=?1");
+    for (int in_txn = 1; in_txn >= 0; in_txn--) {
+        const uint32_t *perm = d->perm[in_txn ? 0 : 1];
+        const char *what = in_txn ? "vtab floor (txn)" : "vtab floor (autocommit)";
+        char warm[64];
+        snprintf(warm, sizeof warm, "%s, warm-up", what);
+        progress("vtab floor", d->n, in_txn ? "lookups in a transaction" : "lookups in autocommit");
+        run_lookups(&s, d, perm, in_txn, FLOOR_VALUE, warm); /* untimed */
+        ns[in_txn ? 0 : 1] = run_lookups(&s, d, perm, in_txn, FLOOR_VALUE, what);
+    }
+    finalize_stmts(&s);
+    close_db(db, path);
+    remove_files(name);
+}
+
+/*
+** The hash lookup: the N keys in an open-addressing table laid out as mmkv's index and log are,
+** without a file, a lock or SQL. A slot (64 bits, 0 = empty) holds the top HASH_TAG_BITS of the
+** key's hash above the record's offset / 8; a record is the key, then the value. Both arrays are
+** anonymous mappings in small pages, as mmkv's file mappings are (no transparent huge pages).
+*/
+#define HASH_LOAD_NUM 5u /* at most 5/8 of the slots used, as mmkv's index */
+#define HASH_LOAD_DEN 8u
+#define HASH_TAG_BITS 24
+#define HASH_OFFSET_BITS (64 - HASH_TAG_BITS)
+#define HASH_OFFSET_MASK ((UINT64_C(1) << HASH_OFFSET_BITS) - 1)
+#define HASH_RECORD_BYTES ((KEY_LEN + VALUE_LEN + 7) / 8 * 8)
+#define HASH_SEED 0x6a09e667f3bcc908ULL
+
+struct hash_table {
+    uint64_t *slots;
+    size_t mask; /* slots - 1, a power of two less one */
+    unsigned char *records;
+    size_t slots_bytes, records_bytes;
+};
+
+static void *map_anonymous(size_t bytes)
+{
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) die("mmap %zu bytes: %s", bytes, strerror(errno));
+#ifdef MADV_NOHUGEPAGE
+    madvise(p, bytes, MADV_NOHUGEPAGE);
+#endif
+    return p;
+}
+
+static uint64_t key_hash(const unsigned char *key)
+{
+    return mix64(load64(key) ^ mix64(load64(key + 8) ^ HASH_SEED));
+}
+
+/* A slot's tag: never 0, so that no entry reads as empty. */
+static uint64_t hash_tag(uint64_t hash)
+{
+    return (hash >> HASH_OFFSET_BITS) | 1;
+}
+
+static void hash_build(struct hash_table *t, const struct data *d)
+{
+    size_t slots = 1;
+    while (slots * HASH_LOAD_NUM < d->n * HASH_LOAD_DEN)
+        slots *= 2;
+    t->mask = slots - 1;
+    t->slots_bytes = slots * sizeof *t->slots;
+    t->records_bytes = d->n * HASH_RECORD_BYTES;
+    t->slots = map_anonymous(t->slots_bytes);
+    t->records = map_anonymous(t->records_bytes);
+    for (size_t i = 0; i < d->n; i++) {
+        uint64_t offset = (uint64_t)i * HASH_RECORD_BYTES, h = key_hash(key_of(d, i));
+        memcpy(t->records + offset, key_of(d, i), KEY_LEN);
+        memcpy(t->records + offset + KEY_LEN, value_of(i, 0), VALUE_LEN);
+        size_t p = (size_t)h & t->mask;
+        while (t->slots[p])
+            p = (p + 1) & t->mask;
+        t->slots[p] = hash_tag(h) << HASH_OFFSET_BITS | offset >> 3;
+    }
+}
+
+static void hash_free(struct hash_table *t)
+{
+    munmap(t->slots, t->slots_bytes);
+    munmap(t->records, t->records_bytes);
+}
+
+/* The value stored for key, or NULL. */
+static const unsigned char *hash_find(const struct hash_table *t, const unsigned char *key)
+{
+    uint64_t h = key_hash(key), tag = hash_tag(h);
+    for (size_t p = (size_t)h & t->mask;; p = (p + 1) & t->mask) {
+        uint64_t slot = t->slots[p];
+        if (!slot) return NULL;
+        if (slot >> HASH_OFFSET_BITS != tag) continue;
+        const unsigned char *record = t->records + ((slot & HASH_OFFSET_MASK) << 3);
+        if (memcmp(record, key, KEY_LEN) == 0) return record + KEY_LEN;
+    }
+}
+
+/* Untimed, before the lookups: every record through its slot, against the checksum. */
+static void hash_verify(const struct hash_table *t, const struct data *d)
+{
+    size_t rows = 0;
+    uint64_t sum = 0;
+    for (size_t p = 0; p <= t->mask; p++) {
+        if (!t->slots[p]) continue;
+        const unsigned char *record = t->records + ((t->slots[p] & HASH_OFFSET_MASK) << 3);
+        sum += row_hash(record, record + KEY_LEN);
+        rows++;
+    }
+    if (rows != d->n || sum != d->sum_before)
+        mismatch("hash table: %zu entries (expected %zu), checksum %s", rows, d->n,
+                 sum == d->sum_before ? "ok" : "differs");
+}
+
+/* ns per lookup of the hash table: the lookups of lookup (txn), one after another. */
+static double run_hash(const struct data *d)
+{
+    struct hash_table t;
+    progress("hash lookup", d->n, "build");
+    hash_build(&t, d);
+    hash_verify(&t, d);
+    progress("hash lookup", d->n, "lookups");
+    const uint32_t *perm = d->perm[0];
+    size_t missing = 0, wrong = 0;
+    unsigned carry = 0; /* 0 unless a value was wrong; the next key's row depends on it */
+    uint64_t t0 = now_ns();
+    for (size_t j = 0; j < d->m; j++) {
+        size_t i = perm[j] ^ carry;
+        if (i >= d->n) i = perm[j];
+        const unsigned char *v = hash_find(&t, key_of(d, i)), *want = value_of(i, 0);
+        if (!v) {
+            missing++;
+            continue;
+        }
+        if (memcmp(v, want, VALUE_LEN) != 0) wrong++;
+        carry = v[VALUE_LEN - 1] ^ want[VALUE_LEN - 1];
+    }
+    uint64_t t1 = now_ns();
+    if (missing || wrong)
+        mismatch("hash lookup: %zu of %zu keys not found, %zu wrong values", missing, d->m, wrong);
+    hash_free(&t);
+    return (double)(t1 - t0) / (double)d->m;
+}
+
+/* ---- LMDB, through its C API -------------------------------------------------------------- */
+
+enum { L_PUT, L_GET, L_SCAN, NLMDB };
+static const char *const lmdb_names[NLMDB] = {"put (1 txn)", "get (1 txn)", "cursor scan"};
+static const int lmdb_against[NLMDB] = {W_INSERT, W_LOOKUP_TXN, W_SCAN}; /* mmkv's workload */
+
+#ifdef HAVE_LMDB
+/* The map: up to this many bytes per row (a leaf node is 8 + 16 + 100 bytes, pages some 70% full
+ * after random inserts, branch pages) and a base. The file grows only as far as it is used. */
+#define LMDB_MAP_ROW_BYTES 512u
+#define LMDB_MAP_BASE_BYTES ((size_t)64 << 20)
+#define LMDB_FILE_MODE 0644
+
+/* The env flags that --sync stands for. */
+static unsigned lmdb_sync_flags(const char *sync)
+{
+    if (strcasecmp(sync, "off") == 0) return MDB_NOSYNC;
+    if (strcasecmp(sync, "normal") == 0) return MDB_NOMETASYNC;
+    return 0;
+}
+
+static const char *lmdb_sync_text(const char *sync)
+{
+    unsigned flags = lmdb_sync_flags(sync);
+    return flags == MDB_NOSYNC       ? "MDB_NOSYNC: commits do not sync"
+           : flags == MDB_NOMETASYNC ? "MDB_NOMETASYNC: commits sync the data, not the meta page"
+                                     : "default: each commit syncs data and meta page";
+}
+
+static void lmdb_ok(int rc, const char *what)
+{
+    if (rc != MDB_SUCCESS) die("LMDB %s: %s", what, mdb_strerror(rc));
+}
+
+/* Untimed, before each read: every row through a cursor against the checksum, and the count. */
+static void lmdb_verify(MDB_env *env, MDB_dbi dbi, const struct data *d, const char *what)
+{
+    MDB_txn *txn;
+    MDB_cursor *cursor;
+    MDB_stat st;
+    MDB_val k, v;
+    size_t rows = 0, bad = 0;
+    uint64_t sum = 0;
+    lmdb_ok(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), "mdb_txn_begin");
+    lmdb_ok(mdb_stat(txn, dbi, &st), "mdb_stat");
+    lmdb_ok(mdb_cursor_open(txn, dbi, &cursor), "mdb_cursor_open");
+    int rc;
+    for (rc = mdb_cursor_get(cursor, &k, &v, MDB_FIRST); rc == MDB_SUCCESS;
+         rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT)) {
+        if (k.mv_size == KEY_LEN && v.mv_size == VALUE_LEN)
+            sum += row_hash(k.mv_data, v.mv_data);
+        else
+            bad++;
+        rows++;
+    }
+    if (rc != MDB_NOTFOUND) lmdb_ok(rc, "mdb_cursor_get");
+    mdb_cursor_close(cursor);
+    mdb_txn_abort(txn);
+    if (rows != d->n || st.ms_entries != d->n || bad || sum != d->sum_before)
+        mismatch("LMDB %s: %zu rows, %zu entries (expected %zu), %zu with wrong lengths, checksum "
+                 "%s",
+                 what, rows, (size_t)st.ms_entries, d->n, bad,
+                 sum == d->sum_before ? "ok" : "differs");
+}
+
+/* put, get and cursor scan in ns per row or lookup; the file's allocated MB afterwards. */
+static void run_lmdb(const struct options *o, const struct data *d, double ns[NLMDB],
+                     double *disk_mb)
+{
+    char name[128], path[PATH_MAX + 256];
+    snprintf(name, sizeof name, "%slmdb.mdb", g_prefix); /* and its lock file, name-lock */
+    snprintf(path, sizeof path, "%s/%s", g_dir, name);
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    lmdb_ok(mdb_env_create(&env), "mdb_env_create");
+    lmdb_ok(mdb_env_set_mapsize(env, LMDB_MAP_BASE_BYTES + d->n * LMDB_MAP_ROW_BYTES),
+            "mdb_env_set_mapsize");
+    lmdb_ok(mdb_env_open(env, path, MDB_NOSUBDIR | lmdb_sync_flags(o->sync), LMDB_FILE_MODE),
+            "mdb_env_open");
+    lmdb_ok(mdb_txn_begin(env, NULL, 0, &txn), "mdb_txn_begin");
+    lmdb_ok(mdb_dbi_open(txn, NULL, 0, &dbi), "mdb_dbi_open");
+    lmdb_ok(mdb_txn_commit(txn), "mdb_txn_commit");
+
+    progress("lmdb", d->n, "put");
+    uint64_t t0 = now_ns();
+    lmdb_ok(mdb_txn_begin(env, NULL, 0, &txn), "mdb_txn_begin");
+    for (size_t i = 0; i < d->n; i++) {
+        MDB_val k = {KEY_LEN, (void *)key_of(d, i)}, v = {VALUE_LEN, (void *)value_of(i, 0)};
+        lmdb_ok(mdb_put(txn, dbi, &k, &v, MDB_NOOVERWRITE), "mdb_put");
+    }
+    lmdb_ok(mdb_txn_commit(txn), "mdb_txn_commit");
+    ns[L_PUT] = (double)(now_ns() - t0) / (double)d->n;
+
+    progress("lmdb", d->n, "get");
+    lmdb_verify(env, dbi, d, "scan after put");
+    size_t missing = 0, wrong = 0;
+    t0 = now_ns();
+    lmdb_ok(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), "mdb_txn_begin");
+    for (size_t j = 0; j < d->m; j++) {
+        size_t i = d->perm[0][j];
+        MDB_val k = {KEY_LEN, (void *)key_of(d, i)}, v;
+        int rc = mdb_get(txn, dbi, &k, &v);
+        if (rc == MDB_NOTFOUND)
+            missing++;
+        else if (rc != MDB_SUCCESS)
+            lmdb_ok(rc, "mdb_get");
+        else if (v.mv_size != VALUE_LEN || memcmp(v.mv_data, value_of(i, 0), VALUE_LEN) != 0)
+            wrong++;
+    }
+    mdb_txn_abort(txn);
+    ns[L_GET] = (double)(now_ns() - t0) / (double)d->m;
+    if (missing || wrong)
+        mismatch("LMDB get: %zu of %zu keys not found, %zu wrong values", missing, d->m, wrong);
+
+    progress("lmdb", d->n, "cursor scan");
+    lmdb_verify(env, dbi, d, "scan before the cursor scan");
+    MDB_cursor *cursor;
+    MDB_val k, v;
+    size_t rows = 0;
+    uint64_t bytes = 0;
+    t0 = now_ns();
+    lmdb_ok(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), "mdb_txn_begin");
+    lmdb_ok(mdb_cursor_open(txn, dbi, &cursor), "mdb_cursor_open");
+    int rc;
+    for (rc = mdb_cursor_get(cursor, &k, &v, MDB_FIRST); rc == MDB_SUCCESS;
+         rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT)) {
+        bytes += k.mv_size + v.mv_size;
+        rows++;
+    }
+    mdb_cursor_close(cursor);
+    mdb_txn_abort(txn);
+    uint64_t t1 = now_ns();
+    if (rc != MDB_NOTFOUND) lmdb_ok(rc, "mdb_cursor_get");
+    ns[L_SCAN] = rows ? (double)(t1 - t0) / (double)rows : 0;
+    if (rows != d->n || bytes != (uint64_t)d->n * (KEY_LEN + VALUE_LEN))
+        mismatch("LMDB cursor scan: %zu rows (expected %zu), %" PRIu64 " bytes", rows, d->n, bytes);
+
+    mdb_env_close(env);
+    *disk_mb = allocated_mb(name);
+    remove_files(name);
+}
+#endif
 
 /* ---- lookups while another process writes ------------------------------------------------- */
 
@@ -864,13 +1404,13 @@ static void run_concurrent_kind(const struct options *o, int kind, const struct 
     s.lookup = prepare(db, "SELECT value FROM kv WHERE key=?1");
     s.scan = prepare(db, "SELECT key, value FROM kv");
     s.count = prepare(db, "SELECT count(*) FROM kv");
-    check_plan(db, kind, 0);
+    check_plan(db, kind_names[kind], key_plan(kind));
     snprintf(what, sizeof what, "concurrent %s: scan before lookups", k);
     verify_scan(&s, d, d->sum_before, what);
     /* Untimed: one pass of the lookups, so that the first timed pass does not pay for faulting
      * in the pages of a connection opened just now. */
     snprintf(what, sizeof what, "concurrent %s: warm-up lookups", k);
-    run_lookups(&s, d, d->perm[0], 1, what);
+    run_lookups(&s, d, d->perm[0], 1, NULL, what);
 
     uint32_t *lat = xmalloc(m * sizeof *lat);
     for (int writing = 0; writing < 2; writing++) {
@@ -1708,7 +2248,7 @@ static void space_run_one(const struct options *o, const struct data *d, const s
     c.s.scan = prepare(c.db, "SELECT key, value FROM kv");
     c.s.update = prepare(c.db, "UPDATE kv SET value=?1 WHERE key=?2");
     c.s.count = prepare(c.db, "SELECT count(*) FROM kv");
-    check_plan(c.db, c.kind, 0);
+    check_plan(c.db, kind_names[c.kind], key_plan(c.kind));
     c.ver = calloc(d->n, sizeof *c.ver);
     if (!c.ver) die("out of memory");
     c.expect = d->sum_before;
@@ -2005,6 +2545,144 @@ static void run_space(const struct options *o)
     free_data(&d);
 }
 
+/* ---- YCSB: workloads A, B, C and F through SQL -------------------------------------------- */
+
+#define YCSB_TXN_OPS 100 /* operations per transaction */
+#define PERCENT 100
+
+struct ycsb_workload {
+    const char *name, *mix;
+    unsigned read_percent; /* the rest are updates, or read-modify-writes */
+    int read_modify_write;
+};
+
+enum { YCSB_A, YCSB_B, YCSB_C, YCSB_F, NYCSB };
+static const struct ycsb_workload ycsb_workloads[NYCSB] = {
+    {"A", "50% read, 50% update", 50, 0},
+    {"B", "95% read, 5% update", 95, 0},
+    {"C", "100% read", 100, 0},
+    {"F", "50% read, 50% read-modify-write", 50, 1},
+};
+static const int ycsb_kinds[2] = {KIND_MMKV, KIND_NATIVE_MMAP};
+
+/* --ycsb-ops operations of workload w on c's table, in transactions of YCSB_TXN_OPS: ops/s. The
+ * rows and the operations are the same for every table kind. */
+static double ycsb_workload(struct space_ctx *c, int w)
+{
+    const struct ycsb_workload *y = &ycsb_workloads[w];
+    const char *k = kind_names[c->kind];
+    uint64_t state = c->o->seed ^ mix64(0x7c5b0000ull + (uint64_t)w);
+    size_t total = c->o->ycsb_ops, done = 0, progress_at = 0;
+    size_t unchanged = 0, missing = 0, wrong = 0;
+    uint64_t timed = 0;
+    char what[160];
+    while (done < total) {
+        size_t ops = total - done < YCSB_TXN_OPS ? total - done : YCSB_TXN_OPS;
+        uint64_t t0 = now_ns();
+        step_done(c->s.begin);
+        for (size_t op = 0; op < ops; op++) {
+            size_t i = zipf_row(c->z, &state);
+            int read = splitmix64(&state) % PERCENT < y->read_percent;
+            if (read || y->read_modify_write) {
+                int found = space_lookup(c->s.lookup, c->d, i, c->ver[i], NULL, 0);
+                wrong += found == LOOKUP_WRONG;
+                missing += found == LOOKUP_MISSING;
+            }
+            if (!read) space_update(c, i, &unchanged);
+        }
+        step_done(c->s.commit);
+        timed += now_ns() - t0;
+        done += ops;
+        if (done >= progress_at) {
+            snprintf(what, sizeof what, "YCSB %s %zu/%zu", y->name, done, total);
+            progress(k, c->d->n, what);
+            progress_at = done + total / 100;
+        }
+    }
+    if (unchanged || missing || wrong)
+        mismatch("YCSB %s %s: %zu updates did not change exactly one row, %zu lookups found no "
+                 "row, %zu a wrong value",
+                 k, y->name, unchanged, missing, wrong);
+    return timed ? (double)total * 1e9 / (double)timed : 0;
+}
+
+/* Every workload in turn on one table kind: ops/s of each. */
+static void ycsb_run_kind(const struct options *o, const struct data *d, const struct zipf *z,
+                          int kind, double ops_per_s[NYCSB])
+{
+    struct space_ctx c = {.o = o, .d = d, .kind = kind, .z = z};
+    char name[128], what[160];
+    const char *k = kind_names[kind];
+    snprintf(name, sizeof name, "%sycsb-%s.db", g_prefix, kind_files[kind]);
+    snprintf(c.path, sizeof c.path, "%s/%s", g_dir, name);
+    c.db = open_db(c.path);
+    configure(c.db, kind, o);
+    c.s.begin = prepare(c.db, "BEGIN");
+    c.s.commit = prepare(c.db, "COMMIT");
+    c.s.insert = prepare(c.db, "INSERT INTO kv(key, value) VALUES(?1, ?2)");
+    c.s.lookup = prepare(c.db, "SELECT value FROM kv WHERE key=?1");
+    c.s.scan = prepare(c.db, "SELECT key, value FROM kv");
+    c.s.update = prepare(c.db, "UPDATE kv SET value=?1 WHERE key=?2");
+    c.s.count = prepare(c.db, "SELECT count(*) FROM kv");
+    check_plan(c.db, k, key_plan(kind));
+    c.ver = calloc(d->n, sizeof *c.ver);
+    if (!c.ver) die("out of memory");
+    c.expect = d->sum_before;
+
+    progress(k, d->n, "YCSB: load");
+    run_insert(&c.s, d);
+    snprintf(what, sizeof what, "YCSB %s: after load", k);
+    check_count(&c.s, d, what);
+    if (strcasecmp(g_journal_eff[kind], "wal") == 0)
+        exec_sql(c.db, "PRAGMA wal_checkpoint(TRUNCATE)");
+    for (int w = 0; w < NYCSB; w++) {
+        snprintf(what, sizeof what, "YCSB %s: scan before workload %s", k, ycsb_workloads[w].name);
+        verify_scan(&c.s, d, c.expect, what);
+        ops_per_s[w] = ycsb_workload(&c, w);
+    }
+    snprintf(what, sizeof what, "YCSB %s: scan after workload %s", k,
+             ycsb_workloads[NYCSB - 1].name);
+    verify_scan(&c.s, d, c.expect, what);
+    check_count(&c.s, d, what);
+    free(c.ver);
+    finalize_stmts(&c.s);
+    close_db(c.db, c.path);
+    remove_files(name);
+}
+
+static void run_ycsb(const struct options *o)
+{
+    struct data d;
+    struct zipf z;
+    double ops_per_s[2][NYCSB];
+    uint64_t start = now_ns();
+    make_data(&d, o->ycsb_n, 1, o->seed ^ 0x7c5b0000ull);
+    zipf_init(&z, o->ycsb_n, ZIPF_THETA);
+    for (int k = 0; k < 2; k++)
+        ycsb_run_kind(o, &d, &z, ycsb_kinds[k], ops_per_s[k]);
+    if (isatty(2)) fprintf(stderr, "\r\033[K");
+
+    printf("\nYCSB: N=%zu rows loaded (untimed), then %zu operations of each workload in turn on "
+           "the same table,\nrows zipfian %.2f scrambled, in transactions of %d operations (BEGIN "
+           "to COMMIT timed); journal_mode=%s,\nsynchronous=%s; mmkv with default arguments but "
+           "sync=%s; every row checked by an untimed scan\nbefore each workload and after the "
+           "last\n",
+           o->ycsb_n, o->ycsb_ops, ZIPF_THETA, YCSB_TXN_OPS, g_journal_eff[KIND_MMKV],
+           o->synchronous, o->sync);
+    printf("\n%-36s | %12s %12s | %11s\n", "workload", "mmkv", "native+mmap", "mmkv/native");
+    printf("%-36s | %12s %12s | %11s\n", "", "ops/s", "ops/s", "(ops/s)");
+    printf("------------------------------------------------------------------------------\n");
+    for (int w = 0; w < NYCSB; w++) {
+        char label[64];
+        snprintf(label, sizeof label, "%s (%s)", ycsb_workloads[w].name, ycsb_workloads[w].mix);
+        double m = ops_per_s[0][w], n = ops_per_s[1][w];
+        printf("%-36s | %12.0f %12.0f | %10.2fx\n", label, m, n, n > 0 ? m / n : 0);
+    }
+    printf("the YCSB section took %.0f s\n", (double)(now_ns() - start) / 1e9);
+    fflush(stdout);
+    free_data(&d);
+}
+
 /* ---- options ------------------------------------------------------------------------------ */
 
 static void usage(FILE *f)
@@ -2035,7 +2713,12 @@ static void usage(FILE *f)
             "  --space-n N       rows there (default 1000000)\n"
             "  --space-ops M     operations of each of its two phases (default 5000000)\n"
             "  --space-sample K  the files' sizes every K operations (default M/10)\n"
-            "  --space-sync LV   mmkv sync= and PRAGMA synchronous there (default off)\n");
+            "  --space-sync LV   mmkv sync= and PRAGMA synchronous there (default off)\n"
+            "  --no-lmdb         skip LMDB in the table (put, get, cursor scan; built only\n"
+            "                    where <lmdb.h> is: Debian's liblmdb-dev)\n"
+            "  --no-ycsb         skip the YCSB section (workloads A, B, C, F through SQL)\n"
+            "  --ycsb-n N        rows there (default 1000000)\n"
+            "  --ycsb-ops M      operations of each of its workloads (default 1000000)\n");
 }
 
 static unsigned long long parse_count(const char *s, const char *opt)
@@ -2094,6 +2777,7 @@ static void parse_options(struct options *o, int argc, char **argv)
     o->cache_set = 0;
     o->seed = 42;
     o->no_table = o->no_concurrent = o->no_commit_cost = o->no_space = 0;
+    o->no_lmdb = o->no_ycsb = 0;
     o->concurrent_ops = 500000;
     o->commit_n = 100000;
     o->commit_txns = 200;
@@ -2101,6 +2785,8 @@ static void parse_options(struct options *o, int argc, char **argv)
     o->space_ops = 5000000;
     o->space_sample = 0;
     o->space_sync = "off";
+    o->ycsb_n = 1000000;
+    o->ycsb_ops = 1000000;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = NULL;
         char opt[64];
@@ -2122,6 +2808,14 @@ static void parse_options(struct options *o, int argc, char **argv)
         }
         if (strcmp(a, "--no-space") == 0) {
             o->no_space = 1;
+            continue;
+        }
+        if (strcmp(a, "--no-lmdb") == 0) {
+            o->no_lmdb = 1;
+            continue;
+        }
+        if (strcmp(a, "--no-ycsb") == 0) {
+            o->no_ycsb = 1;
             continue;
         }
         const char *eq = strchr(a, '=');
@@ -2184,7 +2878,15 @@ static void parse_options(struct options *o, int argc, char **argv)
             if (o->space_sample == 0) die("--space-sample: must be at least 1");
         } else if (strcmp(opt, "--space-sync") == 0)
             o->space_sync = word_arg(v, opt);
-        else {
+        else if (strcmp(opt, "--ycsb-n") == 0) {
+            unsigned long long n = parse_count(v, opt);
+            if (n < 2 || n > UINT32_MAX)
+                die("--ycsb-n: %llu out of range (2..%" PRIu32 ")", n, UINT32_MAX);
+            o->ycsb_n = (size_t)n;
+        } else if (strcmp(opt, "--ycsb-ops") == 0) {
+            o->ycsb_ops = (size_t)parse_count(v, opt);
+            if (o->ycsb_ops == 0) die("--ycsb-ops: must be at least 1");
+        } else {
             usage(stderr);
             die("unknown option %s", a);
         }
@@ -2230,6 +2932,18 @@ static void print_settings(const struct options *o)
            strcasecmp(g_journal_eff[KIND_NATIVE], "wal") == 0
                ? "; native: untimed wal_checkpoint(TRUNCATE) after insert and update"
                : "");
+    printf("limit: vtab floor = a virtual table of bench's own that does no work, in a database "
+           "file as mmkv's;\n       hash lookup = a C hash table of the keys in memory, "
+           "one lookup after another\n");
+#ifdef HAVE_LMDB
+    int major, minor, patch;
+    mdb_version(&major, &minor, &patch);
+    if (!o->no_lmdb)
+        printf("LMDB %d.%d.%d through its C API, no SQL: env flags %s\n", major, minor, patch,
+               lmdb_sync_text(o->sync));
+#else
+    if (!o->no_lmdb) printf("LMDB: not built (install liblmdb-dev)\n");
+#endif
 }
 
 static void print_table_header(void)
@@ -2252,6 +2966,47 @@ static void print_rows(const struct data *d, double ns[NWORK][NKINDS])
                m > 0 ? ns[w][KIND_NATIVE] / m : 0, m > 0 ? ns[w][KIND_NATIVE_MMAP] / m : 0);
     }
     fflush(stdout);
+}
+
+/* The goals of the lookups' limit (they decide nothing about the exit status). */
+#define GOAL_LIMIT_TXN 1.25         /* mmkv's lookup (txn) / limit (txn): at most */
+#define GOAL_LIMIT_AUTO 1.15        /* mmkv's lookup (autocommit) / limit (auto): at most */
+#define GOAL_OVER_NATIVE 3.0        /* native+mmap's lookup (txn) / mmkv's: at least */
+#define GOAL_OVER_NATIVE_N 1000000u /* ... at this N and above */
+
+/* floor_ns: the floor in a transaction and in autocommit; hash_ns: the hash lookup. */
+static void print_limit(const struct data *d, double ns[NWORK][NKINDS], const double floor_ns[2],
+                        double hash_ns)
+{
+    static const char *const modes[2] = {"txn", "auto"};
+    static const int works[2] = {W_LOOKUP_TXN, W_LOOKUP_AUTO};
+    static const double goals[2] = {GOAL_LIMIT_TXN, GOAL_LIMIT_AUTO};
+    printf("  limit of a lookup through SQL, ns/op, and mmkv's lookup as a multiple of it:\n");
+    for (int mode = 0; mode < 2; mode++) {
+        double limit = floor_ns[mode] + hash_ns, ratio = ns[works[mode]][KIND_MMKV] / limit;
+        printf("  limit (%s)%s = vtab floor (%s)%s + hash lookup = %.1f + %.1f = %.1f: mmkv "
+               "%.2fx (goal <= %.2fx: %s)\n",
+               modes[mode], mode ? "" : " ", modes[mode], mode ? "" : " ", floor_ns[mode], hash_ns,
+               limit, ratio, goals[mode], goal(ratio <= goals[mode]));
+    }
+    double m = ns[W_LOOKUP_TXN][KIND_MMKV],
+           over = m > 0 ? ns[W_LOOKUP_TXN][KIND_NATIVE_MMAP] / m : 0;
+    printf("  lookup (1 txn), native+mmap / mmkv: %.2fx ", over);
+    if (d->n >= GOAL_OVER_NATIVE_N)
+        printf("(goal >= %.0fx: %s)\n", GOAL_OVER_NATIVE, goal(over >= GOAL_OVER_NATIVE));
+    else
+        printf("(goal >= %.0fx at N >= %u: none at this N)\n", GOAL_OVER_NATIVE,
+               GOAL_OVER_NATIVE_N);
+}
+
+static void print_lmdb(double ns[NWORK][NKINDS], const double lmdb_ns[NLMDB])
+{
+    printf("  LMDB, ns/op, against mmkv's:\n");
+    for (int l = 0; l < NLMDB; l++) {
+        double m = ns[lmdb_against[l]][KIND_MMKV];
+        printf("  %-18s %10.1f | mmkv %-20s %10.1f | lmdb/mmkv %6.2fx\n", lmdb_names[l], lmdb_ns[l],
+               work_names[lmdb_against[l]], m, m > 0 ? lmdb_ns[l] / m : 0);
+    }
 }
 
 /* ---- main --------------------------------------------------------------------------------- */
@@ -2288,11 +3043,14 @@ int main(int argc, char **argv)
 
     uint64_t start = now_ns();
     print_header(&o);
-    double disk[MAX_NS][NKINDS];
-    int printed_settings = 0;
+    double disk[MAX_NS][NKINDS], disk_lmdb[MAX_NS];
+    int printed_settings = 0, with_lmdb = 0;
+#ifdef HAVE_LMDB
+    with_lmdb = !o.no_lmdb;
+#endif
     for (int t = 0; t < o.nn && !o.no_table; t++) {
         struct data d;
-        double ns[NWORK][NKINDS];
+        double ns[NWORK][NKINDS], floor_ns[2], hash_ns, lmdb_ns[NLMDB];
         make_data(&d, o.ns[t], o.max_ops, o.seed);
         for (int kind = 0; kind < NKINDS; kind++) {
             double per_kind[NWORK];
@@ -2300,6 +3058,11 @@ int main(int argc, char **argv)
             for (int w = 0; w < NWORK; w++)
                 ns[w][kind] = per_kind[w];
         }
+        run_floor(&o, &d, floor_ns);
+        hash_ns = run_hash(&d);
+#ifdef HAVE_LMDB
+        if (with_lmdb) run_lmdb(&o, &d, lmdb_ns, &disk_lmdb[t]);
+#endif
         if (isatty(2)) fprintf(stderr, "\r\033[K");
         if (!printed_settings) {
             print_settings(&o);
@@ -2307,14 +3070,18 @@ int main(int argc, char **argv)
             printed_settings = 1;
         }
         print_rows(&d, ns);
+        print_limit(&d, ns, floor_ns, hash_ns);
+        if (with_lmdb) print_lmdb(ns, lmdb_ns);
         free_data(&d);
     }
 
     if (!o.no_table) {
         printf("\nallocated on disk after the run (MB):");
-        for (int t = 0; t < o.nn; t++)
+        for (int t = 0; t < o.nn; t++) {
             printf("%s N=%zu: mmkv %.1f, native %.1f, native+mmap %.1f", t ? ";" : "", o.ns[t],
                    disk[t][KIND_MMKV], disk[t][KIND_NATIVE], disk[t][KIND_NATIVE_MMAP]);
+            if (with_lmdb) printf(", lmdb %.1f", disk_lmdb[t]);
+        }
         printf("\n");
     }
     if (g_mmap_eff >= 0) {
@@ -2339,9 +3106,10 @@ int main(int argc, char **argv)
     }
     if (!o.no_commit_cost) run_commit_cost(&o);
     if (!o.no_space) run_space(&o);
+    if (!o.no_ycsb) run_ycsb(&o);
 
     printf("%sratio > 1: mmkv is faster. total %.1f s. %s\n",
-           o.no_concurrent && o.no_commit_cost && o.no_space ? "" : "\n",
+           o.no_concurrent && o.no_commit_cost && o.no_space && o.no_ycsb ? "" : "\n",
            (double)(now_ns() - start) / 1e9,
            g_mismatches ? "CORRECTNESS MISMATCHES (see stderr)" : "all checks passed");
 
