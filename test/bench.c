@@ -391,6 +391,18 @@ static sqlite3_stmt *prepare(sqlite3 *db, const char *sql)
     return st;
 }
 
+/* Every statement of struct stmts, as the table, space and YCSB workloads use them. */
+static void prepare_stmts(sqlite3 *db, struct stmts *s)
+{
+    s->begin = prepare(db, "BEGIN");
+    s->commit = prepare(db, "COMMIT");
+    s->insert = prepare(db, "INSERT INTO kv(key, value) VALUES(?1, ?2)");
+    s->lookup = prepare(db, "SELECT value FROM kv WHERE key=?1");
+    s->scan = prepare(db, "SELECT key, value FROM kv");
+    s->update = prepare(db, "UPDATE kv SET value=?1 WHERE key=?2");
+    s->count = prepare(db, "SELECT count(*) FROM kv");
+}
+
 static void step_done(sqlite3_stmt *st)
 {
     int rc = sqlite3_step(st);
@@ -597,13 +609,7 @@ static void run_kind(const struct options *o, int kind, const struct data *d, do
     wal = strcasecmp(g_journal_eff[kind], "wal") == 0;
 
     struct stmts s;
-    s.begin = prepare(db, "BEGIN");
-    s.commit = prepare(db, "COMMIT");
-    s.insert = prepare(db, "INSERT INTO kv(key, value) VALUES(?1, ?2)");
-    s.lookup = prepare(db, "SELECT value FROM kv WHERE key=?1");
-    s.scan = prepare(db, "SELECT key, value FROM kv");
-    s.update = prepare(db, "UPDATE kv SET value=?1 WHERE key=?2");
-    s.count = prepare(db, "SELECT count(*) FROM kv");
+    prepare_stmts(db, &s);
     check_plan(db, kind_names[kind], key_plan(kind));
 
     const char *k = kind_names[kind];
@@ -1940,6 +1946,43 @@ static int space_lookup(sqlite3_stmt *lookup, const struct data *d, size_t i, ui
     return result;
 }
 
+#define YCSB_TXN_OPS 100 /* operations per transaction */
+#define PERCENT 100
+
+struct ycsb_workload {
+    const char *name, *mix;
+    unsigned read_percent; /* the rest are updates, or read-modify-writes */
+    int read_modify_write;
+};
+
+enum { YCSB_A, YCSB_B, YCSB_C, YCSB_F, NYCSB };
+static const struct ycsb_workload ycsb_workloads[NYCSB] = {
+    {"A", "50% read, 50% update", 50, 0},
+    {"B", "95% read, 5% update", 95, 0},
+    {"C", "100% read", 100, 0},
+    {"F", "50% read, 50% read-modify-write", 50, 1},
+};
+/* What a run of operations found wrong (the caller reports it). */
+struct op_tally {
+    size_t unchanged, missing, wrong; /* updates not changing one row; lookups finding none, or
+                                         a wrong value */
+};
+
+/* One operation of workload y on a zipfian row: a read, or an update (after a read, for a
+** read-modify-write), each checked. */
+static void ycsb_op(struct space_ctx *c, const struct ycsb_workload *y, uint64_t *state,
+                    struct op_tally *t)
+{
+    size_t i = zipf_row(c->z, state);
+    int read = splitmix64(state) % PERCENT < y->read_percent;
+    if (read || y->read_modify_write) {
+        int found = space_lookup(c->s.lookup, c->d, i, c->ver[i], NULL, 0);
+        t->wrong += found == LOOKUP_WRONG;
+        t->missing += found == LOOKUP_MISSING;
+    }
+    if (!read) space_update(c, i, &t->unchanged);
+}
+
 /* A phase of --space-ops operations in transactions of SPACE_TXN_OPS: uniform updates, or YCSB
  * workload A (zipfian rows, half reads, half updates). Sampled every sample_every operations;
  * the samples are not timed. */
@@ -1947,8 +1990,8 @@ static void space_workload(struct space_ctx *c, int phase)
 {
     const struct data *d = c->d;
     uint64_t state = c->o->seed ^ mix64(0x5ace0000ull + (uint64_t)phase);
-    size_t total = c->o->space_ops, done = 0, next = c->sample_every;
-    size_t unchanged = 0, missing = 0, wrong = 0, progress_at = 0;
+    size_t total = c->o->space_ops, done = 0, next = c->sample_every, progress_at = 0;
+    struct op_tally t = {0};
     uint64_t timed = 0;
     char what[160];
     while (done < total) {
@@ -1956,18 +1999,10 @@ static void space_workload(struct space_ctx *c, int phase)
         uint64_t t0 = now_ns();
         step_done(c->s.begin);
         for (size_t k = 0; k < ops; k++) {
-            if (phase == SP_UPDATE) {
-                space_update(c, (size_t)(splitmix64(&state) % d->n), &unchanged);
-                continue;
-            }
-            size_t i = zipf_row(c->z, &state);
-            if (splitmix64(&state) & 1) {
-                space_update(c, i, &unchanged);
-                continue;
-            }
-            int found = space_lookup(c->s.lookup, d, i, c->ver[i], NULL, 0);
-            wrong += found == LOOKUP_WRONG;
-            missing += found == LOOKUP_MISSING;
+            if (phase == SP_UPDATE)
+                space_update(c, (size_t)(splitmix64(&state) % d->n), &t.unchanged);
+            else
+                ycsb_op(c, &ycsb_workloads[YCSB_A], &state, &t);
         }
         step_done(c->s.commit);
         timed += now_ns() - t0;
@@ -1986,10 +2021,10 @@ static void space_workload(struct space_ctx *c, int phase)
     }
     c->r->phase[phase].seconds = (double)timed / 1e9;
     c->r->phase[phase].ops_per_s = timed ? (double)total * 1e9 / (double)timed : 0;
-    if (unchanged || missing || wrong)
+    if (t.unchanged || t.missing || t.wrong)
         mismatch("space %s: %s: %zu updates did not change exactly one row, %zu lookups found "
                  "no row, %zu a wrong value",
-                 run_names[c->run], sp_names[phase], unchanged, missing, wrong);
+                 run_names[c->run], sp_names[phase], t.unchanged, t.missing, t.wrong);
 }
 
 /* The rows after a phase: every row through the scan's checksum, and SPACE_CHECKS random rows
@@ -2241,13 +2276,7 @@ static void space_run_one(const struct options *o, const struct data *d, const s
         }
     }
     r->available = 1;
-    c.s.begin = prepare(c.db, "BEGIN");
-    c.s.commit = prepare(c.db, "COMMIT");
-    c.s.insert = prepare(c.db, "INSERT INTO kv(key, value) VALUES(?1, ?2)");
-    c.s.lookup = prepare(c.db, "SELECT value FROM kv WHERE key=?1");
-    c.s.scan = prepare(c.db, "SELECT key, value FROM kv");
-    c.s.update = prepare(c.db, "UPDATE kv SET value=?1 WHERE key=?2");
-    c.s.count = prepare(c.db, "SELECT count(*) FROM kv");
+    prepare_stmts(c.db, &c.s);
     check_plan(c.db, kind_names[c.kind], key_plan(c.kind));
     c.ver = calloc(d->n, sizeof *c.ver);
     if (!c.ver) die("out of memory");
@@ -2547,22 +2576,6 @@ static void run_space(const struct options *o)
 
 /* ---- YCSB: workloads A, B, C and F through SQL -------------------------------------------- */
 
-#define YCSB_TXN_OPS 100 /* operations per transaction */
-#define PERCENT 100
-
-struct ycsb_workload {
-    const char *name, *mix;
-    unsigned read_percent; /* the rest are updates, or read-modify-writes */
-    int read_modify_write;
-};
-
-enum { YCSB_A, YCSB_B, YCSB_C, YCSB_F, NYCSB };
-static const struct ycsb_workload ycsb_workloads[NYCSB] = {
-    {"A", "50% read, 50% update", 50, 0},
-    {"B", "95% read, 5% update", 95, 0},
-    {"C", "100% read", 100, 0},
-    {"F", "50% read, 50% read-modify-write", 50, 1},
-};
 static const int ycsb_kinds[2] = {KIND_MMKV, KIND_NATIVE_MMAP};
 
 /* --ycsb-ops operations of workload w on c's table, in transactions of YCSB_TXN_OPS: ops/s. The
@@ -2573,23 +2586,15 @@ static double ycsb_workload(struct space_ctx *c, int w)
     const char *k = kind_names[c->kind];
     uint64_t state = c->o->seed ^ mix64(0x7c5b0000ull + (uint64_t)w);
     size_t total = c->o->ycsb_ops, done = 0, progress_at = 0;
-    size_t unchanged = 0, missing = 0, wrong = 0;
+    struct op_tally t = {0};
     uint64_t timed = 0;
     char what[160];
     while (done < total) {
         size_t ops = total - done < YCSB_TXN_OPS ? total - done : YCSB_TXN_OPS;
         uint64_t t0 = now_ns();
         step_done(c->s.begin);
-        for (size_t op = 0; op < ops; op++) {
-            size_t i = zipf_row(c->z, &state);
-            int read = splitmix64(&state) % PERCENT < y->read_percent;
-            if (read || y->read_modify_write) {
-                int found = space_lookup(c->s.lookup, c->d, i, c->ver[i], NULL, 0);
-                wrong += found == LOOKUP_WRONG;
-                missing += found == LOOKUP_MISSING;
-            }
-            if (!read) space_update(c, i, &unchanged);
-        }
+        for (size_t op = 0; op < ops; op++)
+            ycsb_op(c, y, &state, &t);
         step_done(c->s.commit);
         timed += now_ns() - t0;
         done += ops;
@@ -2599,10 +2604,10 @@ static double ycsb_workload(struct space_ctx *c, int w)
             progress_at = done + total / 100;
         }
     }
-    if (unchanged || missing || wrong)
+    if (t.unchanged || t.missing || t.wrong)
         mismatch("YCSB %s %s: %zu updates did not change exactly one row, %zu lookups found no "
                  "row, %zu a wrong value",
-                 k, y->name, unchanged, missing, wrong);
+                 k, y->name, t.unchanged, t.missing, t.wrong);
     return timed ? (double)total * 1e9 / (double)timed : 0;
 }
 
@@ -2617,13 +2622,7 @@ static void ycsb_run_kind(const struct options *o, const struct data *d, const s
     snprintf(c.path, sizeof c.path, "%s/%s", g_dir, name);
     c.db = open_db(c.path);
     configure(c.db, kind, o);
-    c.s.begin = prepare(c.db, "BEGIN");
-    c.s.commit = prepare(c.db, "COMMIT");
-    c.s.insert = prepare(c.db, "INSERT INTO kv(key, value) VALUES(?1, ?2)");
-    c.s.lookup = prepare(c.db, "SELECT value FROM kv WHERE key=?1");
-    c.s.scan = prepare(c.db, "SELECT key, value FROM kv");
-    c.s.update = prepare(c.db, "UPDATE kv SET value=?1 WHERE key=?2");
-    c.s.count = prepare(c.db, "SELECT count(*) FROM kv");
+    prepare_stmts(c.db, &c.s);
     check_plan(c.db, k, key_plan(kind));
     c.ver = calloc(d->n, sizeof *c.ver);
     if (!c.ver) die("out of memory");
