@@ -642,7 +642,7 @@ static int rewrite_schema(backup *b)
         mmkv_commit_record record;
         char *err = NULL;
         int rc = mmkv_record_open(&record, db, "main", t->name, &err);
-        if (rc == SQLITE_OK) rc = mmkv_record_write(&record, &t->copied, &err);
+        if (rc == SQLITE_OK) rc = mmkv_record_write(&record, &t->copied, NULL, &err);
         mmkv_record_close(&record);
         if (rc != SQLITE_OK)
             fail(b, rc,

@@ -71,6 +71,45 @@ void mmkv_commit_effective(mmkv_engine *e, const mmkv_commit *recorded, mmkv_com
     effective_commit(e, recorded, effective, &behind);
 }
 
+static void meta_of_state(const mmkv_commit *state, mmkv_meta *meta)
+{
+    memset(meta, 0, sizeof *meta);
+    meta->txid = state->txid;
+    meta->committed_tail = state->tail;
+    meta->live_count = state->live_count;
+    meta->record_count = state->record_count;
+    meta->garbage_bytes = state->garbage_bytes;
+    meta->txn_start = state->tail;
+    meta->log_start = state->start;
+    meta->compactions = state->compactions;
+    mmkv_meta_seal(meta);
+}
+
+/*
+** The meta slots ahead of the commit the database records, found by the first open anywhere (the
+** open lock free): the database took back a commit whose records it may never have had durable
+** (its owner kept them: commit_record.h), so the log past the record may be torn, and nothing may
+** read it, the index's recovery least of all. Both slots are set to the record before the index
+** is recovered, which then rebuilds what it holds past the record. (While others have the file
+** open, records past the record are whole in memory, and the next writer rolls back: repair_to.)
+*/
+int mmkv_commit_open_at(mmkv_engine *e, const mmkv_commit *recorded, int sync, char **errmsg)
+{
+    mmkv_meta meta;
+    int slot;
+    /* Both slots lost (they are not synced either): the index's recovery rebuilds them. */
+    if (mmkv_log_meta(&e->log, &meta, &slot, NULL) != MMKV_OK || meta.txid <= recorded->txid ||
+        (meta.flags & MMKV_META_SALVAGED))
+        return MMKV_OK;
+    int rc;
+    mmkv_meta fixed;
+    meta_of_state(recorded, &fixed);
+    rc = mmkv_log_write_meta(&e->log, slot, &fixed, sync);
+    if (rc == MMKV_OK) rc = mmkv_log_write_meta(&e->log, slot ^ 1, &fixed, sync);
+    if (rc != MMKV_OK) return mmkv_error_os(errmsg, rc, "mmkv: cannot write to '%s'", e->data_path);
+    return MMKV_OK;
+}
+
 /*
 ** Brings the log and the index to the state the owning database says is committed, after a crash
 ** fell between the two commits: the meta slots one transaction ahead (the database rolled back)
@@ -93,16 +132,7 @@ static int repair_to(mmkv_conn *conn, const mmkv_meta *meta, const mmkv_commit *
     if (rc != MMKV_OK || (meta->txid == state->txid && meta->committed_tail == state->tail))
         return rc;
     mmkv_meta fixed;
-    memset(&fixed, 0, sizeof fixed);
-    fixed.txid = state->txid;
-    fixed.committed_tail = state->tail;
-    fixed.live_count = state->live_count;
-    fixed.record_count = state->record_count;
-    fixed.garbage_bytes = state->garbage_bytes;
-    fixed.txn_start = state->tail;
-    fixed.log_start = state->start;
-    fixed.compactions = state->compactions;
-    mmkv_meta_seal(&fixed);
+    meta_of_state(state, &fixed);
     /* Behind: write the other slot, which becomes newest. Ahead: overwrite both, since salvage
     ** leaves the same state in both, and either could still be ahead. */
     int ahead = meta->txid > state->txid;

@@ -16,6 +16,8 @@ SQLITE_EXTENSION_INIT3
 #define RECORD_V2_DISPLACED_AT 56 /* the displaced owner */
 #define RECORD_V2_START_AT 64     /* the log's start (0 in records written before compaction) */
 #define RECORD_V2_COMPACTIONS_AT 72 /* compactions finished */
+#define RECORD_V2_REDO_FROM_AT 80   /* where the records the redo row keeps begin (0: none) */
+#define REDO_ROWID 2
 
 static void put_u64(unsigned char *p, uint64_t v)
 {
@@ -111,14 +113,35 @@ int mmkv_record_create(mmkv_commit_record *rec, sqlite3 *db, const char *schema,
     char hex[2 * RECORD_V2_BYTES + 1];
     for (int i = 0; i < RECORD_V2_BYTES; i++)
         sqlite3_snprintf(3, hex + 2 * i, "%02x", blob[i]);
-    /* CREATE TABLE ... AS SELECT: its one row (rowid 1) is written without touching changes(). */
-    char *sql =
-        sqlite3_mprintf("CREATE TABLE \"%w\".\"%w\" AS SELECT %lld AS owner, x'%s' AS state",
-                        schema, rec->table, (sqlite3_int64)owner_id, hex);
+    /* CREATE TABLE ... AS SELECT: its rows (the record, rowid 1, and the redo, rowid 2) are
+    ** written without touching changes(). */
+    char *sql = sqlite3_mprintf("CREATE TABLE \"%w\".\"%w\" AS SELECT %lld AS owner, x'%s' AS state "
+                                "UNION ALL SELECT NULL, zeroblob(%d)",
+                                schema, rec->table, (sqlite3_int64)owner_id, hex,
+                                MMKV_REDO_CAPACITY);
     if (!sql) return SQLITE_NOMEM;
     rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
     sqlite3_free(sql);
-    return rc == SQLITE_OK ? rc : fail(err, db, "cannot create the commit record");
+    if (rc != SQLITE_OK) return fail(err, db, "cannot create the commit record");
+    rec->redo_capacity = MMKV_REDO_CAPACITY;
+    return SQLITE_OK;
+}
+
+/* The redo row's size: what it can keep (0 if the table has none: made before it existed). */
+static int redo_capacity(mmkv_commit_record *rec, uint64_t *capacity)
+{
+    sqlite3_stmt *stmt = NULL;
+    *capacity = 0;
+    int rc = prepare(rec, &stmt, "SELECT length(state) FROM \"%w\".\"%w\" WHERE rowid = 2");
+    if (rc == SQLITE_OK && (rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        if (sqlite3_column_type(stmt, 0) == SQLITE_INTEGER)
+            *capacity = (uint64_t)sqlite3_column_int64(stmt, 0);
+        rc = SQLITE_OK;
+    } else if (rc == SQLITE_DONE) {
+        rc = SQLITE_OK;
+    }
+    sqlite3_finalize(stmt);
+    return rc;
 }
 
 int mmkv_record_open(mmkv_commit_record *rec, sqlite3 *db, const char *schema,
@@ -148,6 +171,8 @@ int mmkv_record_open(mmkv_commit_record *rec, sqlite3 *db, const char *schema,
         rc = fail(err, db, "the table's commit record is missing");
     }
     sqlite3_finalize(stmt);
+    if (rc == SQLITE_OK && redo_capacity(rec, &rec->redo_capacity) != SQLITE_OK)
+        rc = fail(err, db, "cannot read the commit record");
     return rc;
 }
 
@@ -170,6 +195,7 @@ int mmkv_record_read(mmkv_commit_record *rec, mmkv_commit *state, char **err)
         if (version) decode_commit(version == 2 ? blob + RECORD_V2_COMMIT_AT : blob, state);
         state->start = version == 2 ? get_u64(blob + RECORD_V2_START_AT) : 0;
         state->compactions = version == 2 ? get_u64(blob + RECORD_V2_COMPACTIONS_AT) : 0;
+        rec->redo_from = version == 2 ? get_u64(blob + RECORD_V2_REDO_FROM_AT) : 0;
         /* A version 1 record becomes version 2 when its table first compacts, and back if that
         ** transaction rolls back: the version read is the version in force. */
         rc = version ? SQLITE_OK : SQLITE_CORRUPT;
@@ -178,6 +204,13 @@ int mmkv_record_read(mmkv_commit_record *rec, mmkv_commit *state, char **err)
         rc = SQLITE_CORRUPT;
     }
     sqlite3_reset(rec->read);
+    /* Another connection may have made the redo row since this one looked. */
+    if (rc == SQLITE_OK && rec->redo_from && state->tail - rec->redo_from > rec->redo_capacity &&
+        redo_capacity(rec, &rec->redo_capacity) != SQLITE_OK)
+        return fail(err, rec->db, "cannot read the commit record");
+    if (rc == SQLITE_OK && rec->redo_from &&
+        (rec->redo_from > state->tail || state->tail - rec->redo_from > rec->redo_capacity))
+        rc = SQLITE_CORRUPT; /* it cannot have kept what it says it keeps */
     if (rc == SQLITE_CORRUPT) {
         if (err) *err = sqlite3_mprintf("mmkv: the commit record \"%s\" is damaged", rec->table);
         return SQLITE_CORRUPT_VTAB;
@@ -243,27 +276,99 @@ static int record_upgrade(mmkv_commit_record *rec, const mmkv_commit *state, cha
     return SQLITE_OK;
 }
 
-int mmkv_record_write(mmkv_commit_record *rec, const mmkv_commit *state, char **err)
+/* Incremental blob I/O does not load the schema, which a failed DDL statement earlier in the
+** transaction can leave unloaded (SQLite reloads it at the next statement it prepares): where
+** the table is not found, a statement is prepared, which loads it, and the open tried again. */
+static int record_blob_open(mmkv_commit_record *rec, int rowid, int writable, sqlite3_blob **out)
+{
+    int rc = sqlite3_blob_open(rec->db, rec->schema, rec->table, "state", rowid, writable, out);
+    if (rc != SQLITE_ERROR) return rc;
+    sqlite3_stmt *stmt = NULL;
+    if (prepare(rec, &stmt, "SELECT 0 FROM \"%w\".\"%w\" WHERE 0") == SQLITE_OK)
+        rc = sqlite3_blob_open(rec->db, rec->schema, rec->table, "state", rowid, writable, out);
+    sqlite3_finalize(stmt);
+    return rc;
+}
+
+/* The redo row of a table made before it existed (or of a version 1 record, whose second row
+** might be anything): the one write of the record's life that sqlite3_total_changes() counts
+** (as it counts record_upgrade's UPDATE). */
+static int redo_row_add(mmkv_commit_record *rec, char **err)
+{
+    char *sql = sqlite3_mprintf("INSERT OR REPLACE INTO \"%w\".\"%w\"(rowid, owner, state) "
+                                "VALUES(%d, NULL, zeroblob(%d))",
+                                rec->schema, rec->table, REDO_ROWID, MMKV_REDO_CAPACITY);
+    int rc = sql ? sqlite3_exec(rec->db, sql, NULL, NULL, NULL) : SQLITE_NOMEM;
+    sqlite3_free(sql);
+    if (rc != SQLITE_OK) return fail(err, rec->db, "cannot add the commit record's redo row");
+    rec->redo_capacity = MMKV_REDO_CAPACITY;
+    return SQLITE_OK;
+}
+
+uint64_t mmkv_record_redo_room(mmkv_commit_record *rec)
+{
+    return rec->version == 2 ? MMKV_REDO_CAPACITY : 0;
+}
+
+int mmkv_record_write(mmkv_commit_record *rec, const mmkv_commit *state, const mmkv_redo *kept,
+                      char **err)
 {
     if (rec->version == 1 && state->start > MMKV_RECORD_FIRST_OFFSET)
         return record_upgrade(rec, state, err);
+    if (kept && kept->len && rec->version == 2 && rec->redo_capacity < MMKV_REDO_CAPACITY) {
+        int rc = redo_row_add(rec, err);
+        if (rc != SQLITE_OK) return rc;
+    }
     unsigned char fields[8 * RECORD_COMMIT_FIELDS];
     encode_commit(state, fields);
     int at = rec->version == 2 ? RECORD_V2_COMMIT_AT : 0;
     int bytes = rec->version == 2 ? (int)sizeof fields : RECORD_V1_BYTES;
     sqlite3_blob *handle = NULL;
-    int rc = sqlite3_blob_open(rec->db, rec->schema, rec->table, "state", RECORD_ROWID, 1, &handle);
+    int rc = record_blob_open(rec, RECORD_ROWID, 1, &handle);
     if (rc == SQLITE_OK) rc = sqlite3_blob_write(handle, fields, bytes, at);
     if (rc == SQLITE_OK && rec->version == 2) {
-        unsigned char tail_fields[16];
+        unsigned char tail_fields[24];
         put_u64(tail_fields, state->start);
         put_u64(tail_fields + 8, state->compactions);
-        rc = sqlite3_blob_write(handle, tail_fields, 16, RECORD_V2_START_AT);
+        put_u64(tail_fields + 16, rec->redo_from);
+        rc = sqlite3_blob_write(handle, tail_fields, 24, RECORD_V2_START_AT);
+    }
+    if (rc == SQLITE_OK && kept && kept->len) {
+        /* The records go where they lie from the redo's first byte. */
+        if (rec->version != 2 || !rec->redo_from || kept->from < rec->redo_from ||
+            kept->from - rec->redo_from + kept->len > rec->redo_capacity)
+            rc = SQLITE_MISUSE;
+        if (rc == SQLITE_OK) rc = sqlite3_blob_reopen(handle, REDO_ROWID);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_blob_write(handle, kept->bytes, (int)kept->len,
+                                    (int)(kept->from - rec->redo_from));
     }
     int close_rc = handle ? sqlite3_blob_close(handle) : SQLITE_OK;
     if (rc == SQLITE_OK) rc = close_rc;
     rec->have_cached = 0;
     if (rc != SQLITE_OK) return fail(err, rec->db, "cannot write the commit record");
+    return SQLITE_OK;
+}
+
+int mmkv_record_redo_read(mmkv_commit_record *rec, const mmkv_commit *state, mmkv_redo *kept,
+                          char **err)
+{
+    memset(kept, 0, sizeof *kept);
+    if (!rec->redo_from || rec->redo_from >= state->tail) return SQLITE_OK;
+    uint64_t len = state->tail - rec->redo_from;
+    void *bytes = sqlite3_malloc64(len);
+    if (!bytes) return SQLITE_NOMEM;
+    sqlite3_blob *handle = NULL;
+    int rc = record_blob_open(rec, REDO_ROWID, 0, &handle);
+    if (rc == SQLITE_OK) rc = sqlite3_blob_read(handle, bytes, (int)len, 0);
+    if (handle) sqlite3_blob_close(handle);
+    if (rc != SQLITE_OK) {
+        sqlite3_free(bytes);
+        return fail(err, rec->db, "cannot read the records the commit record keeps");
+    }
+    kept->from = rec->redo_from;
+    kept->bytes = bytes;
+    kept->len = len;
     return SQLITE_OK;
 }
 

@@ -88,6 +88,7 @@ struct mmkv_conn {
     mmkv_engine *engine;
     mmkv_sync sync;
     int external; /* an owning database records the commits; the meta slots only follow */
+    int owner_keeps_records; /* prepare leaves the records unsynced (mmkv_open_options) */
     char *errmsg;
     /* The last record a read was taken at, and what it meant for the log (mmkv_snapshot_at): a
     ** record's meaning cannot change, so reads at the same record skip the meta slots. */
@@ -153,6 +154,8 @@ void mmkv_commit_effective(mmkv_engine *engine, const mmkv_commit *recorded,
                            mmkv_commit *effective);
 int mmkv_commit_begin_state(mmkv_conn *conn, const mmkv_commit *authority, mmkv_commit *state);
 int mmkv_commit_catch_up(mmkv_conn *conn, const mmkv_commit *committed);
+/* The first open anywhere of an owned file: meta slots ahead of the record are set back to it. */
+int mmkv_commit_open_at(mmkv_engine *e, const mmkv_commit *recorded, int sync, char **errmsg);
 
 /* writer.c: the writer's place. take returns with e->mutex held on success (handover: wait, within
 ** limits, for a writer finishing up); release gives both up. */

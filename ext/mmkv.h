@@ -82,6 +82,13 @@ typedef struct mmkv_commit {
     uint64_t compactions; /* compactions finished */
 } mmkv_commit;
 
+/* Bytes [from, from + len) of a log, as an owning database kept them. */
+typedef struct mmkv_redo {
+    uint64_t from;
+    const void *bytes;
+    uint64_t len;
+} mmkv_redo;
+
 typedef struct mmkv_open_options {
     mmkv_sync sync;
     int temporary;     /* create an anonymous file set that vanishes at close */
@@ -96,7 +103,17 @@ typedef struct mmkv_open_options {
     ** and the index up to it if a crash left them behind; a read-only open uses the index on disk
     ** only if it reflects exactly that state (else it builds one of its own in memory). */
     const mmkv_commit *committed;
+    /* An owning database that keeps the records of small commits itself until they are durable in
+    ** the file (the SQL face's redo, commit_record.h): prepare then leaves them unsynced, and the
+    ** owner either keeps their bytes in its own transaction (mmkv_txn_records) or has them synced
+    ** (mmkv_sync_records) before its commit. */
+    int owner_keeps_records;
+    /* For an open of an owned file: the bytes the database kept, which the log must hold. The
+    ** first open in the process writes back whatever a power cut took of them (read-only: reports
+    ** that the file needs recovery). */
+    const mmkv_redo *redo;
 } mmkv_open_options;
+
 
 /* Text encodings (SQLite's numbers). */
 #define MMKV_TEXT_UTF8 1
@@ -199,6 +216,12 @@ void mmkv_txn_rollback_to(mmkv_conn *conn, int level);
 int mmkv_txn_prepare(mmkv_conn *conn);
 /* After prepare: the state this transaction commits, for the owning database to record. */
 void mmkv_txn_outcome(mmkv_conn *conn, mmkv_commit *commit);
+/* After prepare: the transaction's records as the log holds them, [*from, *from + *len) (valid
+** until the transaction ends), for an owner that keeps them (owner_keeps_records). */
+void mmkv_txn_records(mmkv_conn *conn, const void **bytes, uint64_t *from, uint64_t *len);
+/* Makes the log's bytes [from, to) durable in the file (an owner that keeps records, when it stops
+** keeping them). */
+int mmkv_sync_records(mmkv_conn *conn, uint64_t from, uint64_t to);
 void mmkv_txn_commit(mmkv_conn *conn);
 void mmkv_txn_rollback(mmkv_conn *conn);
 int mmkv_txn_active(mmkv_conn *conn);

@@ -116,6 +116,53 @@ static int check_encoding(const mmkv_engine *e, const mmkv_open_options *options
 }
 
 /*
+** REDO. An owning database may keep the records of its recent small commits in its own
+** transaction instead of having each commit sync them (the SQL face's redo, commit_record.h):
+** they are then durable exactly when the database's commit is, and a power cut can have taken
+** them from the data file while the database kept them. The first open writes back whatever
+** differs, before anything reads the log, and syncs it. Bytes below the log's start are left
+** alone (given back, or about to be). Doing it again after a second cut writes the same bytes.
+*/
+static int redo_range(const mmkv_open_options *options, uint64_t *from, uint64_t *to)
+{
+    const mmkv_redo *redo = options->redo;
+    if (!redo || !redo->len || !options->committed) return 0;
+    uint64_t start = options->committed->start > MMKV_DATA_START ? options->committed->start
+                                                                  : MMKV_DATA_START;
+    *from = redo->from > start ? redo->from : start;
+    *to = redo->from + redo->len;
+    return *to > *from;
+}
+
+/* Whether the log holds every byte the database kept (read-only opens, which cannot repair). */
+static int redo_matches(mmkv_engine *e, const mmkv_open_options *options)
+{
+    uint64_t from, to;
+    if (!redo_range(options, &from, &to)) return 1;
+    if (to > mmkv_map_mapped(&e->log.map) && mmkv_map_refresh(&e->log.map) != MMKV_OK) return 0;
+    if (to > mmkv_map_mapped(&e->log.map)) return 0;
+    const unsigned char *kept = (const unsigned char *)options->redo->bytes + (from - options->redo->from);
+    return memcmp(mmkv_map_base(&e->log.map) + from, kept, to - from) == 0;
+}
+
+static int redo_write_back(mmkv_engine *e, const mmkv_open_options *options, char **errmsg)
+{
+    uint64_t from, to;
+    if (!redo_range(options, &from, &to)) return MMKV_OK;
+    int rc = mmkv_map_extend(&e->log.map, to);
+    if (rc != MMKV_OK) return mmkv_map_error(&e->log.map, errmsg, rc, "data file", e->data_path);
+    unsigned char *log = mmkv_map_base(&e->log.map);
+    const unsigned char *kept = (const unsigned char *)options->redo->bytes + (from - options->redo->from);
+    if (memcmp(log + from, kept, to - from) == 0) return MMKV_OK;
+    memcpy(log + from, kept, to - from);
+    rc = mmkv_map_sync_range(&e->log.map, from, to - from);
+    if (rc != MMKV_OK)
+        return mmkv_error_os(errmsg, rc, "mmkv: cannot write back the records of '%s' its "
+                             "database kept", e->data_path);
+    return MMKV_OK;
+}
+
+/*
 ** READ-ONLY. A read-only engine (a read-only database, PRAGMA query_only, or files the user cannot
 ** write) opens its files O_RDONLY, maps them PROT_READ and writes nothing, ever. It uses the index
 ** on disk if that is clean and reflects exactly the committed state it is told of (taking the
@@ -155,7 +202,8 @@ static int open_readonly(mmkv_engine *e, int fd, const mmkv_open_options *option
     if (rc != MMKV_OK) return rc;
     mmkv_meta meta;
     int slot;
-    if (mmkv_log_meta(&e->log, &meta, &slot, NULL) != MMKV_OK || mmkv_log_notice(&e->log, NULL))
+    if (mmkv_log_meta(&e->log, &meta, &slot, NULL) != MMKV_OK || mmkv_log_notice(&e->log, NULL) ||
+        !redo_matches(e, options))
         return mmkv_error(errmsg, MMKV_READONLY,
                           "mmkv: '%s' needs recovery after a crash or power loss, which a "
                           "read-only connection cannot do: open it once from a connection that "
@@ -221,6 +269,7 @@ static int engine_open_files(mmkv_engine *e, const mmkv_open_options *options, c
     e->log.map.fd = fd;
     if (rc == MMKV_OK && !e->temporary) rc = check_owner(e, options, errmsg);
     if (rc == MMKV_OK) rc = check_encoding(e, options, errmsg);
+    if (rc == MMKV_OK && !e->temporary) rc = redo_write_back(e, options, errmsg);
     if (rc != MMKV_OK) return rc;
 
     int index_fd;
@@ -239,6 +288,9 @@ static int engine_open_files(mmkv_engine *e, const mmkv_open_options *options, c
     rc = mmkv_index_map(&e->index, index_fd, e->index_path, 1);
     if (rc != MMKV_OK)
         return mmkv_map_error(&e->index.map, errmsg, rc, "index file", e->index_path);
+    if (alone && options->committed && !e->temporary)
+        rc = mmkv_commit_open_at(e, options->committed, options->sync != MMKV_SYNC_OFF, errmsg);
+    if (rc != MMKV_OK) return rc;
     if (alone) {
         rc = mmkv_recover_index(e, errmsg);
         if (rc == MMKV_OK) rc = mmkv_lock_try(fd, MMKV_LOCK_OPEN, 0); /* downgrade */
@@ -372,6 +424,7 @@ int mmkv_open(const char *data_path, const mmkv_open_options *options, mmkv_conn
     }
     conn->engine = e;
     conn->external = options->owner_id != 0;
+    conn->owner_keeps_records = conn->external && options->owner_keeps_records;
     /* The meta slots, and with them the index, behind the commit the database records (a power cut
     ** lost their unsynced write): brought up to it now, so that no read ever has to. */
     if (options->committed && !e->readonly && !e->temporary) {

@@ -305,6 +305,15 @@ int mmkv_pending_rename(mmkv_connection *c, mmkv_table *t, const char *old_name,
     return add(c, o, 0);
 }
 
+int mmkv_pending_created(mmkv_connection *c, mmkv_table *t)
+{
+    mmkv_pending *p = c->pending;
+    for (int list = 0; list < 2; list++)
+        for (op *o = list ? p->later : p->ops; o; o = o->next)
+            if (o->kind == OP_CREATE && o->table == t) return 1;
+    return 0;
+}
+
 int mmkv_pending_discard_created(mmkv_connection *c, mmkv_table *t)
 {
     mmkv_pending *p = c->pending;

@@ -58,6 +58,8 @@ int mmkv_pending_rename(mmkv_connection *c, mmkv_table *t, const char *old_name,
 /* t's CREATE was rolled back by a savepoint that SQLite did not tell t about (the participant
 ** did not join): undoes it now. 1 if t had a pending CREATE. */
 int mmkv_pending_discard_created(mmkv_connection *c, mmkv_table *t);
+/* Whether t's CREATE is still to be settled (made in the transaction now open). */
+int mmkv_pending_created(mmkv_connection *c, mmkv_table *t);
 
 /* Settles what a transaction that has ended left pending, when the participant could not learn
 ** its outcome. Call with no transaction open. */

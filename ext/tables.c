@@ -210,7 +210,8 @@ static int reopen_writable(mmkv_table *t, char **err)
     if (t->open_cursors || !t->data_path) return SQLITE_OK; /* the engine refuses the write */
     mmkv_open_options options = {.sync = t->sync,
                                  .must_exist = 1,
-                                 .owner_id = t->owned ? t->record.owner_id : 0};
+                                 .owner_id = t->owned ? t->record.owner_id : 0,
+                                 .owner_keeps_records = t->owned};
     mmkv_conn *conn = NULL;
     char *message = NULL;
     int rc = mmkv_open(t->data_path, &options, &conn, &message);
@@ -234,8 +235,8 @@ int mmkv_table_begin(mmkv_table *t, char **err)
     int rc;
     if (mmkv_readonly(t->conn) && (rc = reopen_writable(t, err)) != SQLITE_OK) return rc;
     if (t->owned) {
-        mmkv_commit state;
-        if ((rc = mmkv_record_read(&t->record, &state, err)) != SQLITE_OK) return rc;
+        if ((rc = mmkv_record_read(&t->record, &t->begun, err)) != SQLITE_OK) return rc;
+        mmkv_commit state = t->begun;
         rc = mmkv_txn_begin_at(t->conn, &state);
     } else {
         rc = begin_waiting(t);
@@ -243,8 +244,6 @@ int mmkv_table_begin(mmkv_table *t, char **err)
     return rc == MMKV_OK ? SQLITE_OK : mmkv_table_error(t, rc, err);
 }
 
-/* The records are made durable, then the commit is recorded in the database, in the transaction
-** SQLite is about to commit: one commit for mmkv and native tables. */
 /* Whether the table is still in its database's schema (by its commit record, or for a table
 ** without one, by name): a CREATE rolled back by a savepoint leaves a table SQLite still calls. */
 int mmkv_table_still_there(mmkv_table *t)
@@ -264,20 +263,55 @@ int mmkv_table_still_there(mmkv_table *t)
     return there;
 }
 
+/*
+** The records of a commit become durable no later than the database's commit that records them
+** (commit_record.h, THE REDO ROW): a commit whose records, with those the redo row keeps already,
+** fit in the row keeps them there; any other syncs the data file from the first record not yet
+** synced up to its own tail. Under sync=off nothing is kept or synced.
+*/
+static int keep_records_durable(mmkv_table *t, const mmkv_commit *before, const mmkv_commit *after,
+                                mmkv_redo *kept, char **err)
+{
+    mmkv_commit_record *rec = &t->record;
+    memset(kept, 0, sizeof *kept);
+    if (t->sync == MMKV_SYNC_OFF) {
+        rec->redo_from = 0;
+        return SQLITE_OK;
+    }
+    uint64_t from = rec->redo_from ? rec->redo_from : before->tail;
+    mmkv_txn_records(t->conn, &kept->bytes, &kept->from, &kept->len);
+    if (!kept->len) return SQLITE_OK; /* no records (a step that only dropped garbage) */
+    if (kept->from == before->tail && after->tail - from <= mmkv_record_redo_room(rec)) {
+        rec->redo_from = from;
+        return SQLITE_OK;
+    }
+    memset(kept, 0, sizeof *kept);
+    rec->redo_from = 0;
+    int rc = mmkv_sync_records(t->conn, from, after->tail);
+    return rc == MMKV_OK ? SQLITE_OK : mmkv_table_error(t, rc, err);
+}
+
+/* The records are made durable or kept, then the commit is recorded in the database, in the
+** transaction SQLite is about to commit: one commit for mmkv and native tables. */
 int mmkv_table_sync(mmkv_table *t, char **err)
 {
     if (t->status != MMKV_TABLE_LIVE || !t->conn || !mmkv_txn_active(t->conn)) return SQLITE_OK;
-    if (!mmkv_table_still_there(t) && mmkv_pending_discard_created(t->connection, t)) return SQLITE_OK;
+    /* A CREATE a savepoint rolled back: the table's writes go with it. (Asked only of a table
+    ** created in this transaction: the question costs a statement.) */
+    if (mmkv_pending_created(t->connection, t) && !mmkv_table_still_there(t) &&
+        mmkv_pending_discard_created(t->connection, t))
+        return SQLITE_OK;
     int rc = mmkv_compaction_sync(t, err);
     if (rc != SQLITE_OK) return rc;
     rc = mmkv_txn_prepare(t->conn);
     if (rc != MMKV_OK) return mmkv_table_error(t, rc, err);
     if (!t->owned) return SQLITE_OK;
-    mmkv_commit before, after;
+    mmkv_commit after;
     mmkv_txn_outcome(t->conn, &after);
-    rc = mmkv_record_read(&t->record, &before, err);
-    if (rc == SQLITE_OK && memcmp(&before, &after, sizeof after) != 0)
-        rc = mmkv_record_write(&t->record, &after, err);
+    if (memcmp(&t->begun, &after, sizeof after) == 0) return SQLITE_OK;
+    mmkv_redo kept;
+    rc = keep_records_durable(t, &t->begun, &after, &kept, err);
+    if (rc == SQLITE_OK) rc = mmkv_record_write(&t->record, &after, &kept, err);
     return rc;
 }
 

@@ -51,6 +51,9 @@ struct mmkv_table {
     uint64_t step_budget;  /* of the compaction step this transaction runs ('compact-step'), or 0 */
     int compacted;         /* this transaction moved the log's start: space to give back after */
     int compact_asked;     /* this transaction asked for a compaction ('compact') */
+    mmkv_commit begun;     /* owned: the record its write transaction began from (and will
+                           ** find unchanged at xSync: only xSync writes it, under SQLite's
+                           ** write lock) */
     mmkv_commit_record record;
     mmkv_conn *conn; /* NULL when it cannot be used (broken) or was discarded */
     int broken_rc;   /* why conn is NULL: the error every use reports */

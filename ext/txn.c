@@ -4,7 +4,9 @@
 **
 ** Commit order (prepare):
 **   1. the transaction's records, already in the mapping past the committed tail, are made
-**      durable (msync of [start, append_pos)) unless sync=off;
+**      durable (msync of [start, append_pos)) unless sync=off, or unless the owning database
+**      keeps them in its own transaction until they are (owner_keeps_records: the SQL face
+**      copies them into its redo, or has them synced with mmkv_sync_records);
 **   2. a new meta slot naming the new tail is written into the slot not holding the current
 **      commit; it is made durable (unless sync=off) when the file is its own authority.
 ** What is committed, and so where a transaction begins, is decided in commit.c: the database's
@@ -202,7 +204,7 @@ int mmkv_txn_prepare(mmkv_conn *conn)
     if (conn->sync == MMKV_SYNC_OFF && !e->temporary && !mmkv_log_notice(&e->log, NULL))
         rc = mmkv_log_write_notice(&e->log, txn->start); /* all before was synced */
     if (rc == MMKV_OK) rc = mmkv_failpoint("before-data-sync");
-    if (rc == MMKV_OK && conn->sync != MMKV_SYNC_OFF)
+    if (rc == MMKV_OK && conn->sync != MMKV_SYNC_OFF && !conn->owner_keeps_records)
         rc = mmkv_map_sync_range(&e->log.map, txn->start, txn->append_pos - txn->start);
     if (rc == MMKV_OK) rc = mmkv_failpoint("before-meta-write");
     if (rc != MMKV_OK) return mmkv_error_os(&conn->errmsg, rc, "mmkv: cannot sync '%s'", e->data_path);
@@ -244,6 +246,24 @@ void mmkv_txn_outcome(mmkv_conn *conn, mmkv_commit *commit)
     commit->record_count = txn->counts.records;
     commit->garbage_bytes = txn->counts.garbage;
     commit->compactions = txn->counts.compactions;
+}
+
+void mmkv_txn_records(mmkv_conn *conn, const void **bytes, uint64_t *from, uint64_t *len)
+{
+    mmkv_engine *e = conn->engine;
+    mmkv_txn *txn = &e->txn;
+    *from = txn->start;
+    *len = txn->owner == conn ? txn->append_pos - txn->start : 0;
+    *bytes = mmkv_map_base(&e->log.map) + txn->start;
+}
+
+int mmkv_sync_records(mmkv_conn *conn, uint64_t from, uint64_t to)
+{
+    mmkv_conn_clear_error(conn);
+    mmkv_engine *e = conn->engine;
+    int rc = to > from ? mmkv_map_sync_range(&e->log.map, from, to - from) : MMKV_OK;
+    if (rc != MMKV_OK) return mmkv_error_os(&conn->errmsg, rc, "mmkv: cannot sync '%s'", e->data_path);
+    return MMKV_OK;
 }
 
 static void txn_end(mmkv_engine *e)

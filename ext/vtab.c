@@ -385,7 +385,8 @@ static int mmkvCreate(sqlite3 *db, void *aux, int argc, const char *const *argv,
     mmkv_open_options options = {.sync = args.sync,
                                  .temporary = t->temporary,
                                  .text_encoding = t->text_encoding,
-                                 .home = db_file};
+                                 .home = db_file,
+                                 .owner_keeps_records = t->owned};
     rc = t->temporary || t->data_path ? SQLITE_OK : SQLITE_NOMEM;
     if (rc == SQLITE_OK && !t->temporary)
         rc = mmkv_placement_refuse_sqlite_file(db, t->data_path, err);
@@ -457,8 +458,10 @@ static int mmkvConnect(sqlite3 *db, void *aux, int argc, const char *const *argv
                                      .temporary = t->temporary,
                                      .must_exist = 1,
                                      .readonly = !writable && !t->temporary,
-                                     .text_encoding = database_encoding(db)};
+                                     .text_encoding = database_encoding(db),
+                                     .owner_keeps_records = t->owned};
         mmkv_commit committed;
+        mmkv_redo kept = {0, NULL, 0};
         char *why = NULL;
         int failed = t->temporary || t->data_path ? SQLITE_OK : SQLITE_NOMEM;
         if (failed == SQLITE_OK && t->owned) {
@@ -471,6 +474,9 @@ static int mmkvConnect(sqlite3 *db, void *aux, int argc, const char *const *argv
             if (failed == SQLITE_OK &&
                 (failed = mmkv_record_read(&t->record, &committed, &why)) == SQLITE_OK)
                 options.committed = &committed;
+            if (failed == SQLITE_OK &&
+                (failed = mmkv_record_redo_read(&t->record, &committed, &kept, &why)) == SQLITE_OK)
+                options.redo = &kept;
         } else if (failed == SQLITE_OK && !t->owned &&
                    mmkv_record_open(&t->record, db, schema, name, NULL) == SQLITE_OK) {
             /* A database with no file holding a commit record: a copy (a backup or a
@@ -488,6 +494,7 @@ static int mmkvConnect(sqlite3 *db, void *aux, int argc, const char *const *argv
             failed = open_engine(t, &options, &why);
             if (failed == SQLITE_OK) t->text_encoding = mmkv_text_encoding(t->conn);
         }
+        sqlite3_free((void *)kept.bytes);
         if (failed == SQLITE_OK && writable) mmkv_placement_settle_home(t);
         if (failed == SQLITE_NOMEM) {
             rc = SQLITE_NOMEM;

@@ -8,8 +8,10 @@
 ** through a VFS that wraps the default one, and mmkv calls a hook before each of its syncs
 ** (ext/file.h, test builds); both count into one sync counter and keep a "durable image" of each
 ** file: its content as of its last sync. The files are the database, its -wal or -journal, and
-** mmkv's data and index files (not the -shm: SQLite rebuilds it). At the Nth sync, before it
-** happens, the child writes the image a power cut would leave of every file (everything synced,
+** mmkv's data and index files (not the -shm: SQLite rebuilds it). The crash points are the syncs
+** and the moments right after each acknowledged commit (under synchronous=NORMAL in WAL mode a
+** commit syncs nothing, and its records may be kept in the database, unsynced: commit_record.h).
+** At the Nth crash point (before the sync), the child writes the image a power cut would leave of every file (everything synced,
 ** plus, of each 4 KiB page written since, by chance the new page, a torn half, garbage in the
 ** bytes written, or still the old page) and dies on the spot. A truncation or a deletion is
 ** durable at once.
@@ -648,6 +650,7 @@ static void workload(const scenario *sc, int out)
         step_or_die(db, ledger);
         exec_or_die(db, "COMMIT");
         report(out, &t, sizeof t);
+        power_cut_if_due(); /* also right after each acknowledged commit, synced or not */
         if (sc->compacting && t % 3 == 0) {
             /* The worker runs it (steps in transactions of its own, a checkpoint, the space given
             ** back); waiting for it keeps the crash points in one order. */

@@ -159,6 +159,17 @@ def connect(path=":memory:", **kwargs):
     return db
 
 
+def sync_kept_records(db, table="kv"):
+    """Has the records of table's recent small commits, which its database keeps for it (the redo
+    row, commit_record.h), synced into the data file, so that damage done to the file afterwards
+    hits records no copy of which survives: a transaction too large to keep, which writes and
+    deletes one row, leaving the rows as they were."""
+    db.execute("BEGIN")
+    db.execute("INSERT INTO %s VALUES(x'6d6d6b762d73796e63', zeroblob(70000))" % table)
+    db.execute("DELETE FROM %s WHERE key = x'6d6d6b762d73796e63'" % table)
+    db.execute("COMMIT")
+
+
 SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION = 1005
 SQLITE_DBCONFIG_DEFENSIVE = 1010
 

@@ -552,7 +552,8 @@ def test_compacting_a_table_of_mmkv_0_1():
         truth = fill_with_garbage(db, r, n=3000)
         db.close()
         raw = sqlite3.connect(path)
-        raw.execute("UPDATE kv_commit SET state = substr(state, 9, 40)")  # the v1 layout
+        raw.execute("UPDATE kv_commit SET state = substr(state, 9, 40)")  # the v1 layout,
+        raw.execute("DELETE FROM kv_commit WHERE rowid = 2")  # in mmkv 0.1's one row
         raw.commit()
         raw.close()
         db = connect(path)

@@ -246,6 +246,7 @@ def build_pristine(d, name="app.db", nrows=160, seed=1):
     both("UPDATE {t} SET value = 'last update' WHERE key = ?", (key_for(0),))
     both("DELETE FROM {t} WHERE key = ?", (key_for(3),))
     commit()
+    harness.sync_kept_records(db)  # damage below then hits records only the data file holds
     db.close()
     lookups = [key_for(0), key_for(1), key_for(2), key_for(3), key_for(4), key_for(5),
                key_for(7), key_for(nrows - 1), key_for(nrows), key_for(nrows + 7), "moved2",
@@ -789,6 +790,7 @@ def test_damage_error_code():
         db = connect(p)
         db.execute("CREATE VIRTUAL TABLE kv USING mmkv")
         db.execute("INSERT INTO kv VALUES(1, 'one'), (2, 'two')")
+        harness.sync_kept_records(db)
         db.close()
         data = os.path.join(d, "app.db-kv.mmkv")
         with open(data, "r+b") as f:

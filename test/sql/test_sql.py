@@ -1074,6 +1074,7 @@ def test_commands():
         db.execute("ROLLBACK")
         check_equal("command: rebuild-index inside a transaction keeps its rollback exact",
                     db.execute("SELECT count(*) FROM kv WHERE key = 1000").fetchone(), (0,))
+        harness.sync_kept_records(db)
         db.close()
         data = p + "-kv.mmkv"
         with open(data, "r+b") as f:
