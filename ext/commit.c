@@ -253,6 +253,7 @@ int mmkv_snapshot_take(mmkv_conn *conn, mmkv_snapshot *snapshot)
     if (e->txn.owner == conn) {
         snapshot->start = e->txn.counts.start;
         snapshot->tail = e->txn.append_pos;
+        snapshot->stable = e->txn.start;
         snapshot->garbage_bytes = e->txn.counts.garbage;
         return MMKV_OK;
     }
@@ -264,6 +265,7 @@ int mmkv_snapshot_take(mmkv_conn *conn, mmkv_snapshot *snapshot)
     if (rc != MMKV_OK) return rc;
     snapshot->start = mmkv_meta_start(&meta);
     snapshot->tail = meta.committed_tail;
+    snapshot->stable = meta.committed_tail;
     snapshot->garbage_bytes = meta.garbage_bytes;
     return MMKV_OK;
 }
@@ -301,6 +303,7 @@ int mmkv_snapshot_at(mmkv_conn *conn, const mmkv_commit *committed, mmkv_snapsho
     if (rc != MMKV_OK) return rc;
     snapshot->start = state.start > MMKV_DATA_START ? state.start : MMKV_DATA_START;
     snapshot->tail = state.tail;
+    snapshot->stable = state.tail;
     snapshot->garbage_bytes = state.garbage_bytes;
     return MMKV_OK;
 }

@@ -59,9 +59,15 @@ typedef struct mmkv_snapshot {
     uint64_t start; /* where its log begins: compaction moves it (format.h, START) */
     uint64_t tail;
     uint64_t garbage_bytes; /* 0: every record below tail is its key's live version */
+    /* Records below it are committed: their bytes never change while the snapshot is read, and
+    ** stay mapped and in the file until no reader anywhere reads a state that holds them (the
+    ** tail, or for a writer's own snapshot the tail its transaction began at: its own records
+    ** above can be rolled back and written over). */
+    uint64_t stable;
 } mmkv_snapshot;
 
-/* One version found by a read; the bytes stay valid until the connection's next write. */
+/* One version found by a read; the bytes stay valid until the connection's next write, and for
+** as long as its snapshot is read if its offset is below the snapshot's `stable`. */
 typedef struct mmkv_row {
     mmkv_datum key;
     mmkv_datum value;

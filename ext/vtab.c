@@ -48,16 +48,19 @@ SQLITE_EXTENSION_INIT3
 #define IN_LOOKUPS_GUESS 10.0
 
 
+typedef struct mmkv_cursor mmkv_cursor;
+
 typedef struct mmkv_vtab mmkv_vtab;
 struct mmkv_vtab {
     sqlite3_vtab base;
     sqlite3 *db;
     mmkv_connection *connection;
-    mmkv_table *table; /* holds a reference */
-    int catching_up;   /* joined a transaction its table was already in: see mmkvSavepoint */
+    mmkv_table *table;   /* holds a reference */
+    int catching_up;     /* joined a transaction its table was already in: see mmkvSavepoint */
+    mmkv_cursor *spare;  /* a closed cursor kept for the next xOpen: a lookup statement opens and
+                         ** closes one each time it runs, and should not pay malloc and free */
 };
 
-typedef struct mmkv_cursor mmkv_cursor;
 struct mmkv_cursor {
     sqlite3_vtab_cursor base;
     int plan;
@@ -185,16 +188,16 @@ static int datum_from_value(sqlite3_value *value, int encoding, mmkv_datum *datu
 ** U+FFFE has those bytes, so it goes with a mark of its own encoding in front, for SQLite to
 ** remove (sqlite3.h: only the first is a mark). */
 static void result_text16(sqlite3_context *ctx, const unsigned char *bytes, uint32_t len,
-                          int encoding)
+                          int encoding, sqlite3_destructor_type keep)
 {
     unsigned char le = encoding == MMKV_TEXT_UTF16LE;
     int looks_marked = len >= 2 && ((bytes[0] == 0xfe && bytes[1] == 0xff) ||
                                     (bytes[0] == 0xff && bytes[1] == 0xfe));
     if (!looks_marked) {
         if (le)
-            sqlite3_result_text16le(ctx, bytes, (int)len, SQLITE_TRANSIENT);
+            sqlite3_result_text16le(ctx, bytes, (int)len, keep);
         else
-            sqlite3_result_text16be(ctx, bytes, (int)len, SQLITE_TRANSIENT);
+            sqlite3_result_text16be(ctx, bytes, (int)len, keep);
         return;
     }
     unsigned char *marked = sqlite3_malloc64((sqlite3_uint64)len + 2);
@@ -209,7 +212,10 @@ static void result_text16(sqlite3_context *ctx, const unsigned char *bytes, uint
                           le ? SQLITE_UTF16LE : SQLITE_UTF16BE);
 }
 
-static void result_datum(sqlite3_context *ctx, const mmkv_datum *d, int encoding)
+/* keep: SQLITE_STATIC for bytes that outlive every use SQLite may make of the result (see
+** mmkvColumn), else SQLITE_TRANSIENT. */
+static void result_datum(sqlite3_context *ctx, const mmkv_datum *d, int encoding,
+                         sqlite3_destructor_type keep)
 {
     switch (d->type) {
     case MMKV_INTEGER: {
@@ -227,14 +233,14 @@ static void result_datum(sqlite3_context *ctx, const mmkv_datum *d, int encoding
     case MMKV_TEXT: {
         const void *bytes = d->len ? d->bytes : "";
         if (encoding == MMKV_TEXT_UTF16LE || encoding == MMKV_TEXT_UTF16BE)
-            result_text16(ctx, bytes, d->len, encoding);
+            result_text16(ctx, bytes, d->len, encoding, d->len ? keep : SQLITE_STATIC);
         else
-            sqlite3_result_text(ctx, bytes, (int)d->len, SQLITE_TRANSIENT);
+            sqlite3_result_text(ctx, bytes, (int)d->len, d->len ? keep : SQLITE_STATIC);
         break;
     }
     case MMKV_BLOB:
         if (d->len)
-            sqlite3_result_blob(ctx, d->bytes, (int)d->len, SQLITE_TRANSIENT);
+            sqlite3_result_blob(ctx, d->bytes, (int)d->len, keep);
         else
             sqlite3_result_zeroblob(ctx, 0);
         break;
@@ -518,6 +524,7 @@ static int mmkvDisconnect(sqlite3_vtab *vtab)
     mmkv_vtab *vt = (mmkv_vtab *)vtab;
     mmkv_table_unref(vt->table);
     mmkv_pending_settle(vt->connection);
+    sqlite3_free(vt->spare);
     sqlite3_free(vt);
     return SQLITE_OK;
 }
@@ -693,8 +700,9 @@ static int mmkvOpen(sqlite3_vtab *vtab, sqlite3_vtab_cursor **out)
     vt->catching_up = 0;
     int rc = unusable(vt);
     if (rc != SQLITE_OK) return rc;
-    mmkv_cursor *cur = sqlite3_malloc(sizeof *cur);
+    mmkv_cursor *cur = vt->spare ? vt->spare : sqlite3_malloc(sizeof *cur);
     if (!cur) return SQLITE_NOMEM;
+    vt->spare = NULL;
     vt->table->open_cursors++;
     memset(cur, 0, sizeof *cur);
     cur->eof = 1;
@@ -722,7 +730,10 @@ static int mmkvClose(sqlite3_vtab_cursor *cursor)
     cursor_reset(cur);
     if (cur->found != cur->found_inline) sqlite3_free(cur->found);
     sqlite3_free(cur->emitted);
-    sqlite3_free(cur);
+    if (vt->spare)
+        sqlite3_free(cur);
+    else
+        vt->spare = cur;
     return SQLITE_OK;
 }
 
@@ -883,14 +894,29 @@ static int mmkvEof(sqlite3_vtab_cursor *cursor)
     return ((mmkv_cursor *)cursor)->eof;
 }
 
+/*
+** A committed record's bytes are handed to SQLite as they lie in the mapping, uncopied
+** (SQLITE_STATIC), which SQLite's contract allows for bytes that stay put as long as it may read
+** them: until the statement steps again or ends (the application's sqlite3_column_* pointers, an
+** aggregate's best value so far). They do. A record below the snapshot's `stable` offset is never
+** written again, the mapping's views are never unmapped while the table is open, and its bytes
+** leave the file only when no reader anywhere reads a state holding them (compaction.c,
+** worker.c): while this statement runs, its cursor's SQLite read transaction holds such a state
+** (in WAL mode its read mark keeps the checkpoint that would show the state safe from finishing;
+** in rollback mode its shared lock keeps every other writer out), and a file without a database
+** gives space back only while no cursor of it is open. A writer's own records, past `stable`,
+** can be rolled back and written over by its next statement: SQLite gets a copy of those.
+*/
 static int mmkvColumn(sqlite3_vtab_cursor *cursor, sqlite3_context *ctx, int column)
 {
     mmkv_cursor *cur = (mmkv_cursor *)cursor;
     int encoding = ((mmkv_vtab *)cursor->pVtab)->table->text_encoding;
+    sqlite3_destructor_type keep =
+        cur->row.offset < cur->snapshot.stable ? SQLITE_STATIC : SQLITE_TRANSIENT;
     if (column == COLUMN_KEY)
-        result_datum(ctx, &cur->row.key, encoding);
+        result_datum(ctx, &cur->row.key, encoding, keep);
     else if (column == COLUMN_VALUE)
-        result_datum(ctx, &cur->row.value, encoding);
+        result_datum(ctx, &cur->row.value, encoding, keep);
     else
         sqlite3_result_null(ctx);
     return SQLITE_OK;
