@@ -47,16 +47,22 @@ typedef struct key_probe {
     uint64_t corrupt_at;
 } key_probe;
 
+/* The header, key and a short value span a few cache lines: miss on them all at once. */
+static void prefetch_record(void *ctx, uint64_t offset)
+{
+    mmkv_log *log = &((key_probe *)ctx)->engine->log;
+    if (offset >= mmkv_map_mapped(&log->map)) return;
+    const unsigned char *at = mmkv_map_base(&log->map) + offset;
+    __builtin_prefetch(at);
+    __builtin_prefetch(at + 64);
+    __builtin_prefetch(at + 128);
+}
+
 /* Reads and checks the record at offset; 1 if good, 0 if unstable, or -CORRUPT. */
 static int probe_read(key_probe *p, uint64_t offset, mmkv_record *record)
 {
     mmkv_log *log = &p->engine->log;
-    if (offset < mmkv_map_mapped(&log->map)) {
-        /* The header, key and a short value span a few cache lines: miss on them all at once. */
-        const unsigned char *at = mmkv_map_base(&log->map) + offset;
-        __builtin_prefetch(at + 64);
-        __builtin_prefetch(at + 128);
-    }
+    prefetch_record(p, offset);
     int ok = mmkv_log_record(log, offset, UINT64_MAX, record);
     if (!ok && mmkv_map_refresh(&log->map) == MMKV_OK) /* another process grew the file? */
         ok = mmkv_log_record(log, offset, UINT64_MAX, record);
@@ -109,7 +115,7 @@ static int hash_of_record(void *ctx, uint64_t offset, int second_slot, uint64_t 
 
 static mmkv_index_ops probe_ops(key_probe *p)
 {
-    mmkv_index_ops ops = {match_key, hash_of_record, p};
+    mmkv_index_ops ops = {match_key, hash_of_record, p, prefetch_record};
     return ops;
 }
 
@@ -281,7 +287,7 @@ static int collect_visible(mmkv_conn *conn, const mmkv_snapshot *snapshot, const
 {
     mmkv_engine *e = conn->engine;
     key_probe p = {e, target, snapshot->tail, 0, 0, 0};
-    mmkv_index_ops ops = {match, hash_of_record, &p};
+    mmkv_index_ops ops = {match, hash_of_record, &p, prefetch_record};
     mmkv_offsets newest;
     mmkv_offsets_init(&newest);
     size_t kept = visible->count;

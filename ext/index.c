@@ -501,6 +501,12 @@ static int drain(mmkv_index *index, const mmkv_index_ops *ops, uint64_t count)
     mmkv_index_header *h = mmkv_index_header_of(index);
     mmkv_slot *old = table_at(index, h->old_offset);
     mmkv_slot *table = table_at(index, h->table_offset);
+    /* Each entry moved needs its record's key for its hash, a miss in a log larger than the
+    ** caches: ask for them all first, so that they arrive together rather than one by one
+    ** (measured: draining took a third of a bulk insert's time at 1M keys). */
+    if (ops->prefetch)
+        for (uint64_t i = h->drain_cursor; i < h->old_slots && i - h->drain_cursor < count; i++)
+            if (mmkv_slot_is_entry(old[i])) ops->prefetch(ops->ctx, mmkv_slot_offset(old[i]));
     while (count-- && h->drain_cursor < h->old_slots) {
         mmkv_slot *from = &old[h->drain_cursor];
         mmkv_slot s = *from;

@@ -35,6 +35,8 @@ typedef struct mmkv_index_ops {
     ** MMKV_HASH_SECOND_SLOT, its second); a result code. */
     int (*hash_of)(void *ctx, uint64_t offset, int second_slot, uint64_t *hash);
     void *ctx;
+    /* Optional: starts loading the record at offset, which hash_of will soon read. */
+    void (*prefetch)(void *ctx, uint64_t offset);
 } mmkv_index_ops;
 
 typedef struct mmkv_index {
