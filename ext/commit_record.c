@@ -316,8 +316,12 @@ int mmkv_record_write(mmkv_commit_record *rec, const mmkv_commit *state, const m
     if (rec->version == 1 && state->start > MMKV_RECORD_FIRST_OFFSET)
         return record_upgrade(rec, state, err);
     if (kept && kept->len && rec->version == 2 && rec->redo_capacity < MMKV_REDO_CAPACITY) {
-        int rc = redo_row_add(rec, err);
-        if (rc != SQLITE_OK) return rc;
+        /* Another connection may have made the row since this one looked: a row made again
+        ** would lose what that connection's commits keep there. */
+        int rc = redo_capacity(rec, &rec->redo_capacity);
+        if (rc != SQLITE_OK) return fail(err, rec->db, "cannot read the commit record");
+        if (rec->redo_capacity < MMKV_REDO_CAPACITY && (rc = redo_row_add(rec, err)) != SQLITE_OK)
+            return rc;
     }
     unsigned char fields[8 * RECORD_COMMIT_FIELDS];
     encode_commit(state, fields);

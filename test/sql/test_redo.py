@@ -207,6 +207,35 @@ def test_table_without_redo_row_gets_one():
         db.close()
 
 
+def test_two_connections_add_the_redo_row_once():
+    """A connection that saw no redo row, committing after another made it and kept records
+    there, keeps its own after them and loses none of the other's."""
+    with TempDir() as d:
+        p = os.path.join(d, "app.db")
+        db = connect(p)
+        db.execute("CREATE VIRTUAL TABLE kv USING mmkv")
+        db.execute("INSERT INTO kv VALUES(0, 'zero')")
+        db.close()
+        raw = sqlite3.connect(p)
+        state = bytearray(raw.execute("SELECT state FROM kv_commit WHERE rowid = 1").fetchone()[0])
+        struct.pack_into("<Q", state, 80, 0)
+        raw.execute("UPDATE kv_commit SET state = ? WHERE rowid = 1", (bytes(state),))
+        raw.execute("DELETE FROM kv_commit WHERE rowid = 2")
+        raw.commit()
+        raw.close()
+        a, b = connect(p), connect(p)
+        a.execute("SELECT count(*) FROM kv").fetchall()  # a has seen the table without the row
+        for i in range(1, 4):
+            b.execute("INSERT INTO kv VALUES(?, ?)", (i, VALUE))
+        a.execute("INSERT INTO kv VALUES(100, ?)", (VALUE,))
+        r = record(a)
+        check_equal("the records of both connections' commits are kept, in order",
+                    redo_row(a)[:r["tail"] - r["redo_from"]],
+                    data_bytes(d, r["redo_from"], r["tail"]))
+        a.close()
+        b.close()
+
+
 def test_record_claiming_too_much_is_damaged():
     with TempDir() as d:
         p = os.path.join(d, "app.db")
@@ -251,5 +280,6 @@ def test_backup_keeps_nothing_pending():
 if __name__ == "__main__":
     harness.main([test_redo_keeps_exactly_the_unsynced_records, test_sync_off_keeps_nothing,
                   test_lost_records_come_back, test_readonly_refuses_lost_records,
-                  test_table_without_redo_row_gets_one, test_record_claiming_too_much_is_damaged,
+                  test_table_without_redo_row_gets_one, test_two_connections_add_the_redo_row_once,
+                  test_record_claiming_too_much_is_damaged,
                   test_backup_keeps_nothing_pending])
