@@ -47,7 +47,7 @@
  * against mmkv's insert, lookup (txn) and full scan; the entries are counted (mdb_stat), and each
  * read is preceded by an untimed cursor scan checking every row through the checksum.
  *
- * Four further sections follow the table (each skippable):
+ * Five further sections follow the table (each skippable):
  *   lookups while another process writes (--no-concurrent): at the largest N, for mmkv and for
  *     native+mmap (both WAL, each in its own database file): the table is built, every connection
  *     is closed, then a child is forked that opens its own connection and loops BEGIN IMMEDIATE,
@@ -98,12 +98,31 @@
  *     for byte, every update that it changed one row; before each workload, and after the last,
  *     an untimed scan checks every row through the checksum (and warms the caches before reads).
  *
+ *   growth and memory (--no-growth): --growth-n rows (default 10M) loaded into mmkv (default
+ *     arguments but sync=, from --sync; journal_mode=wal, --synchronous) with INSERT INTO kv
+ *     VALUES(?, ?) in transactions of 10000 rows. The keys are the bench's, each made on its own
+ *     (key_at) instead of held in an array, so that the process's own memory stays small. Every
+ *     sqlite3_step of an insert and every COMMIT is timed on its own into a latency histogram
+ *     (log-linear buckets, the maximum exact): insert p99, p99.9 and max, COMMIT p50, p99 and
+ *     max, ns per insert overall (goal: no insert over 10 ms). After the commits that reach N/8,
+ *     N/4, N/2 and N rows, the process's RssAnon, RssFile and RssShmem (/proc/self/status) and
+ *     the files' allocated sizes (goal: RssAnon at N at most 1.5x RssAnon at N/8, plus 16 MB:
+ *     mmkv's data lives in file-backed mappings). The connection is closed (the last close
+ *     leaves the index clean), the files synced (syncfs, untimed), then 5 opens are timed, each
+ *     sqlite3_open_v2 (mmkv comes in through sqlite3_auto_extension) up to the row of the first
+ *     SELECT value FROM kv WHERE key = ? of a present key: min, median (goal: median < 10 ms) and
+ *     each in order, against the same for a native table of 1000 rows in a small database of its
+ *     own (the floor). Then INSERT INTO kv(kv) VALUES('rebuild-index') is timed: seconds, and
+ *     seconds per million records. After the load, after the opens and after the rebuild,
+ *     count(*) is checked and 500 random rows are looked up byte for byte.
+ *
  *   build/bench [--n 100000,1000000] [--ops 1000000] [--sync full|normal|off]
  *               [--journal wal] [--synchronous LEVEL] [--cache-size C] [--mmap-size BYTES]
  *               [--dir DIR] [--seed S] [--no-table] [--no-concurrent] [--no-commit-cost]
  *               [--concurrent-ops M] [--commit-n N] [--commit-txns T] [--no-space]
  *               [--space-n N] [--space-ops M] [--space-sample K] [--space-sync LEVEL]
- *               [--no-lmdb] [--no-ycsb] [--ycsb-n N] [--ycsb-ops M]
+ *               [--no-lmdb] [--no-ycsb] [--ycsb-n N] [--ycsb-ops M] [--no-growth]
+ *               [--growth-n N]
  */
 #include <sqlite3.h>
 
@@ -165,7 +184,7 @@ struct options {
     long long cache_size;
     int cache_set;
     uint64_t seed;
-    int no_table, no_concurrent, no_commit_cost, no_space, no_lmdb, no_ycsb;
+    int no_table, no_concurrent, no_commit_cost, no_space, no_lmdb, no_ycsb, no_growth;
     size_t
         concurrent_ops; /* lookups per measurement of the concurrent section: min(N, --ops, this) */
     size_t commit_n;    /* table size of the commit-cost section */
@@ -176,6 +195,7 @@ struct options {
     const char *space_sync; /* mmkv sync= and PRAGMA synchronous there */
     size_t ycsb_n;          /* rows of the YCSB section */
     size_t ycsb_ops;        /* operations of each of its workloads */
+    size_t growth_n;        /* rows loaded by the growth section */
 };
 
 /* The data of one N: keys, value choice, the orders of the lookups and updates. */
@@ -309,9 +329,11 @@ static uint64_t mix64(uint64_t z)
     return z ^ (z >> 31);
 }
 
+#define SPLITMIX_GAMMA 0x9e3779b97f4a7c15ULL
+
 static uint64_t splitmix64(uint64_t *state)
 {
-    return mix64(*state += 0x9e3779b97f4a7c15ULL);
+    return mix64(*state += SPLITMIX_GAMMA);
 }
 
 static uint64_t load64(const unsigned char *p)
@@ -331,6 +353,22 @@ static void *xmalloc(size_t size)
 static const unsigned char *key_of(const struct data *d, size_t i)
 {
     return d->keys + i * KEY_LEN;
+}
+
+/* Where the keys of n rows under seed start: a splitmix64 state, two outputs to a key. */
+static uint64_t key_stream(uint64_t seed, size_t n)
+{
+    return seed ^ ((uint64_t)n * SPLITMIX_GAMMA);
+}
+
+/* Row i's key of the stream, computed on its own (the 2i+1th and 2i+2th outputs), so that a
+ * section can make its keys without holding them all in memory. */
+static void key_at(uint64_t stream, size_t i, unsigned char out[KEY_LEN])
+{
+    uint64_t a = mix64(stream + (2 * (uint64_t)i + 1) * SPLITMIX_GAMMA);
+    uint64_t b = mix64(stream + (2 * (uint64_t)i + 2) * SPLITMIX_GAMMA);
+    memcpy(out, &a, 8);
+    memcpy(out + 8, &b, 8);
 }
 
 /* Row i's value: 100 random bytes from the pool; version 0 as inserted, 1 after the update. */
@@ -656,15 +694,13 @@ static void run_kind(const struct options *o, int kind, const struct data *d, do
 
 static void make_data(struct data *d, size_t n, size_t max_ops, uint64_t seed)
 {
-    uint64_t state = seed ^ ((uint64_t)n * 0x9e3779b97f4a7c15ULL);
+    uint64_t stream = key_stream(seed, n);
+    uint64_t state = stream + 2 * (uint64_t)n * SPLITMIX_GAMMA; /* past the keys' outputs */
     d->n = n;
     d->m = n < max_ops ? n : max_ops;
     d->keys = xmalloc(n * KEY_LEN);
-    for (size_t i = 0; i < n; i++) {
-        uint64_t a = splitmix64(&state), b = splitmix64(&state);
-        memcpy(d->keys + i * KEY_LEN, &a, 8);
-        memcpy(d->keys + i * KEY_LEN + 8, &b, 8);
-    }
+    for (size_t i = 0; i < n; i++)
+        key_at(stream, i, d->keys + i * KEY_LEN);
     uint32_t *idx = xmalloc(n * sizeof *idx);
     for (int p = 0; p < 3; p++) {
         for (size_t i = 0; i < n; i++)
@@ -1663,7 +1699,11 @@ static void run_commit_cost(const struct options *o)
 #define WRITER_GAP_US 1000          /* the compaction-time writer's pause between its commits */
 #define SETTLE_NS 1000000000ull     /* the files have settled: no change in size for this long, */
 #define SETTLE_MAX_NS 5000000000ull /* or this long after compacting read 0 */
-#define HIST_BUCKETS 100000 /* latency histogram: 1 us buckets, the last one 100 ms and more */
+/* Latency histograms: log-linear buckets of nanoseconds, exact below 2 * HIST_SUB_BUCKETS ns, then
+ * HIST_SUB_BUCKETS to each power of two (each at most 1/HIST_SUB_BUCKETS, 3%, wide), up to 2^64. */
+#define HIST_SUB_BITS 5
+#define HIST_SUB_BUCKETS (1u << HIST_SUB_BITS)
+#define HIST_BUCKETS ((64 - HIST_SUB_BITS + 1) * HIST_SUB_BUCKETS)
 #define MIB (1024.0 * 1024.0)
 /* The goals the section reports against (they decide nothing about the exit status). */
 #define GOAL_ON_OFF 0.5          /* update throughput, autocompact on / off: at least */
@@ -1679,7 +1719,7 @@ static const char *const run_names[NRUNS] = {"mmkv", "mmkv autocompact=off", "na
 static const char *const run_files[NRUNS] = {"space-mmkv", "space-mmkvoff", "space-native"};
 
 struct latency {
-    uint32_t *bucket; /* HIST_BUCKETS counts, by microsecond */
+    uint64_t *bucket; /* HIST_BUCKETS counts (hist_bucket) */
     uint64_t count, max_ns, slow;
     uint64_t failures; /* attempts that failed, not counted above */
 };
@@ -1786,10 +1826,26 @@ static void latency_init(struct latency *l)
     if (!l->bucket) die("out of memory");
 }
 
+/* The bucket of a latency: below 2 * HIST_SUB_BUCKETS its own; above, by the power of two below it
+ * and the HIST_SUB_BITS bits after its leading one. */
+static size_t hist_bucket(uint64_t ns)
+{
+    if (ns < 2 * HIST_SUB_BUCKETS) return (size_t)ns;
+    unsigned shift = (unsigned)(63 - __builtin_clzll(ns)) - HIST_SUB_BITS;
+    return (size_t)shift * HIST_SUB_BUCKETS + (size_t)(ns >> shift);
+}
+
+/* The least latency above bucket b's, in ns. */
+static double hist_upper_ns(size_t b)
+{
+    if (b < 2 * HIST_SUB_BUCKETS) return (double)(b + 1);
+    unsigned shift = (unsigned)(b / HIST_SUB_BUCKETS) - 1;
+    return ldexp((double)(b % HIST_SUB_BUCKETS + HIST_SUB_BUCKETS + 1), (int)shift);
+}
+
 static void latency_add(struct latency *l, uint64_t ns)
 {
-    uint64_t us = ns / 1000;
-    l->bucket[us < HIST_BUCKETS ? us : HIST_BUCKETS - 1]++;
+    l->bucket[hist_bucket(ns)]++;
     l->count++;
     if (ns > l->max_ns) l->max_ns = ns;
     if (ns > GOAL_PAUSE_NS) l->slow++;
@@ -1799,13 +1855,12 @@ static void latency_add(struct latency *l, uint64_t ns)
 static double latency_quantile_us(const struct latency *l, double q)
 {
     uint64_t want = (uint64_t)(q * (double)l->count), seen = 0;
-    double max_us = (double)l->max_ns / 1000.0;
+    double max_ns = (double)l->max_ns;
     for (size_t b = 0; b < HIST_BUCKETS; b++) {
         seen += l->bucket[b];
-        if (seen > want) /* the last bucket holds everything slower: the largest then */
-            return b + 1 < HIST_BUCKETS && (double)(b + 1) < max_us ? (double)(b + 1) : max_us;
+        if (seen > want) return fmin(hist_upper_ns(b), max_ns) / 1000.0;
     }
-    return max_us;
+    return max_ns / 1000.0;
 }
 
 static void latency_print(const char *who, const struct latency *l)
@@ -1881,16 +1936,26 @@ static double file_allocated(const char *path)
     return stat(path, &st) == 0 ? (double)st.st_blocks * 512.0 : 0;
 }
 
-/* Allocated bytes: mmkv's data file and index (named as README's "Files" says); native's database
- * and WAL after a checkpoint that empties the WAL. */
+/* Allocated bytes of the data file and the index of table kv of the database at db_path, named
+ * as README's "Files" says. */
+static void mmkv_allocated(const char *db_path, double *data, double *index)
+{
+    char p[PATH_MAX + 300];
+    snprintf(p, sizeof p, "%s-kv.mmkv", db_path);
+    *data = file_allocated(p);
+    snprintf(p, sizeof p, "%s-kv.mmkv-index", db_path);
+    *index = file_allocated(p);
+}
+
+/* Allocated bytes: mmkv's data file and index; native's database and WAL after a checkpoint that
+ * empties the WAL. */
 static double space_allocated(struct space_ctx *c)
 {
     char p[PATH_MAX + 300];
     if (c->kind == KIND_MMKV) {
-        snprintf(p, sizeof p, "%s-kv.mmkv", c->path);
-        double data = file_allocated(p);
-        snprintf(p, sizeof p, "%s-kv.mmkv-index", c->path);
-        return data + file_allocated(p);
+        double data, index;
+        mmkv_allocated(c->path, &data, &index);
+        return data + index;
     }
     exec_sql(c->db, "PRAGMA wal_checkpoint(TRUNCATE)");
     snprintf(p, sizeof p, "%s-wal", c->path);
@@ -2682,6 +2747,367 @@ static void run_ycsb(const struct options *o)
     free_data(&d);
 }
 
+/* ---- growth and memory: a large load, resident memory, the open, the index rebuild -------- */
+
+#define GROWTH_INSERT_SQL "INSERT INTO kv VALUES(?, ?)"
+#define GROWTH_LOOKUP_SQL "SELECT value FROM kv WHERE key = ?"
+#define GROWTH_TXN_ROWS 10000  /* inserts per transaction of the load */
+#define GROWTH_POINTS 4        /* resident memory at N/8, N/4, N/2 and N rows */
+#define GROWTH_CHECKS 500      /* random rows looked up byte for byte after each phase */
+#define GROWTH_OPENS 5         /* timed opens of each table */
+#define GROWTH_FLOOR_ROWS 1000 /* rows of the native table whose open is the floor */
+#define GROWTH_SEED 0x970e7400ull
+#define KIB 1024.0
+/* The goals the section reports against (they decide nothing about the exit status). */
+#define GOAL_INSERT_NS SLOW_NS        /* the longest insert: below */
+#define GOAL_OPEN_NS 10000000ull      /* the median open with a current index: below */
+#define GOAL_ANON_RATIO 1.5           /* RssAnon at N / RssAnon at N/8: at most, */
+#define GOAL_ANON_SLACK_KB (16 * KIB) /* with this much more allowed */
+
+/* The process's resident memory, from /proc/self/status; -1 where it does not say. */
+struct rss {
+    long long anon_kb, file_kb, shmem_kb;
+};
+
+struct growth_point {
+    size_t rows; /* loaded when it was taken */
+    struct rss rss;
+    double data_bytes, index_bytes; /* allocated */
+};
+
+struct growth_run {
+    char path[PATH_MAX + 256], floor_path[PATH_MAX + 256];
+    uint64_t stream; /* row i's key is key_at(stream, i), its value value_of(i, 0) */
+    size_t n, txns;
+    struct latency insert, commit; /* each sqlite3_step of an insert, each COMMIT */
+    uint64_t load_ns;              /* every transaction, BEGIN to COMMIT, the samples left out */
+    struct growth_point point[GROWTH_POINTS];
+    uint64_t open_ns[GROWTH_OPENS], floor_ns[GROWTH_OPENS]; /* in the order taken */
+    int rebuilt;                                            /* 0: 'rebuild-index' failed */
+    double rebuild_s;
+};
+
+static void read_rss(struct rss *r)
+{
+    static const char *const fields[3] = {"RssAnon:", "RssFile:", "RssShmem:"};
+    long long *values[3] = {&r->anon_kb, &r->file_kb, &r->shmem_kb};
+    char line[256];
+    for (int f = 0; f < 3; f++)
+        *values[f] = -1;
+    FILE *fp = fopen("/proc/self/status", "r");
+    if (!fp) return;
+    while (fgets(line, sizeof line, fp))
+        for (int f = 0; f < 3; f++)
+            if (strncmp(line, fields[f], strlen(fields[f])) == 0)
+                *values[f] = strtoll(line + strlen(fields[f]), NULL, 10);
+    fclose(fp);
+}
+
+/* Rows from .. from + rows - 1 in one transaction; with insert and commit, each sqlite3_step of
+ * an insert and the COMMIT timed into them. */
+static void growth_txn(const struct stmts *s, uint64_t stream, size_t from, size_t rows,
+                       struct latency *insert, struct latency *commit)
+{
+    unsigned char key[KEY_LEN];
+    step_done(s->begin);
+    for (size_t i = from; i < from + rows; i++) {
+        key_at(stream, i, key);
+        sqlite3_bind_blob(s->insert, 1, key, KEY_LEN, SQLITE_STATIC);
+        sqlite3_bind_blob(s->insert, 2, value_of(i, 0), VALUE_LEN, SQLITE_STATIC);
+        uint64_t t0 = now_ns();
+        int rc = sqlite3_step(s->insert);
+        uint64_t t1 = now_ns();
+        if (rc != SQLITE_DONE)
+            die("%s: %s", sqlite3_sql(s->insert), sqlite3_errmsg(sqlite3_db_handle(s->insert)));
+        sqlite3_reset(s->insert);
+        if (insert) latency_add(insert, t1 - t0);
+    }
+    uint64_t t0 = now_ns();
+    step_done(s->commit);
+    if (commit) latency_add(commit, now_ns() - t0);
+}
+
+/* count(*) must be n, and GROWTH_CHECKS random rows must have their values. */
+static void growth_check(const struct stmts *s, const struct growth_run *g, int phase,
+                         const char *after)
+{
+    sqlite3_int64 count = count_rows(s);
+    if (count != (sqlite3_int64)g->n)
+        mismatch("growth: count(*) = %lld after %s, expected %zu", (long long)count, after, g->n);
+    uint64_t state = g->stream ^ mix64(0xc4ec4ull + (uint64_t)phase);
+    size_t missing = 0, wrong = 0;
+    unsigned char key[KEY_LEN];
+    for (int j = 0; j < GROWTH_CHECKS; j++) {
+        size_t i = (size_t)(splitmix64(&state) % g->n);
+        key_at(g->stream, i, key);
+        sqlite3_bind_blob(s->lookup, 1, key, KEY_LEN, SQLITE_STATIC);
+        int rc = sqlite3_step(s->lookup);
+        if (rc == SQLITE_ROW) {
+            if (sqlite3_column_bytes(s->lookup, 0) != VALUE_LEN ||
+                memcmp(sqlite3_column_blob(s->lookup, 0), value_of(i, 0), VALUE_LEN) != 0)
+                wrong++;
+        } else if (rc == SQLITE_DONE) {
+            missing++;
+        } else {
+            die("growth: lookup: %s", sqlite3_errmsg(sqlite3_db_handle(s->lookup)));
+        }
+        sqlite3_reset(s->lookup);
+    }
+    if (missing || wrong)
+        mismatch("growth: lookups after %s: %zu of %d keys not found, %zu wrong values", after,
+                 missing, GROWTH_CHECKS, wrong);
+}
+
+/* The statements of the section on db. */
+static void growth_stmts(sqlite3 *db, struct stmts *s)
+{
+    memset(s, 0, sizeof *s);
+    s->begin = prepare(db, "BEGIN");
+    s->commit = prepare(db, "COMMIT");
+    s->insert = prepare(db, GROWTH_INSERT_SQL);
+    s->lookup = prepare(db, GROWTH_LOOKUP_SQL);
+    s->count = prepare(db, "SELECT count(*) FROM kv");
+}
+
+/* The load, in transactions of GROWTH_TXN_ROWS, resident memory taken (untimed) after the
+ * commits that reach N/8, N/4, N/2 and N rows. */
+static void growth_load(const struct options *o, struct growth_run *g)
+{
+    sqlite3 *db = open_wal(g->path, KIND_MMKV, o->synchronous, o);
+    create_kv(db, KIND_MMKV, o->sync);
+    struct stmts s;
+    growth_stmts(db, &s);
+    check_plan(db, "growth mmkv", key_plan(KIND_MMKV));
+    latency_init(&g->insert);
+    latency_init(&g->commit);
+    size_t done = 0, point = 0, progress_at = 0;
+    char what[128];
+    while (done < g->n) {
+        size_t rows = g->n - done < GROWTH_TXN_ROWS ? g->n - done : GROWTH_TXN_ROWS;
+        uint64_t t0 = now_ns();
+        growth_txn(&s, g->stream, done, rows, &g->insert, &g->commit);
+        g->load_ns += now_ns() - t0;
+        g->txns++;
+        done += rows;
+        for (; point < GROWTH_POINTS && done >= g->n >> (GROWTH_POINTS - 1 - point); point++) {
+            struct growth_point *p = &g->point[point];
+            p->rows = done;
+            read_rss(&p->rss);
+            mmkv_allocated(g->path, &p->data_bytes, &p->index_bytes);
+        }
+        if (done >= progress_at) {
+            snprintf(what, sizeof what, "growth: load %zu/%zu", done, g->n);
+            progress("mmkv", g->n, what);
+            progress_at = done + g->n / 100;
+        }
+    }
+    progress("mmkv", g->n, "growth: checking the rows");
+    growth_check(&s, g, 0, "the load");
+    finalize_stmts(&s);
+    close_db(db, g->path); /* the last close: the index is left clean */
+}
+
+/* Nanoseconds from sqlite3_open_v2 (mmkv comes in through sqlite3_auto_extension) to the row of
+ * the first GROWTH_LOOKUP_SQL, of row i's key; the value is checked afterwards. */
+static uint64_t growth_open(const char *path, uint64_t stream, size_t i, const char *who)
+{
+    unsigned char key[KEY_LEN];
+    key_at(stream, i, key);
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st;
+    uint64_t t0 = now_ns();
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK)
+        die("open %s: %s", path, db ? sqlite3_errmsg(db) : "out of memory");
+    if (sqlite3_prepare_v2(db, GROWTH_LOOKUP_SQL, -1, &st, NULL) != SQLITE_OK)
+        die("%s: prepare %s: %s", who, GROWTH_LOOKUP_SQL, sqlite3_errmsg(db));
+    sqlite3_bind_blob(st, 1, key, KEY_LEN, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    uint64_t t1 = now_ns();
+    if (rc == SQLITE_ROW) {
+        if (sqlite3_column_bytes(st, 0) != VALUE_LEN ||
+            memcmp(sqlite3_column_blob(st, 0), value_of(i, 0), VALUE_LEN) != 0)
+            mismatch("growth: %s: the first lookup after the open found a wrong value", who);
+    } else if (rc == SQLITE_DONE) {
+        mismatch("growth: %s: the first lookup after the open found no row", who);
+    } else {
+        die("growth: %s: the first lookup: %s", who, sqlite3_errmsg(db));
+    }
+    sqlite3_finalize(st);
+    close_db(db, path);
+    return t1 - t0;
+}
+
+/* GROWTH_OPENS timed opens of the table at path of rows rows, each of a random row. */
+static void growth_opens(const char *path, const struct growth_run *g, size_t rows,
+                         uint64_t ns[GROWTH_OPENS], const char *who)
+{
+    uint64_t state = g->stream ^ mix64(0x0be2ull + rows);
+    for (int k = 0; k < GROWTH_OPENS; k++)
+        ns[k] = growth_open(path, g->stream, (size_t)(splitmix64(&state) % rows), who);
+}
+
+/* The floor of the open: a native table of GROWTH_FLOOR_ROWS rows (the first of the stream) in a
+ * small database of its own. */
+static void growth_floor(const struct options *o, struct growth_run *g)
+{
+    sqlite3 *db = open_wal(g->floor_path, KIND_NATIVE, o->synchronous, o);
+    create_kv(db, KIND_NATIVE, o->sync);
+    struct stmts s;
+    growth_stmts(db, &s);
+    size_t rows = g->n < GROWTH_FLOOR_ROWS ? g->n : GROWTH_FLOOR_ROWS;
+    growth_txn(&s, g->stream, 0, rows, NULL, NULL);
+    finalize_stmts(&s);
+    close_db(db, g->floor_path);
+    growth_opens(g->floor_path, g, rows, g->floor_ns, "native floor");
+}
+
+/* The index rebuilt from the log, timed, and the rows checked before and after it. */
+static void growth_rebuild(const struct options *o, struct growth_run *g)
+{
+    char err[512];
+    sqlite3 *db = open_wal(g->path, KIND_MMKV, o->synchronous, o);
+    struct stmts s;
+    growth_stmts(db, &s);
+    progress("mmkv", g->n, "growth: checking the rows");
+    growth_check(&s, g, 1, "the opens");
+    progress("mmkv", g->n, "growth: 'rebuild-index'");
+    uint64_t t0 = now_ns();
+    g->rebuilt =
+        try_sql(db, "INSERT INTO kv(kv) VALUES('rebuild-index')", err, sizeof err) == SQLITE_OK;
+    g->rebuild_s = (double)(now_ns() - t0) / 1e9;
+    if (!g->rebuilt) mismatch("growth: 'rebuild-index': %s", err);
+    progress("mmkv", g->n, "growth: checking the rows");
+    growth_check(&s, g, 2, "'rebuild-index'");
+    finalize_stmts(&s);
+    close_db(db, g->path);
+}
+
+static void print_mb_kb(long long kb)
+{
+    if (kb < 0)
+        printf(" %11s", "n/a");
+    else
+        printf(" %11.1f", (double)kb / KIB);
+}
+
+/* min and median of GROWTH_OPENS opens, then each in the order taken (later ones may find ready
+ * what the first paid for); returns the median. */
+static uint64_t print_opens(const char *who, const uint64_t ns[GROWTH_OPENS])
+{
+    uint64_t sorted[GROWTH_OPENS];
+    memcpy(sorted, ns, sizeof sorted);
+    qsort(sorted, GROWTH_OPENS, sizeof *sorted, cmp_u64);
+    uint64_t median = sorted[GROWTH_OPENS / 2];
+    printf("    %-26s min %7.3f ms, median %7.3f ms\n    %-26s in the order taken, ms:", who,
+           (double)sorted[0] / 1e6, (double)median / 1e6, "");
+    for (int k = 0; k < GROWTH_OPENS; k++)
+        printf(" %.3f", (double)ns[k] / 1e6);
+    printf("\n");
+    return median;
+}
+
+static void print_growth(const struct options *o, const struct growth_run *g, double seconds)
+{
+    printf("\ngrowth and memory: N=%zu rows loaded into mmkv (default arguments but sync=%s) "
+           "with\n%s in transactions of %d rows; journal_mode=wal, synchronous=%s;\neach "
+           "sqlite3_step of an insert and each COMMIT timed on its own (CLOCK_MONOTONIC); the "
+           "keys\nmade row by row, not held in memory; count(*) and %d random lookups checked "
+           "after the load,\nafter the opens and after the rebuild\n",
+           g->n, o->sync, GROWTH_INSERT_SQL, GROWTH_TXN_ROWS, o->synchronous, GROWTH_CHECKS);
+    const struct latency *in = &g->insert, *cm = &g->commit;
+    printf("\n  load: %zu inserts in %zu transactions, %.1f s, %.1f ns/insert overall (BEGIN to "
+           "COMMIT)\n",
+           g->n, g->txns, (double)g->load_ns / 1e9, (double)g->load_ns / (double)g->n);
+    printf("  insert (sqlite3_step): p99 %.1f us, p99.9 %.1f us, max %.1f us; over %llu ms: "
+           "%" PRIu64 "\n",
+           latency_quantile_us(in, 0.99), latency_quantile_us(in, 0.999),
+           (double)in->max_ns / 1000.0, GOAL_INSERT_NS / 1000000, in->slow);
+    printf("  COMMIT: p50 %.2f ms, p99 %.2f ms, max %.2f ms\n",
+           latency_quantile_us(cm, 0.50) / 1000.0, latency_quantile_us(cm, 0.99) / 1000.0,
+           (double)cm->max_ns / 1e6);
+    printf("  no insert over %llu ms (goal: max < %llu ms): %s (max %.2f ms)\n",
+           GOAL_INSERT_NS / 1000000, GOAL_INSERT_NS / 1000000, goal(in->max_ns < GOAL_INSERT_NS),
+           (double)in->max_ns / 1e6);
+
+    printf("\n  the process's resident memory (/proc/self/status) as the table grows, taken "
+           "after the COMMIT\n  that reaches each point; the files' allocated sizes; MB = 2^20 "
+           "bytes\n");
+    printf("  %-5s %10s | %11s %11s %11s | %12s %12s\n", "", "rows", "RssAnon MB", "RssFile MB",
+           "RssShmem MB", "data file MB", "index MB");
+    printf("  -------------------------------------------------------------------------------"
+           "-------\n");
+    static const char *const point_names[GROWTH_POINTS] = {"N/8", "N/4", "N/2", "N"};
+    for (int p = 0; p < GROWTH_POINTS; p++) {
+        const struct growth_point *q = &g->point[p];
+        printf("  %-5s %10zu |", point_names[p], q->rows);
+        print_mb_kb(q->rss.anon_kb);
+        print_mb_kb(q->rss.file_kb);
+        print_mb_kb(q->rss.shmem_kb);
+        printf(" | %12.1f %12.1f\n", q->data_bytes / MIB, q->index_bytes / MIB);
+    }
+    long long first = g->point[0].rss.anon_kb, last = g->point[GROWTH_POINTS - 1].rss.anon_kb;
+    if (first < 0 || last < 0) {
+        printf("  RssAnon at N within %.1fx of RssAnon at N/8 + %.0f MB: not available (no RssAnon "
+               "in /proc/self/status)\n",
+               GOAL_ANON_RATIO, GOAL_ANON_SLACK_KB / KIB);
+    } else {
+        double limit_kb = GOAL_ANON_RATIO * (double)first + GOAL_ANON_SLACK_KB;
+        printf("  RssAnon at N within %.1fx of RssAnon at N/8 + %.0f MB (%.1f MB, at most %.1f "
+               "MB): %s\n",
+               GOAL_ANON_RATIO, GOAL_ANON_SLACK_KB / KIB, (double)last / KIB, limit_kb / KIB,
+               goal((double)last <= limit_kb));
+    }
+
+    printf("\n  open, %d times: sqlite3_open_v2 (mmkv through sqlite3_auto_extension), then the "
+           "first\n  %s of a present key, to its row\n",
+           GROWTH_OPENS, GROWTH_LOOKUP_SQL);
+    char who[64];
+    snprintf(who, sizeof who, "mmkv, N=%zu:", g->n);
+    uint64_t median = print_opens(who, g->open_ns);
+    snprintf(who, sizeof who, "native, %zu rows (floor):",
+             g->n < GROWTH_FLOOR_ROWS ? g->n : (size_t)GROWTH_FLOOR_ROWS);
+    print_opens(who, g->floor_ns);
+    printf("  open with a current index (goal < %llu ms): %s (median %.3f ms)\n",
+           GOAL_OPEN_NS / 1000000, goal(median < GOAL_OPEN_NS), (double)median / 1e6);
+
+    if (g->rebuilt)
+        printf("\n  INSERT INTO kv(kv) VALUES('rebuild-index'): %.2f s for %zu records, %.2f s per "
+               "million records\n",
+               g->rebuild_s, g->n, g->rebuild_s * 1e6 / (double)g->n);
+    else
+        printf("\n  INSERT INTO kv(kv) VALUES('rebuild-index'): FAILED after %.2f s (see stderr)\n",
+               g->rebuild_s);
+    printf("the growth section took %.1f s\n", seconds);
+    fflush(stdout);
+}
+
+static void run_growth(const struct options *o)
+{
+    struct growth_run g;
+    char name[128], floor_name[128];
+    memset(&g, 0, sizeof g);
+    uint64_t start = now_ns();
+    g.n = o->growth_n;
+    g.stream = key_stream(o->seed ^ GROWTH_SEED, g.n);
+    snprintf(name, sizeof name, "%sgrowth.db", g_prefix);
+    snprintf(floor_name, sizeof floor_name, "%sgrowth-floor.db", g_prefix);
+    snprintf(g.path, sizeof g.path, "%s/%s", g_dir, name);
+    snprintf(g.floor_path, sizeof g.floor_path, "%s/%s", g_dir, floor_name);
+
+    growth_load(o, &g);
+    flush_dir(); /* the kernel's writeback of the load is not to fall into the opens */
+    progress("mmkv", g.n, "growth: opens");
+    growth_opens(g.path, &g, g.n, g.open_ns, "mmkv");
+    growth_floor(o, &g);
+    growth_rebuild(o, &g);
+    if (isatty(2)) fprintf(stderr, "\r\033[K");
+    print_growth(o, &g, (double)(now_ns() - start) / 1e9);
+    free(g.insert.bucket);
+    free(g.commit.bucket);
+    remove_files(name);
+    remove_files(floor_name);
+}
+
 /* ---- options ------------------------------------------------------------------------------ */
 
 static void usage(FILE *f)
@@ -2717,7 +3143,10 @@ static void usage(FILE *f)
             "                    where <lmdb.h> is: Debian's liblmdb-dev)\n"
             "  --no-ycsb         skip the YCSB section (workloads A, B, C, F through SQL)\n"
             "  --ycsb-n N        rows there (default 1000000)\n"
-            "  --ycsb-ops M      operations of each of its workloads (default 1000000)\n");
+            "  --ycsb-ops M      operations of each of its workloads (default 1000000)\n"
+            "  --no-growth       skip the growth and memory section (a large load: insert and\n"
+            "                    commit latency, resident memory, open time, index rebuild)\n"
+            "  --growth-n N      rows loaded there (default 10000000; e.g. 10M)\n");
 }
 
 static unsigned long long parse_count(const char *s, const char *opt)
@@ -2776,7 +3205,7 @@ static void parse_options(struct options *o, int argc, char **argv)
     o->cache_set = 0;
     o->seed = 42;
     o->no_table = o->no_concurrent = o->no_commit_cost = o->no_space = 0;
-    o->no_lmdb = o->no_ycsb = 0;
+    o->no_lmdb = o->no_ycsb = o->no_growth = 0;
     o->concurrent_ops = 500000;
     o->commit_n = 100000;
     o->commit_txns = 200;
@@ -2786,6 +3215,7 @@ static void parse_options(struct options *o, int argc, char **argv)
     o->space_sync = "off";
     o->ycsb_n = 1000000;
     o->ycsb_ops = 1000000;
+    o->growth_n = 10000000;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = NULL;
         char opt[64];
@@ -2815,6 +3245,10 @@ static void parse_options(struct options *o, int argc, char **argv)
         }
         if (strcmp(a, "--no-ycsb") == 0) {
             o->no_ycsb = 1;
+            continue;
+        }
+        if (strcmp(a, "--no-growth") == 0) {
+            o->no_growth = 1;
             continue;
         }
         const char *eq = strchr(a, '=');
@@ -2885,6 +3319,12 @@ static void parse_options(struct options *o, int argc, char **argv)
         } else if (strcmp(opt, "--ycsb-ops") == 0) {
             o->ycsb_ops = (size_t)parse_count(v, opt);
             if (o->ycsb_ops == 0) die("--ycsb-ops: must be at least 1");
+        } else if (strcmp(opt, "--growth-n") == 0) {
+            unsigned long long n = parse_count(v, opt);
+            if (n < 1u << (GROWTH_POINTS - 1) || n > UINT32_MAX)
+                die("--growth-n: %llu out of range (%u..%" PRIu32 ")", n, 1u << (GROWTH_POINTS - 1),
+                    UINT32_MAX);
+            o->growth_n = (size_t)n;
         } else {
             usage(stderr);
             die("unknown option %s", a);
@@ -3106,9 +3546,11 @@ int main(int argc, char **argv)
     if (!o.no_commit_cost) run_commit_cost(&o);
     if (!o.no_space) run_space(&o);
     if (!o.no_ycsb) run_ycsb(&o);
+    if (!o.no_growth) run_growth(&o);
 
-    printf("%sratio > 1: mmkv is faster. total %.1f s. %s\n",
-           o.no_concurrent && o.no_commit_cost && o.no_space && o.no_ycsb ? "" : "\n",
+    int sections =
+        !o.no_concurrent || !o.no_commit_cost || !o.no_space || !o.no_ycsb || !o.no_growth;
+    printf("%sratio > 1: mmkv is faster. total %.1f s. %s\n", sections ? "\n" : "",
            (double)(now_ns() - start) / 1e9,
            g_mismatches ? "CORRECTNESS MISMATCHES (see stderr)" : "all checks passed");
 
