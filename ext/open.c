@@ -147,8 +147,11 @@ static int redo_matches(mmkv_engine *e, const mmkv_open_options *options)
 
 static int redo_write_back(mmkv_engine *e, const mmkv_open_options *options, char **errmsg)
 {
-    uint64_t from, to;
+    uint64_t from, to, size;
     if (!redo_range(options, &from, &to)) return MMKV_OK;
+    /* A file that ends before the kept bytes begin lost more than they can give back: the checks
+    ** that follow report it, and no record claims the file may grow to an arbitrary tail. */
+    if (mmkv_file_size(e->log.map.fd, &size) != MMKV_OK || size < from) return MMKV_OK;
     int rc = mmkv_map_extend(&e->log.map, to);
     if (rc != MMKV_OK) return mmkv_map_error(&e->log.map, errmsg, rc, "data file", e->data_path);
     unsigned char *log = mmkv_map_base(&e->log.map);

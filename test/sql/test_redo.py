@@ -89,9 +89,10 @@ def test_sync_off_keeps_nothing():
         db.close()
 
 
-def write_then_stop(d, journal, how, rows=50):
+def write_then_stop(d, journal, how, rows=50, synced_first=False):
     """A child commits rows one per transaction and then exits (cleanly, or killed: the index left
-    in use). Returns nothing; the records are in the page cache only as far as mmkv is concerned."""
+    in use). Returns nothing; the records are in the page cache only as far as mmkv is concerned.
+    synced_first: a commit too large to keep comes first (the kept records then begin past it)."""
     code = textwrap.dedent('''
         import os, sqlite3
         db = sqlite3.connect(%r, isolation_level=None)
@@ -100,6 +101,11 @@ def write_then_stop(d, journal, how, rows=50):
         db.execute("PRAGMA journal_mode = %s")
         db.execute("CREATE VIRTUAL TABLE kv USING mmkv")
         db.execute("CREATE TABLE native(key PRIMARY KEY, value)")
+        if %r:
+            db.execute("BEGIN")
+            db.execute("INSERT INTO kv VALUES('synced', zeroblob(70000))")
+            db.execute("DELETE FROM kv WHERE key = 'synced'")
+            db.execute("COMMIT")
         for i in range(%d):
             db.execute("BEGIN")
             db.execute("INSERT INTO kv VALUES(?, ?)", (i, "value %%d" %% i))
@@ -108,7 +114,7 @@ def write_then_stop(d, journal, how, rows=50):
         if %r == "killed":
             os._exit(9)
         db.close()
-    ''' % (os.path.join(d, "app.db"), journal, rows, how))
+    ''' % (os.path.join(d, "app.db"), journal, synced_first, rows, how))
     subprocess.run([PYTHON, "-c", code], env=CHILD_ENV, timeout=60, check=how != "killed")
 
 
@@ -157,6 +163,27 @@ def test_lost_records_come_back():
                     check_equal("%s: and the table takes further commits" % label,
                                 db.execute("SELECT count(*) FROM kv").fetchone(), (len(expected) + 1,))
                     db.close()
+
+
+def test_file_cut_before_kept_records_is_damage():
+    """Kept records cannot stand in for bytes lost below them: the table reports the file cut
+    short, naming it, and the file does not grow to what the record names."""
+    with TempDir() as d:
+        write_then_stop(d, "wal", "closed", synced_first=True)
+        path = os.path.join(d, "app.db-kv.mmkv")
+        raw = sqlite3.connect(os.path.join(d, "app.db"))
+        state = raw.execute("SELECT state FROM kv_commit WHERE rowid = 1").fetchone()[0]
+        raw.close()
+        redo_from = struct.unpack_from("<Q", state, 80)[0]
+        check("the kept records begin past the large commit", redo_from > 70000,
+              "redo_from %d" % redo_from)
+        os.truncate(path, redo_from - 200)
+        db = connect(os.path.join(d, "app.db"))
+        check_error("a data file cut before its kept records: an error naming the file",
+                    lambda: db.execute("SELECT count(*) FROM kv").fetchall(), path)
+        db.close()
+        check("and the file was not grown back", os.path.getsize(path) == redo_from - 200,
+              "size %d, cut to %d" % (os.path.getsize(path), redo_from - 200))
 
 
 def test_readonly_refuses_lost_records():
@@ -279,7 +306,8 @@ def test_backup_keeps_nothing_pending():
 
 if __name__ == "__main__":
     harness.main([test_redo_keeps_exactly_the_unsynced_records, test_sync_off_keeps_nothing,
-                  test_lost_records_come_back, test_readonly_refuses_lost_records,
+                  test_lost_records_come_back, test_file_cut_before_kept_records_is_damage,
+                  test_readonly_refuses_lost_records,
                   test_table_without_redo_row_gets_one, test_two_connections_add_the_redo_row_once,
                   test_record_claiming_too_much_is_damaged,
                   test_backup_keeps_nothing_pending])
