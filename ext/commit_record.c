@@ -226,8 +226,9 @@ int mmkv_record_read(mmkv_commit_record *rec, mmkv_commit *state, char **err)
 static int data_version(mmkv_commit_record *rec, unsigned *version)
 {
 #ifdef SQLITE_FCNTL_DATA_VERSION
-    return sqlite3_file_control(rec->db, rec->schema, SQLITE_FCNTL_DATA_VERSION, version) ==
-           SQLITE_OK;
+    /* NULL names main without a search of the schema names (every read asks). */
+    const char *schema = sqlite3_stricmp(rec->schema, "main") == 0 ? NULL : rec->schema;
+    return sqlite3_file_control(rec->db, schema, SQLITE_FCNTL_DATA_VERSION, version) == SQLITE_OK;
 #else
     (void)rec;
     (void)version;

@@ -45,6 +45,8 @@ typedef struct key_probe {
     uint64_t verified;     /* offset whose checksum the caller already checked */
     int unstable;          /* met a version that failed checks past stable_below */
     uint64_t corrupt_at;
+    uint64_t matched_at;   /* the last record match_key found to hold the key (0: none) */
+    mmkv_record matched;
 } key_probe;
 
 /* The header, key and a short value span a few cache lines: miss on them all at once. */
@@ -85,7 +87,10 @@ static int match_key(void *ctx, uint64_t offset)
     if (rc <= 0) return rc;
     mmkv_datum key;
     mmkv_record_key(&record, &key);
-    return mmkv_key_equal(&key, p->key);
+    if (!mmkv_key_equal(&key, p->key)) return 0;
+    p->matched_at = offset;
+    p->matched = record;
+    return 1;
 }
 
 /* A TEXT key that reads as a number (in the file's text encoding) has a second slot, under that
@@ -183,11 +188,16 @@ static int walk_to_visible(mmkv_conn *conn, key_probe *p, const mmkv_snapshot *s
         offset = record->header.prev_offset;
         if (offset == 0) return MMKV_NOTFOUND;
     }
-    if (probe_read(p, offset, record) <= 0)
-        return mmkv_engine_corrupt_record(&conn->errmsg, conn->engine, offset);
-    mmkv_record_key(record, &k);
-    if (!mmkv_key_equal(&k, key))
-        return mmkv_engine_corrupt_record(&conn->errmsg, conn->engine, offset);
+    if (offset == p->matched_at && p->key == key) {
+        /* The index's match just read and checked it, and below the tail it cannot change. */
+        *record = p->matched;
+    } else {
+        if (probe_read(p, offset, record) <= 0)
+            return mmkv_engine_corrupt_record(&conn->errmsg, conn->engine, offset);
+        mmkv_record_key(record, &k);
+        if (!mmkv_key_equal(&k, key))
+            return mmkv_engine_corrupt_record(&conn->errmsg, conn->engine, offset);
+    }
     return record->header.flags & MMKV_RECORD_TOMBSTONE ? WALK_TOMBSTONE : MMKV_OK;
 }
 
@@ -217,7 +227,7 @@ static int find_version(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mm
                         uint64_t hash, uint64_t verified, int tombstones_too, mmkv_record *record)
 {
     mmkv_engine *e = conn->engine;
-    key_probe p = {e, key, snapshot->tail, verified, 0, 0};
+    key_probe p = {.engine = e, .key = key, .stable_below = snapshot->tail, .verified = verified};
     mmkv_index_ops ops = probe_ops(&p);
     for (int attempt = 0; attempt < READ_RETRIES; retry_pause(attempt++)) {
         p.unstable = 0;
@@ -286,7 +296,7 @@ static int collect_visible(mmkv_conn *conn, const mmkv_snapshot *snapshot, const
                            uint64_t hash, int (*match)(void *, uint64_t), mmkv_offsets *visible)
 {
     mmkv_engine *e = conn->engine;
-    key_probe p = {e, target, snapshot->tail, 0, 0, 0};
+    key_probe p = {.engine = e, .key = target, .stable_below = snapshot->tail};
     mmkv_index_ops ops = {match, hash_of_record, &p, prefetch_record};
     mmkv_offsets newest;
     mmkv_offsets_init(&newest);
@@ -515,7 +525,7 @@ static int store_shadow(mmkv_engine *e, const mmkv_datum *key, uint64_t offset, 
 {
     uint64_t hash;
     if (!mmkv_engine_second_hash(e, key, &hash)) return MMKV_OK;
-    key_probe p = {e, key, UINT64_MAX, 0, 0, 0};
+    key_probe p = {.engine = e, .key = key, .stable_below = UINT64_MAX};
     mmkv_index_ops ops = probe_ops(&p);
     mmkv_slot_ref ref;
     int rc = offset ? mmkv_index_make_room(&e->index, &ops) : MMKV_OK;
@@ -564,7 +574,7 @@ int mmkv_engine_locate(mmkv_conn *conn, const mmkv_datum *key, uint64_t hash, mm
                        mmkv_record *newest)
 {
     mmkv_engine *e = conn->engine;
-    key_probe p = {e, key, e->txn.append_pos, 0, 0, 0};
+    key_probe p = {.engine = e, .key = key, .stable_below = e->txn.append_pos};
     mmkv_index_ops ops = probe_ops(&p);
     int rc = mmkv_index_make_room(&e->index, &ops);
     if (rc == MMKV_OK) rc = mmkv_index_locate(&e->index, hash, &ops, ref);
@@ -635,7 +645,7 @@ void mmkv_engine_undo(mmkv_engine *e, size_t keep, size_t keep_forgotten)
         mmkv_datum key;
         mmkv_record_key(&record, &key);
         uint64_t hash = mmkv_key_hash(&key);
-        key_probe p = {e, &key, UINT64_MAX, 0, 0, 0};
+        key_probe p = {.engine = e, .key = &key, .stable_below = UINT64_MAX};
         mmkv_index_ops ops = probe_ops(&p);
         mmkv_slot_ref ref;
         int rc = mmkv_index_make_room(&e->index, &ops);
@@ -652,7 +662,7 @@ void mmkv_engine_undo(mmkv_engine *e, size_t keep, size_t keep_forgotten)
         mmkv_datum key;
         mmkv_record_key(&record, &key);
         uint64_t hash = mmkv_key_hash(&key);
-        key_probe p = {e, &key, UINT64_MAX, 0, 0, 0};
+        key_probe p = {.engine = e, .key = &key, .stable_below = UINT64_MAX};
         mmkv_index_ops ops = probe_ops(&p);
         mmkv_slot_ref ref;
         if (mmkv_index_locate(&e->index, hash, &ops, &ref) != MMKV_OK) continue;
@@ -673,7 +683,7 @@ int mmkv_engine_forget(mmkv_conn *conn, const mmkv_datum *key, const mmkv_slot_r
 
 int mmkv_engine_drain_index(mmkv_engine *e, uint64_t count)
 {
-    key_probe p = {e, NULL, UINT64_MAX, 0, 0, 0};
+    key_probe p = {.engine = e, .key = NULL, .stable_below = UINT64_MAX};
     mmkv_index_ops ops = probe_ops(&p);
     return mmkv_index_drain_some(&e->index, &ops, count);
 }
@@ -694,7 +704,7 @@ int mmkv_engine_replay(mmkv_engine *e, uint64_t from, uint64_t to, int rebuildin
         mmkv_datum key;
         mmkv_record_key(&record, &key);
         uint64_t hash = mmkv_key_hash(&key);
-        key_probe p = {e, &key, to, pos, 0, 0};
+        key_probe p = {.engine = e, .key = &key, .stable_below = to, .verified = pos};
         mmkv_index_ops ops = probe_ops(&p);
         int rc;
         uint64_t second;
