@@ -68,6 +68,7 @@ typedef struct backup_table {
     char *source_path; /* its data file */
     sqlite3_uint64 source_owner;
     mmkv_commit recorded; /* its commit record in the snapshot */
+    mmkv_redo kept;       /* the records the record keeps (commit_record.h), for the source's open */
     char *target_path;    /* the copy's data file */
     sqlite3_uint64 target_owner;
     mmkv_copy *copy;    /* NULL until it is started */
@@ -338,6 +339,7 @@ static void table_free(backup_table *t)
     sqlite3_free(t->copy_sql);
     sqlite3_free(t->source_path);
     sqlite3_free(t->target_path);
+    sqlite3_free((void *)t->kept.bytes);
     memset(t, 0, sizeof *t);
 }
 
@@ -385,6 +387,7 @@ static int table_read(backup *b, backup_table *t, const vtab_statement *s)
     char *err = NULL;
     int rc = mmkv_record_open(&record, b->source, "main", t->name, &err);
     if (rc == SQLITE_OK) rc = mmkv_record_read(&record, &t->recorded, &err);
+    if (rc == SQLITE_OK) rc = mmkv_record_redo_read(&record, &t->recorded, &t->kept, &err);
     t->source_owner = record.owner_id;
     mmkv_record_close(&record);
     if (rc == SQLITE_NOTFOUND)
@@ -467,7 +470,8 @@ static int table_start(backup *b, backup_table *t)
     t->target_owner = new_owner_id();
     char *user = sqlite3_mprintf("mmkv_backup of table \"%s\" of '%s'", t->name, b->source_file);
     if (!user) return fail(b, SQLITE_NOMEM, NULL);
-    mmkv_copy_options options = {t->source_owner, t->target_owner, b->target_file, user};
+    mmkv_copy_options options = {t->source_owner, t->target_owner, b->target_file, user,
+                                 &t->recorded, &t->kept};
     char *message = NULL;
     int rc = mmkv_copy_open(t->source_path, t->target_path, &options, &t->copy, &message);
     sqlite3_free(user);

@@ -71,7 +71,9 @@ int mmkv_copy_open(const char *source_path, const char *target_path,
     mmkv_open_options source_options = {.sync = MMKV_SYNC_FULL,
                                         .owner_id = options->source_owner,
                                         .must_exist = 1,
-                                        .user = copy->user};
+                                        .user = copy->user,
+                                        .committed = options->source_committed,
+                                        .redo = options->source_redo};
     int rc = mmkv_open(source_path, &source_options, &copy->source, errmsg);
     mmkv_log_identity identity = {options->target_owner, 0, options->target_home};
     if (rc == MMKV_OK) {

@@ -311,6 +311,11 @@ typedef struct mmkv_copy_options {
     uint64_t target_owner;   /* the copy's own owner id (not 0) */
     const char *target_home; /* the copy's database path, for its home note */
     const char *user;        /* who copies, named in other users' messages */
+    /* The source's commit as its database records it, and the records the database keeps for it
+    ** (mmkv_open_options.committed and .redo: the first open in the process writes back what a
+    ** power cut took). Either may be NULL. */
+    const mmkv_commit *source_committed;
+    const mmkv_redo *source_redo;
 } mmkv_copy_options;
 /* Opens the source (must exist, owned by source_owner) and makes the target data file. OK, or an
 ** error with a message: ERROR if the target exists (it is left alone), the source's open errors. */

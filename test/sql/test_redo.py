@@ -186,6 +186,25 @@ def test_file_cut_before_kept_records_is_damage():
               "size %d, cut to %d" % (os.path.getsize(path), redo_from - 200))
 
 
+def test_backup_after_lost_records():
+    """mmkv_backup as the first thing after a power cut took kept records: its own open of the
+    source writes them back, and the copy holds every committed row."""
+    with TempDir() as d:
+        write_then_stop(d, "wal", "closed")
+        lose_kept_records(d, False)
+        db = connect(os.path.join(d, "app.db"))
+        copy = os.path.join(d, "copy.db")
+        db.execute("SELECT mmkv_backup(?)", (copy,)).fetchall()
+        expected = [(i, "value %d" % i) for i in range(50)]
+        c = connect(copy)
+        check_equal("the copy holds every committed row",
+                    c.execute("SELECT key, value FROM kv ORDER BY key").fetchall(), expected)
+        c.close()
+        check_equal("and so does the source", db.execute(
+            "SELECT key, value FROM kv ORDER BY key").fetchall(), expected)
+        db.close()
+
+
 def test_readonly_refuses_lost_records():
     with TempDir() as d:
         write_then_stop(d, "wal", "closed")
@@ -310,4 +329,4 @@ if __name__ == "__main__":
                   test_readonly_refuses_lost_records,
                   test_table_without_redo_row_gets_one, test_two_connections_add_the_redo_row_once,
                   test_record_claiming_too_much_is_damaged,
-                  test_backup_keeps_nothing_pending])
+                  test_backup_keeps_nothing_pending, test_backup_after_lost_records])
