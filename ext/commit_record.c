@@ -171,9 +171,7 @@ int mmkv_record_open(mmkv_commit_record *rec, sqlite3 *db, const char *schema,
         rc = fail(err, db, "the table's commit record is missing");
     }
     sqlite3_finalize(stmt);
-    if (rc == SQLITE_OK && redo_capacity(rec, &rec->redo_capacity) != SQLITE_OK)
-        rc = fail(err, db, "cannot read the commit record");
-    return rc;
+    return rc; /* the redo row's size is asked when a record first needs it (redo_capacity) */
 }
 
 void mmkv_record_close(mmkv_commit_record *rec)
@@ -204,13 +202,14 @@ int mmkv_record_read(mmkv_commit_record *rec, mmkv_commit *state, char **err)
         rc = SQLITE_CORRUPT;
     }
     sqlite3_reset(rec->read);
-    /* Another connection may have made the redo row since this one looked. */
-    if (rc == SQLITE_OK && rec->redo_from && state->tail - rec->redo_from > rec->redo_capacity &&
-        redo_capacity(rec, &rec->redo_capacity) != SQLITE_OK)
-        return fail(err, rec->db, "cannot read the commit record");
-    if (rc == SQLITE_OK && rec->redo_from &&
-        (rec->redo_from > state->tail || state->tail - rec->redo_from > rec->redo_capacity))
-        rc = SQLITE_CORRUPT; /* it cannot have kept what it says it keeps */
+    /* A record that keeps records: the row must hold them (its size is asked the first time, or
+    ** again if another connection may have made the row since). */
+    if (rc == SQLITE_OK && rec->redo_from) {
+        uint64_t kept = rec->redo_from <= state->tail ? state->tail - rec->redo_from : UINT64_MAX;
+        if (kept > rec->redo_capacity && redo_capacity(rec, &rec->redo_capacity) != SQLITE_OK)
+            return fail(err, rec->db, "cannot read the commit record");
+        if (kept > rec->redo_capacity) rc = SQLITE_CORRUPT;
+    }
     if (rc == SQLITE_CORRUPT) {
         if (err) *err = sqlite3_mprintf("mmkv: the commit record \"%s\" is damaged", rec->table);
         return SQLITE_CORRUPT_VTAB;

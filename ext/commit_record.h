@@ -60,7 +60,7 @@ typedef struct mmkv_commit_record {
     int version;              /* of the state blob: 1 or 2 */
     uint64_t displaced_owner; /* version 2: see above; 0 if none */
     uint64_t redo_from;     /* as the last read found it, and as the next write records it */
-    uint64_t redo_capacity; /* the redo row's bytes (0: none yet) */
+    uint64_t redo_capacity; /* the redo row's bytes, once asked (0: none, or not asked yet) */
     sqlite3_stmt *read;
     unsigned data_version; /* of the database when cached was read */
     int have_cached;

@@ -305,28 +305,29 @@ int mmkv_pending_rename(mmkv_connection *c, mmkv_table *t, const char *old_name,
     return add(c, o, 0);
 }
 
+/* The link that holds t's pending CREATE, in either list, or NULL. */
+static op **created_link(mmkv_pending *p, mmkv_table *t)
+{
+    for (int list = 0; list < 2; list++)
+        for (op **at = list ? &p->later : &p->ops; *at; at = &(*at)->next)
+            if ((*at)->kind == OP_CREATE && (*at)->table == t) return at;
+    return NULL;
+}
+
 int mmkv_pending_created(mmkv_connection *c, mmkv_table *t)
 {
-    mmkv_pending *p = c->pending;
-    for (int list = 0; list < 2; list++)
-        for (op *o = list ? p->later : p->ops; o; o = o->next)
-            if (o->kind == OP_CREATE && o->table == t) return 1;
-    return 0;
+    return created_link(c->pending, t) != NULL;
 }
 
 int mmkv_pending_discard_created(mmkv_connection *c, mmkv_table *t)
 {
-    mmkv_pending *p = c->pending;
-    for (int list = 0; list < 2; list++)
-        for (op **at = list ? &p->later : &p->ops; *at; at = &(*at)->next) {
-            op *o = *at;
-            if (o->kind != OP_CREATE || o->table != t) continue;
-            *at = o->next;
-            op_cancel(o);
-            op_free(o);
-            return 1;
-        }
-    return 0;
+    op **at = created_link(c->pending, t);
+    if (!at) return 0;
+    op *o = *at;
+    *at = o->next;
+    op_cancel(o);
+    op_free(o);
+    return 1;
 }
 
 /* ---- settling without the participant ---- */
