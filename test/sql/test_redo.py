@@ -43,6 +43,35 @@ def data_bytes(d, start, end):
         return f.read(end - start)
 
 
+def kept_and_file(db, d):
+    """What the redo row keeps of the committed state, and the data file's bytes there."""
+    r = record(db)
+    return redo_row(db)[:r["tail"] - r["redo_from"]], data_bytes(d, r["redo_from"], r["tail"])
+
+
+def table_with_one_row(d, value="one"):
+    """d/app.db with table kv holding key 1, closed; returns the database's path."""
+    p = os.path.join(d, "app.db")
+    db = connect(p)
+    db.execute("CREATE VIRTUAL TABLE kv USING mmkv")
+    db.execute("INSERT INTO kv VALUES(1, ?)", (value,))
+    db.close()
+    return p
+
+
+def edit_record(p, redo_from, drop_redo_row=False):
+    """Rewrites the record's redo_from behind mmkv's back (SQLite alone), and drops the redo row
+    if asked: redo_from 0 without the row is a table made before the row existed."""
+    raw = sqlite3.connect(p)
+    state = bytearray(raw.execute("SELECT state FROM kv_commit WHERE rowid = 1").fetchone()[0])
+    struct.pack_into("<Q", state, 80, redo_from(state) if callable(redo_from) else redo_from)
+    raw.execute("UPDATE kv_commit SET state = ? WHERE rowid = 1", (bytes(state),))
+    if drop_redo_row:
+        raw.execute("DELETE FROM kv_commit WHERE rowid = 2")
+    raw.commit()
+    raw.close()
+
+
 def test_redo_keeps_exactly_the_unsynced_records():
     with TempDir() as d:
         db = connect(os.path.join(d, "app.db"))
@@ -60,8 +89,8 @@ def test_redo_keeps_exactly_the_unsynced_records():
             if r["redo_from"] < last_from:
                 ok = check("redo_from never moves back", False, "it did at commit %d" % i)
             last_from = r["redo_from"]
-            kept = redo_row(db)[:r["tail"] - r["redo_from"]]
-            if kept != data_bytes(d, r["redo_from"], r["tail"]):
+            kept, in_file = kept_and_file(db, d)
+            if kept != in_file:
                 ok = False
                 check("the redo row holds the data file's bytes [redo_from, tail)", False,
                       "commit %d: %d bytes kept from %d differ from the file's"
@@ -225,18 +254,8 @@ def test_readonly_refuses_lost_records():
 
 def test_table_without_redo_row_gets_one():
     with TempDir() as d:
-        p = os.path.join(d, "app.db")
-        db = connect(p)
-        db.execute("CREATE VIRTUAL TABLE kv USING mmkv")
-        db.execute("INSERT INTO kv VALUES(1, 'one')")
-        db.close()
-        raw = sqlite3.connect(p)  # no mmkv: as a table made before the row existed left it
-        state = bytearray(raw.execute("SELECT state FROM kv_commit WHERE rowid = 1").fetchone()[0])
-        struct.pack_into("<Q", state, 80, 0)
-        raw.execute("UPDATE kv_commit SET state = ? WHERE rowid = 1", (bytes(state),))
-        raw.execute("DELETE FROM kv_commit WHERE rowid = 2")
-        raw.commit()
-        raw.close()
+        p = table_with_one_row(d)
+        edit_record(p, 0, drop_redo_row=True)
         db = connect(p)
         check_equal("a table without the row still reads", db.execute(
             "SELECT value FROM kv WHERE key = 1").fetchall(), [("one",)])
@@ -247,9 +266,8 @@ def test_table_without_redo_row_gets_one():
         before = db.total_changes
         db.execute("INSERT INTO kv VALUES(3, 'three')")
         check_equal("later commits change nothing but the user's rows", db.total_changes - before, 1)
-        r = record(db)
-        check_equal("and keep their records", redo_row(db)[:r["tail"] - r["redo_from"]],
-                    data_bytes(d, r["redo_from"], r["tail"]))
+        kept, in_file = kept_and_file(db, d)
+        check_equal("and keep their records", kept, in_file)
         db.close()
 
 
@@ -257,45 +275,23 @@ def test_two_connections_add_the_redo_row_once():
     """A connection that saw no redo row, committing after another made it and kept records
     there, keeps its own after them and loses none of the other's."""
     with TempDir() as d:
-        p = os.path.join(d, "app.db")
-        db = connect(p)
-        db.execute("CREATE VIRTUAL TABLE kv USING mmkv")
-        db.execute("INSERT INTO kv VALUES(0, 'zero')")
-        db.close()
-        raw = sqlite3.connect(p)
-        state = bytearray(raw.execute("SELECT state FROM kv_commit WHERE rowid = 1").fetchone()[0])
-        struct.pack_into("<Q", state, 80, 0)
-        raw.execute("UPDATE kv_commit SET state = ? WHERE rowid = 1", (bytes(state),))
-        raw.execute("DELETE FROM kv_commit WHERE rowid = 2")
-        raw.commit()
-        raw.close()
+        p = table_with_one_row(d)
+        edit_record(p, 0, drop_redo_row=True)
         a, b = connect(p), connect(p)
         a.execute("SELECT count(*) FROM kv").fetchall()  # a has seen the table without the row
-        for i in range(1, 4):
+        for i in range(2, 5):
             b.execute("INSERT INTO kv VALUES(?, ?)", (i, VALUE))
         a.execute("INSERT INTO kv VALUES(100, ?)", (VALUE,))
-        r = record(a)
-        check_equal("the records of both connections' commits are kept, in order",
-                    redo_row(a)[:r["tail"] - r["redo_from"]],
-                    data_bytes(d, r["redo_from"], r["tail"]))
+        kept, in_file = kept_and_file(a, d)
+        check_equal("the records of both connections' commits are kept, in order", kept, in_file)
         a.close()
         b.close()
 
 
 def test_record_claiming_too_much_is_damaged():
     with TempDir() as d:
-        p = os.path.join(d, "app.db")
-        db = connect(p)
-        db.execute("CREATE VIRTUAL TABLE kv USING mmkv")
-        db.execute("INSERT INTO kv VALUES(1, 'one')")
-        db.close()
-        raw = sqlite3.connect(p)
-        state = bytearray(raw.execute("SELECT state FROM kv_commit WHERE rowid = 1").fetchone()[0])
-        tail = struct.unpack_from("<Q", state, 16)[0]
-        struct.pack_into("<Q", state, 80, tail + 64)  # past the tail
-        raw.execute("UPDATE kv_commit SET state = ? WHERE rowid = 1", (bytes(state),))
-        raw.commit()
-        raw.close()
+        p = table_with_one_row(d)
+        edit_record(p, lambda state: struct.unpack_from("<Q", state, 16)[0] + 64)  # past the tail
         db = connect(p)
         check_error("a record keeping records past its tail is reported damaged",
                     lambda: db.execute("SELECT count(*) FROM kv").fetchall(),
