@@ -60,23 +60,35 @@ static void prefetch_record(void *ctx, uint64_t offset)
     __builtin_prefetch(at + 128);
 }
 
-/* Reads and checks the record at offset; 1 if good, 0 if unstable, or -CORRUPT. */
-static int probe_read(key_probe *p, uint64_t offset, mmkv_record *record)
+/* What a probe read says of a record it could not use: 0 if it may be being rewritten (past
+** stable_below), or -CORRUPT. */
+static int probe_failed(key_probe *p, uint64_t offset)
 {
-    mmkv_log *log = &p->engine->log;
-    prefetch_record(p, offset);
-    int ok = mmkv_log_record(log, offset, UINT64_MAX, record);
-    if (!ok && mmkv_map_refresh(&log->map) == MMKV_OK) /* another process grew the file? */
-        ok = mmkv_log_record(log, offset, UINT64_MAX, record);
-    ok = ok && (offset == p->verified || mmkv_record_checksum_ok(record)) &&
-         !(record->header.flags & MMKV_RECORD_PAD); /* a pad is never a key's version */
-    if (ok) return 1;
     if (offset < p->stable_below) {
         p->corrupt_at = offset;
         return -MMKV_CORRUPT;
     }
     p->unstable = 1;
     return 0;
+}
+
+/* Reads the record at offset, its checksum checked if check_sum; 1 if good, 0 if unstable, or
+** -CORRUPT. */
+static int probe_read_checked(key_probe *p, uint64_t offset, mmkv_record *record, int check_sum)
+{
+    mmkv_log *log = &p->engine->log;
+    prefetch_record(p, offset);
+    int ok = mmkv_log_record(log, offset, UINT64_MAX, record);
+    if (!ok && mmkv_map_refresh(&log->map) == MMKV_OK) /* another process grew the file? */
+        ok = mmkv_log_record(log, offset, UINT64_MAX, record);
+    ok = ok && (!check_sum || offset == p->verified || mmkv_record_checksum_ok(record)) &&
+         !(record->header.flags & MMKV_RECORD_PAD); /* a pad is never a key's version */
+    return ok ? 1 : probe_failed(p, offset);
+}
+
+static int probe_read(key_probe *p, uint64_t offset, mmkv_record *record)
+{
+    return probe_read_checked(p, offset, record, 1);
 }
 
 static int match_key(void *ctx, uint64_t offset)
@@ -105,17 +117,27 @@ int mmkv_engine_second_hash(const mmkv_engine *e, const mmkv_datum *key, uint64_
     return 1;
 }
 
-static int hash_of_record(void *ctx, uint64_t offset, int second_slot, uint64_t *hash)
+/* The hash a slot is filed under, from its record's key, for moving the slot to another table.
+** The record's checksum is not needed for that (it is a third of a bulk insert's draining at 1M
+** keys): the slot's tag is the top of the hash its key was filed under, so a key read wrong shows
+** as a tag that differs (but for one chance in 2^24), and damage elsewhere in the record leaves
+** the hash, and so the move, right; every read of the record for its value checks the sum. */
+static int hash_of_record(void *ctx, mmkv_slot slot, uint64_t *hash)
 {
     key_probe *p = ctx;
+    uint64_t offset = mmkv_slot_offset(slot);
     mmkv_record record;
-    int rc = probe_read(p, offset, &record);
+    int rc = probe_read_checked(p, offset, &record, 0);
     if (rc <= 0) return rc < 0 ? -rc : MMKV_CORRUPT;
     mmkv_datum key;
     mmkv_record_key(&record, &key);
-    if (second_slot) return mmkv_engine_second_hash(p->engine, &key, hash) ? MMKV_OK : MMKV_CORRUPT;
-    *hash = mmkv_key_hash(&key);
-    return MMKV_OK;
+    if (!mmkv_slot_is_second(slot))
+        *hash = mmkv_key_hash(&key);
+    else if (!mmkv_engine_second_hash(p->engine, &key, hash))
+        *hash = 0; /* no second slot: cannot be the tag of one */
+    if (mmkv_hash_tag(*hash) == mmkv_slot_tag(slot)) return MMKV_OK;
+    p->corrupt_at = offset;
+    return MMKV_CORRUPT;
 }
 
 static mmkv_index_ops probe_ops(key_probe *p)

@@ -512,7 +512,7 @@ static int drain(mmkv_index *index, const mmkv_index_ops *ops, uint64_t count)
         mmkv_slot s = *from;
         if (mmkv_slot_is_entry(s)) {
             uint64_t hash;
-            int rc = ops->hash_of(ops->ctx, mmkv_slot_offset(s), mmkv_slot_is_second(s), &hash);
+            int rc = ops->hash_of(ops->ctx, s, &hash);
             if (rc != MMKV_OK) return rc;
             mmkv_slot *to = free_slot(table, h->table_slots, hash);
             if (*to == MMKV_SLOT_EMPTY) h->used_slots++;
@@ -680,8 +680,7 @@ int mmkv_index_rebuild_add(mmkv_index *index, uint64_t hash, const mmkv_index_op
         for (uint64_t i = 0; i < index->build_slots; i++) {
             if (!mmkv_slot_is_entry(table[i])) continue;
             uint64_t h2;
-            if ((rc = ops->hash_of(ops->ctx, mmkv_slot_offset(table[i]),
-                                   mmkv_slot_is_second(table[i]), &h2)) != MMKV_OK)
+            if ((rc = ops->hash_of(ops->ctx, table[i], &h2)) != MMKV_OK)
                 return rc;
             slot_put(index, &index->build_sum, free_slot(bigger, slots, h2), table[i]);
         }

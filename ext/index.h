@@ -31,9 +31,10 @@
 typedef struct mmkv_index_ops {
     /* 1 if the record at offset holds the key sought, 0 if not, or a negative result code. */
     int (*match)(void *ctx, uint64_t offset);
-    /* The hash under which a slot holding offset is filed (its key's own, or with
-    ** MMKV_HASH_SECOND_SLOT, its second); a result code. */
-    int (*hash_of)(void *ctx, uint64_t offset, int second_slot, uint64_t *hash);
+    /* The hash under which an entry slot is filed (its record's key's own, or with
+    ** MMKV_HASH_SECOND_SLOT, its second); CORRUPT if the record cannot be read or its key's hash
+    ** does not have the slot's tag; a result code. */
+    int (*hash_of)(void *ctx, mmkv_slot slot, uint64_t *hash);
     void *ctx;
     /* Optional: starts loading the record at offset, which hash_of will soon read. */
     void (*prefetch)(void *ctx, uint64_t offset);

@@ -211,6 +211,74 @@ static void test_growth(void)
     end_test();
 }
 
+/* The offset of the committed record whose INTEGER key is k (the first, walking from the start). */
+static uint64_t record_of_int_key(const char *path, int64_t k)
+{
+    int fd = open(path, O_RDONLY);
+    uint64_t found = 0;
+    mmkv_record_header h;
+    for (uint64_t pos = MMKV_DATA_START; fd >= 0 && !found; ) {
+        int64_t key;
+        if (pread(fd, &h, sizeof h, (off_t)pos) != (ssize_t)sizeof h || h.key_len == 0) break;
+        if (h.key_type == MMKV_INTEGER && h.key_len == 8 &&
+            pread(fd, &key, 8, (off_t)(pos + sizeof h)) == 8 && key == k)
+            found = pos;
+        pos += (sizeof h + h.key_len + h.value_len + MMKV_RECORD_ALIGN - 1) / MMKV_RECORD_ALIGN *
+               MMKV_RECORD_ALIGN;
+    }
+    if (fd >= 0) close(fd);
+    return found;
+}
+
+/* Growing the index moves each slot by its record's key, read without the record's checksum: the
+** slot's tag checks the key. A damaged key stops the move with an error that names the record;
+** damage elsewhere in the record moves the slot right and shows at the record's next read. */
+static void test_growth_reads_keys(void)
+{
+    if (!begin_test("index growth: a damaged key stops a slot's move, a damaged value does not"))
+        return;
+    for (int damage_key = 0; damage_key < 2 && !current_failed; damage_key++) {
+        const char *what = damage_key ? "key damaged" : "value damaged";
+        const char *path = path_of(damage_key ? "grow-key.mmkv" : "grow-value.mmkv");
+        mmkv_conn *c = open_or_die(path, MMKV_SYNC_OFF);
+        if (!c) break;
+        CHECK_RC(mmkv_txn_begin(c), MMKV_OK, "%s: begin", what);
+        for (int i = 0; i < 600 && !current_failed; i++)
+            CHECK_RC(put_int(c, i, i * 10, MMKV_PUT_INSERT), MMKV_OK, "%s: put %d", what, i);
+        CHECK_RC(commit(c), MMKV_OK, "%s: commit", what);
+        uint64_t at = record_of_int_key(path, 17);
+        CHECK(at != 0, "%s: the record of key 17 is in the file", what);
+        int fd = open(path, O_RDWR);
+        unsigned char byte;
+        off_t where = (off_t)(at + sizeof(mmkv_record_header) + (damage_key ? 0 : 8));
+        CHECK(fd >= 0 && pread(fd, &byte, 1, where) == 1, "%s: read the byte", what);
+        byte ^= 0x5a;
+        CHECK(pwrite(fd, &byte, 1, where) == 1, "%s: damage it", what);
+        close(fd);
+        /* 1024 slots hold 640 keys: the table grows, and its 600 slots move as keys are added. */
+        CHECK_RC(mmkv_txn_begin(c), MMKV_OK, "%s: begin", what);
+        int rc = MMKV_OK, i;
+        for (i = 600; i < 3000 && rc == MMKV_OK; i++) rc = put_int(c, i, i * 10, MMKV_PUT_INSERT);
+        if (damage_key) {
+            char want[64];
+            snprintf(want, sizeof want, "offset %llu fails its checks", (unsigned long long)at);
+            CHECK_RC(rc, MMKV_CORRUPT, "%s: a put while the index grows", what);
+            CHECK(strstr(mmkv_errmsg(c), want), "%s: the error names the record: expected '%s', "
+                  "got '%s'", what, want, mmkv_errmsg(c));
+            mmkv_txn_rollback(c);
+        } else {
+            CHECK_RC(rc, MMKV_OK, "%s: put %d: %s", what, i - 1, mmkv_errmsg(c));
+            CHECK_RC(commit(c), MMKV_OK, "%s: commit", what);
+            CHECK_EQ(get_int(c, 17), -2, "%s: key 17 read (an error expected)", what);
+            int wrong = 0;
+            for (int k = 0; k < 3000; k++) wrong += k != 17 && get_int(c, k) != k * 10;
+            CHECK_EQ(wrong, 0, "%s: other keys read wrong", what);
+        }
+        mmkv_close(c);
+    }
+    end_test();
+}
+
 static void write_file(const char *path, const void *data, size_t n)
 {
     FILE *f = fopen(path, "wb");
@@ -1623,6 +1691,7 @@ int main(void)
     test_isolation_and_busy();
     test_values();
     test_growth();
+    test_growth_reads_keys();
     test_foreign_file();
     test_torn_meta_falls_back();
     test_writer_death();
