@@ -602,8 +602,13 @@ int mmkv_engine_locate(mmkv_conn *conn, const mmkv_datum *key, uint64_t hash, mm
     if (rc == MMKV_OK) rc = mmkv_index_locate(&e->index, hash, &ops, ref);
     if (rc == MMKV_NOTFOUND) return rc;
     if (rc != MMKV_OK) return index_error(&conn->errmsg, e, rc, &p);
-    if (probe_read(&p, mmkv_slot_offset(*ref->slot), newest) <= 0)
-        return mmkv_engine_corrupt_record(&conn->errmsg, e, mmkv_slot_offset(*ref->slot));
+    uint64_t offset = mmkv_slot_offset(*ref->slot);
+    if (p.matched_at == offset) { /* the match read and checked it */
+        *newest = p.matched;
+        return MMKV_OK;
+    }
+    if (probe_read(&p, offset, newest) <= 0)
+        return mmkv_engine_corrupt_record(&conn->errmsg, e, offset);
     return MMKV_OK;
 }
 

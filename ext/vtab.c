@@ -911,6 +911,13 @@ static int mmkvColumn(sqlite3_vtab_cursor *cursor, sqlite3_context *ctx, int col
 {
     mmkv_cursor *cur = (mmkv_cursor *)cursor;
     int encoding = ((mmkv_vtab *)cursor->pVtab)->table->text_encoding;
+#if SQLITE_VERSION_NUMBER >= 3022000
+    /* An UPDATE that leaves the key as it is asks for it twice, once as the row's old key (argv[0]
+    ** of xUpdate) and once, like this, as the new one, which xUpdate then takes from argv[0]. */
+    if (column != COLUMN_VALUE && sqlite3_libversion_number() >= 3022000 &&
+        sqlite3_vtab_nochange(ctx))
+        return SQLITE_OK;
+#endif
     sqlite3_destructor_type keep =
         cur->row.offset < cur->snapshot.stable ? SQLITE_STATIC : SQLITE_TRANSIENT;
     if (column == COLUMN_KEY)
@@ -1048,9 +1055,14 @@ static int mmkvUpdate(sqlite3_vtab *vtab, int argc, sqlite3_value **argv, sqlite
     }
     int inserting = sqlite3_value_type(argv[0]) == SQLITE_NULL;
     if (inserting && sqlite3_value_type(argv[4]) != SQLITE_NULL) return run_command(vt, argv[4]);
-    if (sqlite3_value_type(argv[2]) == SQLITE_NULL)
+    sqlite3_value *new_key = argv[2];
+#if SQLITE_VERSION_NUMBER >= 3022000
+    if (!inserting && sqlite3_libversion_number() >= 3022000 && sqlite3_value_nochange(new_key))
+        new_key = argv[0]; /* the key is not changed (mmkvColumn) */
+#endif
+    if (sqlite3_value_type(new_key) == SQLITE_NULL)
         return constraint_error(vt, SQLITE_CONSTRAINT_NOTNULL, "NOT NULL");
-    if ((rc = datum_from_value(argv[2], encoding, &key, &number)) != SQLITE_OK) return rc;
+    if ((rc = datum_from_value(new_key, encoding, &key, &number)) != SQLITE_OK) return rc;
     if ((rc = datum_from_value(argv[3], encoding, &value, &value_number)) != SQLITE_OK) return rc;
     int replace = sqlite3_vtab_on_conflict(vt->db) == SQLITE_REPLACE;
     if ((rc = ensure_writing(vt)) != SQLITE_OK) return rc;
