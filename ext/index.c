@@ -108,9 +108,10 @@ static uint32_t tables_checksum(mmkv_index *index)
 {
     mmkv_index_header *h = mmkv_index_header_of(index);
     uint32_t crc =
-        mmkv_crc32c(0, table_at(index, h->table_offset), h->table_slots * sizeof(mmkv_slot));
+        mmkv_crc32c_wide(0, table_at(index, h->table_offset), h->table_slots * sizeof(mmkv_slot));
     if (h->old_offset)
-        crc = mmkv_crc32c(crc, table_at(index, h->old_offset), h->old_slots * sizeof(mmkv_slot));
+        crc = mmkv_crc32c_wide(crc, table_at(index, h->old_offset),
+                               h->old_slots * sizeof(mmkv_slot));
     return crc;
 }
 

@@ -47,6 +47,23 @@ static void test_crc32c(void)
             CHECK(whole == bytes, "length %zu at offset %zu: %08x in one call, %08x byte by byte",
                   lengths[l], off, whole, bytes);
         }
+    /* Wide buffers go in parts on threads of their own: the same as in one part. */
+    size_t wide = 2 * MMKV_CRC32C_WIDE_MIN + 3 * 8192 + 64;
+    unsigned char *big = malloc(wide);
+    CHECK(big != NULL, "malloc %zu", wide);
+    for (size_t i = 0; big && i < wide; i++)
+        big[i] = (unsigned char)((x = x * 1103515245u + 12345u) >> 16);
+    size_t wide_lengths[] = {MMKV_CRC32C_WIDE_MIN - 1, MMKV_CRC32C_WIDE_MIN,
+                             MMKV_CRC32C_WIDE_MIN + 1, MMKV_CRC32C_WIDE_MIN + 3 * 8192 + 5,
+                             2 * MMKV_CRC32C_WIDE_MIN + 3 * 8192 + 63};
+    for (size_t l = 0; big && l < sizeof wide_lengths / sizeof *wide_lengths; l++)
+        for (size_t off = 0; off < 2; off++) {
+            uint32_t parts = mmkv_crc32c_wide(7, big + off, wide_lengths[l]);
+            uint32_t one = mmkv_crc32c(7, big + off, wide_lengths[l]);
+            CHECK(parts == one, "wide, length %zu at offset %zu: %08x in parts, %08x in one",
+                  wide_lengths[l], off, parts, one);
+        }
+    free(big);
     end_test();
 }
 
