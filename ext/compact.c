@@ -52,6 +52,8 @@
 
 /* Index slots a step moves from a table being drained, beyond the few each write moves. */
 #define STEP_DRAIN_SLOTS 16384
+/* Bytes of a drained table's place a step gives back (index.c, giving back). */
+#define STEP_GIVE_BACK_BYTES ((uint64_t)4 << 20)
 
 /* One record at the log's start: dropped, or copied to the end. */
 static int drain_record(mmkv_conn *conn, const mmkv_record *r, uint64_t safe_txid,
@@ -154,10 +156,11 @@ int mmkv_compact_step(mmkv_conn *conn, uint64_t budget, uint64_t until, uint64_t
         if (pos >= limit && (rc = mmkv_index_shrink(&e->index, txn->counts.live)) != MMKV_OK)
             return mmkv_engine_index_error(&conn->errmsg, e, rc);
     }
+    int giving_back = mmkv_index_give_back(&e->index, STEP_GIVE_BACK_BYTES);
     out->start = pos;
-    /* A pass ends with the index drained too (a shrink begun above moves its keys in later steps).
-     */
-    out->done = pos >= limit && !mmkv_index_header_of(&e->index)->old_offset;
+    /* A pass ends with the index drained too (a shrink begun above moves its keys in later steps),
+    ** and the drained table's place given back. */
+    out->done = pos >= limit && !mmkv_index_header_of(&e->index)->old_offset && !giving_back;
     /* And the space grown ahead for a log that was larger goes back, where no other process has
     ** the file mapped (the commit writes nothing more past the transaction's last record). */
     if (out->done && !e->temporary && !mmkv_lock_held_elsewhere(e->log.map.fd, MMKV_LOCK_OPEN))

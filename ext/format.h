@@ -97,7 +97,9 @@
 
 #define MMKV_FORMAT_VERSION 3        /* of the data file: written by this build */
 #define MMKV_FORMAT_VERSION_OLDEST 1 /* the oldest data file version this build reads */
-#define MMKV_INDEX_FORMAT_VERSION 1
+/* Of the index file. 2: a drained table's place is given back later (give_back_*); a build that
+** knew only 1 might place a table there and see it punched, so each rebuilds the other's. */
+#define MMKV_INDEX_FORMAT_VERSION 2
 #define MMKV_PAGE_SIZE 4096u
 #define MMKV_MAGIC_SIZE 16
 
@@ -227,7 +229,12 @@ typedef struct mmkv_index_header {
     ** empty or moved counting nothing. Every slot write keeps it, so an index whose last user died
     ** between transactions can be checked in one pass before it is trusted (see index.c). */
     uint64_t slots_sum;
-    uint8_t reserved[3888]; /* zero */
+    /* A drained table's place, all its slots moved, given back to the file system a piece at a
+    ** time by later writes (index.c, giving back); none pending if give_back_end is 0. No table is
+    ** placed over it before it is all given back. */
+    uint64_t give_back_offset;
+    uint64_t give_back_end;
+    uint8_t reserved[3872]; /* zero */
     uint32_t checksum;      /* CRC32C of every byte above; checked only when state is CLEAN */
     uint32_t reserved1;
 } mmkv_index_header; /* 4096 bytes */

@@ -47,6 +47,7 @@ typedef struct mmkv_index {
     uint64_t build_slots;
     uint64_t build_used;
     uint64_t build_sum; /* its slots_sum */
+    uint32_t writes_to_give_back; /* writes left before the next piece of a drained table goes */
 } mmkv_index;
 
 /* Where a writer found a key: its slot (NULL if absent) and where an insert would go. */
@@ -75,6 +76,10 @@ int mmkv_index_mark_in_use(mmkv_index *index);
 /* Before a writer changes any slot: an index still marked clean is marked in use, durably, so that
 ** a crash can never leave changed slots under a clean header. */
 int mmkv_index_begin_writes(mmkv_index *index);
+
+/* Gives back to the file system up to max_bytes of a drained table's place (the writer only);
+** returns 1 if some is still pending after it. */
+int mmkv_index_give_back(mmkv_index *index, uint64_t max_bytes);
 
 /* Lock-free lookup: the offset stored for the key. OK, NOTFOUND, or an error. */
 int mmkv_index_find(mmkv_index *index, uint64_t hash, const mmkv_index_ops *ops, uint64_t *offset);

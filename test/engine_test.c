@@ -822,7 +822,8 @@ static void test_in_use_index_checked(void)
                                    "an old slot zeroed",
                                    "a slot pointed elsewhere",
                                    "the drain cursor moved on",
-                                   "the table size halved"};
+                                   "the table size halved",
+                                   "a range to give back over the table"};
     for (size_t d = 0; d < sizeof damage / sizeof *damage && !current_failed; d++) {
         char name[64];
         snprintf(name, sizeof name, "in-use-%zu.mmkv", d);
@@ -854,6 +855,10 @@ static void test_in_use_index_checked(void)
         } else if (d == 5) {
             h.table_slots /= 2;
             CHECK(pwrite(fd, &h, sizeof h, 0) == (ssize_t)sizeof h, "%s", damage[d]);
+        } else if (d == 6) {
+            h.give_back_offset = h.table_offset;
+            h.give_back_end = h.table_offset + 4096;
+            CHECK(pwrite(fd, &h, sizeof h, 0) == (ssize_t)sizeof h, "%s", damage[d]);
         }
         close(fd);
         mmkv_conn *c = open_or_die(path, MMKV_SYNC_OFF);
@@ -876,6 +881,62 @@ static void test_in_use_index_checked(void)
               "%s: a write after: %s", damage[d], mmkv_errmsg(c));
         mmkv_close(c);
     }
+    end_test();
+}
+
+/* A drained table's place goes back to the file system a piece at a time, by later writes, and
+** every byte of it in the end; no table is placed over it meanwhile. */
+static void test_drained_table_given_back(void)
+{
+    if (!begin_test("a drained index table is given back by the writes after its drain")) return;
+    const char *path = path_of("give-back.mmkv");
+    char index_path[600];
+    snprintf(index_path, sizeof index_path, "%s-index", path);
+    mmkv_conn *c = open_or_die(path, MMKV_SYNC_OFF);
+    if (!c) {
+        end_test();
+        return;
+    }
+    CHECK_RC(mmkv_txn_begin(c), MMKV_OK, "begin");
+    int fd = open(index_path, O_RDONLY);
+    int pending_seen = 0, given_back = 0, k = 0;
+    uint64_t range_at = 0, range_end = 0;
+    /* 80000 keys: the table doubles from 1024 slots to 131072, each drain followed by its give-back. */
+    for (; k < 80000 && !current_failed; k++) {
+        CHECK_RC(put_int(c, k, k * 3, MMKV_PUT_INSERT), MMKV_OK, "put %d", k);
+        mmkv_index_header h = read_index_header(fd);
+        if (h.give_back_end && !range_end) {
+            pending_seen++;
+            range_at = h.give_back_offset;
+            range_end = h.give_back_end;
+            CHECK(!h.old_offset, "key %d: a range to give back while a table drains", k);
+            CHECK(range_end <= h.table_offset ||
+                      range_at >= h.table_offset + h.table_slots * sizeof(mmkv_slot),
+                  "key %d: the range [%llu, %llu) overlaps the table", k,
+                  (unsigned long long)range_at, (unsigned long long)range_end);
+        } else if (!h.give_back_end && range_end) {
+            given_back++;
+            range_end = 0;
+        }
+    }
+    CHECK_RC(commit(c), MMKV_OK, "commit");
+    CHECK(pending_seen >= 5, "drained tables given back later: %d seen", pending_seen);
+    CHECK(given_back >= pending_seen - 1, "of %d ranges, %d all given back by later writes",
+          pending_seen, given_back);
+    int wrong = 0;
+    for (int i = 0; i < k; i++) wrong += get_int(c, i) != i * 3;
+    CHECK_EQ(wrong, 0, "keys read wrong");
+    mmkv_close(c);
+    /* Closed: nothing pending, and the file holds little more than its one table (1 MiB). */
+    mmkv_index_header h = read_index_header(fd);
+    struct stat st;
+    CHECK(fstat(fd, &st) == 0, "stat the index");
+    CHECK(!h.give_back_end, "after the close, [%llu, %llu) still to give back",
+          (unsigned long long)h.give_back_offset, (unsigned long long)h.give_back_end);
+    CHECK((uint64_t)st.st_blocks * 512 <= h.table_slots * sizeof(mmkv_slot) + (256u << 10),
+          "index allocated %llu bytes for a table of %llu", (unsigned long long)st.st_blocks * 512,
+          (unsigned long long)(h.table_slots * sizeof(mmkv_slot)));
+    close(fd);
     end_test();
 }
 
@@ -1717,6 +1778,7 @@ int main(void)
     test_owner_authority();
     test_check_and_rebuild();
     test_in_use_index_checked();
+    test_drained_table_given_back();
     test_salvage();
     test_reader_catches_up();
     test_read_only_map();
