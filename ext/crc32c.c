@@ -187,11 +187,12 @@ static void *wide_part_run(void *arg)
 
 uint32_t mmkv_crc32c_wide(uint32_t crc, const void *data, size_t len)
 {
+    if (len < MMKV_CRC32C_WIDE_MIN || crc_chosen() != crc_hardware)
+        return mmkv_crc32c(crc, data, len);
     cpu_set_t allowed; /* the processors this thread may run on, not all the machine has */
     int cpus = sched_getaffinity(0, sizeof allowed, &allowed) == 0 ? CPU_COUNT(&allowed) : 1;
     int parts = cpus > WIDE_PARTS_MAX ? WIDE_PARTS_MAX : cpus;
-    if (len < MMKV_CRC32C_WIDE_MIN || parts < 2 || crc_chosen() != crc_hardware)
-        return mmkv_crc32c(crc, data, len);
+    if (parts < 2) return mmkv_crc32c(crc, data, len);
     const unsigned char *p = data;
     size_t lanes_each = len / LANE_BYTES / (size_t)parts;
     wide_part part[WIDE_PARTS_MAX];

@@ -60,18 +60,6 @@ static void prefetch_record(void *ctx, uint64_t offset)
     __builtin_prefetch(at + 128);
 }
 
-/* What a probe read says of a record it could not use: 0 if it may be being rewritten (past
-** stable_below), or -CORRUPT. */
-static int probe_failed(key_probe *p, uint64_t offset)
-{
-    if (offset < p->stable_below) {
-        p->corrupt_at = offset;
-        return -MMKV_CORRUPT;
-    }
-    p->unstable = 1;
-    return 0;
-}
-
 /* Reads the record at offset, its checksum checked if check_sum; 1 if good, 0 if unstable, or
 ** -CORRUPT. */
 static int probe_read_checked(key_probe *p, uint64_t offset, mmkv_record *record, int check_sum)
@@ -83,7 +71,13 @@ static int probe_read_checked(key_probe *p, uint64_t offset, mmkv_record *record
         ok = mmkv_log_record(log, offset, UINT64_MAX, record);
     ok = ok && (!check_sum || offset == p->verified || mmkv_record_checksum_ok(record)) &&
          !(record->header.flags & MMKV_RECORD_PAD); /* a pad is never a key's version */
-    return ok ? 1 : probe_failed(p, offset);
+    if (ok) return 1;
+    if (offset < p->stable_below) {
+        p->corrupt_at = offset;
+        return -MMKV_CORRUPT;
+    }
+    p->unstable = 1;
+    return 0;
 }
 
 static int probe_read(key_probe *p, uint64_t offset, mmkv_record *record)
@@ -131,11 +125,12 @@ static int hash_of_record(void *ctx, mmkv_slot slot, uint64_t *hash)
     if (rc <= 0) return rc < 0 ? -rc : MMKV_CORRUPT;
     mmkv_datum key;
     mmkv_record_key(&record, &key);
+    int has_hash = 1;
     if (!mmkv_slot_is_second(slot))
         *hash = mmkv_key_hash(&key);
-    else if (!mmkv_engine_second_hash(p->engine, &key, hash))
-        *hash = 0; /* no second slot: cannot be the tag of one */
-    if (mmkv_hash_tag(*hash) == mmkv_slot_tag(slot)) return MMKV_OK;
+    else
+        has_hash = mmkv_engine_second_hash(p->engine, &key, hash); /* 0: it has no second slot */
+    if (has_hash && mmkv_hash_tag(*hash) == mmkv_slot_tag(slot)) return MMKV_OK;
     p->corrupt_at = offset;
     return MMKV_CORRUPT;
 }

@@ -450,7 +450,7 @@ static int table_allocate(mmkv_index *index, uint64_t slots, uint64_t *offset)
     mmkv_index_header *h = mmkv_index_header_of(index);
     uint64_t bytes = slots * sizeof(mmkv_slot);
     uint64_t at = MMKV_INDEX_TABLES_START;
-    mmkv_index_give_back(index, UINT64_MAX); /* no table may be placed over what is being given back */
+    mmkv_index_give_back(index, UINT64_MAX); /* no table is placed over what is being given back */
     if (at + bytes <= h->file_end && !overlaps(at, bytes, h->table_offset, h->table_slots) &&
         !overlaps(at, bytes, h->old_offset, h->old_slots) &&
         !overlaps(at, bytes, index->build_offset, index->build_slots)) {
@@ -494,8 +494,8 @@ static void table_discard(mmkv_index *index, uint64_t offset, uint64_t slots)
 /*
 ** Giving back a drained table's place. Punching holds the file's invalidate lock, and where the
 ** file system discards freed blocks at once (mount -o discard) the device's discard runs under it:
-** measured on ext4, 7.7 ms for a 16 MiB table, 23 ms for 32 MiB, 54 ms for 64 MiB (the table drained
-** at 5M keys), all inside the write that finished the drain. So the place is given back in pieces:
+** measured on ext4, 7.7 ms for a 16 MiB table, 23 ms for 32 MiB, 54 ms for 64 MiB (the table
+** drained at 5M keys), all inside the write that finished the drain. So the place is given back in pieces:
 ** GIVE_BACK_PIECE every GIVE_BACK_EVERY writes (a 64 MiB table in about 2000 writes), and by every
 ** compaction step, which does not count a pass done before it is all back. Nothing needs it sooner:
 ** its slots all say moved, which readers holding the old geometry read as they read zeros (move

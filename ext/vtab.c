@@ -59,6 +59,7 @@ struct mmkv_vtab {
     int catching_up;     /* joined a transaction its table was already in: see mmkvSavepoint */
     mmkv_cursor *spare;  /* a closed cursor kept for the next xOpen: a lookup statement opens and
                          ** closes one each time it runs, and should not pay malloc and free */
+    int nochange;        /* SQLite says which columns an UPDATE leaves alone (3.22+) */
 };
 
 struct mmkv_cursor {
@@ -308,6 +309,9 @@ static int vtab_new(sqlite3 *db, mmkv_connection *c, mmkv_table *t, sqlite3_vtab
     if (!vt) return SQLITE_NOMEM;
     memset(vt, 0, sizeof *vt);
     vt->db = db;
+#if SQLITE_VERSION_NUMBER >= 3022000
+    vt->nochange = sqlite3_libversion_number() >= 3022000;
+#endif
     vt->connection = c;
     vt->table = t;
     *out = &vt->base;
@@ -910,13 +914,12 @@ static int mmkvEof(sqlite3_vtab_cursor *cursor)
 static int mmkvColumn(sqlite3_vtab_cursor *cursor, sqlite3_context *ctx, int column)
 {
     mmkv_cursor *cur = (mmkv_cursor *)cursor;
-    int encoding = ((mmkv_vtab *)cursor->pVtab)->table->text_encoding;
+    mmkv_vtab *vt = (mmkv_vtab *)cursor->pVtab;
+    int encoding = vt->table->text_encoding;
 #if SQLITE_VERSION_NUMBER >= 3022000
     /* An UPDATE that leaves the key as it is asks for it twice, once as the row's old key (argv[0]
     ** of xUpdate) and once, like this, as the new one, which xUpdate then takes from argv[0]. */
-    if (column != COLUMN_VALUE && sqlite3_libversion_number() >= 3022000 &&
-        sqlite3_vtab_nochange(ctx))
-        return SQLITE_OK;
+    if (column != COLUMN_VALUE && vt->nochange && sqlite3_vtab_nochange(ctx)) return SQLITE_OK;
 #endif
     sqlite3_destructor_type keep =
         cur->row.offset < cur->snapshot.stable ? SQLITE_STATIC : SQLITE_TRANSIENT;
@@ -1057,7 +1060,7 @@ static int mmkvUpdate(sqlite3_vtab *vtab, int argc, sqlite3_value **argv, sqlite
     if (inserting && sqlite3_value_type(argv[4]) != SQLITE_NULL) return run_command(vt, argv[4]);
     sqlite3_value *new_key = argv[2];
 #if SQLITE_VERSION_NUMBER >= 3022000
-    if (!inserting && sqlite3_libversion_number() >= 3022000 && sqlite3_value_nochange(new_key))
+    if (!inserting && vt->nochange && sqlite3_value_nochange(new_key))
         new_key = argv[0]; /* the key is not changed (mmkvColumn) */
 #endif
     if (sqlite3_value_type(new_key) == SQLITE_NULL)
