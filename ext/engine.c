@@ -47,6 +47,7 @@ typedef struct key_probe {
     uint64_t corrupt_at;
     uint64_t matched_at;   /* the last record match_key found to hold the key (0: none) */
     mmkv_record matched;
+    uint64_t sought_offset; /* match_offset's: the record whose slot is sought */
 } key_probe;
 
 /* The header, key and a short value span a few cache lines: miss on them all at once. */
@@ -139,6 +140,12 @@ static mmkv_index_ops probe_ops(key_probe *p)
 {
     mmkv_index_ops ops = {match_key, hash_of_record, p, prefetch_record};
     return ops;
+}
+
+/* A slot holds the record sought if it holds its offset (see mmkv_engine_locate_version). */
+static int match_offset(void *ctx, uint64_t offset)
+{
+    return offset == ((key_probe *)ctx)->sought_offset;
 }
 
 int mmkv_engine_corrupt_record(char **errmsg, mmkv_engine *e, uint64_t offset)
@@ -605,6 +612,19 @@ int mmkv_engine_locate(mmkv_conn *conn, const mmkv_datum *key, uint64_t hash, mm
     if (probe_read(&p, offset, newest) <= 0)
         return mmkv_engine_corrupt_record(&conn->errmsg, e, offset);
     return MMKV_OK;
+}
+
+int mmkv_engine_locate_version(mmkv_conn *conn, uint64_t hash, uint64_t offset, mmkv_slot_ref *ref)
+{
+    mmkv_engine *e = conn->engine;
+    key_probe p = {.engine = e, .stable_below = e->txn.append_pos, .sought_offset = offset};
+    mmkv_index_ops ops = probe_ops(&p);
+    int rc = mmkv_index_make_room(&e->index, &ops); /* its drain moves slots: hash_of reads keys */
+    if (rc != MMKV_OK) return index_error(&conn->errmsg, e, rc, &p);
+    ops.match = match_offset;
+    rc = mmkv_index_locate(&e->index, hash, &ops, ref);
+    if (rc != MMKV_OK && rc != MMKV_NOTFOUND) return index_error(&conn->errmsg, e, rc, &p);
+    return rc;
 }
 
 int mmkv_put(mmkv_conn *conn, const mmkv_datum *key, const mmkv_datum *value, int mode)

@@ -120,6 +120,11 @@ void mmkv_engine_undo(mmkv_engine *engine, size_t keep, size_t keep_forgotten);
 ** version after prev (value NULL: a tombstone), and remember a record in the undo log. */
 int mmkv_engine_locate(mmkv_conn *conn, const mmkv_datum *key, uint64_t hash, mmkv_slot_ref *ref,
                        mmkv_record *newest);
+/* Whether the record at offset, whose key has hash, is still its key's newest version, without
+** reading any record: offsets are unique and a slot's tag is its hash's, so a slot on hash's probe
+** path with that tag and offset is the key's own. OK with ref set to it; NOTFOUND if superseded
+** (or a tombstone whose key was forgotten); or an error. make_room is done as by locate. */
+int mmkv_engine_locate_version(mmkv_conn *conn, uint64_t hash, uint64_t offset, mmkv_slot_ref *ref);
 int mmkv_engine_append(mmkv_conn *conn, const mmkv_slot_ref *ref, uint64_t hash,
                        const mmkv_datum *key, const mmkv_datum *value, uint64_t prev);
 /* Forgets key's slots (its own, found at ref, and its second): compaction drops its tombstone. */
