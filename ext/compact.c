@@ -354,8 +354,18 @@ int mmkv_reclaim(mmkv_conn *conn, const mmkv_commit *safe, int paced, uint64_t *
     int rc = MMKV_OK;
     uint64_t noted = mmkv_log_reclaimed_start(&e->log);
     if (start > noted) {
-        /* The copies below the state's tail reach the disk before their originals leave it. */
-        if (!e->temporary) rc = mmkv_file_sync(e->log.map.fd);
+        /* The copies below the state's tail reach the disk before their originals leave it.
+        ** The pages written since the last sync are unmapped first, so that writing them back
+        ** interrupts no processor (txn.c, DROP_PAGES_MIN); the writer maps its newest page again
+        ** at its next record. */
+        if (!e->temporary) {
+            uint64_t mapped = mmkv_map_mapped(&e->log.map);
+            uint64_t from = e->reclaim_dropped_to / MMKV_PAGE_SIZE * MMKV_PAGE_SIZE;
+            if (from < MMKV_DATA_START) from = MMKV_DATA_START;
+            mmkv_map_drop_pages(&e->log.map, from, mapped);
+            if (safe->tail > e->reclaim_dropped_to) e->reclaim_dropped_to = safe->tail;
+            rc = mmkv_file_sync(e->log.map.fd);
+        }
         if (rc == MMKV_OK) rc = mmkv_failpoint("before-start-note");
         if (rc == MMKV_OK) rc = mmkv_log_write_reclaimed_start(&e->log, start);
         if (rc == MMKV_OK) noted = start;

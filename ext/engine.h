@@ -72,6 +72,8 @@ struct mmkv_engine {
     pthread_mutex_t mutex; /* guards txn.owner */
     pthread_mutex_t reclaim_mutex; /* one reclaimer at a time (compact.c) */
     uint64_t reclaimed; /* this process punched the log's bytes below this (compact.c) */
+    uint64_t pages_dropped_to; /* the writer unmapped the log's written pages below this (txn.c) */
+    uint64_t reclaim_dropped_to; /* and the reclaimer, before its sync (compact.c) */
     /* Compaction in this process (compact.c), under mutex: a pass asked for ('compact'), up to
     ** compact_until, once compact_ready (the tombstones' safe point is known); an automatic pass
     ** going on; and the newest txid no reader anywhere reads a state older than. */

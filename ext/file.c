@@ -633,6 +633,16 @@ int mmkv_map_sync_range(mmkv_map *map, uint64_t offset, uint64_t len)
     return rc == 0 ? MMKV_OK : os_fail(errno);
 }
 
+void mmkv_map_drop_pages(mmkv_map *map, uint64_t from, uint64_t to)
+{
+    uint64_t page = system_page_size();
+    uint64_t mapped = mmkv_map_mapped(map);
+    from = round_up(from, page);
+    to = (to < mapped ? to : mapped) / page * page;
+    /* On a shared file mapping this only unmaps: dirty pages stay dirty in the page cache. */
+    if (to > from) madvise(mmkv_map_base(map) + from, to - from, MADV_DONTNEED);
+}
+
 void mmkv_map_release(mmkv_map *map)
 {
     if (last_failure.map == map) last_failure.map = NULL; /* a later map may take its place */

@@ -102,6 +102,9 @@ int mmkv_map_sync_range(mmkv_map *map, uint64_t offset, uint64_t len); /* msync,
 ** disk). */
 int mmkv_map_give_back(mmkv_map *map, uint64_t keep);
 void mmkv_map_release(mmkv_map *map); /* unmaps every view; only with no other user */
+/* Drops this process's page mappings of the whole pages in [from, to) of the newest view (where
+** writes go): the bytes stay in the file and the page cache, and the next access maps them anew. */
+void mmkv_map_drop_pages(mmkv_map *map, uint64_t from, uint64_t to);
 
 /* Sets *errmsg to what the last failed map call of this thread on map did (rc being its result):
 ** what it asked for, how much address space the map holds, and the system's reason, naming the

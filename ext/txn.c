@@ -186,6 +186,26 @@ void mmkv_txn_rollback_to(mmkv_conn *conn, int level)
     if (mmkv_txn_savepoint(conn, level) != MMKV_OK) txn->n_savepoints = 0;
 }
 
+/* A page of the log written through the map and still mapped is written back (by the kernel, or
+** a sync) only after its mapping is write-protected, one page at a time, each time interrupting
+** every other processor that runs this process to flush it: measured on a 2-processor VM, about
+** 45 us of processor time per page, which, with compaction's syncs of the log, cost the writer
+** more than compaction's own work (updates at 1M keys: 3.3 us each, 2.2 us with both threads on
+** one processor). A page no longer mapped needs none of that. So the writer drops its mappings of
+** the whole pages it wrote: before it syncs them, and otherwise once its commits have put
+** DROP_PAGES_MIN behind them, keeping the newest DROP_PAGES_KEEP mapped for the reads that follow
+** writes. The bytes stay in the page cache; a reader maps them again, read-only. */
+#define DROP_PAGES_MIN ((uint64_t)1 << 20)
+#define DROP_PAGES_KEEP ((uint64_t)64 << 10)
+
+static void drop_written_pages(mmkv_engine *e, uint64_t to, uint64_t min_bytes)
+{
+    if (e->pages_dropped_to < MMKV_DATA_START) e->pages_dropped_to = MMKV_DATA_START;
+    if (to < e->pages_dropped_to + min_bytes || to <= e->pages_dropped_to) return;
+    mmkv_map_drop_pages(&e->log.map, e->pages_dropped_to, to);
+    e->pages_dropped_to = to / MMKV_PAGE_SIZE * MMKV_PAGE_SIZE; /* its last page is not whole */
+}
+
 int mmkv_txn_prepare(mmkv_conn *conn)
 {
     mmkv_conn_clear_error(conn);
@@ -204,8 +224,10 @@ int mmkv_txn_prepare(mmkv_conn *conn)
     if (conn->sync == MMKV_SYNC_OFF && !e->temporary && !mmkv_log_notice(&e->log, NULL))
         rc = mmkv_log_write_notice(&e->log, txn->start); /* all before was synced */
     if (rc == MMKV_OK) rc = mmkv_failpoint("before-data-sync");
-    if (rc == MMKV_OK && conn->sync != MMKV_SYNC_OFF && !conn->owner_keeps_records)
+    if (rc == MMKV_OK && conn->sync != MMKV_SYNC_OFF && !conn->owner_keeps_records) {
+        drop_written_pages(e, txn->append_pos, 0);
         rc = mmkv_map_sync_range(&e->log.map, txn->start, txn->append_pos - txn->start);
+    }
     if (rc == MMKV_OK) rc = mmkv_failpoint("before-meta-write");
     if (rc != MMKV_OK) return mmkv_error_os(&conn->errmsg, rc, "mmkv: cannot sync '%s'", e->data_path);
     mmkv_meta meta;
@@ -300,6 +322,8 @@ void mmkv_txn_rollback(mmkv_conn *conn)
     }
     mmkv_engine_undo(e, 0, 0);
     txn->append_pos = txn->start;
+    if (e->pages_dropped_to > txn->start) /* the next records go there again */
+        e->pages_dropped_to = txn->start / MMKV_PAGE_SIZE * MMKV_PAGE_SIZE;
     txn_end(e);
 }
 
@@ -312,5 +336,7 @@ void mmkv_txn_commit(mmkv_conn *conn)
         mmkv_txn_rollback(conn); /* commit cannot report failure: leave nothing half-done */
         return;
     }
+    if (txn->n_written && txn->append_pos > DROP_PAGES_KEEP)
+        drop_written_pages(e, txn->append_pos - DROP_PAGES_KEEP, DROP_PAGES_MIN);
     txn_end(e);
 }

@@ -250,6 +250,84 @@ static uint64_t record_of_int_key(const char *path, int64_t k)
 /* Growing the index moves each slot by its record's key, read without the record's checksum: the
 ** slot's tag checks the key. A damaged key stops the move with an error that names the record;
 ** damage elsewhere in the record moves the slot right and shows at the record's next read. */
+/* Kilobytes of the data file at path resident in this process's mappings (/proc/self/smaps). */
+static long mapped_kb(const char *path)
+{
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f) return -1;
+    char line[4096];
+    long kb = 0;
+    int in_file = 0;
+    size_t n = strlen(path);
+    while (fgets(line, sizeof line, f)) {
+        size_t len = strlen(line);
+        if (len && line[len - 1] == '\n') line[--len] = 0;
+        unsigned long from, to;
+        long v;
+        if (sscanf(line, "%lx-%lx ", &from, &to) == 2) /* a mapping's first line ends in its file */
+            in_file = len >= n && strcmp(line + len - n, path) == 0;
+        else if (in_file && sscanf(line, "Rss: %ld kB", &v) == 1)
+            kb += v;
+    }
+    fclose(f);
+    return kb;
+}
+
+static void test_written_pages_dropped(void)
+{
+    if (!begin_test("a commit unmaps the pages it wrote, and they read back right"))
+        return;
+    for (int full = 0; full < 2 && !current_failed; full++) {
+        const char *what = full ? "sync=full" : "sync=off";
+        const char *path = path_of(full ? "drop-full.mmkv" : "drop-off.mmkv");
+        mmkv_conn *c = open_or_die(path, full ? MMKV_SYNC_FULL : MMKV_SYNC_OFF);
+        if (!c) break;
+        static unsigned char value[1000];
+        /* 4000 records of about 1 KiB: 4 MiB of log, each written through the map. */
+        CHECK_RC(mmkv_txn_begin(c), MMKV_OK, "%s: begin", what);
+        for (int i = 0; i < 4000 && !current_failed; i++) {
+            int64_t ks;
+            mmkv_datum key = int_datum(&ks, i);
+            memset(value, (unsigned char)i, sizeof value);
+            mmkv_datum v = blob_datum(value, sizeof value);
+            CHECK_RC(mmkv_put(c, &key, &v, MMKV_PUT_INSERT), MMKV_OK, "%s: put %d", what, i);
+        }
+        long before = mapped_kb(path);
+        CHECK_RC(commit(c), MMKV_OK, "%s: commit", what);
+        long after = mapped_kb(path);
+        CHECK(before >= 3000, "%s: before the commit the written pages are mapped: %ld kB",
+              what, before);
+        CHECK(after >= 0 && after < 512, "%s: after the commit at most 512 kB of the file stay "
+              "mapped here: got %ld kB (%ld before)", what, after, before);
+        mmkv_snapshot snap;
+        CHECK_RC(mmkv_snapshot_take(c, &snap), MMKV_OK, "%s: snapshot", what);
+        int wrong = 0;
+        for (int i = 0; i < 4000; i++) {
+            int64_t ks;
+            mmkv_datum key = int_datum(&ks, i);
+            mmkv_row row;
+            memset(value, (unsigned char)i, sizeof value);
+            wrong += mmkv_get(c, &snap, &key, &row) != MMKV_OK || row.value.len != sizeof value ||
+                     memcmp(row.value.bytes, value, sizeof value) != 0;
+        }
+        CHECK_EQ(wrong, 0, "%s: values read wrong after the commit", what);
+        mmkv_close(c);
+        c = open_or_die(path, MMKV_SYNC_OFF);
+        if (!c) break;
+        CHECK_EQ(get_int(c, 0), -2, "%s: reopened, key 0 is a blob (not an int)", what);
+        CHECK_RC(mmkv_snapshot_take(c, &snap), MMKV_OK, "%s: snapshot after reopening", what);
+        int64_t ks;
+        mmkv_datum key = int_datum(&ks, 3999);
+        mmkv_row row;
+        memset(value, (unsigned char)3999, sizeof value);
+        CHECK(mmkv_get(c, &snap, &key, &row) == MMKV_OK && row.value.len == sizeof value &&
+                  memcmp(row.value.bytes, value, sizeof value) == 0,
+              "%s: reopened, the last record reads right", what);
+        mmkv_close(c);
+    }
+    end_test();
+}
+
 static void test_growth_reads_keys(void)
 {
     if (!begin_test("index growth: a damaged key stops a slot's move, a damaged value does not"))
@@ -1770,6 +1848,7 @@ int main(void)
     test_values();
     test_growth();
     test_growth_reads_keys();
+    test_written_pages_dropped();
     test_foreign_file();
     test_torn_meta_falls_back();
     test_writer_death();
