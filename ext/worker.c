@@ -7,6 +7,7 @@
 #include "sqlite3_mmkv.h"
 
 #include <dlfcn.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,11 @@ SQLITE_EXTENSION_INIT3
 #define SAFE_WAIT_MS 2000      /* how long a compaction waits to know its tombstones' safe point */
 #define RECLAIM_WAIT_MS 60000  /* how long space waits for old readers before the job gives up */
 #define SESSION_IDLE_MS 50     /* a connection kept for the next job closes after this long idle */
+/* A pass asked for tries to show a state safe every this many steps (1 MiB of log walked at the
+** worker's step budget), and gives its space back once shown, so that its copies and their
+** originals are not both on disk for long: at 1M keys, a pass that gave space back only at its
+** end held up to 2.7 times the space of a native table just before it. */
+#define RECLAIM_EVERY_STEPS 4
 
 typedef struct job {
     struct job *next;
@@ -72,25 +78,59 @@ static void pin_library(void)
         dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
 }
 
-/* The newest committed state of the table, and whether it is shown safe: durable, and no reader
-** anywhere reads an older one (worker.h). Waits up to wait_ms for readers to move on. 1 if shown
-** safe, 0 if not (the state is still the newest read), -1 if it could not be read. */
-static int safe_state(sqlite3 *db, const char *table, mmkv_commit *state, long wait_ms)
+/* Showing a committed state safe: durable, and no reader anywhere reads an older one (worker.h).
+** The state is read from the commit record, and then a passive checkpoint tells how many frames
+** the WAL holds: the state's commit is among them. Once a checkpoint has copied at least that many
+** (this one or a later one), every reader's snapshot holds them: SQLite copies no frame past the
+** oldest snapshot of any reader, and a new reader starts at the WAL's end. And they are durable:
+** a checkpoint syncs the WAL before it copies. A WAL that restarted meanwhile (its count starts
+** again) shows it too: it restarts only once every reader reads the copied database. Not waiting
+** for the whole WAL to be copied matters while others write: a writer adds frames all the time,
+** and a checkpoint then never copies them all. In rollback-journal mode every reader reads the
+** newest commit, so the state read is safe at once (the checkpoint reports -1 frames). */
+typedef struct safety_proof {
+    mmkv_commit state;
+    int frames; /* the WAL's frames when the state was read */
+} safety_proof;
+
+/* One checkpoint: 1 if it shows p->state safe, 0 if not yet. */
+static int proof_check(sqlite3 *db, safety_proof *p)
+{
+    int log = -1, copied = -1;
+    int rc = sqlite3_wal_checkpoint_v2(db, "main", SQLITE_CHECKPOINT_PASSIVE, &log, &copied);
+    if (rc != SQLITE_OK) return 0;
+    if (p->frames == INT_MIN) p->frames = log; /* the first checkpoint after reading the state */
+    /* Fewer frames than noted: the WAL restarted, which it does only once every reader has moved
+    ** to the copied database, after a checkpoint that copied it all. */
+    return copied >= p->frames || log < p->frames;
+}
+
+/* Reads the newest committed state into p and checks it once: as proof_check, or -1 if the state
+** could not be read (the table went). */
+static int proof_begin(sqlite3 *db, const char *table, safety_proof *p)
 {
     mmkv_commit_record rec;
     if (mmkv_record_open(&rec, db, "main", table, NULL) != SQLITE_OK) return -1;
-    int shown = -1;
-    long poll_us = SAFE_POLL_MIN_US;
-    for (long waited_us = 0;; waited_us += poll_us,
-              poll_us = poll_us * 2 < SAFE_POLL_MAX_US ? poll_us * 2 : SAFE_POLL_MAX_US) {
-        if (mmkv_record_read(&rec, state, NULL) != SQLITE_OK) break;
-        int log = -1, copied = -1;
-        int rc = sqlite3_wal_checkpoint_v2(db, "main", SQLITE_CHECKPOINT_PASSIVE, &log, &copied);
-        shown = rc == SQLITE_OK && log == copied;
-        if (shown || waited_us >= wait_ms * 1000) break;
-        pause_us(poll_us); /* a reader holds an older snapshot, or another checkpoint runs */
-    }
+    int rc = mmkv_record_read(&rec, &p->state, NULL);
     mmkv_record_close(&rec);
+    if (rc != SQLITE_OK) return -1;
+    p->frames = INT_MIN;
+    return proof_check(db, p);
+}
+
+/* The newest committed state of the table, and whether it is shown safe, waiting up to wait_ms
+** for readers to move on. 1 if shown safe, 0 if not, -1 if it could not be read. */
+static int safe_state(sqlite3 *db, const char *table, mmkv_commit *state, long wait_ms)
+{
+    safety_proof p;
+    int shown = proof_begin(db, table, &p);
+    long poll_us = SAFE_POLL_MIN_US;
+    for (long waited_us = 0; shown == 0 && waited_us < wait_ms * 1000; waited_us += poll_us,
+              poll_us = poll_us * 2 < SAFE_POLL_MAX_US ? poll_us * 2 : SAFE_POLL_MAX_US) {
+        pause_us(poll_us); /* a reader holds an older snapshot, or another checkpoint runs */
+        shown = proof_check(db, &p);
+    }
+    *state = p.state;
     return shown;
 }
 
@@ -104,6 +144,13 @@ static int exec_step(sqlite3 *db, const char *table)
     return rc;
 }
 
+/* Gives space back for a state shown safe. */
+static void give_back(mmkv_conn *conn, const mmkv_commit *state)
+{
+    mmkv_compact_set_safe(conn, state->txid, 0);
+    mmkv_reclaim(conn, state, 1, NULL);
+}
+
 static void run_compaction(sqlite3 *db, mmkv_conn *conn, const job *j)
 {
     mmkv_commit state;
@@ -111,13 +158,23 @@ static void run_compaction(sqlite3 *db, mmkv_conn *conn, const job *j)
     int shown = safe_state(db, j->table, &state, SAFE_WAIT_MS);
     if (shown < 0) return;
     mmkv_compact_set_safe(conn, shown ? state.txid : 0, 1);
-    int failures = 0;
+    /* The copies a pass makes would otherwise sit beside their originals until it ends: every
+    ** RECLAIM_EVERY_STEPS steps a state is read, and its space given back once shown safe (a
+    ** checkpoint and a reclaim hold no lock a writer waits for). */
+    safety_proof proof;
+    int proving = 0;
+    int failures = 0, steps = 0;
     while (mmkv_compact_pending(conn, NULL)) {
         long began = now_us();
         int rc = exec_step(db, j->table);
         if (rc == SQLITE_OK) {
             failures = 0;
             long held = now_us() - began;
+            if (++steps % RECLAIM_EVERY_STEPS == 0) {
+                int proved = proving ? proof_check(db, &proof) : proof_begin(db, j->table, &proof);
+                proving = proved == 0;
+                if (proved > 0) give_back(conn, &proof.state);
+            }
             pause_us(held * STEP_PAUSE_FACTOR > STEP_PAUSE_US ? held * STEP_PAUSE_FACTOR
                                                               : STEP_PAUSE_US);
         } else if ((rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED) {
@@ -214,18 +271,11 @@ static void run_job(const job *j)
     match_sync_to_journal(current.db);
     if (j->kind == MMKV_JOB_COMPACT) run_compaction(current.db, current.conn, j);
     mmkv_commit state;
-    for (long waited = 0; waited < RECLAIM_WAIT_MS; waited += SAFE_WAIT_MS) {
-        int shown = safe_state(current.db, j->table, &state, SAFE_WAIT_MS);
-        if (shown < 0) {
-            session_close(); /* the table went (DROP, RENAME): nothing to keep open for */
-            break;
-        }
-        if (shown) {
-            mmkv_compact_set_safe(current.conn, state.txid, 0);
-            mmkv_reclaim(current.conn, &state, 1, NULL);
-            break;
-        }
-    }
+    int shown = safe_state(current.db, j->table, &state, RECLAIM_WAIT_MS);
+    if (shown < 0)
+        session_close(); /* the table went (DROP, RENAME): nothing to keep open for */
+    else if (shown)
+        give_back(current.conn, &state);
 }
 
 static void *worker_main(void *unused)

@@ -7,10 +7,12 @@
 **     own to the same database, so that other writers interleave with it and it finishes without
 **     further activity of the user's;
 **   - space is given back (mmkv_reclaim) for a state the worker has shown no reader still reads
-**     older than: it reads the commit record, then runs a passive checkpoint; one that copies the
-**     whole WAL proves that no reader anywhere holds an older snapshot (SQLite cannot backfill a
-**     frame a reader still needs) and that the state is durable. In rollback-journal mode every
-**     reader reads the newest commit, so the state read is safe at once.
+**     older than: it reads the commit record, then runs passive checkpoints; one that has copied
+**     as many frames as the WAL held when the state was read proves that no reader anywhere holds
+**     an older snapshot (SQLite cannot backfill a frame a reader still needs) and that the state
+**     is durable. In rollback-journal mode every reader reads the newest commit, so the state read
+**     is safe at once. A compaction asked for gives space back this way as it goes, not only at
+**     its end.
 **
 ** One thread per process, started on the first job; it keeps its connection only while jobs for
 ** the same table follow one another (closed after 50 ms idle).
