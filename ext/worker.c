@@ -23,7 +23,7 @@ SQLITE_EXTENSION_INIT3
 #define BUSY_PAUSE_US 10000    /* after a step found the database locked */
 #define BUSY_TIMEOUT_MS 10000  /* the worker's connection waits this long for a lock */
 #define STEP_FAILURES_MAX 100  /* steps that found the database locked, before giving up */
-#define SAFE_POLL_MIN_US 500   /* between checkpoints that did not copy the whole WAL: from this, */
+#define SAFE_POLL_MIN_US 500   /* between checkpoints that did not show a state safe: from this, */
 #define SAFE_POLL_MAX_US 50000 /* doubling up to this */
 #define SAFE_WAIT_MS 2000      /* how long a compaction waits to know its tombstones' safe point */
 #define RECLAIM_WAIT_MS 60000  /* how long space waits for old readers before the job gives up */
