@@ -256,6 +256,15 @@ int mmkv_compact_pending(mmkv_conn *conn, uint64_t *until)
     return pending;
 }
 
+int mmkv_compact_waiting(mmkv_conn *conn)
+{
+    mmkv_engine *e = conn->engine;
+    pthread_mutex_lock(&e->mutex);
+    int waiting = e->compact_until != 0 && !e->compact_ready;
+    pthread_mutex_unlock(&e->mutex);
+    return waiting;
+}
+
 void mmkv_compact_set_safe(mmkv_conn *conn, uint64_t safe_txid, int ready)
 {
     mmkv_engine *e = conn->engine;

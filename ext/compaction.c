@@ -46,11 +46,39 @@ static int job_target(mmkv_table *t, mmkv_job_target *target)
     return 1;
 }
 
+/* A commit that left garbage past 4/3 of the threshold (40% at 30), and at least the most one step
+** walks (4 MiB), is more than its commits' steps will bring down soon: one large transaction
+** rewrote or deleted much of the table, and its own step walks at most 4 MiB. With no commit after
+** it, the files would stay at that size (a table of 150,000 rows rewritten in one transaction kept
+** twice its size; deleted, 8 MB of tombstones). It asks for a pass, as 'compact' does, which the
+** worker runs to its end. Under a sustained workload steps keep garbage near the threshold, so
+** this asks only after such a transaction. */
+#define BEHIND_FACTOR_NUM 4
+#define BEHIND_FACTOR_DEN 3
+#define BEHIND_MIN_GARBAGE ((uint64_t)4 << 20)
+
+static int far_behind(mmkv_table *t)
+{
+    mmkv_commit state;
+    if (!t->owned || t->autocompact <= 0 || mmkv_committed(t->conn, &state) != MMKV_OK) return 0;
+    uint64_t start = state.start > MMKV_RECORD_FIRST_OFFSET ? state.start : MMKV_RECORD_FIRST_OFFSET;
+    uint64_t bytes = state.tail > start ? state.tail - start : 0;
+    return state.garbage_bytes >= BEHIND_MIN_GARBAGE &&
+           state.garbage_bytes * 100 * BEHIND_FACTOR_DEN >=
+               bytes * (uint64_t)t->autocompact * BEHIND_FACTOR_NUM &&
+           !mmkv_compact_pending(t->conn, NULL);
+}
+
 void mmkv_compaction_committed(mmkv_table *t)
 {
     int asked = t->compact_asked;
     t->compact_asked = 0;
-    if (!t->conn || (!t->compacted && !asked)) return;
+    if (!t->conn) return;
+    if (!asked && far_behind(t)) {
+        mmkv_compact_request(t->conn);
+        asked = 1;
+    }
+    if (!t->compacted && !asked) return;
     t->compacted = 0;
     if (t->owned) {
         mmkv_job_target target;

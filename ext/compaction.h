@@ -5,9 +5,9 @@
 ** Steps run inside write transactions, just before their commit (mmkv_compaction_sync): an
 ** automatic step when garbage reaches the table's autocompact= share of its log, in the
 ** transaction of whoever writes, so that compaction adds no lock, no thread and no waiting to a
-** workload that writes; and the steps of a compaction asked for with 'compact', each in a short
-** transaction of the worker's (worker.h), so that it finishes without further writes of the
-** user's. After a commit that moved the log's start (mmkv_compaction_committed) the space below it
+** workload that writes; and the steps of a compaction asked for with 'compact' (or by a commit
+** that left far more garbage than steps take away), each in a short transaction of the worker's
+** (worker.h), so that it finishes without further writes of the user's. After a commit that moved the log's start (mmkv_compaction_committed) the space below it
 ** is given back once no reader can need it: by the worker for a table in a database file, at once
 ** for a table of a temporary or in-memory database when no cursor of it is open and no other
 ** process or connection has its files open.

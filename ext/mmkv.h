@@ -256,7 +256,7 @@ int mmkv_reclaim(mmkv_conn *conn, const mmkv_commit *safe, int paced, uint64_t *
 ** tombstones may go (ready). mmkv_compact_on_commit, inside a write transaction before its
 ** prepare, takes a step if a pass was asked for and is ready, or if garbage makes up at least
 ** threshold_pct percent of the log (0: never automatically; an automatic pass then goes on until
-** it is under half of that): a budget of four times the bytes the transaction wrote, within
+** it is under nine tenths of that): a budget of four times the bytes the transaction wrote, within
 ** [64 KiB, 4 MiB] (or `budget` if not 0), so that compaction outpaces writing at a cost
 ** bounded per commit. *stepped is 1 if it moved the start. A pass that ends adds one to the
 ** state's compactions. */
@@ -265,6 +265,8 @@ void mmkv_compact_request(mmkv_conn *conn);
 void mmkv_compact_cancel(mmkv_conn *conn);
 /* Whether a pass asked for is still to run (1), and up to where. */
 int mmkv_compact_pending(mmkv_conn *conn, uint64_t *until);
+/* Whether a pass asked for waits for mmkv_compact_set_safe to say how far tombstones may go. */
+int mmkv_compact_waiting(mmkv_conn *conn);
 void mmkv_compact_set_safe(mmkv_conn *conn, uint64_t safe_txid, int ready);
 uint64_t mmkv_compact_safe_txid(mmkv_conn *conn);
 int mmkv_compact_on_commit(mmkv_conn *conn, int threshold_pct, uint64_t budget, int *stepped);

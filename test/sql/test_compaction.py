@@ -691,13 +691,44 @@ def test_space_comes_back_while_compact_runs_under_writes():
         db.close()
 
 
+def test_large_transaction_compacts_without_later_commits():
+    """One transaction that rewrites, then one that deletes, every row of a table leaves far more
+    garbage than its own step takes away; with no commit after it, the worker compacts anyway:
+    the files come back near the rows' size, then under 1 MB."""
+    n = 150000
+    with TempDir() as d:
+        path = os.path.join(d, "app.db")
+        db = connect(path)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE VIRTUAL TABLE kv USING mmkv(sync=off)")
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO kv VALUES(?, randomblob(100))", ((k,) for k in range(n)))
+        db.execute("COMMIT")
+        loaded = allocated(d)
+        db.execute("UPDATE kv SET value = randomblob(100)")
+        rewritten = allocated(d)
+        check("the rewrite doubles the log", rewritten > loaded * 1.6,
+              "loaded %d, rewritten %d" % (loaded, rewritten))
+        check("without a later commit, the files come back near the rows' size",
+              wait_until(lambda: allocated(d) < loaded * 1.3, timeout=60),
+              "loaded %d, rewritten %d, now %d" % (loaded, rewritten, allocated(d)))
+        check_equal("every row still there", db.execute("SELECT count(*) FROM kv").fetchone()[0], n)
+        integrity(db, "integrity-check after the rewrite's compaction")
+        db.execute("DELETE FROM kv")
+        check("after a delete of every row, the files go under 1 MB without 'compact'",
+              wait_until(lambda: allocated(d) < MIB, timeout=60), "now %d" % allocated(d))
+        check_equal("no row left", db.execute("SELECT count(*) FROM kv").fetchone()[0], 0)
+        db.close()
+
+
 CASES = [test_automatic_compaction_bounds_space, test_compact_command_and_delete_all,
          test_readers_keep_their_snapshots, test_kill_during_compaction,
          test_temporary_and_memory_tables_compact, test_rollback_of_a_compacting_transaction,
          test_autocompact_argument, test_backup_of_a_compacted_table, test_compaction_and_ddl,
          test_other_process_reads_during_compaction, test_index_sized_by_live_keys,
          test_compacting_a_table_of_mmkv_0_1, test_read_only_reader_across_compactions,
-         test_space_comes_back_while_compact_runs_under_writes]
+         test_space_comes_back_while_compact_runs_under_writes,
+         test_large_transaction_compacts_without_later_commits]
 
 if __name__ == "__main__":
     harness.main([harness.watchdog(c, CASE_TIMEOUT) for c in CASES])
