@@ -373,7 +373,9 @@ int mmkv_reclaim(mmkv_conn *conn, const mmkv_commit *safe, int paced, uint64_t *
             if (from < MMKV_DATA_START) from = MMKV_DATA_START;
             mmkv_map_drop_pages(&e->log.map, from, mapped);
             if (safe->tail > e->reclaim_dropped_to) e->reclaim_dropped_to = safe->tail;
-            rc = mmkv_file_sync_paced(e->log.map.fd, mapped);
+            /* From the new start: below it are holes, and originals about to become holes. */
+            uint64_t log_from = start / MMKV_PAGE_SIZE * MMKV_PAGE_SIZE;
+            rc = mmkv_file_sync_paced(e->log.map.fd, log_from, mapped);
         }
         if (rc == MMKV_OK) rc = mmkv_failpoint("before-start-note");
         if (rc == MMKV_OK) rc = mmkv_log_write_reclaimed_start(&e->log, start);

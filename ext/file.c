@@ -168,12 +168,12 @@ static int write_back(int fd, uint64_t at, unsigned flags)
     return rc;
 }
 
-int mmkv_file_sync_paced(int fd, uint64_t size)
+int mmkv_file_sync_paced(int fd, uint64_t from, uint64_t to)
 {
     /* Each piece is started, then the one before it waited for: one piece is always on its way. */
-    for (uint64_t at = 0; at < size; at += SYNC_PIECE) {
+    for (uint64_t at = from; at < to; at += SYNC_PIECE) {
         if (write_back(fd, at, SYNC_FILE_RANGE_WRITE) != 0) break; /* the fdatasync does it all */
-        if (at && write_back(fd, at - SYNC_PIECE,
+        if (at > from && write_back(fd, at - SYNC_PIECE,
                              SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
                                  SYNC_FILE_RANGE_WAIT_AFTER) != 0)
             break;

@@ -69,10 +69,11 @@ int mmkv_file_size(int fd, uint64_t *size);
 int mmkv_file_read(int fd, void *buf, size_t len, uint64_t offset); /* short read: IOERR */
 int mmkv_file_write(int fd, const void *buf, size_t len, uint64_t offset);
 int mmkv_file_sync(int fd);                                   /* fdatasync */
-/* The same, for a file that may hold much unwritten data, while others write it: its first size
-** bytes are written back a few megabytes at a time first, so that no one writeback holds up a
-** writer's page fault or commit for long (one fdatasync of 1.2 GB held a writer 70 ms). */
-int mmkv_file_sync_paced(int fd, uint64_t size);
+/* The same, for a file that may hold much unwritten data while others write it: bytes [from,
+** to), where that data is, are written back a few megabytes at a time first, so that no one
+** write-back holds up a writer's page fault or commit for long (one fdatasync of 1.2 GB held a
+** writer 70 ms). */
+int mmkv_file_sync_paced(int fd, uint64_t from, uint64_t to);
 int mmkv_file_sync_dir(const char *path);                     /* the directory of path */
 int mmkv_file_allocate(int fd, uint64_t size);                /* FULL on ENOSPC */
 int mmkv_file_allocate_range(int fd, uint64_t offset, uint64_t len); /* the same, for a range */

@@ -201,7 +201,7 @@ void mmkv_txn_rollback_to(mmkv_conn *conn, int level)
 static void drop_written_pages(mmkv_engine *e, uint64_t to, uint64_t min_bytes)
 {
     if (e->pages_dropped_to < MMKV_DATA_START) e->pages_dropped_to = MMKV_DATA_START;
-    if (to < e->pages_dropped_to + min_bytes || to <= e->pages_dropped_to) return;
+    if (to <= e->pages_dropped_to || to - e->pages_dropped_to < min_bytes) return;
     mmkv_map_drop_pages(&e->log.map, e->pages_dropped_to, to);
     e->pages_dropped_to = to / MMKV_PAGE_SIZE * MMKV_PAGE_SIZE; /* its last page is not whole */
 }
