@@ -51,7 +51,8 @@ static int job_target(mmkv_table *t, mmkv_job_target *target)
 ** rewrote or deleted much of the table, and its own step walks at most 4 MiB. With no commit after
 ** it, the files would stay at that size (a table of 150,000 rows rewritten in one transaction kept
 ** twice its size; deleted, 8 MB of tombstones). It asks for a pass, as 'compact' does, which the
-** worker runs to its end. Under a sustained workload steps keep garbage near the threshold, so
+** worker runs to its end (or, for a table of a temporary or in-memory database, the committing
+** connection at once: compact_after_commit). Under a sustained workload steps keep garbage near the threshold, so
 ** this asks only after such a transaction. */
 #define BEHIND_FACTOR_NUM 4
 #define BEHIND_FACTOR_DEN 3
@@ -60,7 +61,7 @@ static int job_target(mmkv_table *t, mmkv_job_target *target)
 static int far_behind(mmkv_table *t)
 {
     mmkv_commit state;
-    if (!t->owned || t->autocompact <= 0 || mmkv_committed(t->conn, &state) != MMKV_OK) return 0;
+    if (t->autocompact <= 0 || mmkv_committed(t->conn, &state) != MMKV_OK) return 0;
     uint64_t start = state.start > MMKV_RECORD_FIRST_OFFSET ? state.start : MMKV_RECORD_FIRST_OFFSET;
     uint64_t bytes = state.tail > start ? state.tail - start : 0;
     return state.garbage_bytes >= BEHIND_MIN_GARBAGE &&
@@ -69,25 +70,62 @@ static int far_behind(mmkv_table *t)
            !mmkv_compact_pending(t->conn, NULL);
 }
 
+/* The whole pass asked for, run here in the transaction t has begun: a table that is not in a
+** database file has no worker to run it. */
+static int run_pass_here(mmkv_table *t, uint64_t safe_txid)
+{
+    mmkv_compact_set_safe(t->conn, safe_txid, 1);
+    while (mmkv_compact_pending(t->conn, NULL)) {
+        int stepped = 0;
+        int rc = mmkv_compact_on_commit(t->conn, 0, 0, &stepped);
+        if (rc != MMKV_OK) return rc;
+        if (stepped) t->compacted = 1;
+    }
+    return MMKV_OK;
+}
+
+/* A table of a temporary or in-memory database that one large transaction left far behind, and
+** that only this connection uses: the pass runs now, in a transaction of its own after the one
+** that committed (commit cannot fail, so a pass that fails is rolled back, and later commits'
+** steps go on with it). Only this connection waits, and only after a transaction that wrote at
+** least as much as the pass walks. */
+static void compact_after_commit(mmkv_table *t, const mmkv_commit *state)
+{
+    if (mmkv_txn_begin(t->conn) != MMKV_OK) return;
+    mmkv_compact_request(t->conn);
+    int rc = run_pass_here(t, state->txid);
+    if (rc == MMKV_OK) rc = mmkv_txn_prepare(t->conn);
+    if (rc == MMKV_OK)
+        mmkv_txn_commit(t->conn);
+    else
+        mmkv_txn_rollback(t->conn);
+}
+
 void mmkv_compaction_committed(mmkv_table *t)
 {
     int asked = t->compact_asked;
     t->compact_asked = 0;
     if (!t->conn) return;
-    if (!asked && far_behind(t)) {
-        mmkv_compact_request(t->conn);
-        asked = 1;
-    }
-    if (!t->compacted && !asked) return;
-    t->compacted = 0;
+    int behind = !asked && far_behind(t);
     if (t->owned) {
+        if (behind) mmkv_compact_request(t->conn);
+        asked |= behind;
+        if (!t->compacted && !asked) return;
+        t->compacted = 0;
         mmkv_job_target target;
         if (job_target(t, &target))
             mmkv_worker_submit(&target, asked ? MMKV_JOB_COMPACT : MMKV_JOB_RECLAIM);
         return;
     }
     mmkv_commit state;
-    if (alone(t) && mmkv_committed(t->conn, &state) == MMKV_OK) mmkv_reclaim(t->conn, &state, 0, NULL);
+    if (!(t->compacted || behind) || !alone(t) || mmkv_committed(t->conn, &state) != MMKV_OK) return;
+    t->compacted = 0;
+    if (behind) {
+        compact_after_commit(t, &state);
+        t->compacted = 0;
+        if (mmkv_committed(t->conn, &state) != MMKV_OK) return;
+    }
+    mmkv_reclaim(t->conn, &state, 0, NULL);
 }
 
 int mmkv_compaction_command(mmkv_table *t, int step_only, char **err)
@@ -109,12 +147,6 @@ int mmkv_compaction_command(mmkv_table *t, int step_only, char **err)
         return SQLITE_OK;
     }
     /* Not in a database file: run it here, to its end, in this transaction. */
-    mmkv_compact_set_safe(t->conn, alone(t) ? begun.txid : 0, 1);
-    while (mmkv_compact_pending(t->conn, NULL)) {
-        int stepped = 0;
-        rc = mmkv_compact_on_commit(t->conn, 0, 0, &stepped);
-        if (rc != MMKV_OK) return mmkv_table_error(t, rc, err);
-        if (stepped) t->compacted = 1;
-    }
-    return SQLITE_OK;
+    rc = run_pass_here(t, alone(t) ? begun.txid : 0);
+    return rc == MMKV_OK ? SQLITE_OK : mmkv_table_error(t, rc, err);
 }

@@ -7,7 +7,8 @@
 ** transaction of whoever writes, so that compaction adds no lock, no thread and no waiting to a
 ** workload that writes; and the steps of a compaction asked for with 'compact' (or by a commit
 ** that left far more garbage than steps take away), each in a short transaction of the worker's
-** (worker.h), so that it finishes without further writes of the user's. After a commit that
+** (worker.h), so that it finishes without further writes of the user's; a table that is not in a
+** database file has no worker, and runs such a pass in its own connection. After a commit that
 ** moved the log's start (mmkv_compaction_committed) the space below it is given back once no
 ** reader can need it: by the worker for a table in a database file, at once
 ** for a table of a temporary or in-memory database when no cursor of it is open and no other

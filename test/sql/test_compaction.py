@@ -721,6 +721,40 @@ def test_large_transaction_compacts_without_later_commits():
         db.close()
 
 
+def test_large_transaction_of_a_temporary_table_compacts():
+    """A table of a temporary or in-memory database has no worker: after one transaction that
+    rewrites every row, then one that deletes them, the committing connection runs the pass
+    itself, so that the files come back near the rows' size, then under 1 MB, with no later
+    commit."""
+    n = 100000
+    for where in ("temp", "memory"):
+        db = connect(":memory:")
+        schema = "temp" if where == "temp" else "main"
+        db.execute("CREATE VIRTUAL TABLE %s.kv USING mmkv" % schema)
+        stats = "SELECT data_file_bytes + index_file_bytes, garbage_bytes, live_count " \
+                "FROM mmkv_stats('kv', '%s')" % schema
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO kv VALUES(?, randomblob(100))", ((k,) for k in range(n)))
+        db.execute("COMMIT")
+        loaded = db.execute(stats).fetchone()[0]
+        db.execute("UPDATE kv SET value = randomblob(100)")
+        size, garbage, live = db.execute(stats).fetchone()
+        check("%s table: the rewrite's commit compacts (loaded %d)" % (where, loaded),
+              size < loaded * 1.3 and live == n,
+              "loaded %d bytes, after the rewrite %d (garbage %d, %d rows)"
+              % (loaded, size, garbage, live))
+        integrity(db, "%s table: integrity-check after the rewrite" % where)
+        db.execute("BEGIN")
+        db.execute("DELETE FROM kv")
+        db.execute("COMMIT")
+        size, garbage, live = db.execute(stats).fetchone()
+        check("%s table: a delete of every row leaves under 1 MB" % where,
+              size < MIB and live == 0, "%d bytes (garbage %d, %d rows)" % (size, garbage, live))
+        check_equal("%s table: no row left" % where,
+                    db.execute("SELECT count(*) FROM kv").fetchone()[0], 0)
+        db.close()
+
+
 CASES = [test_automatic_compaction_bounds_space, test_compact_command_and_delete_all,
          test_readers_keep_their_snapshots, test_kill_during_compaction,
          test_temporary_and_memory_tables_compact, test_rollback_of_a_compacting_transaction,
@@ -728,7 +762,8 @@ CASES = [test_automatic_compaction_bounds_space, test_compact_command_and_delete
          test_other_process_reads_during_compaction, test_index_sized_by_live_keys,
          test_compacting_a_table_of_mmkv_0_1, test_read_only_reader_across_compactions,
          test_space_comes_back_while_compact_runs_under_writes,
-         test_large_transaction_compacts_without_later_commits]
+         test_large_transaction_compacts_without_later_commits,
+         test_large_transaction_of_a_temporary_table_compacts]
 
 if __name__ == "__main__":
     harness.main([harness.watchdog(c, CASE_TIMEOUT) for c in CASES])
