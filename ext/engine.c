@@ -253,16 +253,22 @@ static int find_version(mmkv_conn *conn, const mmkv_snapshot *snapshot, const mm
     mmkv_engine *e = conn->engine;
     key_probe p = {.engine = e, .key = key, .stable_below = snapshot->tail, .verified = verified};
     mmkv_index_ops ops = probe_ops(&p);
+    int writer = e->txn.owner == conn;
+    mmkv_index_hit hit;
     for (int attempt = 0; attempt < READ_RETRIES; retry_pause(attempt++)) {
         p.unstable = 0;
         uint64_t offset;
-        int rc = mmkv_index_find(&e->index, hash, &ops, &offset);
+        int rc = mmkv_index_find(&e->index, hash, &ops, &offset, writer ? &hit : NULL);
         if (rc == MMKV_NOTFOUND && !p.unstable) return MMKV_NOTFOUND;
         if (rc != MMKV_OK && rc != MMKV_NOTFOUND) return index_error(&conn->errmsg, e, rc, &p);
         if (rc == MMKV_NOTFOUND) continue;
         /* match_key checked this version; below the tail it cannot have changed since. */
         if (offset < snapshot->tail) p.verified = offset;
         rc = walk_to_visible(conn, &p, snapshot, key, offset, record);
+        if (writer && rc == MMKV_OK && record->offset == offset) {
+            e->txn.last_hit = hit;
+            e->txn.last_record = *record;
+        }
         if (rc == WALK_TOMBSTONE) return tombstones_too ? MMKV_OK : MMKV_NOTFOUND;
         if (rc != WALK_RETRY) return rc;
     }
@@ -571,6 +577,7 @@ int mmkv_engine_append(mmkv_conn *conn, const mmkv_slot_ref *ref, uint64_t hash,
     mmkv_txn *txn = &e->txn;
     static const mmkv_datum no_value = {MMKV_NULL, 0, NULL};
     uint64_t size;
+    txn->last_hit.slot = NULL;
     int rc = remember_written(txn, txn->append_pos);
     if (rc != MMKV_OK) return mmkv_error(&conn->errmsg, rc, "out of memory");
     rc = mmkv_log_write_record(&e->log, txn->append_pos, key, value ? value : &no_value,
@@ -593,6 +600,23 @@ int mmkv_engine_append(mmkv_conn *conn, const mmkv_slot_ref *ref, uint64_t hash,
     return store_shadow(e, key, offset, &conn->errmsg);
 }
 
+/* The writer's last lookup, if it found key and nothing has moved its slot since (mmkv_txn). */
+static int reuse_last_hit(mmkv_engine *e, const mmkv_datum *key, uint64_t hash, mmkv_slot_ref *ref,
+                          mmkv_record *newest)
+{
+    mmkv_txn *txn = &e->txn;
+    mmkv_index_hit hit = txn->last_hit;
+    txn->last_hit.slot = NULL;
+    if (!hit.slot || mmkv_slot_tag(hit.value) != mmkv_hash_tag(hash) ||
+        mmkv_slot_offset(hit.value) != txn->last_record.offset)
+        return 0;
+    mmkv_datum found;
+    mmkv_record_key(&txn->last_record, &found);
+    if (!mmkv_key_equal(&found, key) || !mmkv_index_still_there(&e->index, &hit, ref)) return 0;
+    *newest = txn->last_record;
+    return 1;
+}
+
 /* Locates key for a write: its slot and its newest version, if any. */
 int mmkv_engine_locate(mmkv_conn *conn, const mmkv_datum *key, uint64_t hash, mmkv_slot_ref *ref,
                        mmkv_record *newest)
@@ -601,6 +625,7 @@ int mmkv_engine_locate(mmkv_conn *conn, const mmkv_datum *key, uint64_t hash, mm
     key_probe p = {.engine = e, .key = key, .stable_below = e->txn.append_pos};
     mmkv_index_ops ops = probe_ops(&p);
     int rc = mmkv_index_make_room(&e->index, &ops);
+    if (rc == MMKV_OK && reuse_last_hit(e, key, hash, ref, newest)) return MMKV_OK;
     if (rc == MMKV_OK) rc = mmkv_index_locate(&e->index, hash, &ops, ref);
     if (rc == MMKV_NOTFOUND) return rc;
     if (rc != MMKV_OK) return index_error(&conn->errmsg, e, rc, &p);
@@ -679,6 +704,7 @@ int mmkv_delete(mmkv_conn *conn, const mmkv_datum *key)
 void mmkv_engine_undo(mmkv_engine *e, size_t keep, size_t keep_forgotten)
 {
     mmkv_txn *txn = &e->txn;
+    txn->last_hit.slot = NULL;
     /* Tombstones compaction dropped: their keys' slots lead to them again. */
     while (txn->n_forgotten > keep_forgotten) {
         uint64_t offset = txn->forgotten[--txn->n_forgotten];

@@ -50,6 +50,12 @@ typedef struct mmkv_txn {
     int prepared;               /* its meta slot is written */
     int marked;                 /* its last record carries TXN_END (prepare began) */
     mmkv_meta overwritten_meta; /* what prepare replaced, for a rollback after it */
+    /* The writer's last lookup that found its key's newest version (find_version): an UPDATE or
+    ** DELETE by key reads the row, then writes it, and the write takes the slot and record from
+    ** here rather than probe and check them again (mmkv_engine_locate). One use; every write and
+    ** every undo clears it. */
+    mmkv_index_hit last_hit;
+    mmkv_record last_record;
 } mmkv_txn;
 
 typedef struct mmkv_engine mmkv_engine;

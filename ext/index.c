@@ -324,7 +324,8 @@ static int probe(mmkv_slot *table, uint64_t slots, uint64_t hash, const mmkv_ind
     return MMKV_NOTFOUND;
 }
 
-int mmkv_index_find(mmkv_index *index, uint64_t hash, const mmkv_index_ops *ops, uint64_t *offset)
+int mmkv_index_find(mmkv_index *index, uint64_t hash, const mmkv_index_ops *ops, uint64_t *offset,
+                    mmkv_index_hit *hit)
 {
     mmkv_index_header *h = mmkv_index_header_of(index);
     for (int attempt = 0; attempt < GEOMETRY_RETRIES; attempt++) {
@@ -336,14 +337,18 @@ int mmkv_index_find(mmkv_index *index, uint64_t hash, const mmkv_index_ops *ops,
         /* The old table first: a writer copies a slot to the new table before marking it moved,
         ** so a key missing from the old table is already in the new one. */
         rc = MMKV_NOTFOUND;
-        if (g.old_offset)
+        int in_old = 0;
+        if (g.old_offset) {
             rc =
                 probe(table_at(index, g.old_offset), g.old_slots, hash, ops, &slot, &matched, NULL);
+            in_old = rc == MMKV_OK;
+        }
         if (rc == MMKV_NOTFOUND)
             rc = probe(table_at(index, g.table_offset), g.table_slots, hash, ops, &slot, &matched,
                        NULL);
         if (rc == MMKV_OK) {
             *offset = mmkv_slot_offset(matched);
+            if (hit) *hit = (mmkv_index_hit){slot, matched, seq, in_old};
             return MMKV_OK;
         }
         if (rc != MMKV_NOTFOUND || load64(&h->geometry_seq) == seq) return rc;
@@ -685,6 +690,18 @@ int mmkv_index_locate(mmkv_index *index, uint64_t hash, const mmkv_index_ops *op
     if (!ref->insert_at)
         ref->insert_at = free_slot(table_at(index, h->table_offset), h->table_slots, hash);
     return ref->slot ? MMKV_OK : MMKV_NOTFOUND;
+}
+
+int mmkv_index_still_there(mmkv_index *index, const mmkv_index_hit *hit, mmkv_slot_ref *ref)
+{
+    mmkv_index_header *h = mmkv_index_header_of(index);
+    if (!hit->slot || hit->in_old || h->old_offset || h->geometry_seq != hit->geometry_seq ||
+        load64(hit->slot) != hit->value)
+        return 0;
+    ref->slot = hit->slot;
+    ref->in_old = 0;
+    ref->insert_at = NULL; /* the key is there: mmkv_index_store writes its slot */
+    return 1;
 }
 
 void mmkv_index_store(mmkv_index *index, const mmkv_slot_ref *ref, uint64_t hash, uint64_t offset)

@@ -81,8 +81,22 @@ int mmkv_index_begin_writes(mmkv_index *index);
 ** returns 1 if some is still pending after it. */
 int mmkv_index_give_back(mmkv_index *index, uint64_t max_bytes);
 
-/* Lock-free lookup: the offset stored for the key. OK, NOTFOUND, or an error. */
-int mmkv_index_find(mmkv_index *index, uint64_t hash, const mmkv_index_ops *ops, uint64_t *offset);
+/* Where a lookup found its key: the slot, what it held, and the tables' geometry then. */
+typedef struct mmkv_index_hit {
+    mmkv_slot *slot;
+    mmkv_slot value;
+    uint64_t geometry_seq;
+    int in_old; /* in the table being drained */
+} mmkv_index_hit;
+
+/* Lock-free lookup: the offset stored for the key, and (if hit is not NULL) where. OK, NOTFOUND,
+** or an error. */
+int mmkv_index_find(mmkv_index *index, uint64_t hash, const mmkv_index_ops *ops, uint64_t *offset,
+                    mmkv_index_hit *hit);
+/* For the writer: whether hit, found by an earlier lookup, still names the key's slot in the
+** current table (no table placed or drained since, and the slot holds what it held); if so sets
+** ref to it, as mmkv_index_locate would. */
+int mmkv_index_still_there(mmkv_index *index, const mmkv_index_hit *hit, mmkv_slot_ref *ref);
 
 /* A growable set of offsets; the first few live inside it, so that a lookup needs no heap. */
 #define MMKV_OFFSETS_INLINE 8

@@ -294,6 +294,7 @@ static void txn_end(mmkv_engine *e)
     pthread_mutex_lock(&e->mutex);
     mmkv_index_header_of(&e->index)->writer_active = 0;
     txn->owner = NULL;
+    txn->last_hit.slot = NULL;
     txn->n_written = 0;
     txn->n_forgotten = 0;
     txn->n_savepoints = 0;

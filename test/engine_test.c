@@ -750,6 +750,17 @@ static void test_simulation(void)
         int64_t ks;
         char text[24];
         mmkv_datum key = sim_key(k, &ks, text);
+        if (op < 65 && rand_r(&seed) % 2) {
+            /* Read the key, then write it, as an UPDATE or DELETE by key does: the write takes the
+            ** slot the read found, if nothing moved it since. */
+            mmkv_snapshot snap;
+            mmkv_row row;
+            int rc = mmkv_snapshot_take(c, &snap);
+            if (rc == MMKV_OK) rc = mmkv_get(c, &snap, &key, &row);
+            int expect = work.value[k] >= 0 ? MMKV_OK : MMKV_NOTFOUND;
+            CHECK(rc == expect, "read before write, step %d key %d: rc %d expected %d", step, k,
+                  rc, expect);
+        }
         if (op < 45) {
             int64_t vs, v = rand_r(&seed) % 1000000;
             mmkv_datum value = int_datum(&vs, v);
@@ -797,6 +808,69 @@ static void test_simulation(void)
         sim_check_all(c, &committed, "final reopen", SIM_STEPS);
         mmkv_close(c);
     }
+    end_test();
+}
+
+/* A write after a read of the same key takes the slot the read found (mmkv_txn, last_hit): right
+** while the index grows and drains under it, and after a savepoint rolled the read's version back.
+** Each key is read and then rewritten after every insert, so that some of these updates are the
+** write whose room-making places a bigger table or moves the read's slot. */
+static void test_read_then_write(void)
+{
+    if (!begin_test("a write after a read of its key, through growth, drains and rollbacks")) return;
+    const char *path = path_of("readwrite.mmkv");
+    mmkv_conn *c = open_or_die(path, MMKV_SYNC_OFF);
+    if (!c) {
+        end_test();
+        return;
+    }
+    enum { KEYS = 30000 };
+    static int64_t model[KEYS];
+    CHECK_RC(mmkv_txn_begin(c), MMKV_OK, "begin");
+    for (int i = 0; i < KEYS && !current_failed; i++) {
+        CHECK_RC(put_int(c, i, i, MMKV_PUT_INSERT), MMKV_OK, "insert %d", i);
+        model[i] = i;
+        int k = i / 2;
+        CHECK_EQ(get_int(c, k), model[k], "read of %d after insert %d", k, i);
+        CHECK_RC(put_int(c, k, model[k] + KEYS, MMKV_PUT_REPLACE), MMKV_OK, "update %d", k);
+        model[k] += KEYS;
+        if (i % 1000 == 999) {
+            /* The read's version rolled back, the same key written again at the same place. */
+            mmkv_txn_savepoint(c, 0);
+            CHECK_EQ(get_int(c, k), model[k], "read of %d in the savepoint", k);
+            CHECK_RC(put_int(c, k, -5, MMKV_PUT_REPLACE), MMKV_OK, "update %d in the savepoint", k);
+            CHECK_EQ(get_int(c, k), -5, "read of %d after its update", k);
+            mmkv_txn_rollback_to(c, 0);
+            mmkv_txn_release(c, 0);
+            CHECK_RC(put_int(c, k, model[k] + 1, MMKV_PUT_REPLACE), MMKV_OK,
+                     "update %d after the rollback", k);
+            model[k] += 1;
+            CHECK_EQ(get_int(c, k), model[k], "read of %d after the rollback", k);
+            CHECK_RC(del_int(c, k), MMKV_OK, "delete %d after a read", k);
+            CHECK_EQ(get_int(c, k), -1, "read of %d after its delete", k);
+            CHECK_RC(put_int(c, k, model[k], MMKV_PUT_INSERT), MMKV_OK, "insert %d again", k);
+        }
+    }
+    CHECK_RC(commit(c), MMKV_OK, "commit");
+    for (int pass = 0; pass < 2 && !current_failed; pass++) {
+        int wrong = 0, first = 0;
+        int64_t read = 0;
+        for (int i = 0; i < KEYS; i++) {
+            int64_t v = get_int(c, i);
+            if (v != model[i] && wrong++ == 0) {
+                first = i;
+                read = v;
+            }
+        }
+        CHECK(wrong == 0, "%s: %d keys wrong, the first %d (%lld expected, %lld read)",
+              pass ? "after reopening" : "after commit", wrong, first, (long long)model[first],
+              (long long)read);
+        CHECK_EQ(mmkv_live_count(c), KEYS, "live count");
+        mmkv_close(c);
+        c = open_or_die(path, MMKV_SYNC_OFF);
+        if (!c) break;
+    }
+    if (c) mmkv_close(c);
     end_test();
 }
 
@@ -1855,6 +1929,7 @@ int main(void)
     test_writer_death();
     test_threads();
     test_simulation();
+    test_read_then_write();
     test_owner_authority();
     test_check_and_rebuild();
     test_in_use_index_checked();
